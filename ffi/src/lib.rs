@@ -1,0 +1,1 @@
+//! C ABI of prorepair-core (placeholder until implemented).

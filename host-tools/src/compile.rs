@@ -1,0 +1,1 @@
+//! Lowering the host IR to the device model blob (placeholder).

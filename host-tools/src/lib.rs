@@ -1,0 +1,18 @@
+//! prorepair-host: the host side of prorepair.
+//!
+//! Import a model ([`import`]) into the one layer IR ([`model`]), read properties
+//! ([`spec`]), bound and verify them soundly ([`bounds`], [`verify`]), and lower the model
+//! to the device blob that `prorepair-core` evaluates ([`compile`]). The command-line
+//! front end is [`cli`].
+
+pub mod bounds;
+pub mod cli;
+pub mod compile;
+pub mod import;
+pub mod model;
+pub mod spec;
+#[doc(hidden)]
+pub mod testing;
+pub mod verify;
+
+pub use model::{Layer, Network};
