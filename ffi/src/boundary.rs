@@ -30,3 +30,13 @@ fn on_panic_abort(_info: &core::panic::PanicInfo<'_>) -> ! {
     // is part of every hosted C library and of the bare-metal ones firmware links.
     unsafe { abort() }
 }
+
+/// The unwinding personality that the precompiled `core` (built with `panic = "unwind"`)
+/// still references from its exception tables. In the firmware build nothing ever
+/// unwinds (`panic = "abort"`, and C never throws through us), so it is never called;
+/// defining it lets the archive link from C without libgcc_s or std. (With LTO over a
+/// staticlib-only build the reference disappears anyway; an archive that also carries
+/// the rlib is not LTO'd.)
+#[cfg(all(not(test), panic = "abort", feature = "panic-handler"))]
+#[unsafe(no_mangle)]
+extern "C" fn rust_eh_personality() {}
