@@ -1,1 +1,335 @@
-//! placeholder
+//! Verification of VNN-LIB properties: falsification, sound bounds, branch and bound.
+//!
+//! [`verify`] decides whether a [`Property`] holds on a [`Network`]:
+//!
+//! 1. **Falsification** ([`falsify`]): seeded sampling of every input box (centre, corners,
+//!    random points), then PGD with candle gradients on the most promising points,
+//!    minimising the worst constraint margin of each unsafe conjunction. A counterexample
+//!    is reported only after the plain f64 forward pass confirms it.
+//! 2. **Sound bounds** ([`BoundEngine`]): for each conjunction `∧_k c_k·y <= rhs_k` of the
+//!    unsafe set, the spec rows `c_k` are bounded directly (CROWN bounds `c_k·y`, not
+//!    `y`). The conjunction is excluded on a box if some `min c_k·y - rhs_k` exceeds the
+//!    required margin.
+//! 3. **Branch and bound** ([`bab`]): input splitting on the dimension with the largest
+//!    refine score (ProRepair Eq. 9: width times the summed `|linear coefficient|` of the
+//!    not-yet-excluded constraints), falsification on every sub-box (centre and the
+//!    minimiser of the linear lower bound), in parallel with rayon. A sub-box is done only
+//!    on a sound bound.
+//!
+//! "Holds" additionally requires every certified margin to exceed `|c_k|·E + slack`, where
+//! `E` is the sound bound on the f32 rounding error of the device evaluation
+//! ([`rounding`]) on that sub-box and `slack = 1e-9 (1 + |rhs_k|)` absorbs the f64
+//! rounding of the bound computation itself. Otherwise the answer is "unknown".
+
+pub mod bab;
+pub mod falsify;
+pub mod rounding;
+
+use std::time::{Duration, Instant};
+
+use crate::model::Network;
+use crate::spec::Property;
+
+/// How to bound the unsafe set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Method {
+    /// One interval-bound (IBP) pass after falsification (incomplete).
+    Ibp,
+    /// One CROWN pass after falsification (incomplete).
+    Crown,
+    /// One alpha-CROWN pass after falsification (incomplete).
+    AlphaCrown,
+    /// Falsification, then branch and bound with CROWN until the timeout.
+    #[default]
+    Complete,
+}
+
+impl Method {
+    /// Lower-case name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Ibp => "ibp",
+            Method::Crown => "crown",
+            Method::AlphaCrown => "alpha-crown",
+            Method::Complete => "complete",
+        }
+    }
+}
+
+/// Verification options.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bounding method.
+    pub method: Method,
+    /// Wall-clock budget for the whole run.
+    pub timeout: Duration,
+    /// Worker threads for branch and bound (`None`: rayon's default, all cores).
+    pub threads: Option<usize>,
+    /// Seed of the falsification RNG.
+    pub seed: u64,
+    /// Progress bar to update (the CLI passes one on a terminal only).
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { method: Method::Complete, timeout: Duration::from_secs(60), threads: None, seed: 0, progress: None }
+    }
+}
+
+/// The outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// No input of any case box reaches the unsafe set (sound bound, with the f32 margin).
+    Holds,
+    /// A confirmed counterexample.
+    Violated {
+        /// The input (flattened).
+        counterexample: Vec<f64>,
+        /// The f64 forward-pass output at that input, which satisfies the conjunction.
+        output: Vec<f64>,
+        /// Index of the case (input box) it belongs to.
+        case: usize,
+    },
+    /// Undecided (timeout, incomplete method, or margin below the f32 error bound).
+    Unknown {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// `"holds"`, `"violated"` or `"unknown"`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Verdict::Holds => "holds",
+            Verdict::Violated { .. } => "violated",
+            Verdict::Unknown { .. } => "unknown",
+        }
+    }
+}
+
+/// Run statistics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Total wall-clock time in seconds.
+    pub time_s: f64,
+    /// Seconds spent in the initial falsification.
+    pub falsification_s: f64,
+    /// Sub-boxes bounded (branch-and-bound nodes).
+    pub branches: u64,
+    /// Deepest split level reached.
+    pub max_depth: usize,
+    /// Smallest certified margin `min c·y - rhs` over the excluded (sub-box, conjunction)
+    /// pairs, when any.
+    pub min_certified_margin: Option<f64>,
+    /// Largest f32 rounding-error bound of an output over the case boxes.
+    pub f32_error_bound: f64,
+}
+
+/// Verdict plus statistics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Statistics.
+    pub stats: Stats,
+}
+
+/// Errors that prevent verification from starting.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum VerifyError {
+    /// The property's variable counts do not match the network.
+    #[error("the property has {prop_in} inputs and {prop_out} outputs, the network {net_in} and {net_out}")]
+    Mismatch {
+        /// Property inputs.
+        prop_in: usize,
+        /// Property outputs.
+        prop_out: usize,
+        /// Network inputs.
+        net_in: usize,
+        /// Network outputs.
+        net_out: usize,
+    },
+    /// A case box or constraint has the wrong length or a NaN / inverted interval.
+    #[error("case {case}: {problem}")]
+    BadCase {
+        /// Case index.
+        case: usize,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// One unsafe conjunction `∧_k rows[k]·y <= rhs[k]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conj {
+    /// Constraint coefficient rows, one per constraint, each of output length.
+    pub rows: Vec<Vec<f64>>,
+    /// Right-hand sides.
+    pub rhs: Vec<f64>,
+}
+
+impl Conj {
+    /// `max_k (rows[k]·y - rhs[k])`: `<= 0` iff `y` satisfies the conjunction (is unsafe).
+    pub fn worst_margin(&self, y: &[f64]) -> f64 {
+        self.rows
+            .iter()
+            .zip(&self.rhs)
+            .map(|(r, b)| r.iter().zip(y).map(|(c, v)| c * v).sum::<f64>() - b)
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// One case of a property in the verifier's form: an input box and a disjunction of
+/// unsafe conjunctions.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Case {
+    /// Box lower corner.
+    pub lower: Vec<f64>,
+    /// Box upper corner.
+    pub upper: Vec<f64>,
+    /// The unsafe set: a disjunction of conjunctions.
+    pub unsafe_set: Vec<Conj>,
+}
+
+/// Convert and check a property against the network's dimensions.
+pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyError> {
+    let (net_in, net_out) = (net.input_dim(), net.output_dim());
+    if property.n_inputs != net_in || property.n_outputs != net_out {
+        return Err(VerifyError::Mismatch { prop_in: property.n_inputs, prop_out: property.n_outputs, net_in, net_out });
+    }
+    let mut cases = Vec::new();
+    for (i, c) in property.cases.iter().enumerate() {
+        let bad = |problem: String| VerifyError::BadCase { case: i, problem };
+        let (lower, upper) = (c.input.lower.clone(), c.input.upper.clone());
+        if lower.len() != net_in || upper.len() != net_in {
+            return Err(bad(format!("box has {}/{} bounds, expected {net_in}", lower.len(), upper.len())));
+        }
+        if let Some(j) = (0..net_in).find(|&j| !(lower[j] <= upper[j]) || !lower[j].is_finite() || !upper[j].is_finite()) {
+            return Err(bad(format!("input {j}: interval [{}, {}] is empty or not finite", lower[j], upper[j])));
+        }
+        let mut unsafe_set = Vec::new();
+        for conj in &c.unsafe_set {
+            let mut rows = Vec::new();
+            let mut rhs = Vec::new();
+            for lc in &conj.constraints {
+                if lc.coeffs.len() != net_out {
+                    return Err(bad(format!("a constraint has {} coefficients, expected {net_out}", lc.coeffs.len())));
+                }
+                rows.push(lc.coeffs.clone());
+                rhs.push(lc.rhs);
+            }
+            unsafe_set.push(Conj { rows, rhs });
+        }
+        cases.push(Case { lower, upper, unsafe_set });
+    }
+    Ok(cases)
+}
+
+/// Decide `property` on `net` (see the module docs for the procedure and its guarantees).
+pub fn verify(net: &Network, property: &Property, options: &Options) -> Result<Report, VerifyError> {
+    let cases = cases_of(net, property)?;
+    Ok(verify_cases(net, &cases, options))
+}
+
+/// [`verify`] on cases already in the verifier's form.
+pub fn verify_cases(net: &Network, cases: &[Case], options: &Options) -> Report {
+    let start = Instant::now();
+    let deadline = start + options.timeout;
+    let mut stats = Stats::default();
+    for case in cases {
+        let e = rounding::f32_error_bound(net, &case.lower, &case.upper);
+        stats.f32_error_bound = e.iter().copied().fold(stats.f32_error_bound, f64::max);
+    }
+    let finish = |verdict: Verdict, mut stats: Stats| {
+        stats.time_s = start.elapsed().as_secs_f64();
+        Report { verdict, stats }
+    };
+
+    // 1. Falsification.
+    let fals_budget = options.timeout.mul_f64(0.1).min(Duration::from_secs(5));
+    match bab::falsify_cases(net, cases, options.seed, start + fals_budget) {
+        Some(v) => {
+            stats.falsification_s = start.elapsed().as_secs_f64();
+            return finish(v, stats);
+        }
+        None => stats.falsification_s = start.elapsed().as_secs_f64(),
+    }
+
+    // 2./3. Bounds, then branch and bound.
+    let engine = bab::engine_for(net, options.method);
+    let complete = options.method == Method::Complete;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(options.threads.unwrap_or(0)).build();
+    let engine = engine.as_ref();
+    let verdict = match pool {
+        Ok(pool) => pool.install(|| bab::branch_and_bound(net, cases, engine, complete, deadline, options, &mut stats)),
+        Err(_) => bab::branch_and_bound(net, cases, engine, complete, deadline, options, &mut stats),
+    };
+    finish(verdict, stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Dense, Layer};
+
+    /// `y = relu(x0 - x1) - relu(x1 - x0) = x0 - x1` on R^2, and `y2 = relu(x0) + relu(x1)`.
+    fn small_net() -> Network {
+        let d1 = Dense::new(2, 4, vec![1.0, -1.0, -1.0, 1.0, 1.0, 0.0, 0.0, 1.0], vec![0.0; 4]).unwrap();
+        let d2 = Dense::new(4, 2, vec![1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0], vec![0.0; 2]).unwrap();
+        Network::new(vec![2], vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)]).unwrap()
+    }
+
+    fn case(rows: Vec<Vec<f64>>, rhs: Vec<f64>) -> Vec<Case> {
+        vec![Case { lower: vec![-1.0, -1.0], upper: vec![1.0, 1.0], unsafe_set: vec![Conj { rows, rhs }] }]
+    }
+
+    fn opts(method: Method) -> Options {
+        Options { method, timeout: Duration::from_secs(20), threads: Some(2), ..Options::default() }
+    }
+
+    #[test]
+    fn holds_when_unsafe_set_is_out_of_reach() {
+        // y0 = x0 - x1 <= 2 on the box, so y0 >= 2.5 (-y0 <= -2.5) is unreachable.
+        let r = verify_cases(&small_net(), &case(vec![vec![-1.0, 0.0]], vec![-2.5]), &opts(Method::Complete));
+        assert_eq!(r.verdict, Verdict::Holds, "{r:?}");
+        assert!(r.stats.min_certified_margin.is_some_and(|m| m > 0.0));
+    }
+
+    #[test]
+    fn violated_comes_with_a_confirmed_counterexample() {
+        // y0 >= 1.9 and y1 <= 2.1: reachable near x = (1, -0.95).
+        let cases = case(vec![vec![-1.0, 0.0], vec![0.0, 1.0]], vec![-1.9, 2.1]);
+        let net = small_net();
+        let r = verify_cases(&net, &cases, &opts(Method::Complete));
+        let Verdict::Violated { counterexample, output, case } = r.verdict else { panic!("{r:?}") };
+        assert_eq!(case, 0);
+        assert_eq!(net.forward(&counterexample), output);
+        assert!(cases[0].unsafe_set[0].worst_margin(&output) <= 0.0);
+    }
+
+    #[test]
+    fn branch_and_bound_proves_what_one_pass_cannot() {
+        // y1 = relu(x0) + relu(x1) >= 0 everywhere; y1 <= -0.01 unreachable. y0 + y1 =
+        // x0 - x1 + relu(x0) + relu(x1) >= -2: the unsafe set y0 + y1 <= -2.2 needs the
+        // relaxation of two unstable ReLUs to be refined by splitting.
+        let cases = case(vec![vec![1.0, 1.0]], vec![-1.99]);
+        let net = small_net();
+        let complete = verify_cases(&net, &cases, &opts(Method::Complete));
+        assert_eq!(complete.verdict, Verdict::Holds, "{complete:?}");
+        let ibp = verify_cases(&net, &cases, &opts(Method::Ibp));
+        assert!(matches!(ibp.verdict, Verdict::Unknown { .. }), "{ibp:?}");
+    }
+
+    #[test]
+    fn tiny_margins_below_the_f32_error_bound_are_unknown() {
+        // y0 >= 2 is reached only at the corner (1, -1); y0 >= 2 + 1e-12 is unreachable in
+        // exact arithmetic but closer than the f32 rounding error: never "holds".
+        let cases = case(vec![vec![-1.0, 0.0]], vec![-(2.0 + 1e-12)]);
+        let mut o = opts(Method::Complete);
+        o.timeout = Duration::from_secs(3);
+        let r = verify_cases(&small_net(), &cases, &o);
+        assert!(matches!(r.verdict, Verdict::Unknown { .. }), "{r:?}");
+    }
+}

@@ -1,0 +1,186 @@
+//! VNN-COMP harness: run the verifier on the 186 ACAS Xu instances and the vnncomp-test
+//! instances, each with its own timeout, compare with `expected_results.csv`, and write
+//! the table and totals into the `## Verification (VNN-COMP ACAS Xu)` section of
+//! `BENCHMARKS.md`.
+//!
+//! ```text
+//! cargo run --release -p prorepair-host --example vnncomp -- [--filter STR] [--limit N]
+//!     [--timeout-scale F] [--threads N] [--no-write]
+//! ```
+//! Never part of the test suite (it takes long).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use prorepair_host::verify::{self, Method, Options, Verdict};
+
+struct Row {
+    instance: String,
+    verdict: &'static str,
+    expected: String,
+    time_s: f64,
+    note: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |flag: &str| args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).cloned();
+    let filter = get("--filter");
+    let limit: usize = get("--limit").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+    let scale: f64 = get("--timeout-scale").and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let threads: Option<usize> = get("--threads").and_then(|s| s.parse().ok());
+    let write = !args.iter().any(|a| a == "--no-write");
+    let Some(data) = prorepair_host::testing::data_dir() else {
+        eprintln!("SKIP: ../shared/data is absent (set PROREPAIR_DATA)");
+        return;
+    };
+
+    let mut expected: HashMap<(String, String), String> = HashMap::new();
+    let exp_text = std::fs::read_to_string(data.join("expected_results.csv")).expect("expected_results.csv");
+    for line in exp_text.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() >= 4 {
+            expected.insert((f[1].to_string(), f[2].to_string()), f[3].to_string());
+        }
+    }
+    // (benchmark dir, onnx, vnnlib, timeout)
+    let mut instances: Vec<(PathBuf, PathBuf, String, String, f64)> = Vec::new();
+    for (csv, onnx_dir, vnnlib_dir) in [
+        ("acasxu/acasxu_instances.csv", "acasxu/onnx", "acasxu/vnnlib"),
+        ("vnncomp-test/test_instances.csv", "vnncomp-test", "vnncomp-test"),
+    ] {
+        let text = std::fs::read_to_string(data.join(csv)).expect("instances csv");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let timeout: f64 = f[2].parse().expect("timeout");
+            instances.push((data.join(onnx_dir).join(f[0]), data.join(vnnlib_dir).join(f[1]), f[0].into(), f[1].into(), timeout));
+        }
+    }
+    let instances: Vec<_> = instances
+        .into_iter()
+        .filter(|i| filter.as_ref().is_none_or(|s| format!("{} {}", i.2, i.3).contains(s.as_str())))
+        .take(limit)
+        .collect();
+
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for (onnx, vnnlib, onnx_name, vnnlib_name, timeout) in &instances {
+        let exp = expected.get(&(onnx_name.clone(), vnnlib_name.clone())).cloned().unwrap_or_else(|| "?".into());
+        let t0 = Instant::now();
+        let (verdict, note) = match (prorepair_host::import::load(onnx), prorepair_host::spec::Property::from_vnnlib(vnnlib)) {
+            (Ok(net), Ok(prop)) => {
+                let options = Options {
+                    method: Method::Complete,
+                    timeout: Duration::from_secs_f64(timeout * scale),
+                    threads,
+                    seed: 0,
+                    progress: None,
+                };
+                match verify::verify(&net, &prop, &options) {
+                    Ok(r) => {
+                        let note = match &r.verdict {
+                            Verdict::Unknown { reason } => reason.clone(),
+                            Verdict::Violated { counterexample, output, .. } => {
+                                // Re-check: the forward pass must reproduce the output.
+                                assert_eq!(&net.forward(counterexample), output);
+                                format!("{} branches", r.stats.branches)
+                            }
+                            Verdict::Holds => format!("{} branches", r.stats.branches),
+                        };
+                        (r.verdict.status(), note)
+                    }
+                    Err(e) => ("error", e.to_string()),
+                }
+            }
+            (Err(e), _) => ("error", e.to_string()),
+            (_, Err(e)) => ("error", e.to_string()),
+        };
+        let row = Row {
+            instance: format!("{} {}", onnx_name.trim_end_matches("_batch_2000.onnx"), vnnlib_name),
+            verdict,
+            expected: exp,
+            time_s: t0.elapsed().as_secs_f64(),
+            note,
+        };
+        println!(
+            "{:<40} {:<9} expected {:<6} {:>8.2} s {}{}",
+            row.instance,
+            row.verdict,
+            row.expected,
+            row.time_s,
+            if contradicts(&row) { "CONTRADICTION " } else { "" },
+            row.note
+        );
+        let _ = std::io::stdout().flush();
+        rows.push(row);
+    }
+    let total = started.elapsed().as_secs_f64();
+    let decided = rows.iter().filter(|r| r.verdict == "holds" || r.verdict == "violated").count();
+    let contradictions = rows.iter().filter(|r| contradicts(r)).count();
+    let acas: Vec<&Row> = rows.iter().filter(|r| r.instance.starts_with("ACASXU")).collect();
+    let acas_decided = acas.iter().filter(|r| r.verdict == "holds" || r.verdict == "violated").count();
+    println!(
+        "decided {decided}/{} (ACAS Xu {acas_decided}/{}), contradictions {contradictions}, total {total:.1} s",
+        rows.len(),
+        acas.len()
+    );
+    if write {
+        let command = format!(
+            "cargo run --release -p prorepair-host --example vnncomp --{}",
+            args.iter().map(|a| format!(" {a}")).collect::<String>()
+        );
+        write_section(&data, &rows, &command, total, decided, contradictions, acas_decided, acas.len());
+    }
+}
+
+/// A verdict that contradicts the expected one (holds where sat, violated where unsat).
+fn contradicts(r: &Row) -> bool {
+    (r.verdict == "holds" && r.expected == "sat") || (r.verdict == "violated" && r.expected == "unsat")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_section(
+    _data: &Path,
+    rows: &[Row],
+    command: &str,
+    total: f64,
+    decided: usize,
+    contradictions: usize,
+    acas_decided: usize,
+    acas_total: usize,
+) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let heading = "## Verification (VNN-COMP ACAS Xu)";
+    let mut s = format!("{heading}\n\n");
+    s += &format!("Command (2-core machine, each instance with its VNN-COMP timeout):\n\n```\n{command}\n```\n\n");
+    s += &format!(
+        "Totals: decided {decided} of {} instances (ACAS Xu: {acas_decided} of {acas_total}); \
+         contradictions with expected_results.csv: {contradictions}; total wall time {total:.1} s.\n\n",
+        rows.len()
+    );
+    s += "| instance | verdict | expected | time (s) |\n|---|---|---|---|\n";
+    for r in rows {
+        let exp = match r.expected.as_str() {
+            "sat" => "sat (violated)",
+            "unsat" => "unsat (holds)",
+            other => other,
+        };
+        s += &format!("| {} | {} | {} | {:.2} |\n", r.instance, r.verdict, exp, r.time_s);
+    }
+    s += "\n";
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    let new = match old.find(heading) {
+        Some(start) => {
+            let rest = &old[start + heading.len()..];
+            let end = rest.find("\n## ").map_or(old.len(), |i| start + heading.len() + i + 1);
+            format!("{}{}{}", &old[..start], s, &old[end..])
+        }
+        None if old.is_empty() => format!("# Benchmarks\n\n{s}"),
+        None => format!("{}\n{s}", old.trim_end()),
+    };
+    if let Err(e) = std::fs::write(&path, new) {
+        eprintln!("cannot write {}: {e}", path.display());
+    }
+}

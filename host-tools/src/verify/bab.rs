@@ -1,0 +1,360 @@
+//! Falsification driver and branch and bound over input boxes.
+//!
+//! The bounding step is abstracted as a [`BoundEngine`]: sound lower bounds of `C f(x)`
+//! over a box for a spec matrix `C` (one row per unsafe constraint), optionally with the
+//! linear lower-bound coefficients `A` (`A x + c <= C f(x)` on the box) that drive the
+//! refine score and the candidate counterexamples.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::falsify::{self, CandleNet};
+use super::{Case, Conj, Method, Options, Stats, Verdict, rounding};
+use crate::bounds;
+use crate::model::Network;
+
+/// Sound lower bounds of spec rows over a box.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecLower {
+    /// `lower[k] <= min_x rows[k]·f(x)` over the box.
+    pub lower: Vec<f64>,
+    /// Linear lower-bound coefficients `A` (one row of input length per spec row) with
+    /// `A x + c <= C f(x)` on the box, when the method has them (not IBP).
+    pub coeffs: Option<Vec<Vec<f64>>>,
+}
+
+/// A sound bounding method for spec rows over input boxes.
+pub trait BoundEngine: Sync {
+    /// Method name, for reports.
+    fn name(&self) -> &'static str;
+    /// Sound lower bounds of `rows[k]·f(x)` for `x` in `[lower, upper]`.
+    fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String>;
+}
+
+/// Interval bound propagation: `min c·y` from the output intervals.
+#[derive(Debug)]
+pub struct IbpEngine<'a> {
+    /// The network.
+    pub net: &'a Network,
+}
+
+impl BoundEngine for IbpEngine<'_> {
+    fn name(&self) -> &'static str {
+        "ibp"
+    }
+
+    fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
+        let b = rounding::interval_bounds(self.net, lower, upper);
+        let (l, u) = b.last().ok_or("empty bounds")?;
+        let lower = rows
+            .iter()
+            .map(|r| r.iter().enumerate().map(|(j, &c)| if c >= 0.0 { c * l[j] } else { c * u[j] }).sum())
+            .collect();
+        Ok(SpecLower { lower, coeffs: None })
+    }
+}
+
+/// CROWN-family bounds of the spec rows through [`bounds::linear_bounds`] (the spec
+/// matrix is bounded directly, which is much tighter than combining output bounds).
+#[derive(Debug)]
+pub struct LinearEngine<'a> {
+    /// The network.
+    pub net: &'a Network,
+    /// `Crown` or `AlphaCrown`.
+    pub method: bounds::Method,
+}
+
+impl BoundEngine for LinearEngine<'_> {
+    fn name(&self) -> &'static str {
+        match self.method {
+            bounds::Method::Ibp => "ibp",
+            bounds::Method::CrownPure => "crown-pure",
+            bounds::Method::Crown => "crown",
+            bounds::Method::AlphaCrown => "alpha-crown",
+        }
+    }
+
+    fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
+        let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
+        let spec = rows.concat();
+        let b = bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
+            .map_err(|e| e.to_string())?;
+        let coeffs = b.a_lower.chunks(b.cols.max(1)).map(<[f64]>::to_vec).collect();
+        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs) })
+    }
+}
+
+/// The bounding engine for a method (`Complete` bounds sub-boxes with CROWN).
+pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
+    match method {
+        Method::Ibp => Box::new(IbpEngine { net }),
+        Method::Crown | Method::Complete => Box::new(LinearEngine { net, method: bounds::Method::Crown }),
+        Method::AlphaCrown => Box::new(LinearEngine { net, method: bounds::Method::AlphaCrown }),
+    }
+}
+
+/// Sampling then PGD on every case and conjunction until `deadline`. Returns a violated
+/// verdict with a forward-pass-confirmed counterexample, or `None`.
+pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant) -> Option<Verdict> {
+    let mut rng = falsify::rng(seed);
+    // Sampling first on every case (cheap), remembering the best starts for PGD.
+    let mut starts: Vec<Vec<(f64, Vec<f64>)>> = Vec::new();
+    for (ci, case) in cases.iter().enumerate() {
+        let n_random = if net.input_dim() <= 16 { 2000 } else { 200 };
+        let pts = falsify::sample_points(&mut rng, &case.lower, &case.upper, n_random);
+        let outs: Vec<Vec<f64>> = pts.par_iter().map(|x| net.forward(x)).collect();
+        for conj in &case.unsafe_set {
+            let mut scored: Vec<(f64, Vec<f64>)> = Vec::new();
+            for (x, y) in pts.iter().zip(&outs) {
+                let m = conj.worst_margin(y);
+                if m <= 0.0 {
+                    return Some(violated(x.clone(), y.clone(), ci));
+                }
+                scored.push((m, x.clone()));
+            }
+            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+            scored.truncate(12);
+            starts.push(scored);
+        }
+    }
+    let Ok(cnet) = CandleNet::new(net) else { return None };
+    let mut idx = 0;
+    for (ci, case) in cases.iter().enumerate() {
+        for conj in &case.unsafe_set {
+            let mut pts: Vec<Vec<f64>> = starts[idx].iter().map(|(_, x)| x.clone()).collect();
+            idx += 1;
+            for round in 0..3 {
+                if Instant::now() >= deadline {
+                    return None;
+                }
+                if round > 0 {
+                    pts = (0..16).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect();
+                }
+                if let Ok(a) = falsify::pgd(&cnet, net, &case.lower, &case.upper, conj, &pts, 60) {
+                    if let Some((x, y)) = a.found {
+                        return Some(violated(x, y, ci));
+                    }
+                }
+            }
+        }
+    }
+    None
+}
+
+fn violated(counterexample: Vec<f64>, output: Vec<f64>, case: usize) -> Verdict {
+    Verdict::Violated { counterexample, output, case }
+}
+
+/// An open sub-box and the conjunctions not yet excluded on it.
+#[derive(Debug, Clone)]
+struct Domain {
+    lower: Vec<f64>,
+    upper: Vec<f64>,
+    active: Vec<usize>,
+    depth: usize,
+}
+
+/// What bounding one domain concluded.
+enum Outcome {
+    /// Every active conjunction is excluded with the f32 margin; the smallest certified gap.
+    Done(f64),
+    /// A confirmed counterexample.
+    Counterexample(Vec<f64>, Vec<f64>),
+    /// Not decided: two halves to explore, and the volume fraction (for progress).
+    Split(Box<(Domain, Domain)>),
+    /// Cannot be refined further (degenerate box) or the bound failed.
+    Stuck(String),
+}
+
+/// Branch and bound over every case (`complete = false`: one bound pass per case box).
+pub fn branch_and_bound(
+    net: &Network,
+    cases: &[Case],
+    engine: &dyn BoundEngine,
+    complete: bool,
+    deadline: Instant,
+    options: &Options,
+    stats: &mut Stats,
+) -> Verdict {
+    let cnet = CandleNet::new(net).ok();
+    let batch_size = 4 * rayon::current_num_threads().max(1);
+    let mut undecided: Option<String> = None;
+    if let Some(pb) = &options.progress {
+        pb.set_length(1000 * cases.len() as u64);
+    }
+    for (ci, case) in cases.iter().enumerate() {
+        let total_volume = log_volume(&case.lower, &case.upper);
+        let mut done_fraction = 0.0f64;
+        let mut stack = vec![Domain {
+            lower: case.lower.clone(),
+            upper: case.upper.clone(),
+            active: (0..case.unsafe_set.len()).collect(),
+            depth: 0,
+        }];
+        while !stack.is_empty() {
+            if Instant::now() >= deadline {
+                return Verdict::Unknown {
+                    reason: format!(
+                        "timeout after {} branches ({} sub-boxes of case {ci} open, {:.1}% of its volume certified)",
+                        stats.branches,
+                        stack.len(),
+                        100.0 * done_fraction
+                    ),
+                };
+            }
+            let take = stack.len().min(batch_size);
+            let batch = stack.split_off(stack.len() - take);
+            let results: Vec<(Domain, Outcome)> = batch
+                .into_par_iter()
+                .map(|d| {
+                    let o = bound_domain(net, cnet.as_ref(), case, engine, &d);
+                    (d, o)
+                })
+                .collect();
+            for (d, outcome) in results {
+                stats.branches += 1;
+                stats.max_depth = stats.max_depth.max(d.depth);
+                match outcome {
+                    Outcome::Done(gap) => {
+                        if gap.is_finite() {
+                            stats.min_certified_margin = Some(stats.min_certified_margin.map_or(gap, |m| m.min(gap)));
+                        }
+                        done_fraction += (log_volume(&d.lower, &d.upper) - total_volume).exp();
+                        if let Some(pb) = &options.progress {
+                            pb.set_position(1000 * ci as u64 + (1000.0 * done_fraction) as u64);
+                            pb.set_message(format!("{} branches", stats.branches));
+                        }
+                    }
+                    Outcome::Counterexample(x, y) => return violated(x, y, ci),
+                    Outcome::Split(children) => {
+                        if complete {
+                            let (a, b) = *children;
+                            stack.push(a);
+                            stack.push(b);
+                        } else {
+                            undecided.get_or_insert_with(|| {
+                                format!("{} bounds do not exclude the unsafe set on case {ci}", engine.name())
+                            });
+                        }
+                    }
+                    Outcome::Stuck(reason) => {
+                        undecided.get_or_insert(format!("case {ci}: {reason}"));
+                    }
+                }
+            }
+        }
+    }
+    match undecided {
+        Some(reason) => Verdict::Unknown { reason },
+        None => Verdict::Holds,
+    }
+}
+
+/// Log of the box volume, counting degenerate dimensions as width 1 (they never split).
+fn log_volume(lower: &[f64], upper: &[f64]) -> f64 {
+    lower.iter().zip(upper).map(|(l, u)| if u > l { (u - l).ln() } else { 0.0 }).sum()
+}
+
+/// Required margin for constraint `row·y - rhs` given the f32 error bound `err`.
+pub fn required_margin(row: &[f64], rhs: f64, err: &[f64]) -> f64 {
+    row.iter().zip(err).map(|(c, e)| c.abs() * e).sum::<f64>() + 1e-9 * (1.0 + rhs.abs())
+}
+
+fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &dyn BoundEngine, d: &Domain) -> Outcome {
+    let mut rows: Vec<Vec<f64>> = Vec::new();
+    let mut owner: Vec<(usize, usize)> = Vec::new();
+    for &ci in &d.active {
+        for (k, row) in case.unsafe_set[ci].rows.iter().enumerate() {
+            rows.push(row.clone());
+            owner.push((ci, k));
+        }
+    }
+    let bounds = match engine.spec_lower(&d.lower, &d.upper, &rows) {
+        Ok(b) => b,
+        Err(e) => return Outcome::Stuck(format!("{} failed: {e}", engine.name())),
+    };
+    let err = rounding::f32_error_bound(net, &d.lower, &d.upper);
+    let mut remaining = Vec::new();
+    let mut min_gap = f64::INFINITY;
+    for &ci in &d.active {
+        let conj: &Conj = &case.unsafe_set[ci];
+        let mut best: Option<f64> = None;
+        for (r, &(owner_ci, k)) in owner.iter().enumerate() {
+            if owner_ci != ci {
+                continue;
+            }
+            let gap = bounds.lower[r] - conj.rhs[k];
+            if gap > required_margin(&conj.rows[k], conj.rhs[k], &err) {
+                best = Some(best.map_or(gap, |b: f64| b.max(gap)));
+            }
+        }
+        match best {
+            Some(g) => min_gap = min_gap.min(g),
+            None => remaining.push(ci),
+        }
+    }
+    if remaining.is_empty() {
+        return Outcome::Done(min_gap);
+    }
+
+    // Candidate counterexamples: the centre, and per open conjunction the box point that
+    // minimises the summed linear lower bounds of its constraints (ProRepair Eq. 8).
+    let n = d.lower.len();
+    let mut candidates = vec![falsify::centre(&d.lower, &d.upper)];
+    let mut score = vec![0.0; n];
+    for &ci in &remaining {
+        let mut dir = vec![0.0; n];
+        for (r, &(owner_ci, _)) in owner.iter().enumerate() {
+            if owner_ci != ci {
+                continue;
+            }
+            if let Some(a) = &bounds.coeffs {
+                for i in 0..n {
+                    dir[i] += a[r][i];
+                    score[i] += a[r][i].abs();
+                }
+            }
+        }
+        if bounds.coeffs.is_some() {
+            candidates.push((0..n).map(|i| if dir[i] > 0.0 { d.lower[i] } else { d.upper[i] }).collect());
+        }
+    }
+    for &ci in &remaining {
+        let conj = &case.unsafe_set[ci];
+        let mut a = falsify::check_points(net, conj, &candidates);
+        if a.found.is_none() && d.depth > 0 && d.depth % 8 == 0 {
+            if let Some(cnet) = cnet {
+                let starts = vec![a.best_input.clone(), falsify::centre(&d.lower, &d.upper)];
+                if let Ok(p) = falsify::pgd(cnet, net, &d.lower, &d.upper, conj, &starts, 12) {
+                    a = p;
+                }
+            }
+        }
+        if let Some((x, y)) = a.found {
+            return Outcome::Counterexample(x, y);
+        }
+    }
+
+    // Split the dimension with the largest refine score (Eq. 9), or the widest.
+    let widths: Vec<f64> = d.lower.iter().zip(&d.upper).map(|(l, u)| u - l).collect();
+    let have_scores = bounds.coeffs.is_some() && score.iter().any(|&s| s > 0.0);
+    let best_dim = (0..n)
+        .filter(|&i| widths[i] > 0.0)
+        .max_by(|&i, &j| {
+            let key = |k: usize| if have_scores { widths[k] * score[k] } else { widths[k] };
+            key(i).total_cmp(&key(j))
+        });
+    let Some(dim) = best_dim else {
+        return Outcome::Stuck("a point box could not be decided".into());
+    };
+    let mid = 0.5 * (d.lower[dim] + d.upper[dim]);
+    if !(mid > d.lower[dim] && mid < d.upper[dim]) {
+        return Outcome::Stuck("sub-box too small to split further".into());
+    }
+    let mut left = Domain { lower: d.lower.clone(), upper: d.upper.clone(), active: remaining, depth: d.depth + 1 };
+    let mut right = left.clone();
+    left.upper[dim] = mid;
+    right.lower[dim] = mid;
+    Outcome::Split(Box::new((left, right)))
+}

@@ -1,0 +1,295 @@
+//! A sound bound on the f32 rounding error of evaluating a network on the device.
+//!
+//! The verifier proves properties of the exact (real-arithmetic) network `f` with f64
+//! bound propagation, but the device evaluates `f̂`, the same network in f32. A verdict
+//! "holds" is only given when the certified margin of every excluded constraint
+//! `c·y - rhs` exceeds `|c|·E`, where `E` bounds `|f̂(x) - f(x)|` element-wise over the box.
+//! This module computes `E` with the standard model of floating-point arithmetic
+//! (Higham, *Accuracy and Stability of Numerical Algorithms*, §2.2 and §3.1).
+//!
+//! # Derivation
+//!
+//! Let `u = 2^-24` (unit roundoff of f32, round to nearest) and
+//! `γ_n = n u / (1 - n u)`. Every computed f32 operation satisfies
+//! `fl(a op b) = (a op b)(1 + δ)`, `|δ| <= u` (no underflow to subnormals at the
+//! magnitudes involved; gradual underflow only adds an absolute error below 2^-149 per
+//! operation, far below the slack used here). Any summation order (including SIMD lanes
+//! and fused multiply-adds) of an `n`-term sum of products satisfies
+//! `|fl(Σ a_i b_i) - Σ a_i b_i| <= γ_n Σ |a_i b_i|`.
+//!
+//! We propagate two element-wise bounds through the layers: `M`, a bound on the exact
+//! activation magnitudes `|x|` over the box (from interval bound propagation, IBP), and `e`,
+//! a bound on the device error `|x̂ - x|`. At the input, the device receives `fl32(x)`, so
+//! `e_0 = u |x|`.
+//!
+//! * **Dense / Conv2d** (`z = W x + b`, `n` products per output; for a convolution
+//!   `n = in_channels · kernel_h · kernel_w`). The device stores `Ŵ = fl32(W)`,
+//!   `b̂ = fl32(b)` (`|Ŵ - W| <= u|W|`) and computes `ẑ = fl(Ŵ x̂ + b̂)`, an `(n+1)`-term
+//!   sum. Then
+//!   `|ẑ - z| <= |ẑ - (Ŵx̂ + b̂)| + |Ŵ - W||x̂| + |W||x̂ - x| + |b̂ - b|`
+//!   `        <= γ_{n+1}(|Ŵ||x̂| + |b̂|) + u|W|(M + e) + |W| e + u|b|`
+//!   `        <= |W| e + g_{n+1} (|W|(M + e) + |b|)`, with `g_k = (1 + u) γ_k + u`,
+//!   using `|Ŵ| <= (1+u)|W|`, `|b̂| <= (1+u)|b|` and `|x̂| <= M + e`.
+//! * **ReLU, MaxPool, Flatten**: exact operations that are 1-Lipschitz in the max norm:
+//!   `e_out = e` (max over the window for MaxPool).
+//! * **LeakyReLU**: 1-Lipschitz, plus one rounded product `α x̂`:
+//!   `e_out = e + u α (M + e)`.
+//! * **AvgPool** over `k` cells: a `k`-term sum then a division:
+//!   `e_out <= max_window e + g_k max_window (M + e)`.
+//! * **Sigmoid** (Lipschitz 1/4), **Tanh** (1), **GELU** (Lipschitz
+//!   `max |GELU'| = 1.1289 < 1.13`): `e_out = L e + ε_act` where `ε_act` is the
+//!   accuracy contract of the device's transcendental kernels, taken as
+//!   [`TRANSCENDENTAL_ABS_ERROR`] (absolute) plus `8u` relative to the result magnitude.
+//!   A device kernel less accurate than that voids the claim; ReLU networks (ACAS Xu,
+//!   the MNIST nets) do not depend on it.
+//!
+//! Magnitudes `M` come from an IBP pass over the same box (sound in f64; its own f64
+//! rounding is ~1e-16 relative, absorbed by the factor [`SLACK`]).
+//!
+//! The bound is checked by sampling against an actual f32 evaluation ([`forward_f32`],
+//! and tract in the integration tests).
+
+use crate::model::{Conv2d, Layer, Network, Pool2d};
+
+/// Unit roundoff of f32.
+pub const U32: f64 = 1.0 / 16_777_216.0;
+
+/// Assumed absolute accuracy of the device's sigmoid/tanh/GELU kernels (see module docs).
+pub const TRANSCENDENTAL_ABS_ERROR: f64 = 1e-6;
+
+/// Multiplicative slack on the final bound, absorbing the f64 rounding of this computation.
+pub const SLACK: f64 = 1.0 + 1e-6;
+
+/// Lipschitz bound of exact GELU.
+const GELU_LIPSCHITZ: f64 = 1.13;
+
+/// `γ_n = n u / (1 - n u)` for f32.
+pub fn gamma(n: usize) -> f64 {
+    let nu = n as f64 * U32;
+    if nu >= 1.0 { f64::INFINITY } else { nu / (1.0 - nu) }
+}
+
+/// `g_n = (1 + u) γ_n + u`: the factor of the rounding terms of a dense or conv layer.
+fn g(n: usize) -> f64 {
+    (1.0 + U32) * gamma(n) + U32
+}
+
+/// Sound interval bounds `[lower, upper]` of every layer's input and of the output
+/// (`layers.len() + 1` pairs) of the exact network over the box (interval bound
+/// propagation in f64).
+pub fn interval_bounds(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let mut out = vec![(lower.to_vec(), upper.to_vec())];
+    for layer in &net.layers {
+        let (l, u) = out.last().expect("non-empty");
+        let next = match layer {
+            Layer::Dense(d) => {
+                let (mid, rad) = mid_rad(l, u);
+                let c = d.apply(&mid);
+                let r: Vec<f64> = (0..d.out_dim)
+                    .map(|o| d.row(o).iter().zip(&rad).map(|(w, r)| w.abs() * r).sum::<f64>())
+                    .collect();
+                widen(&c, &r)
+            }
+            Layer::Conv2d(conv) => {
+                let (mid, rad) = mid_rad(l, u);
+                let c = conv.apply(&mid);
+                let r = abs_conv(conv).apply(&rad);
+                widen(&c, &r)
+            }
+            // Monotone (non-decreasing) maps: apply to both ends.
+            Layer::AvgPool2d(_) | Layer::MaxPool2d(_) | Layer::Flatten => (layer.apply(l), layer.apply(u)),
+            Layer::Relu | Layer::LeakyRelu { .. } | Layer::Sigmoid | Layer::Tanh => {
+                (layer.apply(l), layer.apply(u))
+            }
+            Layer::Gelu => {
+                // GELU decreases on (-inf, x*] and increases on [x*, inf), x* ~ -0.7518,
+                // with minimum value ~ -0.16997: use -0.17 as a sound floor there.
+                const ARGMIN: f64 = -0.751_791_524_693_564_5;
+                let lo = l
+                    .iter()
+                    .zip(u)
+                    .map(|(&a, &b)| {
+                        if a <= ARGMIN && ARGMIN <= b { -0.17 } else { layer.activate(a).min(layer.activate(b)) }
+                    })
+                    .collect();
+                let hi = l.iter().zip(u).map(|(&a, &b)| layer.activate(a).max(layer.activate(b))).collect();
+                (lo, hi)
+            }
+        };
+        out.push(next);
+    }
+    out
+}
+
+fn mid_rad(l: &[f64], u: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mid = l.iter().zip(u).map(|(a, b)| 0.5 * (a + b)).collect();
+    let rad = l.iter().zip(u).map(|(a, b)| 0.5 * (b - a)).collect();
+    (mid, rad)
+}
+
+/// `[c - r, c + r]`, widened by a relative 1e-12 for the f64 rounding of the IBP itself.
+fn widen(c: &[f64], r: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let pad = |c: f64, r: f64| r + 1e-12 * (c.abs() + r);
+    (c.iter().zip(r).map(|(&c, &r)| c - pad(c, r)).collect(), c.iter().zip(r).map(|(&c, &r)| c + pad(c, r)).collect())
+}
+
+/// The convolution with `|W|` and no bias.
+fn abs_conv(conv: &Conv2d) -> Conv2d {
+    Conv2d { weight: conv.weight.iter().map(|w| w.abs()).collect(), bias: vec![0.0; conv.bias.len()], ..conv.clone() }
+}
+
+/// Element-wise bound on `|f̂(x) - f(x)|` over the box, where `f̂` is the network evaluated
+/// in f32 on the device (see the module docs for the derivation and its assumptions).
+pub fn f32_error_bound(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<f64> {
+    let bounds = interval_bounds(net, lower, upper);
+    let magnitude = |(l, u): &(Vec<f64>, Vec<f64>)| -> Vec<f64> {
+        l.iter().zip(u).map(|(a, b)| a.abs().max(b.abs())).collect()
+    };
+    let mut err: Vec<f64> = magnitude(&bounds[0]).iter().map(|m| U32 * m).collect();
+    for (layer, b) in net.layers.iter().zip(&bounds) {
+        let m = magnitude(b);
+        err = match layer {
+            Layer::Dense(d) => {
+                let gn = g(d.in_dim + 1);
+                (0..d.out_dim)
+                    .map(|o| {
+                        let (mut prop, mut mag) = (0.0, d.bias[o].abs());
+                        for ((w, e), m) in d.row(o).iter().zip(&err).zip(&m) {
+                            prop += w.abs() * e;
+                            mag += w.abs() * (m + e);
+                        }
+                        prop + gn * mag
+                    })
+                    .collect()
+            }
+            Layer::Conv2d(conv) => {
+                let gn = g(conv.in_channels * conv.kernel_h * conv.kernel_w + 1);
+                let abs = abs_conv(conv);
+                let prop = abs.apply(&err);
+                let me: Vec<f64> = m.iter().zip(&err).map(|(m, e)| m + e).collect();
+                let mag = abs.apply(&me);
+                let bias_of = |i: usize| conv.bias[i / (conv.out_h() * conv.out_w())].abs();
+                (0..prop.len()).map(|i| prop[i] + gn * (mag[i] + bias_of(i))).collect()
+            }
+            Layer::Relu | Layer::Flatten => err,
+            Layer::LeakyRelu { alpha } => err.iter().zip(&m).map(|(e, m)| e + U32 * alpha * (m + e)).collect(),
+            Layer::MaxPool2d(p) => pool_max(p, &err),
+            Layer::AvgPool2d(p) => {
+                let k = p.kernel_h * p.kernel_w;
+                let me: Vec<f64> = m.iter().zip(&err).map(|(m, e)| m + e).collect();
+                pool_max(p, &err).iter().zip(pool_max(p, &me)).map(|(e, me)| e + g(k) * me).collect()
+            }
+            Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
+                let lip = match layer {
+                    Layer::Sigmoid => 0.25,
+                    Layer::Tanh => 1.0,
+                    _ => GELU_LIPSCHITZ,
+                };
+                // Result magnitude: sigmoid, tanh <= 1; |GELU(x)| <= |x|.
+                let out_mag = |m: f64| if matches!(layer, Layer::Gelu) { m } else { 1.0 };
+                err.iter()
+                    .zip(&m)
+                    .map(|(e, m)| lip * e + TRANSCENDENTAL_ABS_ERROR + 8.0 * U32 * (out_mag(m + e)))
+                    .collect()
+            }
+        };
+    }
+    err.iter().map(|e| e * SLACK).collect()
+}
+
+/// Max of `v` over each pooling window (padding excluded).
+fn pool_max(p: &Pool2d, v: &[f64]) -> Vec<f64> {
+    let mut out = Vec::with_capacity(p.channels * p.out_h() * p.out_w());
+    for c in 0..p.channels {
+        for oy in 0..p.out_h() {
+            for ox in 0..p.out_w() {
+                out.push(p.window(c, oy, ox).map(|i| v[i]).fold(0.0, f64::max));
+            }
+        }
+    }
+    out
+}
+
+/// A plain f32 evaluation of the network (weights rounded to f32, every operation in f32,
+/// sequential sums): one concrete instance of the device arithmetic that
+/// [`f32_error_bound`] covers. Used by the sampling tests.
+pub fn forward_f32(net: &Network, x: &[f64]) -> Vec<f32> {
+    let mut v: Vec<f32> = x.iter().map(|&a| a as f32).collect();
+    for layer in &net.layers {
+        v = match layer {
+            Layer::Dense(d) => (0..d.out_dim)
+                .map(|o| d.row(o).iter().zip(&v).fold(d.bias[o] as f32, |acc, (&w, &a)| acc + (w as f32) * a))
+                .collect(),
+            Layer::Relu => v.iter().map(|&a| a.max(0.0)).collect(),
+            Layer::LeakyRelu { alpha } => v.iter().map(|&a| if a >= 0.0 { a } else { *alpha as f32 * a }).collect(),
+            Layer::Sigmoid => v.iter().map(|&a| 1.0 / (1.0 + (-a).exp())).collect(),
+            Layer::Tanh => v.iter().map(|&a| a.tanh()).collect(),
+            // Other layers: evaluate in f64 and round (exact ops or not needed by the tests).
+            other => other.apply(&v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>()).iter().map(|&a| a as f32).collect(),
+        };
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Dense;
+    use rand::{Rng, SeedableRng};
+
+    fn random_net(rng: &mut rand_chacha::ChaCha8Rng, dims: &[usize], act: Layer) -> Network {
+        let mut layers = Vec::new();
+        for (i, w) in dims.windows(2).enumerate() {
+            let weight = (0..w[0] * w[1]).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let bias = (0..w[1]).map(|_| rng.random_range(-1.0..1.0)).collect();
+            layers.push(Layer::Dense(Dense::new(w[0], w[1], weight, bias).unwrap()));
+            if i + 2 < dims.len() {
+                layers.push(act.clone());
+            }
+        }
+        Network::new(vec![dims[0]], layers).unwrap()
+    }
+
+    #[test]
+    fn interval_bounds_contain_sampled_activations() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for act in [Layer::Relu, Layer::Tanh, Layer::Sigmoid, Layer::Gelu, Layer::LeakyRelu { alpha: 0.1 }] {
+            let net = random_net(&mut rng, &[4, 8, 8, 3], act);
+            let (lo, hi) = (vec![-1.0, -0.5, 0.0, 0.2], vec![0.5, 0.5, 1.0, 0.3]);
+            let b = interval_bounds(&net, &lo, &hi);
+            for _ in 0..500 {
+                let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| rng.random_range(l..=h)).collect();
+                let mut v = x.clone();
+                for (k, layer) in net.layers.iter().enumerate() {
+                    v = layer.apply(&v);
+                    for (j, a) in v.iter().enumerate() {
+                        assert!(b[k + 1].0[j] <= *a && *a <= b[k + 1].1[j], "layer {k} {}", layer.kind());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn f32_error_bound_covers_sampled_f32_evaluations() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        for act in [Layer::Relu, Layer::Tanh, Layer::Sigmoid] {
+            let net = random_net(&mut rng, &[5, 50, 50, 50, 5], act);
+            let (lo, hi) = (vec![-1.0; 5], vec![1.0; 5]);
+            let bound = f32_error_bound(&net, &lo, &hi);
+            let mut worst: f64 = 0.0;
+            for _ in 0..2000 {
+                let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| rng.random_range(l..=h)).collect();
+                let exact = net.forward(&x);
+                let dev = forward_f32(&net, &x);
+                for j in 0..exact.len() {
+                    let err = (f64::from(dev[j]) - exact[j]).abs();
+                    assert!(err <= bound[j], "output {j}: error {err} > bound {}", bound[j]);
+                    worst = worst.max(err / bound[j]);
+                }
+            }
+            // The bound is sound but should not be absurdly loose either.
+            assert!(worst > 1e-5, "bound looser than expected: worst ratio {worst}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The verifier on real ACAS Xu instances and the VNN-COMP sanity instances: verdicts
+//! never contradict `expected_results.csv`; counterexamples are re-checked by the f64
+//! forward pass and by tract (f32); the f32 rounding-error bound covers tract's outputs.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use prorepair_host::import::onnx::TractModel;
+use prorepair_host::verify::{self, Method, Options, Verdict};
+use prorepair_tests::{acasxu_onnx, data_path};
+
+/// `(onnx, vnnlib) -> "sat" | "unsat"`.
+fn expected() -> Option<HashMap<(String, String), String>> {
+    let path = data_path("expected_results.csv")?;
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f.len() >= 4).then(|| ((f[1].to_string(), f[2].to_string()), f[3].to_string()))
+            })
+            .collect(),
+    )
+}
+
+fn options(timeout_s: u64) -> Options {
+    Options { method: Method::Complete, timeout: Duration::from_secs(timeout_s), threads: None, seed: 0, progress: None }
+}
+
+/// Run one instance and check it against the expected verdict; returns the verdict.
+fn check_instance(onnx_rel: &str, vnnlib_rel: &str, expect: &str, timeout_s: u64) -> Verdict {
+    let onnx = data_path(onnx_rel).unwrap();
+    let vnnlib = data_path(vnnlib_rel).unwrap();
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let prop = prorepair_host::spec::Property::from_vnnlib(&vnnlib).unwrap();
+    let report = verify::verify(&net, &prop, &options(timeout_s)).unwrap();
+    let name = format!("{onnx_rel} {vnnlib_rel}");
+    eprintln!("{name}: {} in {:.2} s ({} branches)", report.verdict.status(), report.stats.time_s, report.stats.branches);
+    match &report.verdict {
+        Verdict::Holds => assert_eq!(expect, "unsat", "{name}: holds contradicts expected {expect}"),
+        Verdict::Violated { counterexample, output, case } => {
+            assert_eq!(expect, "sat", "{name}: violated contradicts expected {expect}");
+            let c = &prop.cases[*case];
+            assert!(counterexample.iter().enumerate().all(|(i, x)| c.input.lower[i] <= *x && *x <= c.input.upper[i]));
+            // The f64 forward pass reproduces the output, which reaches the unsafe set.
+            assert_eq!(&net.forward(counterexample), output);
+            let reaches = |y: &[f64], tol: f64| {
+                c.unsafe_set.iter().any(|conj| {
+                    conj.constraints.iter().all(|lc| lc.coeffs.iter().zip(y).map(|(a, b)| a * b).sum::<f64>() - lc.rhs <= tol)
+                })
+            };
+            assert!(reaches(output, 0.0), "{name}: output {output:?} does not reach the unsafe set");
+            // tract (f32) agrees with the output and reaches the unsafe set up to f32 rounding.
+            let tract = TractModel::load(&onnx).unwrap();
+            let x32: Vec<f32> = counterexample.iter().map(|&v| v as f32).collect();
+            let y32: Vec<f64> = tract.run(&x32).unwrap().iter().map(|&v| f64::from(v)).collect();
+            for (a, b) in y32.iter().zip(output) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name}: tract {y32:?} vs forward {output:?}");
+            }
+            assert!(reaches(&y32, 1e-5), "{name}: tract output {y32:?} misses the unsafe set");
+        }
+        Verdict::Unknown { reason } => panic!("{name}: expected a decision ({expect}), got unknown: {reason}"),
+    }
+    report.verdict
+}
+
+#[test]
+fn acasxu_subset_agrees_with_expected_results() {
+    let Some(exp) = expected() else { return };
+    // Fixed, fast subset: violated instances (property 2 on several networks) and holding
+    // ones (properties 1, 3, 4 and the property 2 instance that holds on N3,3).
+    let subset = [(1, 2, 2), (2, 2, 2), (4, 5, 2), (1, 1, 3), (2, 3, 4), (3, 3, 1), (5, 1, 3)];
+    for (a, b, p) in subset {
+        let onnx = acasxu_onnx(a, b);
+        let vnnlib = format!("prop_{p}.vnnlib");
+        let key = (onnx.rsplit('/').next().unwrap().to_string(), vnnlib.clone());
+        let want = exp.get(&key).unwrap_or_else(|| panic!("{key:?} not in expected_results.csv"));
+        check_instance(&onnx, &format!("acasxu/vnnlib/{vnnlib}"), want, 120);
+    }
+}
+
+#[test]
+fn vnncomp_test_instances_agree_with_expected_results() {
+    let Some(exp) = expected() else { return };
+    let Some(list) = data_path("vnncomp-test/test_instances.csv") else { return };
+    let text = std::fs::read_to_string(list).unwrap();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let want = &exp[&(f[0].to_string(), f[1].to_string())];
+        check_instance(&format!("vnncomp-test/{}", f[0]), &format!("vnncomp-test/{}", f[1]), want, 60);
+        n += 1;
+    }
+    assert_eq!(n, 5);
+}
+
+#[test]
+fn f32_error_bound_covers_tract_on_acasxu() {
+    let Some(_) = data_path("acasxu") else { return };
+    // A small seeded generator (splitmix64) for uniform points.
+    let mut state: u64 = 3;
+    let mut uniform = move |l: f64, h: f64| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        l + (h - l) * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    };
+    for (a, b) in [(1, 1), (2, 7), (5, 9)] {
+        let onnx = data_path(&acasxu_onnx(a, b)).unwrap();
+        let net = prorepair_host::import::load(&onnx).unwrap();
+        let tract = TractModel::load(&onnx).unwrap();
+        // The whole normalised domain of the ACAS Xu properties.
+        let (lo, hi) = (vec![-0.33, -0.5, -0.5, -0.5, -0.5], vec![0.68, 0.5, 0.5, 0.5, 0.5]);
+        let bound = verify::rounding::f32_error_bound(&net, &lo, &hi);
+        let mut worst: f64 = 0.0;
+        for _ in 0..1000 {
+            let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| uniform(l, h)).collect();
+            let exact = net.forward(&x);
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let via_tract = tract.run(&x32).unwrap();
+            let via_plain = verify::rounding::forward_f32(&net, &x);
+            for j in 0..5 {
+                for dev in [f64::from(via_tract[j]), f64::from(via_plain[j])] {
+                    let err = (dev - exact[j]).abs();
+                    assert!(err <= bound[j], "N{a},{b} y{j}: f32 error {err} > bound {}", bound[j]);
+                    worst = worst.max(err / bound[j]);
+                }
+            }
+        }
+        eprintln!("N{a},{b}: f32 error bound {bound:?}, worst observed/bound {worst:.3e}");
+    }
+}
