@@ -22,8 +22,11 @@
 //! - **Firmware build** (a profile with `panic = "abort"`, e.g. `--profile min-size`,
 //!   with the default feature `panic-handler`): the crate is `#![no_std]` and brings its
 //!   own `#[panic_handler]`, which calls the C library's `abort()`. A panic therefore
-//!   stops the program at once and can never unwind into C. This archive links from C
-//!   with no system library beyond libc (`gcc main.c -Iinclude -L DIR -lprorepair`).
+//!   stops the program at once and can never unwind into C. It also defines the
+//!   (never called) `rust_eh_personality` that the precompiled `core` references. This
+//!   archive links from C with no system library beyond libc (`abort`, `memcpy`,
+//!   `memset`, `memcmp`, `bcmp`): `gcc main.c -Iinclude -L DIR -lprorepair`. It builds
+//!   for bare-metal targets too (checked: `--target thumbv7em-none-eabihf`).
 //! - **Host build** (`panic = "unwind"`, the dev and release profiles; `cargo test`;
 //!   or the feature `panic-handler` turned off): the crate uses std, and every
 //!   `extern "C"` body runs inside [`std::panic::catch_unwind`], so a panic becomes
