@@ -120,16 +120,22 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         "min_certified_margin": s.min_certified_margin,
         "f32_error_bound": s.f32_error_bound,
     });
-    match &report.verdict {
-        Verdict::Holds => println!("holds ({} branches, {:.3} s)", s.branches, s.time_s),
+    let summary = match &report.verdict {
+        Verdict::Holds => format!("holds ({} branches, {:.3} s)", s.branches, s.time_s),
         Verdict::Violated { counterexample, output, case } => {
             value["counterexample"] = json!({ "input": counterexample, "output": output, "case": case });
-            println!("violated: counterexample input {counterexample:?} output {output:?} ({:.3} s)", s.time_s);
+            format!("violated: counterexample input {counterexample:?} output {output:?} ({:.3} s)", s.time_s)
         }
         Verdict::Unknown { reason } => {
             value["reason"] = json!(reason);
-            println!("unknown: {reason} ({:.3} s)", s.time_s);
+            format!("unknown: {reason} ({:.3} s)", s.time_s)
         }
+    };
+    // With `--json -` stdout carries the JSON only.
+    if args.json.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary}");
     }
     if let Some(path) = &args.json {
         report::write_json(path, &value)?;

@@ -22,6 +22,9 @@ pub struct SpecLower {
     /// Linear lower-bound coefficients `A` (one row of input length per spec row) with
     /// `A x + c <= C f(x)` on the box, when the method has them (not IBP).
     pub coeffs: Option<Vec<Vec<f64>>>,
+    /// Sound bounds of every layer's input and of the output (`layers + 1` pairs) used by
+    /// the relaxation, for the f32 error bound.
+    pub layer_bounds: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
 /// A sound bounding method for spec rows over input boxes.
@@ -51,7 +54,7 @@ impl BoundEngine for IbpEngine<'_> {
             .iter()
             .map(|r| r.iter().enumerate().map(|(j, &c)| if c >= 0.0 { c * l[j] } else { c * u[j] }).sum())
             .collect();
-        Ok(SpecLower { lower, coeffs: None })
+        Ok(SpecLower { lower, coeffs: None, layer_bounds: b })
     }
 }
 
@@ -81,7 +84,8 @@ impl BoundEngine for LinearEngine<'_> {
         let b = bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
             .map_err(|e| e.to_string())?;
         let coeffs = b.a_lower.chunks(b.cols.max(1)).map(<[f64]>::to_vec).collect();
-        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs) })
+        let layer_bounds = b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect();
+        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), layer_bounds })
     }
 }
 
@@ -129,9 +133,9 @@ pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant
                     return None;
                 }
                 if round > 0 {
-                    pts = (0..16).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect();
+                    pts = (0..32).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect();
                 }
-                if let Ok(a) = falsify::pgd(&cnet, net, &case.lower, &case.upper, conj, &pts, 60) {
+                if let Ok(a) = falsify::pgd(&cnet, net, &case.lower, &case.upper, conj, &pts, 100) {
                     if let Some((x, y)) = a.found {
                         return Some(violated(x, y, ci));
                     }
@@ -274,7 +278,13 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
         Ok(b) => b,
         Err(e) => return Outcome::Stuck(format!("{} failed: {e}", engine.name())),
     };
-    let err = rounding::f32_error_bound(net, &d.lower, &d.upper);
+    let err = if bounds.layer_bounds.len() == net.layers.len() + 1 {
+        rounding::f32_error_bound_from(net, &bounds.layer_bounds)
+    } else {
+        rounding::f32_error_bound(net, &d.lower, &d.upper)
+    };
+    // Per spec row: the tight backward form when the network allows it, else |c|·E.
+    let row_err = rounding::spec_error_bounds(net, &bounds.layer_bounds, &rows);
     let mut remaining = Vec::new();
     let mut min_gap = f64::INFINITY;
     for &ci in &d.active {
@@ -285,7 +295,13 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
                 continue;
             }
             let gap = bounds.lower[r] - conj.rhs[k];
-            if gap > required_margin(&conj.rows[k], conj.rhs[k], &err) {
+            // The f64 back-substitution is not rounded outward: keep 1e-9 relative slack.
+            let f64_slack = 1e-9 * bounds.lower[r].abs();
+            let rounding = match &row_err {
+                Some(v) => v[r] + 1e-9 * (1.0 + conj.rhs[k].abs()),
+                None => required_margin(&conj.rows[k], conj.rhs[k], &err),
+            };
+            if gap > rounding + f64_slack {
                 best = Some(best.map_or(gap, |b: f64| b.max(gap)));
             }
         }
@@ -305,6 +321,7 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
     let mut score = vec![0.0; n];
     for &ci in &remaining {
         let mut dir = vec![0.0; n];
+        // Refine score (Eq. 9): width x summed |coefficient| of the open constraints.
         for (r, &(owner_ci, _)) in owner.iter().enumerate() {
             if owner_ci != ci {
                 continue;

@@ -205,8 +205,9 @@ pub fn pgd(
         let grads = loss.backward()?;
         let Some(grad) = grads.get(xv.as_tensor()) else { break };
         let grad: Vec<f64> = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-        // Step size decays linearly from 10% to 0.5% of the box width.
-        let frac = 0.1 * (1.0 - step as f64 / steps as f64) + 0.005;
+        // Step size decays from 10% to 0.01% of the box width: unsafe regions can be thin.
+        let t = step as f64 / steps as f64;
+        let frac = 0.1 * (1.0 - t) * (1.0 - t) + 1e-4;
         for (idx, (xi, gi)) in x.iter_mut().zip(&grad).enumerate() {
             let d = idx % n;
             let s = if *gi > 0.0 { -1.0 } else if *gi < 0.0 { 1.0 } else { 0.0 };

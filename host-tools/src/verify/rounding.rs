@@ -43,8 +43,10 @@
 //!   A device kernel less accurate than that voids the claim; ReLU networks (ACAS Xu,
 //!   the MNIST nets) do not depend on it.
 //!
-//! Magnitudes `M` come from an IBP pass over the same box (sound in f64; its own f64
-//! rounding is ~1e-16 relative, absorbed by the factor [`SLACK`]).
+//! Magnitudes `M` come from sound bounds of every layer's input over the same box: the
+//! bound engine's intermediate bounds (CROWN's, intersected with IBP) when available
+//! ([`f32_error_bound_from`]), else an IBP pass ([`interval_bounds`]). Their own f64
+//! rounding (~1e-16 relative) is absorbed by the factor [`SLACK`].
 //!
 //! The bound is checked by sampling against an actual f32 evaluation ([`forward_f32`],
 //! and tract in the integration tests).
@@ -141,12 +143,18 @@ fn abs_conv(conv: &Conv2d) -> Conv2d {
 /// Element-wise bound on `|f̂(x) - f(x)|` over the box, where `f̂` is the network evaluated
 /// in f32 on the device (see the module docs for the derivation and its assumptions).
 pub fn f32_error_bound(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<f64> {
-    let bounds = interval_bounds(net, lower, upper);
+    f32_error_bound_from(net, &interval_bounds(net, lower, upper))
+}
+
+/// [`f32_error_bound`] from given sound bounds of every layer's input and of the output
+/// (`layers.len() + 1` pairs, e.g. CROWN's intermediate bounds, much tighter than IBP's
+/// on deep networks).
+pub fn f32_error_bound_from(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)]) -> Vec<f64> {
     let magnitude = |(l, u): &(Vec<f64>, Vec<f64>)| -> Vec<f64> {
         l.iter().zip(u).map(|(a, b)| a.abs().max(b.abs())).collect()
     };
     let mut err: Vec<f64> = magnitude(&bounds[0]).iter().map(|m| U32 * m).collect();
-    for (layer, b) in net.layers.iter().zip(&bounds) {
+    for (layer, b) in net.layers.iter().zip(bounds) {
         let m = magnitude(b);
         err = match layer {
             Layer::Dense(d) => {
@@ -195,6 +203,114 @@ pub fn f32_error_bound(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<f64> 
         };
     }
     err.iter().map(|e| e * SLACK).collect()
+}
+
+/// Bounds on `|rows[k]·(f̂(x) - f(x))|` over the box, much tighter than `|rows[k]|·E`
+/// for Dense/ReLU networks; `None` for other layer kinds (use [`f32_error_bound_from`]).
+///
+/// Write the device error of every layer as the propagated input error plus a local
+/// rounding term: for a dense layer `ẑ - z = W(x̂ - x) + δ` with
+/// `|δ| <= g_{n+1}(|W|(M + e) + |b|)` (the derivation above), and for ReLU
+/// `relu(x̂) - relu(x) = s (x̂ - x)` with `s ∈ [0, 1]`, where `s = 1` when the neuron and
+/// its device value are both surely positive (`l - e > 0`) and `s = 0` when both are
+/// surely non-positive (`u + e <= 0`). Then the output error is
+/// `Σ_k J_k δ_k + J_0 e_0` with `J_k = W_L S ... S W_{k+1}` (S the diagonal slopes), and
+/// `|c·J_k δ_k| <= |c J_k| |δ_k|`, where `c J_k` is bounded by backward interval
+/// propagation of the row `c` (exact through `W`, an interval through unknown slopes).
+pub fn spec_error_bounds(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)], rows: &[Vec<f64>]) -> Option<Vec<f64>> {
+    if bounds.len() != net.layers.len() + 1 {
+        return None;
+    }
+    enum Step {
+        Dense(Vec<f64>),
+        Relu(Vec<(f64, f64)>),
+        Identity,
+    }
+    let magnitude = |(l, u): &(Vec<f64>, Vec<f64>)| -> Vec<f64> {
+        l.iter().zip(u).map(|(a, b)| a.abs().max(b.abs())).collect()
+    };
+    let e0: Vec<f64> = magnitude(&bounds[0]).iter().map(|m| U32 * m).collect();
+    let mut err = e0.clone();
+    let mut steps = Vec::new();
+    for (layer, b) in net.layers.iter().zip(bounds) {
+        let m = magnitude(b);
+        match layer {
+            Layer::Dense(d) => {
+                let gn = g(d.in_dim + 1);
+                let mut local = Vec::with_capacity(d.out_dim);
+                let mut next = Vec::with_capacity(d.out_dim);
+                for o in 0..d.out_dim {
+                    let (mut prop, mut mag) = (0.0, d.bias[o].abs());
+                    for ((w, e), m) in d.row(o).iter().zip(&err).zip(&m) {
+                        prop += w.abs() * e;
+                        mag += w.abs() * (m + e);
+                    }
+                    local.push(gn * mag);
+                    next.push(prop + gn * mag);
+                }
+                err = next;
+                steps.push(Step::Dense(local));
+            }
+            Layer::Relu => {
+                let (l, u) = b;
+                let slopes: Vec<(f64, f64)> = (0..err.len())
+                    .map(|i| {
+                        if l[i] - err[i] > 0.0 {
+                            (1.0, 1.0)
+                        } else if u[i] + err[i] <= 0.0 {
+                            (0.0, 0.0)
+                        } else {
+                            (0.0, 1.0)
+                        }
+                    })
+                    .collect();
+                err = err.iter().zip(&slopes).map(|(e, s)| e * s.1).collect();
+                steps.push(Step::Relu(slopes));
+            }
+            Layer::Flatten => steps.push(Step::Identity),
+            _ => return None,
+        }
+    }
+    let mut out = Vec::with_capacity(rows.len());
+    for c in rows {
+        let (mut lo, mut hi) = (c.clone(), c.clone());
+        let mut total = 0.0;
+        for (layer, step) in net.layers.iter().zip(&steps).rev() {
+            match (layer, step) {
+                (Layer::Dense(d), Step::Dense(local)) => {
+                    total += lo.iter().zip(&hi).zip(local).map(|((a, b), l)| a.abs().max(b.abs()) * l).sum::<f64>();
+                    let (mut nlo, mut nhi) = (vec![0.0; d.in_dim], vec![0.0; d.in_dim]);
+                    for o in 0..d.out_dim {
+                        let (mid, rad) = (0.5 * (lo[o] + hi[o]), 0.5 * (hi[o] - lo[o]));
+                        for (i, w) in d.row(o).iter().enumerate() {
+                            let (cm, cr) = (mid * w, rad * w.abs());
+                            nlo[i] += cm - cr;
+                            nhi[i] += cm + cr;
+                        }
+                    }
+                    // Widen for the f64 rounding of this propagation.
+                    for (a, b) in nlo.iter_mut().zip(nhi.iter_mut()) {
+                        let pad = 1e-12 * (a.abs() + b.abs());
+                        *a -= pad;
+                        *b += pad;
+                    }
+                    lo = nlo;
+                    hi = nhi;
+                }
+                (_, Step::Relu(slopes)) => {
+                    for (i, &(s0, s1)) in slopes.iter().enumerate() {
+                        let c = [lo[i] * s0, lo[i] * s1, hi[i] * s0, hi[i] * s1];
+                        lo[i] = c.iter().copied().fold(f64::INFINITY, f64::min);
+                        hi[i] = c.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    }
+                }
+                _ => {}
+            }
+        }
+        total += lo.iter().zip(&hi).zip(&e0).map(|((a, b), e)| a.abs().max(b.abs()) * e).sum::<f64>();
+        out.push(total * SLACK);
+    }
+    Some(out)
 }
 
 /// Max of `v` over each pooling window (padding excluded).
@@ -286,6 +402,24 @@ mod tests {
                     let err = (f64::from(dev[j]) - exact[j]).abs();
                     assert!(err <= bound[j], "output {j}: error {err} > bound {}", bound[j]);
                     worst = worst.max(err / bound[j]);
+                }
+            }
+            // The spec-row form (output rows and a random row) covers the same errors.
+            let mut rows: Vec<Vec<f64>> = (0..5).map(|j| (0..5).map(|k| f64::from(u8::from(j == k))).collect()).collect();
+            rows.push((0..5).map(|_| rng.random_range(-1.0..1.0)).collect());
+            let spec = matches!(net.layers[1], Layer::Relu)
+                .then(|| spec_error_bounds(&net, &interval_bounds(&net, &lo, &hi), &rows).unwrap());
+            if let Some(spec) = &spec {
+                for _ in 0..2000 {
+                    let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| rng.random_range(l..=h)).collect();
+                    let (exact, dev) = (net.forward(&x), forward_f32(&net, &x));
+                    for (r, row) in rows.iter().enumerate() {
+                        let err: f64 = row.iter().enumerate().map(|(j, c)| c * (f64::from(dev[j]) - exact[j])).sum();
+                        assert!(err.abs() <= spec[r], "row {r}: error {err} > bound {}", spec[r]);
+                    }
+                }
+                for j in 0..5 {
+                    assert!(spec[j] <= bound[j], "the spec form is never looser");
                 }
             }
             // The bound is sound but should not be absurdly loose either.
