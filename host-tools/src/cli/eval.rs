@@ -1,12 +1,157 @@
-//! `prorepair-host eval` (placeholder until implemented).
+//! `prorepair-host eval`: outputs of a model for each input row of a CSV file.
+//!
+//! A device model blob (recognised by its magic, whatever the file name) is evaluated by
+//! `prorepair-core`, in f32, exactly as the device computes it; an ONNX or `.nnet` model
+//! is imported into the host IR and evaluated in f64.
 
-use super::{CliError, Outcome};
+use std::path::{Path, PathBuf};
+
+use super::{CliError, Outcome, report};
+use crate::compile::AlignedBlob;
 
 /// Arguments of `eval`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The model: a device blob from `compile` (evaluated by the device core, in f32),
+    /// or an ONNX / .nnet file (evaluated by the host IR, in f64).
+    pub model: PathBuf,
+    /// Input CSV: one input per row, the input tensor flattened row-major,
+    /// comma-separated, no header.
+    #[arg(long, value_name = "IN.csv")]
+    pub inputs: PathBuf,
+    /// Write `{"outputs": [[...], ...]}` to this file (`-` for stdout) instead of CSV on
+    /// stdout.
+    #[arg(long, value_name = "OUT")]
+    pub json: Option<PathBuf>,
+}
+
+/// True when `bytes` start with the model-blob magic.
+pub(crate) fn is_model_blob(bytes: &[u8]) -> bool {
+    bytes.starts_with(&prorepair_core::format::MAGIC)
+}
+
+/// Read a file, naming it in the error.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|e| CliError::file(path, format!("cannot read: {e}")))
+}
+
+/// Load and validate a model blob, naming the file and the core's reason on failure.
+pub(crate) fn load_blob(path: &Path, bytes: &[u8]) -> Result<AlignedBlob, CliError> {
+    let blob = AlignedBlob::new(bytes);
+    blob.model()
+        .map_err(|e| CliError::file(path, format!("invalid model blob: {e}")))?;
+    Ok(blob)
+}
+
+/// Parse the input CSV: every non-blank line is one row of `width` numbers.
+pub(crate) fn read_rows(path: &Path, width: usize) -> Result<Vec<Vec<f64>>, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::file(path, format!("cannot read: {e}")))?;
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let row = line
+            .split(',')
+            .enumerate()
+            .map(|(c, field)| {
+                let field = field.trim();
+                field
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite())
+                    .ok_or_else(|| {
+                        CliError::file(
+                            path,
+                            format!(
+                                "line {}, column {}: {field:?} is not a finite number",
+                                n + 1,
+                                c + 1
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<f64>, CliError>>()?;
+        if row.len() != width {
+            return Err(CliError::file(
+                path,
+                format!(
+                    "line {}: {} values, the model takes {width}",
+                    n + 1,
+                    row.len()
+                ),
+            ));
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(CliError::file(path, "no input rows"));
+    }
+    Ok(rows)
+}
+
+/// `eval`'s JSON report.
+#[derive(serde::Serialize)]
+struct Report<T> {
+    outputs: Vec<Vec<T>>,
+}
+
+/// Write the outputs as CSV on stdout, or as JSON to `json`. Values print in their
+/// shortest round-trip form (f32 for the device core, f64 for the host IR).
+fn emit<T: serde::Serialize + std::fmt::Display>(
+    outputs: Vec<Vec<T>>,
+    json: Option<&Path>,
+) -> Result<(), CliError> {
+    match json {
+        Some(path) => {
+            let mut text = serde_json::to_string_pretty(&Report { outputs })
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            text.push('\n');
+            report::write_output(path, text.as_bytes())
+        }
+        None => {
+            let mut text = String::new();
+            for row in &outputs {
+                let fields: Vec<String> = row.iter().map(|v| v.to_string()).collect();
+                text.push_str(&fields.join(","));
+                text.push('\n');
+            }
+            report::write_output(Path::new("-"), text.as_bytes())
+        }
+    }
+}
 
 /// Run `eval`.
-pub fn run(_args: Args) -> Result<Outcome, CliError> {
-    Err(CliError::Internal("eval is not implemented yet".into()))
+pub fn run(args: Args) -> Result<Outcome, CliError> {
+    let bytes = read_file(&args.model)?;
+    if is_model_blob(&bytes) {
+        let blob = load_blob(&args.model, &bytes)?;
+        let model = blob.model().map_err(|e| CliError::file(&args.model, e))?;
+        let rows = read_rows(&args.inputs, model.input_len())?;
+        let mut arena = vec![0.0f32; model.required_arena_len()];
+        let outputs = rows
+            .iter()
+            .map(|row| {
+                let x: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+                let mut out = vec![0.0f32; model.output_len()];
+                model
+                    .evaluate(&x, &mut arena, &mut out)
+                    .map_err(|e| CliError::Internal(e.to_string()))?;
+                Ok(out)
+            })
+            .collect::<Result<Vec<_>, CliError>>()?;
+        emit(outputs, args.json.as_deref())?;
+    } else {
+        drop(bytes);
+        let net =
+            crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+        let rows = read_rows(&args.inputs, net.input_dim())?;
+        emit(
+            rows.iter().map(|row| net.forward(row)).collect(),
+            args.json.as_deref(),
+        )?;
+    }
+    Ok(Outcome::Ok)
 }
