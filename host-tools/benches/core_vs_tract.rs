@@ -14,7 +14,7 @@ use prorepair_core::kernels;
 use prorepair_host::compile::{AlignedBlob, compile};
 use prorepair_host::import::onnx::TractModel;
 use prorepair_host::model::Layer;
-use prorepair_host::testing::{acasxu_onnx, data_path};
+use prorepair_host::testing::{acasxu_nnet, acasxu_onnx, data_path};
 
 /// Nanoseconds per call of `f`, timed over `iters` calls.
 fn time_per_call(iters: usize, mut f: impl FnMut()) -> f64 {
@@ -36,11 +36,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn bench(label: &str, relative: &str) {
-    let Some(path) = data_path(relative) else {
+/// `onnx` runs in tract; the blob is compiled from `source` (the same network).
+fn bench(label: &str, onnx: &str, source: &str) {
+    let (Some(path), Some(source)) = (data_path(onnx), data_path(source)) else {
         return;
     };
-    let net = prorepair_host::import::load(&path).expect("import");
+    let net = match prorepair_host::import::load(&source) {
+        Ok(net) => net,
+        Err(e) => {
+            println!("{label:<22} skipped: {e}");
+            return;
+        }
+    };
     let blob = AlignedBlob::new(&compile(&net).expect("compile"));
     let model = blob.model().expect("blob loads");
     let tract = TractModel::load(&path).expect("tract");
@@ -102,6 +109,7 @@ fn main() {
         "{:<22} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7} {:>11}",
         "model", "core", "tract", "stream W", "tract/core", "core/strm", "GFLOP/s", "weights"
     );
-    bench("ACAS Xu N1,1", &acasxu_onnx(1, 1));
-    bench("mnist-net_256x6", "mnist/nets/mnist-net_256x6.onnx");
+    bench("ACAS Xu N1,1", &acasxu_onnx(1, 1), &acasxu_nnet(1, 1));
+    let mnist = "mnist/nets/mnist-net_256x6.onnx";
+    bench("mnist-net_256x6", mnist, mnist);
 }

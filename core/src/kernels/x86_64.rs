@@ -122,6 +122,28 @@ unsafe fn dense_avx2(
             let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
             let (mut c0, mut c1, mut c2, mut c3) = (z, z, z, z);
             let mut i = 0;
+            // Eight inputs per vector load, broadcast lane by lane with a shuffle
+            // (port 5), so the load ports only stream weights.
+            while i + LANES <= in_dim {
+                let xv = _mm256_loadu_ps(x.add(i));
+                macro_rules! step {
+                    ($k:expr, $a:ident, $c:ident) => {
+                        let xb = _mm256_permutevar8x32_ps(xv, _mm256_set1_epi32($k));
+                        let o = (i + $k) * LANES;
+                        $a = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add(o)), xb, $a);
+                        $c = _mm256_fmadd_ps(_mm256_loadu_ps(w1.add(o)), xb, $c);
+                    };
+                }
+                step!(0, a0, c0);
+                step!(1, a1, c1);
+                step!(2, a2, c2);
+                step!(3, a3, c3);
+                step!(4, a0, c0);
+                step!(5, a1, c1);
+                step!(6, a2, c2);
+                step!(7, a3, c3);
+                i += LANES;
+            }
             while i + 4 <= in_dim {
                 let x0 = _mm256_broadcast_ss(&*x.add(i));
                 let x1 = _mm256_broadcast_ss(&*x.add(i + 1));
@@ -155,6 +177,24 @@ unsafe fn dense_avx2(
             let z = _mm256_setzero_ps();
             let (mut a0, mut a1, mut a2, mut a3) = (z, z, z, z);
             let mut i = 0;
+            while i + LANES <= in_dim {
+                let xv = _mm256_loadu_ps(x.add(i));
+                macro_rules! step {
+                    ($k:expr, $a:ident) => {
+                        let xb = _mm256_permutevar8x32_ps(xv, _mm256_set1_epi32($k));
+                        $a = _mm256_fmadd_ps(_mm256_loadu_ps(w0.add((i + $k) * LANES)), xb, $a);
+                    };
+                }
+                step!(0, a0);
+                step!(1, a1);
+                step!(2, a2);
+                step!(3, a3);
+                step!(4, a0);
+                step!(5, a1);
+                step!(6, a2);
+                step!(7, a3);
+                i += LANES;
+            }
             while i + 4 <= in_dim {
                 let o = i * LANES;
                 a0 = _mm256_fmadd_ps(
