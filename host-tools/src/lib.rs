@@ -8,8 +8,10 @@
 pub mod bounds;
 pub mod cli;
 pub mod compile;
+pub mod export;
 pub mod import;
 pub mod model;
+pub mod repair;
 pub mod spec;
 #[doc(hidden)]
 pub mod testing;

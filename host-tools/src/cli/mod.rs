@@ -14,6 +14,7 @@ mod compile;
 mod demo;
 mod eval;
 mod inspect;
+mod repair;
 pub mod report;
 mod verify;
 
@@ -82,6 +83,8 @@ enum Command {
     Verify(verify::Args),
     /// The whole story on a built-in example, no files needed.
     Demo(demo::Args),
+    /// Repair a model so that VNN-LIB properties provably hold (exit 0), else exit 20.
+    Repair(repair::Args),
 }
 
 /// Parse arguments, run, and map the result to the documented exit code.
@@ -101,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::Bounds(a) => bounds::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Repair(a) => repair::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::from(EXIT_OK),

@@ -1,0 +1,137 @@
+//! Benchmark: ProRepair on ACAS Xu.
+//!
+//! - `prop_2` on every network where it is violated (`expected_results.csv`: 39).
+//! - `prop_2_coc_minimal` on N2,1 .. N5,9 (36).
+//!
+//! Per network: status from the sound checker, sub-properties, time, changed parameters,
+//! advisory fidelity on 10,000 random inputs of the whole domain outside the box. Prints a
+//! markdown table (rows as they finish) and a summary.
+//!
+//! ```text
+//! cargo run --release -p prorepair-host --example repair_acasxu -- [prop_2|coc|all] [TIMEOUT_S] [A,B] [A,B]
+//! ```
+
+use std::io::Write;
+use std::time::Duration;
+
+use prorepair_host::bounds::BoxBounds;
+use prorepair_host::repair::{self, RepairOptions, RepairProperty};
+use prorepair_host::spec::Property;
+use prorepair_host::{import, testing};
+
+fn acasxu_domain() -> BoxBounds {
+    let pi = std::f64::consts::PI;
+    let (min, max) = (
+        [0.0, -pi, -pi, 100.0, 0.0],
+        [60760.0, pi, pi, 1200.0, 1200.0],
+    );
+    let mean = [19791.091, 0.0, 0.0, 650.0, 600.0];
+    let range = [60261.0, 2.0 * pi, 2.0 * pi, 1100.0, 1200.0];
+    BoxBounds::new(
+        (0..5).map(|i| (min[i] - mean[i]) / range[i]).collect(),
+        (0..5).map(|i| (max[i] - mean[i]) / range[i]).collect(),
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let which = args.get(1).map_or("all", String::as_str).to_string();
+    let timeout: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60.0);
+    let Some(data) = testing::data_dir() else {
+        eprintln!("SKIP: ../shared/data is absent");
+        return;
+    };
+    let expected =
+        std::fs::read_to_string(data.join("expected_results.csv")).expect("expected_results.csv");
+    let violated: Vec<(u32, u32)> = testing::acasxu_indices()
+        .filter(|&(a, b)| {
+            let onnx = format!("ACASXU_run2a_{a}_{b}_batch_2000.onnx,prop_2.vnnlib,sat");
+            expected.lines().any(|l| l.contains(&onnx))
+        })
+        .collect();
+    let mut jobs: Vec<(&str, u32, u32)> = Vec::new();
+    if which == "all" || which == "prop_2" {
+        jobs.extend(violated.iter().map(|&(a, b)| ("prop_2", a, b)));
+    }
+    if which == "all" || which == "coc" {
+        jobs.extend(
+            testing::acasxu_indices()
+                .filter(|&(a, _)| a >= 2)
+                .map(|(a, b)| ("prop_2_coc_minimal", a, b)),
+        );
+    }
+    // Optional third argument: only network "a,b".
+    if let Some(only) = args.get(3) {
+        jobs.retain(|&(_, a, b)| format!("{a},{b}") == *only);
+    }
+    println!(
+        "| property | network | status | sub-properties | rounds | time (s) | changed params | fidelity (advisory) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut times: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
+    let mut repaired: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    let mut changed: Vec<usize> = Vec::new();
+    let mut fidelity: Vec<f64> = Vec::new();
+    for (prop, a, b) in jobs {
+        // The ONNX file, or the same network from its .nnet twin (normalised inputs too).
+        let net = import::load(&data.join(testing::acasxu_onnx(a, b)))
+            .or_else(|_| import::load(&data.join(testing::acasxu_nnet(a, b))))
+            .expect("import");
+        let spec = Property::from_vnnlib(&data.join(format!("acasxu/vnnlib/{prop}.vnnlib")))
+            .expect("spec");
+        let rp = RepairProperty::from_spec(prop, &spec, &net).expect("fits");
+        let options = RepairOptions {
+            timeout: Duration::from_secs_f64(timeout),
+            fidelity_domain: Some(acasxu_domain()),
+            ..RepairOptions::default()
+        };
+        let entry = repaired.entry(prop).or_default();
+        entry.1 += 1;
+        match repair::repair(&net, &[rp], &options) {
+            Ok(out) => {
+                let status = if out.verified {
+                    "repaired, holds"
+                } else {
+                    "NOT repaired"
+                };
+                if out.verified {
+                    entry.0 += 1;
+                    changed.push(out.changed_parameters);
+                    fidelity.push(out.fidelity.argmin_agreement);
+                }
+                times.entry(prop).or_default().push(out.time_s);
+                println!(
+                    "| {prop} | N{a},{b} | {status} | {} | {} | {:.2} | {} | {:.2}% |",
+                    out.subproperties,
+                    out.rounds,
+                    out.time_s,
+                    out.changed_parameters,
+                    100.0 * out.fidelity.argmin_agreement
+                );
+            }
+            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | |"),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    println!();
+    for (prop, ts) in &mut times {
+        ts.sort_by(f64::total_cmp);
+        let (ok, n) = repaired[prop];
+        println!(
+            "{prop}: {ok}/{n} repaired and verified; time median {:.2} s, max {:.2} s",
+            ts[ts.len() / 2],
+            ts.last().copied().unwrap_or(0.0)
+        );
+    }
+    changed.sort_unstable();
+    fidelity.sort_by(f64::total_cmp);
+    if !changed.is_empty() {
+        println!(
+            "changed parameters: median {}, max {}; advisory fidelity: min {:.2}%, median {:.2}%",
+            changed[changed.len() / 2],
+            changed[changed.len() - 1],
+            100.0 * fidelity[0],
+            100.0 * fidelity[fidelity.len() / 2]
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! `prorepair-host repair MODEL --spec SPEC.vnnlib... [--split-layer K|auto] [--radius R]
+//! [--timeout SECS] [--onnx-out REPAIRED.onnx] [--report OUT.json]`.
+//!
+//! ProRepair region-wise repair ([`crate::repair`]). Exit 0 only when the sound checker
+//! of `verify` proves every property on the repaired network; otherwise exit 20, write no
+//! model file, and report what is left. The `--out PATCH` and `--strategy` options of the
+//! design come with the patch format (a later issue); for now the repaired network is
+//! written as ONNX.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{CliError, Outcome, report};
+use crate::bounds::BoxBounds;
+use crate::export;
+use crate::repair::{self, RepairError, RepairOptions, RepairProperty, SplitLayer};
+
+/// Arguments of `repair`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model (ONNX or .nnet).
+    pub model: PathBuf,
+    /// The properties to repair (VNN-LIB; each states an unsafe set). Properties that
+    /// already hold are kept holding.
+    #[arg(long, required = true, num_args = 1..)]
+    pub spec: Vec<PathBuf>,
+    /// Split f = f_c o f_e: `auto`, or K for f_e = layers[..K] (layers of the host IR).
+    #[arg(long, default_value = "auto", value_parser = parse_split)]
+    pub split_layer: SplitLayer,
+    /// Proxy-box radius r in feature space (L-infinity).
+    #[arg(long, default_value_t = 0.1, value_parser = parse_radius)]
+    pub radius: f64,
+    /// Time budget in seconds (the final verification included).
+    #[arg(long, default_value_t = 60.0, value_parser = super::verify::parse_seconds)]
+    pub timeout: f64,
+    /// Write the repaired network as ONNX (keeping the model's input shape); only
+    /// written when every property is proven.
+    #[arg(long)]
+    pub onnx_out: Option<PathBuf>,
+    /// Write a JSON report to this file (`-` for stdout).
+    #[arg(long, visible_alias = "json")]
+    pub report: Option<PathBuf>,
+    /// Input box for fidelity sampling (CSV: lower row, upper row); default: the
+    /// property boxes' bounding box widened by its width on every side.
+    #[arg(long)]
+    pub domain: Option<PathBuf>,
+    /// Seed of all sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// `auto` or a layer index.
+pub fn parse_split(s: &str) -> Result<SplitLayer, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(SplitLayer::Auto);
+    }
+    s.parse::<usize>()
+        .map(SplitLayer::Layer)
+        .map_err(|_| format!("`{s}` is neither `auto` nor a layer index"))
+}
+
+fn parse_radius(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive radius")),
+    }
+}
+
+/// Read a box CSV: two rows (lower, upper) of `n` numbers.
+fn read_box(path: &Path, n: usize) -> Result<BoxBounds, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::file(path, format!("cannot read: {e}")))?;
+    let rows: Vec<Vec<f64>> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .enumerate()
+        .map(|(i, l)| {
+            l.split(',')
+                .map(|v| {
+                    v.trim().parse::<f64>().map_err(|_| {
+                        CliError::file(
+                            path,
+                            format!("line {}: `{}` is not a number", i + 1, v.trim()),
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<_, _>>()?;
+    if rows.len() != 2 || rows.iter().any(|r| r.len() != n) {
+        return Err(CliError::file(
+            path,
+            format!("expected two rows (lower, upper) of {n} numbers"),
+        ));
+    }
+    if rows[0]
+        .iter()
+        .zip(&rows[1])
+        .any(|(l, u)| !(l.is_finite() && u.is_finite() && l <= u))
+    {
+        return Err(CliError::file(
+            path,
+            "a lower bound exceeds its upper bound or is not finite",
+        ));
+    }
+    Ok(BoxBounds::new(rows[0].clone(), rows[1].clone()))
+}
+
+fn map_repair_error(e: RepairError) -> CliError {
+    match e {
+        RepairError::SplitLayer(_) | RepairError::Property { .. } | RepairError::Unsupported(_) => {
+            CliError::BadInput(e.to_string())
+        }
+        other => CliError::Internal(other.to_string()),
+    }
+}
+
+/// Run `repair`.
+pub fn run(args: Args) -> Result<Outcome, CliError> {
+    let net = crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let mut properties = Vec::new();
+    for path in &args.spec {
+        let p = crate::spec::Property::from_vnnlib(path).map_err(|e| {
+            let msg = e.to_string();
+            if msg.contains(&path.display().to_string()) {
+                CliError::BadInput(msg)
+            } else {
+                CliError::file(path, msg)
+            }
+        })?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        properties
+            .push(RepairProperty::from_spec(&name, &p, &net).map_err(|e| CliError::file(path, e))?);
+    }
+    // Validate the split and the domain before the long work.
+    let split = args
+        .split_layer
+        .resolve(&net)
+        .map_err(|e| CliError::BadInput(format!("--split-layer: {e}")))?;
+    let domain = match &args.domain {
+        Some(p) => Some(read_box(p, net.input_dim())?),
+        None => None,
+    };
+    if let Some(out) = &args.onnx_out {
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(CliError::file(out, "the directory does not exist"));
+        }
+    }
+    let options = RepairOptions {
+        split_layer: SplitLayer::Layer(split),
+        radius: args.radius,
+        timeout: Duration::from_secs_f64(args.timeout),
+        fidelity_domain: domain,
+        seed: args.seed,
+        ..RepairOptions::default()
+    };
+    let outcome = repair::repair(&net, &properties, &options).map_err(map_repair_error)?;
+
+    let props: Vec<_> = outcome
+        .properties
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "status": p.after,
+                "status_before": p.before,
+                "counterexample_before": p.counterexample_before,
+                "repaired": p.repaired,
+                "subproperties": p.subproperties,
+                "reason": p.reason,
+            })
+        })
+        .collect();
+    let status = if outcome.verified { "holds" } else { "unknown" };
+    let value = json!({
+        "status": status,
+        "model": args.model.display().to_string(),
+        "properties": props,
+        "split_layer": outcome.split_layer,
+        "margin": outcome.margin,
+        "rounds": outcome.rounds,
+        "subproperties": outcome.subproperties,
+        "anchors": outcome.anchors,
+        "proxy_box_failures": outcome.proxy_box_failures,
+        "changed_parameters": outcome.changed_parameters,
+        "parameter_budget": outcome.parameter_budget,
+        "total_parameters": outcome.total_parameters,
+        "patch_size_bytes": null,
+        "fidelity": {
+            "samples": outcome.fidelity.samples,
+            "argmin_agreement": outcome.fidelity.argmin_agreement,
+            "argmax_agreement": outcome.fidelity.argmax_agreement,
+            "max_abs_output_change": outcome.fidelity.max_abs_output_change,
+        },
+        "time_s": outcome.time_s,
+        "onnx_out": if outcome.verified { args.onnx_out.as_ref().map(|p| p.display().to_string()) } else { None },
+    });
+    if outcome.verified {
+        if let Some(out) = &args.onnx_out {
+            let shape = export::onnx::declared_input_shape(&args.model);
+            let bytes = export::to_onnx_bytes(&outcome.network, shape.as_deref())
+                .map_err(|e| CliError::Internal(format!("exporting the repaired network: {e}")))?;
+            report::write_output(out, &bytes)?;
+        }
+    }
+    if let Some(path) = &args.report {
+        report::write_json(path, &value)?;
+    }
+    if outcome.verified {
+        eprintln!(
+            "repaired: every property holds ({} changed parameters, {} sub-properties, {:.2} s)",
+            outcome.changed_parameters, outcome.subproperties, outcome.time_s
+        );
+        Ok(Outcome::Ok)
+    } else {
+        for p in &outcome.properties {
+            if p.after != "holds" {
+                eprintln!(
+                    "not repaired: {} is {} ({})",
+                    p.name,
+                    p.after,
+                    p.reason.as_deref().unwrap_or("no reason given")
+                );
+            }
+        }
+        eprintln!("no output model written");
+        Ok(Outcome::Unknown)
+    }
+}
