@@ -33,6 +33,33 @@ fn acasxu_domain() -> BoxBounds {
     )
 }
 
+/// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _LR, _STEPS, _RADIUS, _FIDN.
+fn tuned(mut o: RepairOptions) -> RepairOptions {
+    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    if let Some(v) = get("PROREPAIR_SPLIT") {
+        o.split_layer = repair::SplitLayer::Layer(v as usize);
+    }
+    if let Some(v) = get("PROREPAIR_LAMBDA") {
+        o.fidelity_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_LR") {
+        o.learning_rate = v;
+    }
+    if let Some(v) = get("PROREPAIR_STEPS") {
+        o.repair_steps = v as usize;
+    }
+    if let Some(v) = get("PROREPAIR_RADIUS") {
+        o.radius = v;
+    }
+    if let Some(v) = get("PROREPAIR_LAYERS") {
+        o.trainable_layers = v as usize;
+    }
+    if let Some(v) = get("PROREPAIR_FIDN") {
+        o.fidelity_train_samples = v as usize;
+    }
+    o
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("all", String::as_str).to_string();
@@ -83,7 +110,7 @@ fn main() {
         let options = RepairOptions {
             timeout: Duration::from_secs_f64(timeout),
             fidelity_domain: Some(acasxu_domain()),
-            ..RepairOptions::default()
+            ..tuned(RepairOptions::default())
         };
         let entry = repaired.entry(prop).or_default();
         entry.1 += 1;

@@ -155,6 +155,9 @@ pub struct RepairOptions {
     pub repair_steps: usize,
     /// Adam learning rate.
     pub learning_rate: f64,
+    /// How many of the last Dense layers of `f_e` may change (the saliency mask picks the
+    /// budget among their parameters).
+    pub trainable_layers: usize,
     /// Inputs for fidelity sampling (training term and measurement); `None`: the bounding
     /// box of all property boxes, widened by its own width on every side.
     pub fidelity_domain: Option<BoxBounds>,
@@ -181,6 +184,7 @@ impl Default for RepairOptions {
             box_iterations: 50,
             repair_steps: 300,
             learning_rate: 0.01,
+            trainable_layers: 1,
             fidelity_domain: None,
             fidelity_train_samples: 256,
             fidelity_weight: 1.0,
@@ -642,6 +646,7 @@ pub fn repair(
         options.fidelity_weight,
         options.learning_rate,
     )?;
+    trainer.trainable_layers = options.trainable_layers;
     let mut rounds = 0usize;
     let mut threshold = options.complete_threshold;
     let mut final_reason: Option<String> = None;
@@ -687,10 +692,20 @@ pub fn repair(
             // Point-wise repair toward every anchor so far.
             let check_margin = 2.0 * margin;
             let anchors = state.anchors.clone();
+            // Done when every anchor's feature is inside its certified proxy box (Theorem 1)
+            // or its output already meets the constraints with the margin.
+            let radius = options.radius;
             trainer.train(net, &anchors, options.repair_steps, 10, |n| {
                 anchors.iter().all(|a| {
-                    let y = n.forward(&a.x);
-                    a.constraints.iter().all(|c| c.value(&y) >= check_margin)
+                    let h = n.forward_range(&a.x, 0, split);
+                    let inside = h
+                        .iter()
+                        .zip(&a.h_star)
+                        .all(|(v, c)| (v - c).abs() <= radius);
+                    inside || {
+                        let y = n.forward_range(&h, split, n.layers.len());
+                        a.constraints.iter().all(|c| c.value(&y) >= check_margin)
+                    }
                 })
             })?;
             current = trainer.network(net)?;

@@ -159,6 +159,8 @@ pub struct Trainer {
     fidelity_weight: f64,
     /// Adam learning rate.
     learning_rate: f64,
+    /// How many of the last Dense layers of `f_e` may change.
+    pub trainable_layers: usize,
 }
 
 fn candle(e: candle_core::Error) -> RepairError {
@@ -214,6 +216,7 @@ impl Trainer {
             fidelity: None,
             fidelity_weight,
             learning_rate,
+            trainable_layers: 1,
         };
         if !fidelity_inputs.is_empty() {
             let xs = batch(fidelity_inputs)?;
@@ -303,7 +306,18 @@ impl Trainer {
         let loss = self.loss(xs, targets)?;
         let grads = loss.backward().map_err(candle)?;
         let mut saliency: Vec<(f64, usize, bool, usize)> = Vec::new(); // (|g|, layer, is_bias, flat)
+        // Only the last `trainable_layers` Dense layers of f_e compete for the budget.
+        let dense: Vec<usize> = (0..self.layers.len())
+            .filter(|&i| matches!(self.layers[i], TrainLayer::Dense { .. }))
+            .collect();
+        let first_trainable = dense[dense.len().saturating_sub(self.trainable_layers.max(1))..]
+            .first()
+            .copied()
+            .unwrap_or(0);
         for (li, layer) in self.layers.iter().enumerate() {
+            if li < first_trainable {
+                continue;
+            }
             if let TrainLayer::Dense { dw, db, .. } = layer {
                 for (is_bias, v) in [(false, dw), (true, db)] {
                     if let Some(g) = grads.get(v.as_tensor()) {
