@@ -121,11 +121,16 @@ impl ImportError {
 /// `.nnet`, case-insensitive). A `.nnet` network takes normalised inputs; use
 /// [`nnet::load`] to also get its normalisation constants.
 pub fn load(path: &Path) -> Result<Network, ImportError> {
-    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     match ext.as_deref() {
         Some("onnx") => onnx::load(path),
         Some("nnet") => nnet::load(path).map(|(net, _)| net),
-        _ => Err(ImportError::UnknownFormat { path: path.to_path_buf() }),
+        _ => Err(ImportError::UnknownFormat {
+            path: path.to_path_buf(),
+        }),
     }
 }
 
@@ -137,13 +142,20 @@ mod tests {
     fn unknown_extension_is_a_clear_error() {
         let err = load(Path::new("model.h5")).unwrap_err();
         assert!(matches!(err, ImportError::UnknownFormat { .. }));
-        assert!(err.to_string().starts_with("model.h5: unknown model format"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("model.h5: unknown model format"),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_file_names_the_file() {
         let err = load(Path::new("/nonexistent/dir/net.nnet")).unwrap_err();
         assert!(matches!(err, ImportError::Io { .. }), "{err}");
-        assert!(err.to_string().contains("/nonexistent/dir/net.nnet"), "{err}");
+        assert!(
+            err.to_string().contains("/nonexistent/dir/net.nnet"),
+            "{err}"
+        );
     }
 }

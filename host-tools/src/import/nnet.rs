@@ -39,22 +39,34 @@ impl NnetNormalization {
     pub fn normalize_input(&self, raw: &[f64]) -> Vec<f64> {
         raw.iter()
             .enumerate()
-            .map(|(i, &x)| (x.clamp(self.input_min[i], self.input_max[i]) - self.input_mean[i]) / self.input_range[i])
+            .map(|(i, &x)| {
+                (x.clamp(self.input_min[i], self.input_max[i]) - self.input_mean[i])
+                    / self.input_range[i]
+            })
             .collect()
     }
 
     /// Raw output values from normalised network outputs: `y * range + mean`.
     pub fn denormalize_output(&self, y: &[f64]) -> Vec<f64> {
-        y.iter().map(|v| v * self.output_range + self.output_mean).collect()
+        y.iter()
+            .map(|v| v * self.output_range + self.output_mean)
+            .collect()
     }
 }
 
 /// Read a `.nnet` file: the network (normalised inputs and outputs) and its
 /// normalisation constants.
 pub fn load(path: &Path) -> Result<(Network, NnetNormalization), ImportError> {
-    let text = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&text);
-    parse(&text).map_err(|(line, problem)| ImportError::Nnet { path: path.to_path_buf(), line, problem })
+    parse(&text).map_err(|(line, problem)| ImportError::Nnet {
+        path: path.to_path_buf(),
+        line,
+        problem,
+    })
 }
 
 /// A parse error: 1-based line number and the problem.
@@ -69,14 +81,20 @@ struct Lines<'a> {
 
 impl<'a> Lines<'a> {
     fn new(text: &'a str) -> Self {
-        Self { inner: text.lines().enumerate(), last: 0 }
+        Self {
+            inner: text.lines().enumerate(),
+            last: 0,
+        }
     }
 
     /// The next data line's values, checked to number exactly `expected`.
     fn values(&mut self, what: &str, expected: usize) -> Result<Vec<f64>, LineError> {
         let (line, values) = self.next_values(what)?;
         if values.len() != expected {
-            return Err((line, format!("{what}: expected {expected} values, found {}", values.len())));
+            return Err((
+                line,
+                format!("{what}: expected {expected} values, found {}", values.len()),
+            ));
         }
         Ok(values)
     }
@@ -98,12 +116,20 @@ impl<'a> Lines<'a> {
                         .parse::<f64>()
                         .ok()
                         .filter(|v| v.is_finite())
-                        .ok_or_else(|| (self.last, format!("{what}: '{field}' is not a finite number")))
+                        .ok_or_else(|| {
+                            (
+                                self.last,
+                                format!("{what}: '{field}' is not a finite number"),
+                            )
+                        })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok((self.last, values));
         }
-        Err((self.last + 1, format!("unexpected end of file: expected {what}")))
+        Err((
+            self.last + 1,
+            format!("unexpected end of file: expected {what}"),
+        ))
     }
 
     /// Error unless only comments and blank lines remain.
@@ -111,7 +137,10 @@ impl<'a> Lines<'a> {
         for (index, raw) in self.inner.by_ref() {
             let content = raw.trim();
             if !content.is_empty() && !content.starts_with("//") {
-                return Err((index + 1, "unexpected data after the last layer's biases".into()));
+                return Err((
+                    index + 1,
+                    "unexpected data after the last layer's biases".into(),
+                ));
             }
         }
         Ok(())
@@ -121,7 +150,10 @@ impl<'a> Lines<'a> {
 /// A count from the header: a non-negative integer.
 fn count(value: f64, line: usize, what: &str) -> Result<usize, LineError> {
     if value < 0.0 || value.fract() != 0.0 || value > 1e9 {
-        return Err((line, format!("{what} must be a non-negative integer, found {value}")));
+        return Err((
+            line,
+            format!("{what} must be a non-negative integer, found {value}"),
+        ));
     }
     Ok(value as usize)
 }
@@ -129,22 +161,42 @@ fn count(value: f64, line: usize, what: &str) -> Result<usize, LineError> {
 /// Parse the text of a `.nnet` file; errors carry the 1-based line.
 fn parse(text: &str) -> Result<(Network, NnetNormalization), LineError> {
     let mut lines = Lines::new(text);
-    let (line, header) = lines.next_values("header (numLayers, inputSize, outputSize, maxLayerSize)")?;
+    let (line, header) =
+        lines.next_values("header (numLayers, inputSize, outputSize, maxLayerSize)")?;
     if header.len() < 3 {
-        return Err((line, format!("header: expected numLayers, inputSize, outputSize, maxLayerSize; found {} values", header.len())));
+        return Err((
+            line,
+            format!(
+                "header: expected numLayers, inputSize, outputSize, maxLayerSize; found {} values",
+                header.len()
+            ),
+        ));
     }
     let num_layers = count(header[0], line, "numLayers")?;
     let input_size = count(header[1], line, "inputSize")?;
     let output_size = count(header[2], line, "outputSize")?;
     if num_layers == 0 || input_size == 0 || output_size == 0 {
-        return Err((line, "header: numLayers, inputSize and outputSize must be positive".into()));
+        return Err((
+            line,
+            "header: numLayers, inputSize and outputSize must be positive".into(),
+        ));
     }
 
     let (sizes_line, raw_sizes) = lines.next_values("layer sizes")?;
     if raw_sizes.len() != num_layers + 1 {
-        return Err((sizes_line, format!("layer sizes: expected numLayers + 1 = {} values, found {}", num_layers + 1, raw_sizes.len())));
+        return Err((
+            sizes_line,
+            format!(
+                "layer sizes: expected numLayers + 1 = {} values, found {}",
+                num_layers + 1,
+                raw_sizes.len()
+            ),
+        ));
     }
-    let sizes = raw_sizes.iter().map(|&v| count(v, sizes_line, "layer size")).collect::<Result<Vec<_>, _>>()?;
+    let sizes = raw_sizes
+        .iter()
+        .map(|&v| count(v, sizes_line, "layer size"))
+        .collect::<Result<Vec<_>, _>>()?;
     if sizes.contains(&0) {
         return Err((sizes_line, "layer sizes must be positive".into()));
     }
@@ -162,7 +214,13 @@ fn parse(text: &str) -> Result<(Network, NnetNormalization), LineError> {
     let min_line = lines.last;
     let input_max = lines.values("input maximums", input_size)?;
     if let Some(i) = (0..input_size).find(|&i| input_min[i] > input_max[i]) {
-        return Err((lines.last, format!("input {i}: maximum {} is below the minimum {} (line {min_line})", input_max[i], input_min[i])));
+        return Err((
+            lines.last,
+            format!(
+                "input {i}: maximum {} is below the minimum {} (line {min_line})",
+                input_max[i], input_min[i]
+            ),
+        ));
     }
     let means = lines.values("means (inputs, then the output)", input_size + 1)?;
     let ranges = lines.values("ranges (inputs, then the output)", input_size + 1)?;
@@ -190,7 +248,8 @@ fn parse(text: &str) -> Result<(Network, NnetNormalization), LineError> {
     }
     lines.expect_end()?;
 
-    let network = Network::new(vec![input_size], layers).map_err(|e| (lines.last, e.to_string()))?;
+    let network =
+        Network::new(vec![input_size], layers).map_err(|e| (lines.last, e.to_string()))?;
     let normalization = NnetNormalization {
         input_min,
         input_max,
@@ -233,14 +292,27 @@ mod tests {
         let bad_number = SMALL.replace("1.0,-1.0,", "1.0,abc,");
         let (line, problem) = parse(&bad_number).unwrap_err();
         assert_eq!(line, 14);
-        assert!(problem.contains("'abc' is not a finite number"), "{problem}");
+        assert!(
+            problem.contains("'abc' is not a finite number"),
+            "{problem}"
+        );
         let truncated = &SMALL[..SMALL.len() - 6];
-        assert!(parse(truncated).unwrap_err().1.contains("unexpected end of file"));
+        assert!(
+            parse(truncated)
+                .unwrap_err()
+                .1
+                .contains("unexpected end of file")
+        );
         let extra = format!("{SMALL}1.0,\n");
         assert_eq!(parse(&extra).unwrap_err().0, 16);
         let bad_sizes = SMALL.replace("2,2,1,\n", "3,2,1,\n");
         assert!(parse(&bad_sizes).unwrap_err().1.contains("inputSize"));
         assert!(parse("").unwrap_err().1.contains("unexpected end of file"));
-        assert!(parse("2,2,1,2\n2,2,1\n0\nnan,1\n").unwrap_err().1.contains("not a finite number"));
+        assert!(
+            parse("2,2,1,2\n2,2,1\n0\nnan,1\n")
+                .unwrap_err()
+                .1
+                .contains("not a finite number")
+        );
     }
 }

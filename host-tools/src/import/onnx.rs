@@ -27,13 +27,15 @@ use std::sync::Mutex;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::DimLike;
-use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{
+    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::nn::{DataFormat, LeakyRelu};
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::ImportError;
 use crate::model::{Conv2d, Dense, Layer, Network, Pool2d};
@@ -54,9 +56,37 @@ pub fn load(path: &Path) -> Result<Network, ImportError> {
 /// the structural operators that only act on constants and shapes. Any other operator
 /// is reported by its ONNX name before tract runs.
 const KNOWN_ONNX_OPS: &[&str] = &[
-    "MatMul", "Gemm", "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Erf", "Gelu", "Conv",
-    "BatchNormalization", "AveragePool", "MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity",
-    "Dropout", "Constant", "Cast", "Shape", "Gather", "Concat", "Slice", "ConstantOfShape", "Transpose", "Pow",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Erf",
+    "Gelu",
+    "Conv",
+    "BatchNormalization",
+    "AveragePool",
+    "MaxPool",
+    "Flatten",
+    "Reshape",
+    "Squeeze",
+    "Unsqueeze",
+    "Identity",
+    "Dropout",
+    "Constant",
+    "Cast",
+    "Shape",
+    "Gather",
+    "Concat",
+    "Slice",
+    "ConstantOfShape",
+    "Transpose",
+    "Pow",
     "Sqrt",
 ];
 
@@ -69,47 +99,80 @@ struct Parsed {
 
 /// Parse an ONNX file into tract's typed graph, with every error named after the file.
 fn typed_model(path: &Path) -> Result<Parsed, ImportError> {
-    let bytes = std::fs::read(path).map_err(|source| ImportError::Io { path: path.to_path_buf(), source })?;
-    let invalid = |e: TractError| ImportError::InvalidOnnx { path: path.to_path_buf(), message: one_line(&e) };
+    let bytes = std::fs::read(path).map_err(|source| ImportError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let invalid = |e: TractError| ImportError::InvalidOnnx {
+        path: path.to_path_buf(),
+        message: one_line(&e),
+    };
     let onnx = tract_onnx::onnx();
     // tract may panic on some malformed protobufs; a malformed file must stay an error.
-    let caught = |what: &str| ImportError::InvalidOnnx { path: path.to_path_buf(), message: format!("the ONNX reader failed while {what}") };
-    let proto = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| onnx.proto_model_for_read(&mut bytes.as_slice())))
-        .map_err(|_| caught("decoding the protobuf"))?
-        .map_err(invalid)?;
+    let caught = |what: &str| ImportError::InvalidOnnx {
+        path: path.to_path_buf(),
+        message: format!("the ONNX reader failed while {what}"),
+    };
+    let proto = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        onnx.proto_model_for_read(&mut bytes.as_slice())
+    }))
+    .map_err(|_| caught("decoding the protobuf"))?
+    .map_err(invalid)?;
     let Some(graph) = proto.graph.as_ref() else {
-        return Err(ImportError::InvalidOnnx { path: path.to_path_buf(), message: "the file holds no graph".into() });
+        return Err(ImportError::InvalidOnnx {
+            path: path.to_path_buf(),
+            message: "the file holds no graph".into(),
+        });
     };
     let mut onnx_ops = HashMap::new();
     for node in &graph.node {
-        let name = if !node.name.is_empty() { node.name.clone() } else { node.output.first().cloned().unwrap_or_default() };
+        let name = if !node.name.is_empty() {
+            node.name.clone()
+        } else {
+            node.output.first().cloned().unwrap_or_default()
+        };
         if !KNOWN_ONNX_OPS.contains(&node.op_type.as_str()) {
-            return Err(ImportError::UnsupportedOperator { path: path.to_path_buf(), op: node.op_type.clone(), node: name });
+            return Err(ImportError::UnsupportedOperator {
+                path: path.to_path_buf(),
+                op: node.op_type.clone(),
+                node: name,
+            });
         }
         onnx_ops.insert(name, node.op_type.clone());
     }
-    let typed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| -> TractResult<TypedModel> {
-        let mut model = onnx.model_for_proto_model(&proto)?;
-        // Fix a symbolic batch dimension to 1 (our networks run on one input at a time).
-        for ix in 0..model.input_outlets()?.len() {
-            let fact = model.input_fact(ix)?.clone();
-            let Some(dims) = fact.shape.dims().map(|d| d.concretize()).collect::<Option<Vec<_>>>() else {
-                continue;
-            };
-            let tail: Option<Vec<usize>> = dims.iter().skip(1).map(|d| d.to_usize().ok()).collect();
-            if let (Some(first), Some(tail)) = (dims.first(), tail)
-                && first.to_usize().is_err()
-            {
-                let shape: Vec<usize> = std::iter::once(1).chain(tail).collect();
-                let dt = fact.datum_type.concretize().unwrap_or(f32::datum_type());
-                model.set_input_fact(ix, InferenceFact::dt_shape(dt, shape))?;
+    let typed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> TractResult<TypedModel> {
+            let mut model = onnx.model_for_proto_model(&proto)?;
+            // Fix a symbolic batch dimension to 1 (our networks run on one input at a time).
+            for ix in 0..model.input_outlets()?.len() {
+                let fact = model.input_fact(ix)?.clone();
+                let Some(dims) = fact
+                    .shape
+                    .dims()
+                    .map(|d| d.concretize())
+                    .collect::<Option<Vec<_>>>()
+                else {
+                    continue;
+                };
+                let tail: Option<Vec<usize>> =
+                    dims.iter().skip(1).map(|d| d.to_usize().ok()).collect();
+                if let (Some(first), Some(tail)) = (dims.first(), tail)
+                    && first.to_usize().is_err()
+                {
+                    let shape: Vec<usize> = std::iter::once(1).chain(tail).collect();
+                    let dt = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+                    model.set_input_fact(ix, InferenceFact::dt_shape(dt, shape))?;
+                }
             }
-        }
-        model.into_typed()
-    }))
+            model.into_typed()
+        },
+    ))
     .map_err(|_| caught("typing the graph"))?
     .map_err(invalid)?;
-    Ok(Parsed { model: typed, onnx_ops })
+    Ok(Parsed {
+        model: typed,
+        onnx_ops,
+    })
 }
 
 /// A tract error as one line (its whole cause chain).
@@ -165,7 +228,11 @@ enum Region {
 }
 
 impl<'a> Importer<'a> {
-    fn new(path: &Path, model: &'a TypedModel, onnx_ops: &'a HashMap<String, String>) -> Result<Self, ImportError> {
+    fn new(
+        path: &Path,
+        model: &'a TypedModel,
+        onnx_ops: &'a HashMap<String, String>,
+    ) -> Result<Self, ImportError> {
         let path = path.to_path_buf();
         let graph_err = |problem: String| ImportError::UnsupportedUsage {
             path: path.clone(),
@@ -173,7 +240,10 @@ impl<'a> Importer<'a> {
             node: "-".into(),
             problem,
         };
-        let invalid = |e: TractError| ImportError::InvalidOnnx { path: path.clone(), message: one_line(&e) };
+        let invalid = |e: TractError| ImportError::InvalidOnnx {
+            path: path.clone(),
+            message: one_line(&e),
+        };
         let inputs = model.input_outlets().map_err(invalid)?;
         let outputs = model.output_outlets().map_err(invalid)?;
         if inputs.len() != 1 || outputs.len() != 1 {
@@ -186,10 +256,16 @@ impl<'a> Importer<'a> {
         let input = inputs[0];
         let fact = model.outlet_fact(input).map_err(invalid)?;
         let Some(shape) = fact.shape.as_concrete() else {
-            return Err(graph_err(format!("the input shape {:?} is not concrete", fact.shape)));
+            return Err(graph_err(format!(
+                "the input shape {:?} is not concrete",
+                fact.shape
+            )));
         };
         if !fact.datum_type.is_float() {
-            return Err(graph_err(format!("the input type {:?} is not a float type", fact.datum_type)));
+            return Err(graph_err(format!(
+                "the input type {:?} is not a float type",
+                fact.datum_type
+            )));
         }
         let has_batch = shape.len() >= 2 && shape[0] == 1;
         let order = model.eval_order().map_err(invalid)?;
@@ -226,8 +302,10 @@ impl<'a> Importer<'a> {
     /// tract's name for it.
     fn op_name(&self, node: usize) -> String {
         let n = self.model.node(node);
-        let onnx = std::iter::successors(Some(n.name.as_str()), |s| s.rsplit_once('.').map(|(prefix, _)| prefix))
-            .find_map(|k| self.onnx_ops.get(k));
+        let onnx = std::iter::successors(Some(n.name.as_str()), |s| {
+            s.rsplit_once('.').map(|(prefix, _)| prefix)
+        })
+        .find_map(|k| self.onnx_ops.get(k));
         match onnx {
             Some(op) if op.as_str() != n.op.name() => format!("{op} ({})", n.op.name()),
             Some(op) => op.clone(),
@@ -236,11 +314,20 @@ impl<'a> Importer<'a> {
     }
 
     fn usage(&self, node: usize, problem: String) -> ImportError {
-        ImportError::UnsupportedUsage { path: self.path.clone(), op: self.op_name(node), node: self.node_name(node), problem }
+        ImportError::UnsupportedUsage {
+            path: self.path.clone(),
+            op: self.op_name(node),
+            node: self.node_name(node),
+            problem,
+        }
     }
 
     fn unsupported(&self, node: usize) -> ImportError {
-        ImportError::UnsupportedOperator { path: self.path.clone(), op: self.op_name(node), node: self.node_name(node) }
+        ImportError::UnsupportedOperator {
+            path: self.path.clone(),
+            op: self.op_name(node),
+            node: self.node_name(node),
+        }
     }
 
     fn tract(&self, node: usize) -> impl Fn(TractError) -> ImportError + '_ {
@@ -249,7 +336,10 @@ impl<'a> Importer<'a> {
 
     /// The concrete shape of an outlet.
     fn shape_of(&self, outlet: OutletId) -> Result<Vec<usize>, ImportError> {
-        let fact = self.model.outlet_fact(outlet).map_err(self.tract(outlet.node))?;
+        let fact = self
+            .model
+            .outlet_fact(outlet)
+            .map_err(self.tract(outlet.node))?;
         fact.shape
             .as_concrete()
             .map(<[usize]>::to_vec)
@@ -261,7 +351,12 @@ impl<'a> Importer<'a> {
         let fact = self.model.outlet_fact(outlet).ok()?;
         let t = fact.konst.as_ref()?;
         let t64 = t.cast_to::<f64>().ok()?;
-        let values: Vec<f64> = t64.to_plain_array_view::<f64>().ok()?.iter().copied().collect();
+        let values: Vec<f64> = t64
+            .to_plain_array_view::<f64>()
+            .ok()?
+            .iter()
+            .copied()
+            .collect();
         Some((values, t.shape().to_vec()))
     }
 
@@ -285,11 +380,17 @@ impl<'a> Importer<'a> {
 
     /// Walk the graph from the input to the output.
     fn run(mut self) -> Result<Network, ImportError> {
-        let output = self.model.output_outlets().map_err(self.tract(self.current.node))?[0];
+        let output = self
+            .model
+            .output_outlets()
+            .map_err(self.tract(self.current.node))?[0];
         loop {
             if self.current == output {
                 if !self.model.outlet_successors(output).is_empty() {
-                    return Err(self.usage(output.node, "the output tensor is also used inside the graph".into()));
+                    return Err(self.usage(
+                        output.node,
+                        "the output tensor is also used inside the graph".into(),
+                    ));
                 }
                 break;
             }
@@ -304,14 +405,19 @@ impl<'a> Importer<'a> {
         self.flush_pending(None)?;
         let out_shape = self.shape_of(output)?;
         let network = Network::new(self.input_shape.clone(), std::mem::take(&mut self.layers))
-            .map_err(|source| ImportError::Model { path: self.path.clone(), source })?;
+            .map_err(|source| ImportError::Model {
+                path: self.path.clone(),
+                source,
+            })?;
         let (want, got) = (out_shape.iter().product::<usize>(), network.output_dim());
         if want != got {
             return Err(ImportError::UnsupportedUsage {
                 path: self.path.clone(),
                 op: "graph".into(),
                 node: self.node_name(output.node),
-                problem: format!("internal: the imported network has {got} outputs, the graph {want}"),
+                problem: format!(
+                    "internal: the imported network has {got} outputs, the graph {want}"
+                ),
             });
         }
         Ok(network)
@@ -322,10 +428,14 @@ impl<'a> Importer<'a> {
     fn region(&self) -> Result<Region, ImportError> {
         let x = self.current;
         let outputs = self.model.output_outlets().map_err(self.tract(x.node))?;
-        let consumers = |o: OutletId| self.model.outlet_successors(o).len() + usize::from(outputs.contains(&o));
+        let consumers =
+            |o: OutletId| self.model.outlet_successors(o).len() + usize::from(outputs.contains(&o));
         let successors = self.model.outlet_successors(x);
         if successors.is_empty() {
-            return Err(self.usage(x.node, "this tensor is not used, yet it is not the graph output".into()));
+            return Err(self.usage(
+                x.node,
+                "this tensor is not used, yet it is not the graph output".into(),
+            ));
         }
         if successors.len() == 1 {
             return Ok(Region::Single(successors[0].node));
@@ -336,13 +446,21 @@ impl<'a> Importer<'a> {
         let start = self.order_pos.get(&x.node).map_or(0, |p| p + 1);
         for &n in &self.order[start..] {
             let node = self.model.node(n);
-            let tainted: Vec<OutletId> = node.inputs.iter().copied().filter(|i| remaining.contains_key(i)).collect();
+            let tainted: Vec<OutletId> = node
+                .inputs
+                .iter()
+                .copied()
+                .filter(|i| remaining.contains_key(i))
+                .collect();
             if tainted.is_empty() {
                 continue;
             }
             for input in &node.inputs {
                 if !remaining.contains_key(input) && self.konst(*input).is_none() {
-                    return Err(self.usage(n, "the graph is not a chain: this node combines two computed tensors".into()));
+                    return Err(self.usage(
+                        n,
+                        "the graph is not a chain: this node combines two computed tensors".into(),
+                    ));
                 }
             }
             for i in &tainted {
@@ -356,7 +474,11 @@ impl<'a> Importer<'a> {
             let out = OutletId::new(n, 0);
             remaining.insert(out, consumers(out));
             nodes.push(n);
-            let live: Vec<OutletId> = remaining.iter().filter(|(_, c)| **c > 0).map(|(o, _)| *o).collect();
+            let live: Vec<OutletId> = remaining
+                .iter()
+                .filter(|(_, c)| **c > 0)
+                .map(|(o, _)| *o)
+                .collect();
             if live == [out] {
                 return Ok(Region::Elementwise { nodes, join: out });
             }
@@ -364,7 +486,10 @@ impl<'a> Importer<'a> {
                 break;
             }
         }
-        Err(self.usage(x.node, "the graph branches here and the branches are not a supported activation".into()))
+        Err(self.usage(
+            x.node,
+            "the graph branches here and the branches are not a supported activation".into(),
+        ))
     }
 
     /// The index of the non-constant input of a node (the current tensor), checking the
@@ -376,10 +501,18 @@ impl<'a> Importer<'a> {
             if *input == self.current && data.is_none() {
                 data = Some(slot);
             } else if self.konst(*input).is_none() {
-                return Err(self.usage(node, format!("input {slot} is neither the data tensor nor a constant")));
+                return Err(self.usage(
+                    node,
+                    format!("input {slot} is neither the data tensor nor a constant"),
+                ));
             }
         }
-        data.ok_or_else(|| self.usage(node, "internal: node does not consume the current tensor".into()))
+        data.ok_or_else(|| {
+            self.usage(
+                node,
+                "internal: node does not consume the current tensor".into(),
+            )
+        })
     }
 
     /// Convert one node consuming the current tensor.
@@ -397,7 +530,9 @@ impl<'a> Importer<'a> {
             self.binary(node, bin, data)?;
         } else if let Some(ew) = op.downcast_ref::<ElementWiseOp>() {
             let layer = if let Some(leaky) = ew.0.downcast_ref::<LeakyRelu>() {
-                Layer::LeakyRelu { alpha: f64::from(leaky.alpha) }
+                Layer::LeakyRelu {
+                    alpha: f64::from(leaky.alpha),
+                }
             } else {
                 match &*ew.0.name() {
                     "Sigmoid" => Layer::Sigmoid,
@@ -422,7 +557,10 @@ impl<'a> Importer<'a> {
             }
             self.pool(node, &pool.pool_spec, false)?;
             if pool.count_include_pad && self.last_pool_has_padding() {
-                return Err(self.usage(node, "average pooling counting the padding (count_include_pad = 1)".into()));
+                return Err(self.usage(
+                    node,
+                    "average pooling counting the padding (count_include_pad = 1)".into(),
+                ));
             }
         } else if matches!(&*op.name(), "Identity" | "Cast") {
             // No numeric change (a Cast between float types only).
@@ -456,7 +594,9 @@ impl<'a> Importer<'a> {
 
     /// Append a layer, tracking the IR shape.
     fn push(&mut self, node: usize, layer: Layer) -> Result<(), ImportError> {
-        self.ir_shape = layer.output_shape(&self.ir_shape).map_err(|p| self.usage(node, p))?;
+        self.ir_shape = layer
+            .output_shape(&self.ir_shape)
+            .map_err(|p| self.usage(node, p))?;
         self.layers.push(layer);
         Ok(())
     }
@@ -476,7 +616,10 @@ impl<'a> Importer<'a> {
         let in_dim: usize = x_shape.iter().product();
         let out_dim: usize = out_shape.iter().product();
         if in_dim.saturating_mul(out_dim) > MAX_DENSE_ENTRIES {
-            return Err(self.usage(node, format!("a {out_dim}x{in_dim} dense matrix is too large")));
+            return Err(self.usage(
+                node,
+                format!("a {out_dim}x{in_dim} dense matrix is too large"),
+            ));
         }
         // Every axis of the einsum: its size and its positions in x, w and the output.
         struct AxisInfo {
@@ -487,7 +630,11 @@ impl<'a> Importer<'a> {
         }
         let mut axes = Vec::new();
         for axis in op.axes.iter_all_axes() {
-            let (x, w, out) = (axis.inputs[data].to_vec(), axis.inputs[weight_slot].to_vec(), axis.outputs[0].to_vec());
+            let (x, w, out) = (
+                axis.inputs[data].to_vec(),
+                axis.inputs[weight_slot].to_vec(),
+                axis.outputs[0].to_vec(),
+            );
             let size = x
                 .first()
                 .map(|&p| x_shape.get(p))
@@ -527,7 +674,8 @@ impl<'a> Importer<'a> {
             }
             break;
         }
-        let mut dense = Dense::new(in_dim, out_dim, matrix, vec![0.0; out_dim]).map_err(|p| self.usage(node, p))?;
+        let mut dense = Dense::new(in_dim, out_dim, matrix, vec![0.0; out_dim])
+            .map_err(|p| self.usage(node, p))?;
         if let Some(pending) = self.pending.take() {
             fold_before_dense(&mut dense, &pending);
         }
@@ -542,30 +690,57 @@ impl<'a> Importer<'a> {
         let x_shape = self.shape_of(self.current)?;
         let out_shape = self.shape_of(OutletId::new(node, 0))?;
         if x_shape != out_shape {
-            return Err(self.usage(node, format!("broadcasts the data tensor {x_shape:?} to {out_shape:?}")));
+            return Err(self.usage(
+                node,
+                format!("broadcasts the data tensor {x_shape:?} to {out_shape:?}"),
+            ));
         }
         let other = n.inputs[1 - data];
-        let (c, c_shape) = self.konst(other).ok_or_else(|| self.usage(node, "operand is not a constant".into()))?;
-        let c = broadcast(&c, &c_shape, &x_shape)
-            .ok_or_else(|| self.usage(node, format!("constant of shape {c_shape:?} does not broadcast to {x_shape:?}")))?;
+        let (c, c_shape) = self
+            .konst(other)
+            .ok_or_else(|| self.usage(node, "operand is not a constant".into()))?;
+        let c = broadcast(&c, &c_shape, &x_shape).ok_or_else(|| {
+            self.usage(
+                node,
+                format!("constant of shape {c_shape:?} does not broadcast to {x_shape:?}"),
+            )
+        })?;
         let numel = c.len();
         let data_first = data == 0;
         let affine = match (&*op.0.name(), data_first) {
             ("Max", _) => {
                 if c.iter().any(|&v| v != 0.0) {
-                    return Err(self.usage(node, "Max with a non-zero constant (only ReLU is supported)".into()));
+                    return Err(self.usage(
+                        node,
+                        "Max with a non-zero constant (only ReLU is supported)".into(),
+                    ));
                 }
                 return self.activation(node, Layer::Relu);
             }
-            ("Add", _) => Affine { scale: vec![1.0; numel], shift: c },
-            ("Sub", true) | ("SubF", false) => Affine { scale: vec![1.0; numel], shift: c.iter().map(|v| -v).collect() },
-            ("Sub", false) | ("SubF", true) => Affine { scale: vec![-1.0; numel], shift: c },
-            ("Mul", _) => Affine { scale: c, shift: vec![0.0; numel] },
+            ("Add", _) => Affine {
+                scale: vec![1.0; numel],
+                shift: c,
+            },
+            ("Sub", true) | ("SubF", false) => Affine {
+                scale: vec![1.0; numel],
+                shift: c.iter().map(|v| -v).collect(),
+            },
+            ("Sub", false) | ("SubF", true) => Affine {
+                scale: vec![-1.0; numel],
+                shift: c,
+            },
+            ("Mul", _) => Affine {
+                scale: c,
+                shift: vec![0.0; numel],
+            },
             ("Div", true) => {
                 if c.contains(&0.0) {
                     return Err(self.usage(node, "division by zero".into()));
                 }
-                Affine { scale: c.iter().map(|v| 1.0 / v).collect(), shift: vec![0.0; numel] }
+                Affine {
+                    scale: c.iter().map(|v| 1.0 / v).collect(),
+                    shift: vec![0.0; numel],
+                }
             }
             _ => return Err(self.unsupported(node)),
         };
@@ -578,7 +753,12 @@ impl<'a> Importer<'a> {
             // Compose: s2 * (s1 x + b1) + b2.
             Some(p) => Affine {
                 scale: p.scale.iter().zip(&map.scale).map(|(a, b)| a * b).collect(),
-                shift: p.shift.iter().zip(map.scale.iter().zip(&map.shift)).map(|(b1, (s2, b2))| s2 * b1 + b2).collect(),
+                shift: p
+                    .shift
+                    .iter()
+                    .zip(map.scale.iter().zip(&map.shift))
+                    .map(|(b1, (s2, b2))| s2 * b1 + b2)
+                    .collect(),
             },
             None => map,
         };
@@ -648,7 +828,10 @@ impl<'a> Importer<'a> {
                 for i in 0..*n {
                     weight[i * n + i] = map.scale[i];
                 }
-                Ok(Layer::Dense(Dense::new(*n, *n, weight, map.shift.clone()).map_err(|p| self.usage(node, p))?))
+                Ok(Layer::Dense(
+                    Dense::new(*n, *n, weight, map.shift.clone())
+                        .map_err(|p| self.usage(node, p))?,
+                ))
             }
             &[ch, h, w] => {
                 let (scale, shift) = per_channel(map, ch, h * w).ok_or_else(|| {
@@ -675,7 +858,10 @@ impl<'a> Importer<'a> {
                     bias: shift,
                 }))
             }
-            other => Err(self.usage(node, format!("element-wise constants on a tensor of shape {other:?}"))),
+            other => Err(self.usage(
+                node,
+                format!("element-wise constants on a tensor of shape {other:?}"),
+            )),
         }
     }
 
@@ -686,7 +872,9 @@ impl<'a> Importer<'a> {
             // Moving an axis keeps the row-major order only when, of the axes between the
             // two positions (the moved one included), at most one is larger than 1.
             let (lo, hi) = ((*from).min(*to), (*from).max(*to));
-            let big = x_shape.get(lo..=hi).map_or(2, |s| s.iter().filter(|&&d| d > 1).count());
+            let big = x_shape
+                .get(lo..=hi)
+                .map_or(2, |s| s.iter().filter(|&&d| d > 1).count());
             if big > 1 {
                 return Err(self.usage(node, "a transposition of the data tensor".into()));
             }
@@ -705,7 +893,14 @@ impl<'a> Importer<'a> {
         let x_shape = self.shape_of(self.current)?;
         let body: &[usize] = match (format, x_shape.as_slice()) {
             (DataFormat::NCHW, [1, c, h, w]) | (DataFormat::CHW, [c, h, w]) => &[*c, *h, *w],
-            _ => return Err(self.usage(node, format!("needs an NCHW image with batch 1, gets shape {x_shape:?} ({format:?})"))),
+            _ => {
+                return Err(self.usage(
+                    node,
+                    format!(
+                        "needs an NCHW image with batch 1, gets shape {x_shape:?} ({format:?})"
+                    ),
+                ));
+            }
         };
         let chw = [body[0], body[1], body[2]];
         if self.ir_shape != chw {
@@ -718,9 +913,17 @@ impl<'a> Importer<'a> {
     }
 
     /// Explicit 2-D padding `(top, left, bottom, right)` of a pool spec.
-    fn padding(&self, node: usize, spec: &PoolSpec, hw: [usize; 2]) -> Result<[usize; 4], ImportError> {
+    fn padding(
+        &self,
+        node: usize,
+        spec: &PoolSpec,
+        hw: [usize; 2],
+    ) -> Result<[usize; 4], ImportError> {
         if spec.rank() != 2 {
-            return Err(self.usage(node, format!("{}-D spatial operation (only 2-D)", spec.rank())));
+            return Err(self.usage(
+                node,
+                format!("{}-D spatial operation (only 2-D)", spec.rank()),
+            ));
         }
         if spec.dilations().iter().any(|&d| d != 1) {
             return Err(self.usage(node, format!("dilation {:?} (only 1)", spec.dilations())));
@@ -729,7 +932,12 @@ impl<'a> Importer<'a> {
             return Err(self.usage(node, "ceil_mode = 1".into()));
         }
         let computed = spec.computed_padding(&hw);
-        Ok([computed[0].pad_before, computed[1].pad_before, computed[0].pad_after, computed[1].pad_after])
+        Ok([
+            computed[0].pad_before,
+            computed[1].pad_before,
+            computed[0].pad_after,
+            computed[1].pad_after,
+        ])
     }
 
     fn conv(&mut self, node: usize, op: &Conv, data: usize) -> Result<(), ImportError> {
@@ -741,19 +949,31 @@ impl<'a> Importer<'a> {
             return Err(self.usage(node, format!("groups = {} (only 1)", op.group)));
         }
         if op.kernel_fmt != KernelFormat::OIHW {
-            return Err(self.usage(node, format!("kernel format {:?} (only OIHW)", op.kernel_fmt)));
+            return Err(self.usage(
+                node,
+                format!("kernel format {:?} (only OIHW)", op.kernel_fmt),
+            ));
         }
         let [c, h, w] = self.image_input(node, op.pool_spec.data_format)?;
-        let [pad_top, pad_left, pad_bottom, pad_right] = self.padding(node, &op.pool_spec, [h, w])?;
-        let (kernel, k_shape) = self.konst(n.inputs[1]).ok_or_else(|| self.usage(node, "the kernel is not a constant".into()))?;
-        let (bias, b_shape) = self.konst(n.inputs[2]).ok_or_else(|| self.usage(node, "the bias is not a constant".into()))?;
+        let [pad_top, pad_left, pad_bottom, pad_right] =
+            self.padding(node, &op.pool_spec, [h, w])?;
+        let (kernel, k_shape) = self
+            .konst(n.inputs[1])
+            .ok_or_else(|| self.usage(node, "the kernel is not a constant".into()))?;
+        let (bias, b_shape) = self
+            .konst(n.inputs[2])
+            .ok_or_else(|| self.usage(node, "the bias is not a constant".into()))?;
         let &[oc, ic, kh, kw] = k_shape.as_slice() else {
             return Err(self.usage(node, format!("kernel shape {k_shape:?}")));
         };
         if ic != c {
-            return Err(self.usage(node, format!("kernel expects {ic} input channels, the image has {c}")));
+            return Err(self.usage(
+                node,
+                format!("kernel expects {ic} input channels, the image has {c}"),
+            ));
         }
-        let bias = broadcast(&bias, &b_shape, &[oc]).ok_or_else(|| self.usage(node, format!("bias shape {b_shape:?}")))?;
+        let bias = broadcast(&bias, &b_shape, &[oc])
+            .ok_or_else(|| self.usage(node, format!("bias shape {b_shape:?}")))?;
         let strides = op.pool_spec.strides();
         let mut conv = Conv2d {
             in_channels: c,
@@ -801,7 +1021,14 @@ impl<'a> Importer<'a> {
             pad_right,
         };
         self.flush_pending(Some(node))?;
-        self.push(node, if max { Layer::MaxPool2d(pool) } else { Layer::AvgPool2d(pool) })?;
+        self.push(
+            node,
+            if max {
+                Layer::MaxPool2d(pool)
+            } else {
+                Layer::AvgPool2d(pool)
+            },
+        )?;
         self.affine_open = false;
         Ok(())
     }
@@ -812,7 +1039,10 @@ impl<'a> Importer<'a> {
         let x_shape = self.shape_of(self.current)?;
         for &n in nodes {
             if self.shape_of(OutletId::new(n, 0))? != x_shape {
-                return Err(self.usage(n, "the graph branches into a sub-graph that is not element-wise".into()));
+                return Err(self.usage(
+                    n,
+                    "the graph branches into a sub-graph that is not element-wise".into(),
+                ));
             }
         }
         let probes: Vec<f64> = (-40..=40).map(|i| f64::from(i) * 0.15).collect();
@@ -826,7 +1056,10 @@ impl<'a> Importer<'a> {
             }
         }
         if !matches {
-            return Err(self.usage(first, "the sub-graph starting here is not a supported activation (not GELU)".into()));
+            return Err(self.usage(
+                first,
+                "the sub-graph starting here is not a supported activation (not GELU)".into(),
+            ));
         }
         self.activation(first, Layer::Gelu)
     }
@@ -842,18 +1075,30 @@ impl<'a> Importer<'a> {
             for input in &n.inputs {
                 if let Some(v) = values.get(input) {
                     args.push(*v);
-                } else if let Some((c, _)) = self.konst(*input).filter(|_| !in_region.contains(&input.node)) {
+                } else if let Some((c, _)) = self
+                    .konst(*input)
+                    .filter(|_| !in_region.contains(&input.node))
+                {
                     // Only uniform constants are element-wise scalars.
                     match c.first() {
                         Some(&v) if c.iter().all(|&e| e == v) => args.push(v),
-                        _ => return Err(self.usage(id, "non-uniform constant in an activation sub-graph".into())),
+                        _ => {
+                            return Err(self.usage(
+                                id,
+                                "non-uniform constant in an activation sub-graph".into(),
+                            ));
+                        }
                     }
                 } else {
-                    return Err(self.usage(id, "input from outside the activation sub-graph".into()));
+                    return Err(
+                        self.usage(id, "input from outside the activation sub-graph".into())
+                    );
                 }
             }
             let value = if let Some(bin) = n.op.downcast_ref::<TypedBinOp>() {
-                let [a, b] = args[..] else { return Err(self.unsupported(id)) };
+                let [a, b] = args[..] else {
+                    return Err(self.unsupported(id));
+                };
                 match &*bin.0.name() {
                     "Add" => a + b,
                     "Sub" => a - b,
@@ -866,7 +1111,9 @@ impl<'a> Importer<'a> {
                     _ => return Err(self.unsupported(id)),
                 }
             } else if let Some(ew) = n.op.downcast_ref::<ElementWiseOp>() {
-                let [a] = args[..] else { return Err(self.unsupported(id)) };
+                let [a] = args[..] else {
+                    return Err(self.unsupported(id));
+                };
                 match &*ew.0.name() {
                     "Erf" => crate::model::erf(a),
                     "Tanh" => a.tanh(),
@@ -915,7 +1162,8 @@ fn fold_before_conv(conv: &mut Conv2d, map: &Affine) -> bool {
     let k = conv.kernel_h * conv.kernel_w;
     for oc in 0..conv.out_channels {
         for ic in 0..conv.in_channels {
-            let block = &mut conv.weight[(oc * conv.in_channels + ic) * k..(oc * conv.in_channels + ic + 1) * k];
+            let block = &mut conv.weight
+                [(oc * conv.in_channels + ic) * k..(oc * conv.in_channels + ic + 1) * k];
             let sum: f64 = block.iter().sum();
             conv.bias[oc] += sum * shift[ic];
             block.iter_mut().for_each(|w| *w *= scale[ic]);
@@ -933,7 +1181,10 @@ fn per_channel(map: &Affine, channels: usize, plane: usize) -> Option<(Vec<f64>,
     let mut scale = Vec::with_capacity(channels);
     let mut shift = Vec::with_capacity(channels);
     for c in 0..channels {
-        let (s, b) = (&map.scale[c * plane..(c + 1) * plane], &map.shift[c * plane..(c + 1) * plane]);
+        let (s, b) = (
+            &map.scale[c * plane..(c + 1) * plane],
+            &map.shift[c * plane..(c + 1) * plane],
+        );
         if s.iter().any(|&v| v != s[0]) || b.iter().any(|&v| v != b[0]) {
             return None;
         }
@@ -998,23 +1249,41 @@ impl TractModel {
     /// Load and optimise an ONNX file for evaluation.
     pub fn load(path: &Path) -> Result<Self, ImportError> {
         let model = typed_model(path)?.model;
-        let invalid = |e: TractError| ImportError::InvalidOnnx { path: path.to_path_buf(), message: one_line(&e) };
+        let invalid = |e: TractError| ImportError::InvalidOnnx {
+            path: path.to_path_buf(),
+            message: one_line(&e),
+        };
         let input = model.input_outlets().map_err(invalid)?.first().copied();
         let output = model.output_outlets().map_err(invalid)?.first().copied();
         let (Some(input), Some(output)) = (input, output) else {
-            return Err(ImportError::Run { path: path.to_path_buf(), problem: "the model has no input or no output".into() });
+            return Err(ImportError::Run {
+                path: path.to_path_buf(),
+                problem: "the model has no input or no output".into(),
+            });
         };
         let concrete = |o: OutletId| -> Result<Vec<usize>, ImportError> {
             let fact = model.outlet_fact(o).map_err(invalid)?;
-            fact.shape.as_concrete().map(<[usize]>::to_vec).ok_or_else(|| ImportError::Run {
-                path: path.to_path_buf(),
-                problem: format!("symbolic shape {:?}", fact.shape),
-            })
+            fact.shape
+                .as_concrete()
+                .map(<[usize]>::to_vec)
+                .ok_or_else(|| ImportError::Run {
+                    path: path.to_path_buf(),
+                    problem: format!("symbolic shape {:?}", fact.shape),
+                })
         };
         let input_shape = concrete(input)?;
         let output_len = concrete(output)?.iter().product();
-        let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(invalid)?;
-        Ok(Self { path: path.to_path_buf(), input_shape, output_len, plan, state: Mutex::new(None) })
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(invalid)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            input_shape,
+            output_len,
+            plan,
+            state: Mutex::new(None),
+        })
     }
 
     /// The ONNX input shape (batch dimension included).
@@ -1034,20 +1303,37 @@ impl TractModel {
 
     /// Evaluate on one input (flattened row-major), returning the flattened output.
     pub fn run(&self, input: &[f32]) -> Result<Vec<f32>, ImportError> {
-        let fail = |problem: String| ImportError::Run { path: self.path.clone(), problem };
+        let fail = |problem: String| ImportError::Run {
+            path: self.path.clone(),
+            problem,
+        };
         if input.len() != self.input_len() {
-            return Err(fail(format!("the input has {} values, the model expects {}", input.len(), self.input_len())));
+            return Err(fail(format!(
+                "the input has {} values, the model expects {}",
+                input.len(),
+                self.input_len()
+            )));
         }
-        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(|e| fail(one_line(&e)))?;
-        let mut guard = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tensor =
+            Tensor::from_shape(&self.input_shape, input).map_err(|e| fail(one_line(&e)))?;
+        let mut guard = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if guard.is_none() {
             *guard = Some(self.plan.spawn().map_err(|e| fail(one_line(&e)))?);
         }
-        let state = guard.as_mut().ok_or_else(|| fail("no evaluation state".into()))?;
-        let outputs = state.run(tvec!(tensor.into())).map_err(|e| fail(one_line(&e)))?;
+        let state = guard
+            .as_mut()
+            .ok_or_else(|| fail("no evaluation state".into()))?;
+        let outputs = state
+            .run(tvec!(tensor.into()))
+            .map_err(|e| fail(one_line(&e)))?;
         let out = outputs.first().ok_or_else(|| fail("no output".into()))?;
         let out = out.cast_to::<f32>().map_err(|e| fail(one_line(&e)))?;
-        let view = out.to_plain_array_view::<f32>().map_err(|e| fail(one_line(&e)))?;
+        let view = out
+            .to_plain_array_view::<f32>()
+            .map_err(|e| fail(one_line(&e)))?;
         Ok(view.iter().copied().collect())
     }
 
@@ -1057,7 +1343,10 @@ impl TractModel {
         if n == 0 || inputs.len() % n != 0 {
             return Err(ImportError::Run {
                 path: self.path.clone(),
-                problem: format!("{} values are not a whole number of inputs of {n}", inputs.len()),
+                problem: format!(
+                    "{} values are not a whole number of inputs of {n}",
+                    inputs.len()
+                ),
             });
         }
         let mut out = Vec::with_capacity(inputs.len() / n * self.output_len);
@@ -1074,18 +1363,31 @@ mod tests {
 
     #[test]
     fn broadcast_follows_numpy_rules() {
-        assert_eq!(broadcast(&[1.0, 2.0], &[2, 1], &[1, 2, 3]).unwrap(), vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+        assert_eq!(
+            broadcast(&[1.0, 2.0], &[2, 1], &[1, 2, 3]).unwrap(),
+            vec![1.0, 1.0, 1.0, 2.0, 2.0, 2.0]
+        );
         assert_eq!(broadcast(&[5.0], &[], &[2]).unwrap(), vec![5.0, 5.0]);
-        assert_eq!(broadcast(&[1.0, 2.0, 3.0], &[1, 1, 3], &[3]).unwrap(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(
+            broadcast(&[1.0, 2.0, 3.0], &[1, 1, 3], &[3]).unwrap(),
+            vec![1.0, 2.0, 3.0]
+        );
         assert!(broadcast(&[1.0, 2.0], &[2], &[3]).is_none());
     }
 
     #[test]
     fn folding_affine_maps_into_dense_is_exact() {
         let dense = Dense::new(2, 1, vec![2.0, -1.0], vec![0.5]).unwrap();
-        let map = Affine { scale: vec![0.5, 4.0], shift: vec![1.0, -2.0] };
+        let map = Affine {
+            scale: vec![0.5, 4.0],
+            shift: vec![1.0, -2.0],
+        };
         let x = [0.3, -0.7];
-        let mapped: Vec<f64> = x.iter().zip(map.scale.iter().zip(&map.shift)).map(|(v, (s, b))| s * v + b).collect();
+        let mapped: Vec<f64> = x
+            .iter()
+            .zip(map.scale.iter().zip(&map.shift))
+            .map(|(v, (s, b))| s * v + b)
+            .collect();
         let mut folded = dense.clone();
         fold_before_dense(&mut folded, &map);
         assert!((folded.apply(&x)[0] - dense.apply(&mapped)[0]).abs() < 1e-12);
@@ -1094,13 +1396,31 @@ mod tests {
     #[test]
     fn folding_per_channel_maps_into_conv_is_exact() {
         let conv = Conv2d {
-            in_channels: 2, out_channels: 1, in_h: 2, in_w: 2, kernel_h: 2, kernel_w: 2,
-            stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0, pad_bottom: 0, pad_right: 0,
-            weight: (1..=8).map(f64::from).collect(), bias: vec![0.25],
+            in_channels: 2,
+            out_channels: 1,
+            in_h: 2,
+            in_w: 2,
+            kernel_h: 2,
+            kernel_w: 2,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            pad_bottom: 0,
+            pad_right: 0,
+            weight: (1..=8).map(f64::from).collect(),
+            bias: vec![0.25],
         };
-        let map = Affine { scale: vec![2.0, 2.0, 2.0, 2.0, -1.0, -1.0, -1.0, -1.0], shift: vec![0.5; 8] };
+        let map = Affine {
+            scale: vec![2.0, 2.0, 2.0, 2.0, -1.0, -1.0, -1.0, -1.0],
+            shift: vec![0.5; 8],
+        };
         let x: Vec<f64> = (0..8).map(|i| f64::from(i) * 0.1).collect();
-        let mapped: Vec<f64> = x.iter().zip(map.scale.iter().zip(&map.shift)).map(|(v, (s, b))| s * v + b).collect();
+        let mapped: Vec<f64> = x
+            .iter()
+            .zip(map.scale.iter().zip(&map.shift))
+            .map(|(v, (s, b))| s * v + b)
+            .collect();
         let mut folded = conv.clone();
         assert!(fold_before_conv(&mut folded, &map));
         assert!((folded.apply(&x)[0] - conv.apply(&mapped)[0]).abs() < 1e-12);
@@ -1112,12 +1432,22 @@ mod tests {
     #[test]
     #[ignore = "diagnostic: DUMP=a.onnx,b.onnx prints tract's typed graph"]
     fn dump() {
-        for p in std::env::var("DUMP").unwrap_or_default().split(',').filter(|p| !p.is_empty()) {
+        for p in std::env::var("DUMP")
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
             let m = typed_model(Path::new(p)).unwrap().model;
             println!("== {p}");
             for id in m.eval_order().unwrap() {
                 let n = m.node(id);
-                println!("{id} {} [{}] {:?} -> {:?}", n.name, n.op.name(), n.inputs, n.outputs[0].fact);
+                println!(
+                    "{id} {} [{}] {:?} -> {:?}",
+                    n.name,
+                    n.op.name(),
+                    n.inputs,
+                    n.outputs[0].fact
+                );
             }
         }
     }

@@ -64,7 +64,9 @@ impl Property {
     /// True when input `x` lies in some case's box and output `y` is unsafe there: a
     /// counterexample to the property.
     pub fn is_counterexample(&self, x: &[f64], y: &[f64]) -> bool {
-        self.cases.iter().any(|c| c.input.contains(x) && c.is_unsafe(y))
+        self.cases
+            .iter()
+            .any(|c| c.input.contains(x) && c.is_unsafe(y))
     }
 }
 
@@ -83,17 +85,28 @@ impl InputBox {
 
     /// The centre of the box.
     pub fn center(&self) -> Vec<f64> {
-        self.lower.iter().zip(&self.upper).map(|(l, u)| 0.5 * (l + u)).collect()
+        self.lower
+            .iter()
+            .zip(&self.upper)
+            .map(|(l, u)| 0.5 * (l + u))
+            .collect()
     }
 
     /// Half the width of the box along each input.
     pub fn radius(&self) -> Vec<f64> {
-        self.lower.iter().zip(&self.upper).map(|(l, u)| 0.5 * (u - l)).collect()
+        self.lower
+            .iter()
+            .zip(&self.upper)
+            .map(|(l, u)| 0.5 * (u - l))
+            .collect()
     }
 
     /// True when `x` lies in the box (bounds included).
     pub fn contains(&self, x: &[f64]) -> bool {
-        x.len() == self.dim() && x.iter().zip(self.lower.iter().zip(&self.upper)).all(|(v, (l, u))| l <= v && v <= u)
+        x.len() == self.dim()
+            && x.iter()
+                .zip(self.lower.iter().zip(&self.upper))
+                .all(|(v, (l, u))| l <= v && v <= u)
     }
 }
 
@@ -120,20 +133,36 @@ mod tests {
         // y1 - y0 <= 0 (Y_1 <= Y_0) and y0 <= 2.
         let c = Conjunction {
             constraints: vec![
-                LinearConstraint { coeffs: vec![-1.0, 1.0], rhs: 0.0 },
-                LinearConstraint { coeffs: vec![1.0, 0.0], rhs: 2.0 },
+                LinearConstraint {
+                    coeffs: vec![-1.0, 1.0],
+                    rhs: 0.0,
+                },
+                LinearConstraint {
+                    coeffs: vec![1.0, 0.0],
+                    rhs: 2.0,
+                },
             ],
         };
         assert_eq!(c.constraints[0].eval(&[3.0, 1.0]), -2.0);
         assert!(c.is_satisfied_by(&[1.5, 1.0]));
         assert!(!c.is_satisfied_by(&[2.5, 1.0]));
         assert!(!c.is_satisfied_by(&[1.0, 1.5]));
-        let b = InputBox { lower: vec![0.0, -1.0], upper: vec![1.0, 1.0] };
+        let b = InputBox {
+            lower: vec![0.0, -1.0],
+            upper: vec![1.0, 1.0],
+        };
         assert_eq!(b.center(), vec![0.5, 0.0]);
         assert_eq!(b.radius(), vec![0.5, 1.0]);
         assert!(b.contains(&[1.0, -1.0]));
         assert!(!b.contains(&[1.1, 0.0]));
-        let p = Property { n_inputs: 2, n_outputs: 2, cases: vec![Case { input: b, unsafe_set: vec![c] }] };
+        let p = Property {
+            n_inputs: 2,
+            n_outputs: 2,
+            cases: vec![Case {
+                input: b,
+                unsafe_set: vec![c],
+            }],
+        };
         assert!(p.is_counterexample(&[0.5, 0.0], &[1.5, 1.0]));
         assert!(!p.is_counterexample(&[2.0, 0.0], &[1.5, 1.0]));
     }

@@ -95,7 +95,9 @@ pub enum SpecErrorKind {
     #[error("variable '{0}' is declared twice")]
     DuplicateDeclaration(String),
     /// Variables must be numbered from 0 without gaps.
-    #[error("'{0}' is not declared, but a higher-numbered variable is (variables must be numbered from 0)")]
+    #[error(
+        "'{0}' is not declared, but a higher-numbered variable is (variables must be numbered from 0)"
+    )]
     MissingDeclaration(String),
     /// A declaration with a sort other than `Real`.
     #[error("unsupported sort '{0}' (only Real)")]
@@ -112,7 +114,9 @@ pub enum SpecErrorKind {
     #[error("unsupported command '{0}'")]
     UnsupportedCommand(String),
     /// A constraint over several inputs.
-    #[error("input constraint over several variables ({0}): input constraints must be single-variable bounds")]
+    #[error(
+        "input constraint over several variables ({0}): input constraints must be single-variable bounds"
+    )]
     MultiVariableInput(String),
     /// A constraint over both inputs and outputs.
     #[error("constraint mixes input and output variables")]
@@ -150,13 +154,21 @@ pub enum SpecErrorKind {
 
 /// Parse a VNN-LIB file.
 pub fn parse_file(path: &Path) -> Result<Property, SpecError> {
-    let bytes = std::fs::read(path).map_err(|source| SpecError::Io { path: path.to_path_buf(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| SpecError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse_str(&String::from_utf8_lossy(&bytes), path)
 }
 
 /// Parse VNN-LIB text; `path` only names the source in error messages.
 pub fn parse_str(text: &str, path: &Path) -> Result<Property, SpecError> {
-    parse_text(text).map_err(|e| SpecError::At { path: path.to_path_buf(), line: e.pos.line, column: e.pos.column, kind: e.kind })
+    parse_text(text).map_err(|e| SpecError::At {
+        path: path.to_path_buf(),
+        line: e.pos.line,
+        column: e.pos.column,
+        kind: e.kind,
+    })
 }
 
 /// A 1-based position in the text.
@@ -199,7 +211,9 @@ fn read_sexprs(text: &str) -> Result<Vec<SExpr>, LocatedError> {
     let mut stack: Vec<(Vec<SExpr>, Pos)> = Vec::new();
     let mut chars = text.chars().peekable();
     let (mut line, mut column) = (1usize, 1usize);
-    let push = |stack: &mut Vec<(Vec<SExpr>, Pos)>, top: &mut Vec<SExpr>, e: SExpr| match stack.last_mut() {
+    let push = |stack: &mut Vec<(Vec<SExpr>, Pos)>, top: &mut Vec<SExpr>, e: SExpr| match stack
+        .last_mut()
+    {
         Some((items, _)) => items.push(e),
         None => top.push(e),
     };
@@ -227,7 +241,12 @@ fn read_sexprs(text: &str) -> Result<Vec<SExpr>, LocatedError> {
                 chars.next();
                 column += 1;
                 if stack.len() >= MAX_DEPTH {
-                    return err(pos, SpecErrorKind::Syntax(format!("parentheses nested deeper than {MAX_DEPTH}")));
+                    return err(
+                        pos,
+                        SpecErrorKind::Syntax(format!(
+                            "parentheses nested deeper than {MAX_DEPTH}"
+                        )),
+                    );
                 }
                 stack.push((Vec::new(), pos));
             }
@@ -260,7 +279,10 @@ fn read_sexprs(text: &str) -> Result<Vec<SExpr>, LocatedError> {
                     }
                 }
                 if !closed {
-                    return err(pos, SpecErrorKind::Syntax(format!("unterminated {close}...{close}")));
+                    return err(
+                        pos,
+                        SpecErrorKind::Syntax(format!("unterminated {close}...{close}")),
+                    );
                 }
                 push(&mut stack, &mut top, SExpr::Atom(s, pos));
             }
@@ -328,7 +350,9 @@ fn looks_numeric(s: &str) -> bool {
 
 /// A finite number in integer, decimal or scientific notation.
 fn parse_number(s: &str, pos: Pos) -> Result<f64, LocatedError> {
-    let well_formed = s.bytes().all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'+' | b'e' | b'E'));
+    let well_formed = s
+        .bytes()
+        .all(|c| c.is_ascii_digit() || matches!(c, b'.' | b'-' | b'+' | b'e' | b'E'));
     match s.parse::<f64>() {
         Ok(v) if well_formed && v.is_finite() => Ok(v),
         _ => err(pos, SpecErrorKind::BadNumber(s.to_string())),
@@ -345,7 +369,10 @@ struct Linear {
 
 impl Linear {
     fn constant(v: f64) -> Self {
-        Linear { constant: v, ..Default::default() }
+        Linear {
+            constant: v,
+            ..Default::default()
+        }
     }
 
     fn is_constant(&self) -> bool {
@@ -397,7 +424,10 @@ struct Declarations {
 impl Declarations {
     fn declare(&mut self, items: &[SExpr], pos: Pos) -> Result<(), LocatedError> {
         let [_, SExpr::Atom(name, name_pos), sort] = items else {
-            return err(pos, SpecErrorKind::Syntax("expected (declare-const NAME Real)".into()));
+            return err(
+                pos,
+                SpecErrorKind::Syntax("expected (declare-const NAME Real)".into()),
+            );
         };
         let Some(var) = parse_var(name) else {
             return err(*name_pos, SpecErrorKind::UnknownVariable(name.clone()));
@@ -417,7 +447,9 @@ impl Declarations {
             Var::Y(i) => self.outputs.entry(i),
         };
         match map {
-            std::collections::hash_map::Entry::Occupied(_) => err(*name_pos, SpecErrorKind::DuplicateDeclaration(name.clone())),
+            std::collections::hash_map::Entry::Occupied(_) => {
+                err(*name_pos, SpecErrorKind::DuplicateDeclaration(name.clone()))
+            }
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(*name_pos);
                 Ok(())
@@ -428,9 +460,16 @@ impl Declarations {
     /// The declared count `n` of `X_0..X_{n-1}` (or `Y_...`), checking there are no gaps.
     fn count(map: &HashMap<usize, Pos>, prefix: &str) -> Result<usize, LocatedError> {
         let n = map.len();
-        if let Some((&i, &pos)) = map.iter().filter(|(i, _)| **i >= n).min_by_key(|(i, _)| **i) {
+        if let Some((&i, &pos)) = map
+            .iter()
+            .filter(|(i, _)| **i >= n)
+            .min_by_key(|(i, _)| **i)
+        {
             let missing = (0..i).find(|k| !map.contains_key(k)).unwrap_or(0);
-            return err(pos, SpecErrorKind::MissingDeclaration(format!("{prefix}_{missing}")));
+            return err(
+                pos,
+                SpecErrorKind::MissingDeclaration(format!("{prefix}_{missing}")),
+            );
         }
         Ok(n)
     }
@@ -456,13 +495,23 @@ impl Declarations {
             SExpr::List(items, pos) => {
                 let (op, args) = head(items, *pos)?;
                 if args.is_empty() {
-                    return err(*pos, SpecErrorKind::Syntax(format!("'{op}' needs arguments")));
+                    return err(
+                        *pos,
+                        SpecErrorKind::Syntax(format!("'{op}' needs arguments")),
+                    );
                 }
-                let terms = args.iter().map(|a| self.linear(a)).collect::<Result<Vec<_>, _>>()?;
+                let terms = args
+                    .iter()
+                    .map(|a| self.linear(a))
+                    .collect::<Result<Vec<_>, _>>()?;
                 match op {
-                    "+" => Ok(terms.iter().fold(Linear::default(), |acc, t| acc.add(t, 1.0))),
+                    "+" => Ok(terms
+                        .iter()
+                        .fold(Linear::default(), |acc, t| acc.add(t, 1.0))),
                     "-" if terms.len() == 1 => Ok(terms[0].clone().scale(-1.0)),
-                    "-" => Ok(terms[1..].iter().fold(terms[0].clone(), |acc, t| acc.add(t, -1.0))),
+                    "-" => Ok(terms[1..]
+                        .iter()
+                        .fold(terms[0].clone(), |acc, t| acc.add(t, -1.0))),
                     "*" => {
                         let mut product = Linear::constant(1.0);
                         let mut variable_factors = 0;
@@ -487,7 +536,10 @@ impl Declarations {
                         }
                         Ok(product)
                     }
-                    "/" if terms.len() == 2 && terms[1].is_constant() && terms[1].constant != 0.0 => {
+                    "/" if terms.len() == 2
+                        && terms[1].is_constant()
+                        && terms[1].constant != 0.0 =>
+                    {
                         Ok(terms[0].clone().scale(1.0 / terms[1].constant))
                     }
                     "/" => err(
@@ -497,7 +549,13 @@ impl Declarations {
                             detail: ": only division by a non-zero constant is linear".into(),
                         },
                     ),
-                    other => err(*pos, SpecErrorKind::UnsupportedOperator { op: other.into(), detail: String::new() }),
+                    other => err(
+                        *pos,
+                        SpecErrorKind::UnsupportedOperator {
+                            op: other.into(),
+                            detail: String::new(),
+                        },
+                    ),
                 }
             }
         }
@@ -510,15 +568,26 @@ impl Declarations {
         xs.sort_by_key(|&(i, _)| i);
         ys.sort_by_key(|&(i, _)| i);
         match (xs.as_slice(), ys.is_empty()) {
-            ([], true) => Ok(if lin.constant <= 0.0 { Atom::Output(Vec::new(), 0.0) } else { Atom::False }),
+            ([], true) => Ok(if lin.constant <= 0.0 {
+                Atom::Output(Vec::new(), 0.0)
+            } else {
+                Atom::False
+            }),
             ([], false) => Ok(Atom::Output(ys, -lin.constant)),
             (_, false) => err(pos, SpecErrorKind::MixedConstraint),
             ([(i, c)], true) => {
                 let value = -lin.constant / c;
                 if !value.is_finite() {
-                    return err(pos, SpecErrorKind::BadNumber(format!("{value} (bound of X_{i})")));
+                    return err(
+                        pos,
+                        SpecErrorKind::BadNumber(format!("{value} (bound of X_{i})")),
+                    );
                 }
-                Ok(if *c > 0.0 { Atom::Upper(*i, value, pos) } else { Atom::Lower(*i, value, pos) })
+                Ok(if *c > 0.0 {
+                    Atom::Upper(*i, value, pos)
+                } else {
+                    Atom::Lower(*i, value, pos)
+                })
             }
             (many, true) => {
                 let names: Vec<String> = many.iter().map(|(i, _)| format!("X_{i}")).collect();
@@ -534,7 +603,12 @@ impl Declarations {
             SExpr::Atom(s, _) if s == "true" => return Ok(vec![vec![]]),
             SExpr::Atom(s, _) if s == "false" => return Ok(vec![]),
             SExpr::Atom(s, pos) => {
-                return err(*pos, SpecErrorKind::Syntax(format!("expected a constraint in parentheses, found '{s}'")));
+                return err(
+                    *pos,
+                    SpecErrorKind::Syntax(format!(
+                        "expected a constraint in parentheses, found '{s}'"
+                    )),
+                );
             }
         };
         let (op, args) = head(items, pos)?;
@@ -558,9 +632,15 @@ impl Declarations {
             }
             "<=" | ">=" | "<" | ">" | "=" => {
                 if args.len() < 2 {
-                    return err(pos, SpecErrorKind::Syntax(format!("'{op}' needs at least two arguments")));
+                    return err(
+                        pos,
+                        SpecErrorKind::Syntax(format!("'{op}' needs at least two arguments")),
+                    );
                 }
-                let terms = args.iter().map(|a| self.linear(a)).collect::<Result<Vec<_>, _>>()?;
+                let terms = args
+                    .iter()
+                    .map(|a| self.linear(a))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut conj = Vec::new();
                 for pair in terms.windows(2) {
                     // Each comparison as `lin <= 0`.
@@ -577,7 +657,13 @@ impl Declarations {
                 }
                 Ok(vec![conj])
             }
-            other => err(pos, SpecErrorKind::UnsupportedOperator { op: other.into(), detail: String::new() }),
+            other => err(
+                pos,
+                SpecErrorKind::UnsupportedOperator {
+                    op: other.into(),
+                    detail: String::new(),
+                },
+            ),
         }
     }
 }
@@ -586,7 +672,10 @@ impl Declarations {
 fn head(items: &[SExpr], pos: Pos) -> Result<(&str, &[SExpr]), LocatedError> {
     match items.split_first() {
         Some((SExpr::Atom(op, _), args)) => Ok((op.as_str(), args)),
-        Some((other, _)) => err(other.pos(), SpecErrorKind::Syntax("expected an operator after '('".into())),
+        Some((other, _)) => err(
+            other.pos(),
+            SpecErrorKind::Syntax("expected an operator after '('".into()),
+        ),
         None => err(pos, SpecErrorKind::Syntax("empty parentheses".into())),
     }
 }
@@ -596,7 +685,12 @@ fn product(a: &Dnf, b: &Dnf, pos: Pos) -> Result<Dnf, LocatedError> {
     if a.len().saturating_mul(b.len()) > MAX_TERMS {
         return err(pos, SpecErrorKind::TooManyDisjuncts(MAX_TERMS));
     }
-    Ok(a.iter().flat_map(|ta| b.iter().map(move |tb| ta.iter().chain(tb).cloned().collect())).collect())
+    Ok(a.iter()
+        .flat_map(|ta| {
+            b.iter()
+                .map(move |tb| ta.iter().chain(tb).cloned().collect())
+        })
+        .collect())
 }
 
 /// Parse and interpret the text.
@@ -608,14 +702,20 @@ fn parse_text(text: &str) -> Result<Property, LocatedError> {
     let mut disjunctive: Vec<(Dnf, Pos)> = Vec::new();
     for e in &exprs {
         let SExpr::List(items, pos) = e else {
-            return err(e.pos(), SpecErrorKind::Syntax("expected a command in parentheses".into()));
+            return err(
+                e.pos(),
+                SpecErrorKind::Syntax("expected a command in parentheses".into()),
+            );
         };
         let (command, args) = head(items, *pos)?;
         match command {
             "declare-const" => decls.declare(items, *pos)?,
             "assert" => {
                 let [formula] = args else {
-                    return err(*pos, SpecErrorKind::Syntax("expected (assert FORMULA)".into()));
+                    return err(
+                        *pos,
+                        SpecErrorKind::Syntax("expected (assert FORMULA)".into()),
+                    );
                 };
                 let mut dnf = decls.formula(formula)?;
                 if dnf.len() == 1 {
@@ -628,7 +728,10 @@ fn parse_text(text: &str) -> Result<Property, LocatedError> {
             other => return err(*pos, SpecErrorKind::UnsupportedCommand(other.into())),
         }
     }
-    let end = Pos { line: text.lines().count().max(1), column: 1 };
+    let end = Pos {
+        line: text.lines().count().max(1),
+        column: 1,
+    };
     let n_inputs = Declarations::count(&decls.inputs, "X")?;
     let n_outputs = Declarations::count(&decls.outputs, "Y")?;
     if n_inputs == 0 {
@@ -670,33 +773,70 @@ fn parse_text(text: &str) -> Result<Property, LocatedError> {
         if !feasible {
             continue;
         }
-        let context = if several { format!(" in disjunct {}", t + 1) } else { String::new() };
+        let context = if several {
+            format!(" in disjunct {}", t + 1)
+        } else {
+            String::new()
+        };
         for i in 0..n_inputs {
             let decl = decls.inputs.get(&i).copied().unwrap_or_default();
             let (lo, lo_pos) = lower[i];
             let (hi, hi_pos) = upper[i];
             if lo_pos.is_none() || hi_pos.is_none() {
                 let side = if lo_pos.is_none() { "lower" } else { "upper" };
-                return err(decl, SpecErrorKind::MissingBound { var: format!("X_{i}"), side, context });
+                return err(
+                    decl,
+                    SpecErrorKind::MissingBound {
+                        var: format!("X_{i}"),
+                        side,
+                        context,
+                    },
+                );
             }
             if lo > hi {
                 // The later of the two bounds is the one that emptied the box.
-                let at = lo_pos.into_iter().chain(hi_pos).max_by_key(|p| (p.line, p.column)).unwrap_or(decl);
-                return err(at, SpecErrorKind::EmptyBox { var: format!("X_{i}"), lower: lo, upper: hi });
+                let at = lo_pos
+                    .into_iter()
+                    .chain(hi_pos)
+                    .max_by_key(|p| (p.line, p.column))
+                    .unwrap_or(decl);
+                return err(
+                    at,
+                    SpecErrorKind::EmptyBox {
+                        var: format!("X_{i}"),
+                        lower: lo,
+                        upper: hi,
+                    },
+                );
             }
         }
-        let input = InputBox { lower: lower.iter().map(|b| b.0).collect(), upper: upper.iter().map(|b| b.0).collect() };
-        let key: Vec<u64> = input.lower.iter().chain(&input.upper).map(|v| v.to_bits()).collect();
+        let input = InputBox {
+            lower: lower.iter().map(|b| b.0).collect(),
+            upper: upper.iter().map(|b| b.0).collect(),
+        };
+        let key: Vec<u64> = input
+            .lower
+            .iter()
+            .chain(&input.upper)
+            .map(|v| v.to_bits())
+            .collect();
         let conj = Conjunction { constraints };
         match case_of_box.get(&key) {
             Some(&c) => cases[c].unsafe_set.push(conj),
             None => {
                 case_of_box.insert(key, cases.len());
-                cases.push(Case { input, unsafe_set: vec![conj] });
+                cases.push(Case {
+                    input,
+                    unsafe_set: vec![conj],
+                });
             }
         }
     }
-    Ok(Property { n_inputs, n_outputs, cases })
+    Ok(Property {
+        n_inputs,
+        n_outputs,
+        cases,
+    })
 }
 
 #[cfg(test)]
@@ -709,7 +849,9 @@ mod tests {
 
     fn kind(text: &str) -> (SpecErrorKind, usize, usize) {
         match parse(text).unwrap_err() {
-            SpecError::At { kind, line, column, .. } => (kind, line, column),
+            SpecError::At {
+                kind, line, column, ..
+            } => (kind, line, column),
             e => panic!("unexpected {e}"),
         }
     }
@@ -720,24 +862,51 @@ mod tests {
     fn reader_tracks_positions_and_comments() {
         let e = read_sexprs("; c (\n (a  b) ; x)\n(c)").unwrap();
         assert_eq!(e.len(), 2);
-        let SExpr::List(items, pos) = &e[0] else { panic!() };
+        let SExpr::List(items, pos) = &e[0] else {
+            panic!()
+        };
         assert_eq!(*pos, Pos { line: 2, column: 2 });
-        assert_eq!(items[1], SExpr::Atom("b".into(), Pos { line: 2, column: 6 }));
-        assert_eq!(read_sexprs("(a\n (b)").unwrap_err().kind, SpecErrorKind::UnclosedParen);
+        assert_eq!(
+            items[1],
+            SExpr::Atom("b".into(), Pos { line: 2, column: 6 })
+        );
+        assert_eq!(
+            read_sexprs("(a\n (b)").unwrap_err().kind,
+            SpecErrorKind::UnclosedParen
+        );
         let e = read_sexprs("(a)\n  )").unwrap_err();
-        assert_eq!((e.kind, e.pos), (SpecErrorKind::UnexpectedCloseParen, Pos { line: 2, column: 3 }));
+        assert_eq!(
+            (e.kind, e.pos),
+            (
+                SpecErrorKind::UnexpectedCloseParen,
+                Pos { line: 2, column: 3 }
+            )
+        );
         let deep = "(".repeat(10_000);
-        assert!(matches!(read_sexprs(&deep).unwrap_err().kind, SpecErrorKind::Syntax(_)));
+        assert!(matches!(
+            read_sexprs(&deep).unwrap_err().kind,
+            SpecErrorKind::Syntax(_)
+        ));
     }
 
     #[test]
     fn numbers_in_every_notation() {
-        for (s, v) in [("3", 3.0), ("-0.5", -0.5), ("1e-3", 1e-3), ("2.5E+2", 250.0), (".5", 0.5), ("+4", 4.0)] {
+        for (s, v) in [
+            ("3", 3.0),
+            ("-0.5", -0.5),
+            ("1e-3", 1e-3),
+            ("2.5E+2", 250.0),
+            (".5", 0.5),
+            ("+4", 4.0),
+        ] {
             assert!(looks_numeric(s), "{s}");
             assert_eq!(parse_number(s, Pos::default()).unwrap(), v);
         }
         for s in ["1.2.3", "1e", "1e999", "3x", "--1"] {
-            assert!(!looks_numeric(s) || parse_number(s, Pos::default()).is_err(), "{s}");
+            assert!(
+                !looks_numeric(s) || parse_number(s, Pos::default()).is_err(),
+                "{s}"
+            );
         }
         assert!(!looks_numeric("-") && !looks_numeric("X_0"));
     }
@@ -764,8 +933,20 @@ mod tests {
         assert_eq!(case.input.upper, vec![0.6, 0.5]);
         assert_eq!(case.unsafe_set.len(), 1);
         let c = &case.unsafe_set[0].constraints;
-        assert_eq!(c[0], LinearConstraint { coeffs: vec![1.0, -1.0], rhs: 0.0 });
-        assert_eq!(c[1], LinearConstraint { coeffs: vec![0.0, -1.0], rhs: -0.5 });
+        assert_eq!(
+            c[0],
+            LinearConstraint {
+                coeffs: vec![1.0, -1.0],
+                rhs: 0.0
+            }
+        );
+        assert_eq!(
+            c[1],
+            LinearConstraint {
+                coeffs: vec![0.0, -1.0],
+                rhs: -0.5
+            }
+        );
         assert!(case.is_unsafe(&[0.0, 1.0]));
         assert!(!case.is_unsafe(&[2.0, 1.0]));
     }
@@ -797,24 +978,89 @@ mod tests {
 
     #[test]
     fn each_error_kind_with_its_position() {
-        let bounds = "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))(assert (<= X_1 1))\n";
+        let bounds =
+            "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))(assert (<= X_1 1))\n";
         let cases: Vec<(String, fn(&SpecErrorKind) -> bool, usize)> = vec![
-            (format!("{DECL}(assert (<= X_0 1)"), |k| *k == SpecErrorKind::UnclosedParen, 5),
-            (format!("{DECL}{bounds}(assert (<= Y_0 Z_0))"), |k| matches!(k, SpecErrorKind::UnknownVariable(v) if v == "Z_0"), 6),
-            (format!("{DECL}{bounds}(assert (<= Y_0 Y_7))"), |k| matches!(k, SpecErrorKind::UndeclaredVariable(v) if v == "Y_7"), 6),
-            (format!("{DECL}{bounds}(assert (<= Y_0 1.2.3))"), |k| matches!(k, SpecErrorKind::BadNumber(_)), 6),
-            (format!("{DECL}{bounds}(assert (<= (* Y_0 Y_1) 1))"), |k| matches!(k, SpecErrorKind::UnsupportedOperator { op, .. } if op == "*"), 6),
-            (format!("{DECL}{bounds}(assert (=> (<= Y_0 1) (<= Y_1 1)))"), |k| matches!(k, SpecErrorKind::UnsupportedOperator { op, .. } if op == "=>"), 6),
-            (format!("{DECL}(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))"), |k| matches!(k, SpecErrorKind::MissingBound { side: "upper", .. }), 2),
-            (format!("{DECL}{bounds}(assert (<= X_0 -1))"), |k| matches!(k, SpecErrorKind::EmptyBox { .. }), 6),
-            (format!("{DECL}{bounds}(assert (<= (+ X_0 X_1) 1))"), |k| matches!(k, SpecErrorKind::MultiVariableInput(_)), 6),
-            (format!("{DECL}{bounds}(assert (<= X_0 Y_1))"), |k| *k == SpecErrorKind::MixedConstraint, 6),
-            (format!("{DECL}(declare-const X_0 Real)"), |k| matches!(k, SpecErrorKind::DuplicateDeclaration(_)), 5),
-            ("(declare-const X_1 Real)(declare-const Y_0 Real)".into(), |k| matches!(k, SpecErrorKind::MissingDeclaration(v) if v == "X_0"), 1),
-            ("(declare-const X_0 Int)".into(), |k| matches!(k, SpecErrorKind::UnsupportedSort(_)), 1),
-            (format!("{DECL}(push 1)"), |k| matches!(k, SpecErrorKind::UnsupportedCommand(_)), 5),
-            (format!("{DECL}{bounds})"), |k| *k == SpecErrorKind::UnexpectedCloseParen, 6),
-            ("(declare-const Y_0 Real)".into(), |k| *k == SpecErrorKind::NoInputs, 1),
+            (
+                format!("{DECL}(assert (<= X_0 1)"),
+                |k| *k == SpecErrorKind::UnclosedParen,
+                5,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= Y_0 Z_0))"),
+                |k| matches!(k, SpecErrorKind::UnknownVariable(v) if v == "Z_0"),
+                6,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= Y_0 Y_7))"),
+                |k| matches!(k, SpecErrorKind::UndeclaredVariable(v) if v == "Y_7"),
+                6,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= Y_0 1.2.3))"),
+                |k| matches!(k, SpecErrorKind::BadNumber(_)),
+                6,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= (* Y_0 Y_1) 1))"),
+                |k| matches!(k, SpecErrorKind::UnsupportedOperator { op, .. } if op == "*"),
+                6,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (=> (<= Y_0 1) (<= Y_1 1)))"),
+                |k| matches!(k, SpecErrorKind::UnsupportedOperator { op, .. } if op == "=>"),
+                6,
+            ),
+            (
+                format!("{DECL}(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))"),
+                |k| matches!(k, SpecErrorKind::MissingBound { side: "upper", .. }),
+                2,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= X_0 -1))"),
+                |k| matches!(k, SpecErrorKind::EmptyBox { .. }),
+                6,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= (+ X_0 X_1) 1))"),
+                |k| matches!(k, SpecErrorKind::MultiVariableInput(_)),
+                6,
+            ),
+            (
+                format!("{DECL}{bounds}(assert (<= X_0 Y_1))"),
+                |k| *k == SpecErrorKind::MixedConstraint,
+                6,
+            ),
+            (
+                format!("{DECL}(declare-const X_0 Real)"),
+                |k| matches!(k, SpecErrorKind::DuplicateDeclaration(_)),
+                5,
+            ),
+            (
+                "(declare-const X_1 Real)(declare-const Y_0 Real)".into(),
+                |k| matches!(k, SpecErrorKind::MissingDeclaration(v) if v == "X_0"),
+                1,
+            ),
+            (
+                "(declare-const X_0 Int)".into(),
+                |k| matches!(k, SpecErrorKind::UnsupportedSort(_)),
+                1,
+            ),
+            (
+                format!("{DECL}(push 1)"),
+                |k| matches!(k, SpecErrorKind::UnsupportedCommand(_)),
+                5,
+            ),
+            (
+                format!("{DECL}{bounds})"),
+                |k| *k == SpecErrorKind::UnexpectedCloseParen,
+                6,
+            ),
+            (
+                "(declare-const Y_0 Real)".into(),
+                |k| *k == SpecErrorKind::NoInputs,
+                1,
+            ),
             (String::new(), |k| *k == SpecErrorKind::NoInputs, 1),
         ];
         for (text, expected, line) in cases {
@@ -822,8 +1068,13 @@ mod tests {
             assert!(expected(&k), "{text}\n-> {k}");
             assert_eq!(l, line, "{text}\n-> {k}");
         }
-        let msg = parse(&format!("{DECL}(assert (<= Y_0 Q))")).unwrap_err().to_string();
-        assert!(msg.starts_with("t.vnnlib:5:17: unknown variable 'Q'"), "{msg}");
+        let msg = parse(&format!("{DECL}(assert (<= Y_0 Q))"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("t.vnnlib:5:17: unknown variable 'Q'"),
+            "{msg}"
+        );
     }
 
     #[test]
