@@ -451,9 +451,17 @@ impl<'a> Model<'a> {
             .checked_mul(LAYER_ENTRY_SIZE)
             .and_then(|o| o.checked_add(HEADER_SIZE))
             .ok_or(Error::Overflow)?;
+        let end = start.checked_add(LAYER_ENTRY_SIZE).ok_or(Error::Overflow)?;
+        let raw = self.bytes.get(start..end).ok_or(Error::Truncated)?;
+        // One bounds check for the whole entry, then 16 fixed-size reads.
         let mut words = [0u32; 16];
-        for (k, w) in words.iter_mut().enumerate() {
-            *w = read_u32(self.bytes, start + 4 * k).ok_or(Error::Truncated)?;
+        for (w, b) in words.iter_mut().zip(raw.chunks_exact(4)) {
+            *w = u32::from_le_bytes([
+                b.first().copied().unwrap_or(0),
+                b.get(1).copied().unwrap_or(0),
+                b.get(2).copied().unwrap_or(0),
+                b.get(3).copied().unwrap_or(0),
+            ]);
         }
         Ok(words)
     }
