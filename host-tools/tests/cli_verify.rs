@@ -52,7 +52,7 @@ fn verify_holds_exits_0_with_json_report() {
 
 #[test]
 fn verify_violated_exits_10_with_checked_counterexample() {
-    let model_path = require_data!("acasxu/onnx/ACASXU_run2a_1_2_batch_2000.onnx");
+    let model_path = require_data!("acasxu/nnet/ACASXU_run2a_1_2_batch_2000.nnet");
     let spec_path = require_data!("acasxu/vnnlib/prop_2.vnnlib");
     let dir = scratch("violated");
     let json = dir.join("report.json");
@@ -75,7 +75,7 @@ fn verify_violated_exits_10_with_checked_counterexample() {
 #[test]
 fn verify_unknown_exits_20() {
     // IBP alone cannot prove ACAS Xu property 1 on its whole box: incomplete -> unknown.
-    let model = require_data!("acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx");
+    let model = require_data!("acasxu/nnet/ACASXU_run2a_1_1_batch_2000.nnet");
     let spec = require_data!("acasxu/vnnlib/prop_1.vnnlib");
     let dir = scratch("unknown");
     let json = dir.join("report.json");
@@ -135,7 +135,7 @@ fn verify_bad_input_exits_2_naming_the_file_without_json() {
 
 #[test]
 fn bounds_over_a_box_csv_contain_sampled_outputs() {
-    let model_path = require_data!("acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx");
+    let model_path = require_data!("acasxu/nnet/ACASXU_run2a_1_1_batch_2000.nnet");
     let dir = scratch("bounds-box");
     let box_csv = dir.join("box.csv");
     let (lo, hi) = ([-0.3, -0.1, -0.1, 0.3, 0.3], [-0.29, 0.1, 0.1, 0.35, 0.35]);
@@ -163,7 +163,7 @@ fn bounds_over_a_box_csv_contain_sampled_outputs() {
 
 #[test]
 fn bounds_from_a_spec_writes_lower_and_upper() {
-    let model = require_data!("acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx");
+    let model = require_data!("acasxu/nnet/ACASXU_run2a_1_1_batch_2000.nnet");
     let spec = require_data!("acasxu/vnnlib/prop_3.vnnlib");
     let dir = scratch("bounds-spec");
     let json = dir.join("b.json");
@@ -177,7 +177,7 @@ fn bounds_from_a_spec_writes_lower_and_upper() {
 
 #[test]
 fn bounds_bad_box_exits_2_naming_the_file() {
-    let model = require_data!("acasxu/onnx/ACASXU_run2a_1_1_batch_2000.onnx");
+    let model = require_data!("acasxu/nnet/ACASXU_run2a_1_1_batch_2000.nnet");
     let dir = scratch("bounds-bad");
     let json = dir.join("b.json");
     for (name, text) in [

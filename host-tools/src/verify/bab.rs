@@ -123,18 +123,21 @@ pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant
         }
     }
     let Ok(cnet) = CandleNet::new(net) else { return None };
-    let mut idx = 0;
-    for (ci, case) in cases.iter().enumerate() {
-        for conj in &case.unsafe_set {
-            let mut pts: Vec<Vec<f64>> = starts[idx].iter().map(|(_, x)| x.clone()).collect();
-            idx += 1;
-            for round in 0..3 {
+    // Round 0 descends from the best samples; later rounds from fresh random points, in
+    // turn over every (case, conjunction), until the falsification budget is spent.
+    for round in 0..64 {
+        let mut idx = 0;
+        for (ci, case) in cases.iter().enumerate() {
+            for conj in &case.unsafe_set {
                 if Instant::now() >= deadline {
                     return None;
                 }
-                if round > 0 {
-                    pts = (0..32).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect();
-                }
+                let pts: Vec<Vec<f64>> = if round == 0 {
+                    starts[idx].iter().map(|(_, x)| x.clone()).collect()
+                } else {
+                    (0..32).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect()
+                };
+                idx += 1;
                 if let Ok(a) = falsify::pgd(&cnet, net, &case.lower, &case.upper, conj, &pts, 100) {
                     if let Some((x, y)) = a.found {
                         return Some(violated(x, y, ci));

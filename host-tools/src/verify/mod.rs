@@ -16,10 +16,12 @@
 //!    minimiser of the linear lower bound), in parallel with rayon. A sub-box is done only
 //!    on a sound bound.
 //!
-//! "Holds" additionally requires every certified margin to exceed `|c_k|·E + slack`, where
-//! `E` is the sound bound on the f32 rounding error of the device evaluation
-//! ([`rounding`]) on that sub-box and `slack = 1e-9 (1 + |rhs_k|)` absorbs the f64
-//! rounding of the bound computation itself. Otherwise the answer is "unknown".
+//! "Holds" additionally requires every certified margin `min c_k·y - rhs_k` to exceed a
+//! sound bound on the f32 rounding error of `c_k·y` in the device evaluation on that
+//! sub-box ([`rounding::spec_error_bounds`] for Dense/ReLU networks, `|c_k|·E` with
+//! [`rounding::f32_error_bound`] otherwise), plus `1e-9 (1 + |rhs_k| + |bound|)` for the
+//! f64 rounding of the bound computation itself (not rounded outward by the bounds
+//! module). Otherwise the answer is "unknown".
 
 pub mod bab;
 pub mod falsify;
@@ -123,7 +125,8 @@ pub struct Stats {
     /// Smallest certified margin `min c·y - rhs` over the excluded (sub-box, conjunction)
     /// pairs, when any.
     pub min_certified_margin: Option<f64>,
-    /// Largest f32 rounding-error bound of an output over the case boxes.
+    /// Largest bound on the f32 rounding error of an unsafe-constraint row `c·y` over a
+    /// whole case box (the margin a certificate must exceed there).
     pub f32_error_bound: f64,
 }
 
@@ -240,14 +243,19 @@ pub fn verify_cases(net: &Network, cases: &[Case], options: &Options) -> Report 
     let mut stats = Stats::default();
     let engine = bab::engine_for(net, options.method);
     for case in cases {
-        // Reported figure: from the engine's intermediate bounds on the whole case box.
-        let n_out = net.output_dim();
-        let identity: Vec<Vec<f64>> = (0..n_out).map(|j| (0..n_out).map(|k| f64::from(u8::from(j == k))).collect()).collect();
-        let e = match engine.spec_lower(&case.lower, &case.upper, &identity) {
-            Ok(b) if b.layer_bounds.len() == net.layers.len() + 1 => rounding::f32_error_bound_from(net, &b.layer_bounds),
-            _ => rounding::f32_error_bound(net, &case.lower, &case.upper),
-        };
-        stats.f32_error_bound = e.iter().copied().fold(stats.f32_error_bound, f64::max);
+        // Reported figure: the largest rounding-error bound of an unsafe-constraint row on
+        // the whole case box (the engine's intermediate bounds; sub-boxes only shrink it).
+        let rows: Vec<Vec<f64>> = case.unsafe_set.iter().flat_map(|c| c.rows.iter().cloned()).collect();
+        if let Ok(b) = engine.spec_lower(&case.lower, &case.upper, &rows) {
+            let e = match rounding::spec_error_bounds(net, &b.layer_bounds, &rows) {
+                Some(e) => e,
+                None => {
+                    let e = rounding::f32_error_bound(net, &case.lower, &case.upper);
+                    rows.iter().map(|r| bab::required_margin(r, 0.0, &e)).collect()
+                }
+            };
+            stats.f32_error_bound = e.iter().copied().fold(stats.f32_error_bound, f64::max);
+        }
     }
     let finish = |verdict: Verdict, mut stats: Stats| {
         stats.time_s = start.elapsed().as_secs_f64();
@@ -255,7 +263,7 @@ pub fn verify_cases(net: &Network, cases: &[Case], options: &Options) -> Report 
     };
 
     // 1. Falsification.
-    let fals_budget = options.timeout.mul_f64(0.1).min(Duration::from_secs(5));
+    let fals_budget = options.timeout.mul_f64(0.05).min(Duration::from_secs(3));
     match bab::falsify_cases(net, cases, options.seed, start + fals_budget) {
         Some(v) => {
             stats.falsification_s = start.elapsed().as_secs_f64();
