@@ -32,8 +32,8 @@ impl Rng {
     }
 }
 
-/// Largest `|host - tract| / (1 + |host|)` over the inputs; fails above 1e-5.
-fn check_against_tract(path: &Path, net: &Network, inputs: &[Vec<f64>]) -> f64 {
+/// Largest `|host - tract| / (1 + |host|)` over the inputs; fails above `tolerance`.
+fn check_against_tract(path: &Path, net: &Network, inputs: &[Vec<f64>], tolerance: f64) -> f64 {
     let tract = TractModel::load(path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(tract.input_len(), net.input_dim(), "{}", path.display());
     let mut worst: f64 = 0.0;
@@ -50,7 +50,7 @@ fn check_against_tract(path: &Path, net: &Network, inputs: &[Vec<f64>]) -> f64 {
         for (h, t) in host.iter().zip(&reference) {
             let err = (h - f64::from(*t)).abs() / (1.0 + h.abs());
             assert!(
-                err <= 1e-5,
+                err <= tolerance,
                 "{}: host {h} vs tract {t} on input {x:?}",
                 path.display()
             );
@@ -100,7 +100,7 @@ fn acasxu_onnx_import_matches_tract_on_all_45_networks() {
         assert_eq!(net.input_shape, vec![5], "N{a},{b}");
         assert_eq!(net.layers.len(), 13, "N{a},{b}: {net}");
         assert!(matches!(net.layers.last(), Some(Layer::Dense(d)) if d.out_dim == 5));
-        worst = worst.max(check_against_tract(&path, &net, &inputs));
+        worst = worst.max(check_against_tract(&path, &net, &inputs, 1e-5));
     }
     eprintln!("ACAS Xu ONNX: worst relative difference host vs tract {worst:.2e}");
 }
@@ -127,8 +127,9 @@ fn acasxu_nnet_matches_onnx_on_all_45_networks() {
         for x in &inputs {
             for (p, q) in from_nnet.forward(x).iter().zip(from_onnx.forward(x)) {
                 let diff = (p - q).abs();
+                // The .nnet text keeps 6 significant digits of each weight.
                 assert!(
-                    diff <= 1e-6 * (1.0 + q.abs()),
+                    diff <= 1e-5 * (1.0 + q.abs()),
                     "N{a},{b}: nnet {p} vs onnx {q} on {x:?}"
                 );
                 worst = worst.max(diff);
@@ -176,6 +177,9 @@ fn mnist_networks_match_tract() {
         }
     }
     for (file, shape, last, activation) in nets {
+        // tract evaluates sigmoid in f32 with a rational approximation (~1e-6 per
+        // neuron), which six sigmoid layers compound to ~1e-5; the host is exact f64.
+        let tolerance = if activation == "Sigmoid" { 1e-4 } else { 1e-5 };
         let path = dir.join(file);
         let net = import::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(net.input_shape, shape, "{file}: {net}");
@@ -189,7 +193,7 @@ fn mnist_networks_match_tract() {
             "{file}: {net}"
         );
         assert_eq!(net.output_dim(), 10);
-        let worst = check_against_tract(&path, &net, &inputs);
+        let worst = check_against_tract(&path, &net, &inputs, tolerance);
         eprintln!("{file}: {net}\n  worst relative difference host vs tract {worst:.2e}");
         seen += 1;
     }
@@ -213,7 +217,7 @@ fn vnncomp_test_networks_match_tract() {
         let samples: Vec<Vec<f64>> = (0..SAMPLES)
             .map(|_| (0..inputs).map(|_| rng.uniform(-1.0, 1.0)).collect())
             .collect();
-        let worst = check_against_tract(&path, &net, &samples);
+        let worst = check_against_tract(&path, &net, &samples, 1e-5);
         eprintln!("{file}: {net}; worst relative difference {worst:.2e}");
     }
 }

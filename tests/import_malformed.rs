@@ -76,8 +76,12 @@ fn malformed_onnx_files_give_clear_errors() {
             "{name}: {err}"
         );
     }
-    let err = import_error("missing_file.onnx", "cannot read");
-    assert!(matches!(err, ImportError::Io { .. }));
+    let missing = corpus("missing_file.onnx");
+    let err = import::load(&missing).expect_err("a missing file is an error");
+    assert!(
+        matches!(err, ImportError::Io { .. }) && err.to_string().contains("missing_file.onnx"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -87,6 +87,7 @@ const KNOWN_ONNX_OPS: &[&str] = &[
     "ConstantOfShape",
     "Transpose",
     "Pow",
+    "Max",
     "Sqrt",
 ];
 
@@ -348,8 +349,7 @@ impl<'a> Importer<'a> {
 
     /// The constant value of an outlet, in f64, with its shape.
     fn konst(&self, outlet: OutletId) -> Option<(Vec<f64>, Vec<usize>)> {
-        let fact = self.model.outlet_fact(outlet).ok()?;
-        let t = fact.konst.as_ref()?;
+        let t = self.konst_tensor(outlet, 0)?;
         let t64 = t.cast_to::<f64>().ok()?;
         let values: Vec<f64> = t64
             .to_plain_array_view::<f64>()
@@ -358,6 +358,29 @@ impl<'a> Importer<'a> {
             .copied()
             .collect();
         Some((values, t.shape().to_vec()))
+    }
+
+    /// The constant tensor of an outlet: tract's folded constant, or (tract only folds
+    /// small tensors eagerly, e.g. not a reshaped 200-element bias) the node evaluated
+    /// on its constant inputs.
+    fn konst_tensor(&self, outlet: OutletId, depth: usize) -> Option<Arc<Tensor>> {
+        let fact = self.model.outlet_fact(outlet).ok()?;
+        if let Some(k) = &fact.konst {
+            return Some(k.clone());
+        }
+        let node = self.model.node(outlet.node);
+        if depth > 16 || node.inputs.is_empty() {
+            return None;
+        }
+        let inputs: TVec<TValue> = node
+            .inputs
+            .iter()
+            .map(|i| self.konst_tensor(*i, depth + 1).map(|t| t.into_tvalue()))
+            .collect::<Option<_>>()?;
+        let outputs = node.op.eval_out_of_plan(inputs).ok()??;
+        outputs
+            .get(outlet.slot)
+            .map(|v| v.clone().into_arc_tensor())
     }
 
     /// The IR shape of a tract shape: a vector (at most one dimension above 1) as `[n]`,
@@ -397,8 +420,7 @@ impl<'a> Importer<'a> {
             match self.region()? {
                 Region::Single(node) => self.convert(node)?,
                 Region::Elementwise { nodes, join } => {
-                    self.elementwise_activation(&nodes)?;
-                    self.current = join;
+                    self.current = self.elementwise_activation(nodes, join)?;
                 }
             }
         }
@@ -1033,35 +1055,68 @@ impl<'a> Importer<'a> {
         Ok(())
     }
 
-    /// An element-wise sub-graph: accepted when it computes exact GELU.
-    fn elementwise_activation(&mut self, nodes: &[usize]) -> Result<(), ImportError> {
+    /// An element-wise sub-graph: accepted when it computes exact GELU, possibly with
+    /// a few single-consumer element-wise nodes after the join (`x * (1 + erf) * 0.5`
+    /// joins before the final scaling). Returns the outlet carrying the activation.
+    fn elementwise_activation(
+        &mut self,
+        mut nodes: Vec<usize>,
+        mut join: OutletId,
+    ) -> Result<OutletId, ImportError> {
         let first = nodes[0];
         let x_shape = self.shape_of(self.current)?;
-        for &n in nodes {
-            if self.shape_of(OutletId::new(n, 0))? != x_shape {
-                return Err(self.usage(
-                    n,
-                    "the graph branches into a sub-graph that is not element-wise".into(),
-                ));
+        let output = self.model.output_outlets().map_err(self.tract(first))?[0];
+        for extra in 0..=4 {
+            if extra > 0 {
+                // Extend by the single consumer of the join, if element-wise with constants.
+                let succ = self.model.outlet_successors(join);
+                if join == output || succ.len() != 1 {
+                    break;
+                }
+                let next = succ[0].node;
+                let n = self.model.node(next);
+                let elementwise = n.op.downcast_ref::<TypedBinOp>().is_some()
+                    || n.op.downcast_ref::<ElementWiseOp>().is_some();
+                if !elementwise || n.outputs.len() != 1 {
+                    break;
+                }
+                nodes.push(next);
+                join = OutletId::new(next, 0);
             }
-        }
-        let probes: Vec<f64> = (-40..=40).map(|i| f64::from(i) * 0.15).collect();
-        let mut matches = true;
-        for &v in &probes {
-            let got = self.eval_scalar(nodes, v)?;
-            let want = Layer::Gelu.activate(v);
-            if (got - want).abs() > 1e-5 * (1.0 + want.abs()) {
-                matches = false;
+            let mut element_wise = true;
+            for &n in &nodes {
+                if self.shape_of(OutletId::new(n, 0))? != x_shape {
+                    element_wise = false;
+                }
+            }
+            if !element_wise {
                 break;
             }
+            let mut matches = true;
+            for i in -40..=40 {
+                let v = f64::from(i) * 0.15;
+                let got = match self.eval_scalar(&nodes, v) {
+                    Ok(g) => g,
+                    Err(_) => {
+                        matches = false;
+                        break;
+                    }
+                };
+                let want = Layer::Gelu.activate(v);
+                if !((got - want).abs() <= 1e-5 * (1.0 + want.abs())) {
+                    matches = false;
+                    break;
+                }
+            }
+            if matches {
+                self.activation(first, Layer::Gelu)?;
+                return Ok(join);
+            }
         }
-        if !matches {
-            return Err(self.usage(
-                first,
-                "the sub-graph starting here is not a supported activation (not GELU)".into(),
-            ));
-        }
-        self.activation(first, Layer::Gelu)
+        Err(self.usage(
+            first,
+            "the sub-graph starting here is not a supported activation (not GELU)".into(),
+        ))
     }
 
     /// Evaluate an element-wise sub-graph on one scalar input value.
