@@ -1,7 +1,8 @@
 //! Benchmark: our pure CROWN and alpha-CROWN against auto_LiRPA's timings recorded in
 //! `../shared/data/reference/acasxu_bounds.json` (all 180 ACAS Xu records), one thread.
 //!
-//! Run: `cargo run --release -p prorepair-host --example bounds_bench`
+//! Run: `cargo run -p prorepair-host --example bounds_bench` (the dev profile builds
+//! prorepair-host and its dependencies at opt-level 3; `--release` gives the same code).
 //! Prints per-method total and median times, ours vs the reference, the speed-up ratio,
 //! and the average output widths (alpha-CROWN on all 180 cases).
 

@@ -141,32 +141,53 @@ impl LinearState {
             return;
         }
         gemv_add(self.rows, out_dim, &self.lower_a, bias, &mut self.lower_c);
-        self.spare.resize(self.rows * in_dim, 0.0);
-        gemm(
-            self.rows,
-            out_dim,
-            in_dim,
-            &self.lower_a,
-            matrix,
-            0.0,
-            &mut self.spare,
-        );
-        std::mem::swap(&mut self.lower_a, &mut self.spare);
+        if !self.shared {
+            gemv_add(self.rows, out_dim, &self.upper_a, bias, &mut self.upper_c);
+        }
+        // Columns that are zero on both sides (e.g. inactive ReLU neurons) contribute
+        // nothing: drop them and the matching matrix rows before the products.
+        let rows = self.rows;
+        let live: Vec<usize> = (0..out_dim)
+            .filter(|&j| {
+                (0..rows).any(|r| self.lower_a[r * out_dim + j] != 0.0)
+                    || (!self.shared && (0..rows).any(|r| self.upper_a[r * out_dim + j] != 0.0))
+            })
+            .collect();
+        let compact = live.len() < out_dim;
+        let (k, m_used): (usize, std::borrow::Cow<'_, [f64]>) = if compact {
+            let mut m = Vec::with_capacity(live.len() * in_dim);
+            for &j in &live {
+                m.extend_from_slice(&matrix[j * in_dim..(j + 1) * in_dim]);
+            }
+            (live.len(), std::borrow::Cow::Owned(m))
+        } else {
+            (out_dim, std::borrow::Cow::Borrowed(matrix))
+        };
+        let gather = |a: &[f64]| -> Vec<f64> {
+            let mut g = Vec::with_capacity(rows * live.len());
+            for r in 0..rows {
+                g.extend(live.iter().map(|&j| a[r * out_dim + j]));
+            }
+            g
+        };
+        for upper in [false, true] {
+            if upper && self.shared {
+                break;
+            }
+            let a = if upper {
+                &mut self.upper_a
+            } else {
+                &mut self.lower_a
+            };
+            if compact {
+                *a = gather(a);
+            }
+            self.spare.resize(rows * in_dim, 0.0);
+            gemm(rows, k, in_dim, a, &m_used, 0.0, &mut self.spare);
+            std::mem::swap(a, &mut self.spare);
+        }
         if self.shared {
             self.upper_c.clone_from(&self.lower_c);
-        } else {
-            gemv_add(self.rows, out_dim, &self.upper_a, bias, &mut self.upper_c);
-            self.spare.resize(self.rows * in_dim, 0.0);
-            gemm(
-                self.rows,
-                out_dim,
-                in_dim,
-                &self.upper_a,
-                matrix,
-                0.0,
-                &mut self.spare,
-            );
-            std::mem::swap(&mut self.upper_a, &mut self.spare);
         }
         self.cols = in_dim;
     }
