@@ -1,7 +1,8 @@
 //! The device core agrees with tract on real networks: each network is imported into
 //! the host IR, compiled to a device blob, and evaluated by `prorepair-core` (f32, SIMD
 //! kernels) and by tract on the ONNX file (f32) on the same 1000 random inputs per
-//! network; `|core - tract| <= 1e-5 * (1 + |tract|)` for every output.
+//! network; `|core - tract| <= 1e-5 * (1 + |tract|)` for every output (3e-5 on the
+//! sigmoid network, see below), and `|core - host IR f64| <= 1e-5 * (1 + |y|)` always.
 //!
 //! ACAS Xu blobs are compiled from the `.nnet` form of each network (the same weights;
 //! they agree with the ONNX files to 2.5e-7), so the core is checked against tract
@@ -27,7 +28,14 @@ impl Rng {
 /// Compare the core (blob compiled from `source`) and tract (on the ONNX `relative`) on
 /// `samples` inputs drawn from `[lo, hi)`; returns the worst
 /// `|core - tract| / (1 + |tract|)`.
-fn check(relative: &str, source: &str, lo: f32, hi: f32, samples: usize) -> Option<f64> {
+fn check(
+    relative: &str,
+    source: &str,
+    lo: f32,
+    hi: f32,
+    samples: usize,
+    tract_tol: f64,
+) -> Option<f64> {
     let path = data_path(relative)?;
     let source = data_path(source)?;
     let net = prorepair_host::import::load(&source).unwrap_or_else(|e| panic!("{e}"));
@@ -49,10 +57,19 @@ fn check(relative: &str, source: &str, lo: f32, hi: f32, samples: usize) -> Opti
             .run(&x)
             .unwrap_or_else(|e| panic!("{relative}: tract: {e}"));
         assert_eq!(want.len(), out.len(), "{relative}: output sizes");
+        // The host IR in f64 is the exact reference: the core is within 1e-5 of it.
+        let exact = net.forward(&x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
+        for (k, (&got, &e)) in out.iter().zip(&exact).enumerate() {
+            let err = (f64::from(got) - e).abs() / (1.0 + e.abs());
+            assert!(
+                err <= 1e-5,
+                "{relative}: sample {sample} output {k}: core {got}, host f64 {e}"
+            );
+        }
         for (k, (&got, &want)) in out.iter().zip(&want).enumerate() {
             let err = f64::from((got - want).abs()) / (1.0 + f64::from(want.abs()));
             assert!(
-                err <= 1e-5,
+                err <= tract_tol,
                 "{relative}: sample {sample} output {k}: core {got}, tract {want} (input {x:?})"
             );
             worst = worst.max(err);
@@ -65,7 +82,14 @@ fn check(relative: &str, source: &str, lo: f32, hi: f32, samples: usize) -> Opti
 fn core_matches_tract_on_all_45_acasxu_networks() {
     for (a, b) in acasxu_indices() {
         // The normalised ACAS Xu input box is within [-0.5, 0.5] per coordinate.
-        let Some(worst) = check(&acasxu_onnx(a, b), &acasxu_nnet(a, b), -0.5, 0.5, 1000) else {
+        let Some(worst) = check(
+            &acasxu_onnx(a, b),
+            &acasxu_nnet(a, b),
+            -0.5,
+            0.5,
+            1000,
+            1e-5,
+        ) else {
             return;
         };
         eprintln!("ACAS Xu N{a},{b}: worst relative difference {worst:.2e}");
@@ -80,7 +104,11 @@ fn core_matches_tract_on_mnist_networks() {
         "mnist/nets/mnist-net_256x6.onnx",
         "mnist/nets/ffnnSIGMOID__Point_6x200.onnx",
     ] {
-        let Some(worst) = check(name, name, 0.0, 1.0, 1000) else {
+        // tract evaluates sigmoid with its own f32 approximation, measured ~1.1e-5
+        // relative away from the exact value on this network, where the core stays
+        // within 1.6e-6 of the f64 host IR (checked at 1e-5 for every network).
+        let tract_tol = if name.contains("SIGMOID") { 3e-5 } else { 1e-5 };
+        let Some(worst) = check(name, name, 0.0, 1.0, 1000, tract_tol) else {
             return;
         };
         eprintln!("{name}: worst relative difference {worst:.2e}");
