@@ -729,7 +729,7 @@ impl<'a> Importer<'a> {
         })?;
         let numel = c.len();
         let data_first = data == 0;
-        let affine = match (&*op.0.name(), data_first) {
+        let affine = match (op.0.name(), data_first) {
             ("Max", _) => {
                 if c.iter().any(|&v| v != 0.0) {
                     return Err(self.usage(
@@ -1013,12 +1013,12 @@ impl<'a> Importer<'a> {
             weight: kernel,
             bias,
         };
-        if let Some(pending) = self.pending.take() {
-            if !fold_before_conv(&mut conv, &pending) {
-                // Not foldable through the zero padding: a 1x1 conv of its own.
-                let layer = self.affine_layer(node, &pending)?;
-                self.push(node, layer)?;
-            }
+        if let Some(pending) = self.pending.take()
+            && !fold_before_conv(&mut conv, &pending)
+        {
+            // Not foldable through the zero padding: a 1x1 conv of its own.
+            let layer = self.affine_layer(node, &pending)?;
+            self.push(node, layer)?;
         }
         self.push(node, Layer::Conv2d(conv))?;
         self.affine_open = true;
@@ -1103,7 +1103,7 @@ impl<'a> Importer<'a> {
                     }
                 };
                 let want = Layer::Gelu.activate(v);
-                if !((got - want).abs() <= 1e-5 * (1.0 + want.abs())) {
+                if got.is_nan() || (got - want).abs() > 1e-5 * (1.0 + want.abs()) {
                     matches = false;
                     break;
                 }
@@ -1154,7 +1154,7 @@ impl<'a> Importer<'a> {
                 let [a, b] = args[..] else {
                     return Err(self.unsupported(id));
                 };
-                match &*bin.0.name() {
+                match bin.0.name() {
                     "Add" => a + b,
                     "Sub" => a - b,
                     "SubF" => b - a,
@@ -1395,7 +1395,7 @@ impl TractModel {
     /// Evaluate on several inputs stored one after the other; outputs likewise.
     pub fn run_batch(&self, inputs: &[f32]) -> Result<Vec<f32>, ImportError> {
         let n = self.input_len();
-        if n == 0 || inputs.len() % n != 0 {
+        if n == 0 || !inputs.len().is_multiple_of(n) {
             return Err(ImportError::Run {
                 path: self.path.clone(),
                 problem: format!(
