@@ -54,6 +54,9 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_LAYERS") {
         o.trainable_layers = v as usize;
     }
+    if let Some(v) = get("PROREPAIR_ANCHOR_MARGIN") {
+        o.anchor_margin = v;
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }

@@ -155,6 +155,10 @@ pub struct RepairOptions {
     pub repair_steps: usize,
     /// Adam learning rate.
     pub learning_rate: f64,
+    /// Cap of the margin a counterexample's proxy box is certified with (the sub-box
+    /// margin doubled, at most this): larger pushes repaired points deeper into the
+    /// desired set.
+    pub anchor_margin: f64,
     /// How many of the last Dense layers of `f_e` may change (the saliency mask picks the
     /// budget among their parameters).
     pub trainable_layers: usize,
@@ -185,9 +189,10 @@ impl Default for RepairOptions {
             repair_steps: 300,
             learning_rate: 0.01,
             trainable_layers: 1,
+            anchor_margin: 1e-2,
             fidelity_domain: None,
             fidelity_train_samples: 256,
-            fidelity_weight: 1.0,
+            fidelity_weight: 10.0,
             fidelity_eval_samples: 10_000,
             seed: 0,
         }
@@ -685,7 +690,9 @@ pub fn repair(
                         &current,
                         x.clone(),
                         sub,
-                        (2.0 * e.margin).min(1e-2).max(2.0 * margin),
+                        (2.0 * e.margin)
+                            .min(options.anchor_margin)
+                            .max(2.0 * margin),
                     )?;
                 }
             }
