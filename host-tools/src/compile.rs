@@ -276,7 +276,7 @@ mod tests {
         let net = small_net();
         let blob = AlignedBlob::new(&compile(&net).unwrap());
         let model = blob.model().unwrap();
-        assert_eq!(model.input_shape().dims(), &[1, 3]);
+        assert_eq!(model.input_shape().dims(), &[1, 1, 3]); // leading unit dims are dropped only beyond rank 3
         assert_eq!(model.parameter_count(), net.parameter_count());
         let x = [0.3f32, -1.2, 2.0];
         let mut arena = vec![0.0; model.required_arena_len()];
