@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p prorepair-host --bench core_vs_tract`
 //!
-//! A plain `harness = false` main: rounds interleave the three measurements, and the
-//! median of the rounds is reported (the machine is shared and noisy).
+//! A plain `harness = false` main: rounds interleave the three measurements; the median
+//! and the fastest of the 31 rounds are reported (the machine is shared and noisy).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -89,24 +89,33 @@ fn bench(label: &str, onnx: &str, source: &str) {
         tract_ns.push(time_per_call(tract_iters, &mut tract_call));
         stream.push(time_per_call(stream_iters, &mut stream_call));
     }
-    let (core, tract_ns, stream) = (median(core), median(tract_ns), median(stream));
-    let gflops = 2.0 * macs as f64 / core;
-    println!(
-        "{label:<22} {:>9.3} us {:>9.3} us {:>9.3} us {:>8.1}x {:>8.2}x {:>7.1} {:>9} B",
-        core / 1e3,
-        tract_ns / 1e3,
-        stream / 1e3,
-        tract_ns / core,
-        core / stream,
-        gflops,
-        weights.len() * 4
-    );
+    // The median is the usual figure; the fastest round is what the code costs when the
+    // shared machine leaves it alone (preemption only ever adds time).
+    let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let rows = [
+        ("median", median(core.clone()), median(tract_ns.clone()), median(stream.clone())),
+        ("best", best(&core), best(&tract_ns), best(&stream)),
+    ];
+    for (kind, core, tract_ns, stream) in rows {
+        let gflops = 2.0 * macs as f64 / core;
+        println!(
+            "{:<30} {:>9.3} us {:>9.3} us {:>9.3} us {:>8.1}x {:>8.2}x {:>7.1} {:>9} B",
+            format!("{label} ({kind})"),
+            core / 1e3,
+            tract_ns / 1e3,
+            stream / 1e3,
+            tract_ns / core,
+            core / stream,
+            gflops,
+            weights.len() * 4
+        );
+    }
 }
 
 fn main() {
     println!("kernels: {}", kernels::best().isa);
     println!(
-        "{:<22} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7} {:>11}",
+        "{:<30} {:>12} {:>12} {:>12} {:>9} {:>9} {:>7} {:>11}",
         "model", "core", "tract", "stream W", "tract/core", "core/strm", "GFLOP/s", "weights"
     );
     bench("ACAS Xu N1,1", &acasxu_onnx(1, 1), &acasxu_nnet(1, 1));
