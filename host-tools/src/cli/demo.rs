@@ -280,8 +280,12 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         timeout: Duration::from_secs(40),
         fidelity_domain: Some(crate::bounds::BoxBounds::new(vec![-1.0; 5], vec![1.0; 5])),
         fidelity_eval_samples: 2000,
-        // A 453-parameter controller: 5% would be 22 parameters; allow 20%.
+        // f_c = the output layer alone (linear, so CROWN is exact on it); f_e's last
+        // hidden layer is what changes. A 453-parameter controller: 5% would be 22
+        // parameters; allow 20%.
+        split_layer: repair::SplitLayer::Layer(4),
         change_fraction: 0.2,
+        learning_rate: 0.05,
         ..RepairOptions::default()
     };
     let outcome = repair::repair(&net, &[rp], &repair_options).map_err(|e| internal(&e))?;
