@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 mod apply;
 mod bounds;
 mod compile;
-mod demo;
+pub mod demo;
 mod eval;
 mod inspect;
 mod repair;
