@@ -23,15 +23,32 @@ fn archive() -> PathBuf {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(ROOT)
-        .args(["build", "-p", "prorepair-ffi", "--profile", "min-size", "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "-p",
+            "prorepair-ffi",
+            "--profile",
+            "min-size",
+            "--message-format=json-render-diagnostics",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo runs");
-    assert!(output.status.success(), "cargo build -p prorepair-ffi failed");
+    assert!(
+        output.status.success(),
+        "cargo build -p prorepair-ffi failed"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     for line in stdout.lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-        for f in m["filenames"].as_array().into_iter().flatten().filter_map(|f| f.as_str()) {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        for f in m["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+        {
             if f.ends_with("libprorepair.a") {
                 return PathBuf::from(f);
             }
@@ -41,7 +58,12 @@ fn archive() -> PathBuf {
 }
 
 fn have_gcc() -> bool {
-    Command::new("gcc").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new("gcc")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn inputs() -> Vec<[f32; 5]> {
@@ -50,7 +72,9 @@ fn inputs() -> Vec<[f32; 5]> {
     rows.push(std::array::from_fn(|i| lo[i] as f32));
     rows.push(std::array::from_fn(|i| up[i] as f32));
     for k in 0..13 {
-        rows.push(std::array::from_fn(|i| ((((k * 5 + i) as f32) * 0.618).fract() - 0.5) * 1.8));
+        rows.push(std::array::from_fn(|i| {
+            ((((k * 5 + i) as f32) * 0.618).fract() - 0.5) * 1.8
+        }));
     }
     rows
 }
@@ -61,7 +85,10 @@ fn parse(stdout: &str, tag: &str) -> Vec<Vec<f64>> {
         .filter_map(|l| l.strip_prefix(tag))
         .map(|l| {
             let (_, values) = l.split_once(':').unwrap();
-            values.split_whitespace().map(|v| v.parse().unwrap()).collect()
+            values
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
         })
         .collect()
 }
@@ -74,7 +101,9 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     }
     // The proven repair of the demo controller, and its patch.
     let net = demo::builtin_controller().unwrap();
-    let property = prorepair_host::spec::vnnlib::parse_str(&demo::property_vnnlib(), Path::new("demo.vnnlib")).unwrap();
+    let property =
+        prorepair_host::spec::vnnlib::parse_str(&demo::property_vnnlib(), Path::new("demo.vnnlib"))
+            .unwrap();
     let rp = RepairProperty::from_spec("demo", &property, &net).unwrap();
     let outcome = repair::repair(&net, &[rp], &demo::repair_options()).unwrap();
     assert!(outcome.verified, "the demo repair is not proven");
@@ -91,13 +120,24 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     let other_patch = prorepair_host::patch::emit(&other, &outcome.network, 1, &[]).unwrap();
 
     let archive = archive();
-    let dir = archive.parent().unwrap().join("firmware-examples/patch_update");
+    let dir = archive
+        .parent()
+        .unwrap()
+        .join("firmware-examples/patch_update");
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in [("base_model", &emitted.base_blob), ("patch_v1", &emitted.bytes), ("patch_bad", &bad), ("patch_other", &other_patch.bytes)] {
+    for (name, bytes) in [
+        ("base_model", &emitted.base_blob),
+        ("patch_v1", &emitted.bytes),
+        ("patch_bad", &bad),
+        ("patch_other", &other_patch.bytes),
+    ] {
         std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
     }
     let rows = inputs();
-    let mut text = format!("#define N_INPUTS {}\nstatic const float inputs[N_INPUTS][5] = {{\n", rows.len());
+    let mut text = format!(
+        "#define N_INPUTS {}\nstatic const float inputs[N_INPUTS][5] = {{\n",
+        rows.len()
+    );
     for r in &rows {
         let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
         text.push_str(&format!("    {{{}}},\n", v.join(", ")));
@@ -106,21 +146,48 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     std::fs::write(dir.join("inputs.h"), text).unwrap();
     let exe = dir.join("patch_update");
     let output = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
-        .arg("-I").arg(Path::new(ROOT).join("include"))
-        .arg("-I").arg(&dir)
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-g",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+        ])
+        .arg("-I")
+        .arg(Path::new(ROOT).join("include"))
+        .arg("-I")
+        .arg(&dir)
         .arg(Path::new(ROOT).join("firmware-examples/patch_update/main.c"))
-        .arg("-o").arg(&exe)
-        .arg("-L").arg(archive.parent().unwrap())
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(archive.parent().unwrap())
         .arg("-lprorepair")
         .output()
         .expect("gcc runs");
-    assert!(output.status.success(), "gcc: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let run = Command::new(&exe).output().expect("the C program runs");
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(run.status.success(), "C program failed: {}\n{stdout}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "C program failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     assert!(stdout.contains("\nok\n"), "{stdout}");
-    assert!(stdout.contains(&format!("patch ram {}", prorepair_core::Patch::from_bytes(&emitted.bytes).unwrap().required_ram_bytes())));
+    assert!(
+        stdout.contains(&format!(
+            "patch ram {}",
+            prorepair_core::Patch::from_bytes(&emitted.bytes)
+                .unwrap()
+                .required_ram_bytes()
+        ))
+    );
 
     // Base outputs: the core on the base blob; patched outputs: tract on the repaired ONNX.
     let (base, patched) = (parse(&stdout, "base "), parse(&stdout, "patched "));
@@ -128,7 +195,11 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     let blob = AlignedBlob::new(&emitted.base_blob);
     let model = blob.model().unwrap();
     let onnx = dir.join("repaired.onnx");
-    std::fs::write(&onnx, prorepair_host::export::to_onnx_bytes(&outcome.network, None).unwrap()).unwrap();
+    std::fs::write(
+        &onnx,
+        prorepair_host::export::to_onnx_bytes(&outcome.network, None).unwrap(),
+    )
+    .unwrap();
     let tract = TractModel::load(&onnx).unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
     for ((x, b), p) in rows.iter().zip(&base).zip(&patched) {

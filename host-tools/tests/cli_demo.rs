@@ -15,7 +15,11 @@ fn demo_finds_repairs_proves_and_patches() {
         .output()
         .expect("run prorepair-host demo");
     let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "demo failed ({:?}): {stderr}", o.status.code());
+    assert!(
+        o.status.success(),
+        "demo failed ({:?}): {stderr}",
+        o.status.code()
+    );
     // The JSON summary follows the human-readable story on stdout.
     let text = String::from_utf8_lossy(&o.stdout);
     let start = text.find("\n{").expect("a JSON summary") + 1;
@@ -29,11 +33,19 @@ fn demo_finds_repairs_proves_and_patches() {
     assert!(y[1..].iter().all(|&s| y[0] <= s), "{y:?}");
     let after: Vec<f64> =
         serde_json::from_value(v["device_outputs_on_counterexample"]["after"].clone()).unwrap();
-    assert!(after[1..].iter().any(|&s| s < after[0]), "still COC: {after:?}");
+    assert!(
+        after[1..].iter().any(|&s| s < after[0]),
+        "still COC: {after:?}"
+    );
     assert!(v["fidelity"]["advisory_agreement"].as_f64().unwrap() >= 0.9);
     assert!(v["patch"]["bytes"].as_u64().unwrap() > 0);
     assert!(v["corrupted_patch_error"].as_str().unwrap().contains("CRC"));
-    assert!(v["replayed_patch_error"].as_str().unwrap().contains("stale"));
+    assert!(
+        v["replayed_patch_error"]
+            .as_str()
+            .unwrap()
+            .contains("stale")
+    );
     // The patch file written is a valid patch bound to the demo's base blob.
     let bytes = std::fs::read(&patch).unwrap();
     assert_eq!(bytes.len() as u64, v["patch"]["bytes"].as_u64().unwrap());

@@ -67,7 +67,12 @@ fn inputs() -> Vec<Vec<f32>> {
 
 fn csv(rows: &[Vec<f32>]) -> String {
     rows.iter()
-        .map(|r| r.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(","))
+        .map(|r| {
+            r.iter()
+                .map(|v| format!("{v:?}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -98,13 +103,24 @@ fn apply_compile_eval_inspect_and_tract_agree() {
     let o = host(&["apply", s(&onnx), s(&patch), "--onnx-out", s(&out_onnx)]);
     assert!(o.status.success(), "apply: {}", stderr(&o));
     let via_patch = dir.join("patched.bin");
-    let o = host(&["compile", s(&onnx), "--patch", s(&patch), "--out", s(&via_patch)]);
+    let o = host(&[
+        "compile",
+        s(&onnx),
+        "--patch",
+        s(&patch),
+        "--out",
+        s(&via_patch),
+    ]);
     assert!(o.status.success(), "compile --patch: {}", stderr(&o));
     let via_onnx = dir.join("from_onnx.bin");
     let o = host(&["compile", s(&out_onnx), "--out", s(&via_onnx)]);
     assert!(o.status.success(), "compile: {}", stderr(&o));
     let a = std::fs::read(&via_patch).unwrap();
-    assert_eq!(a, std::fs::read(&via_onnx).unwrap(), "apply and compile --patch differ");
+    assert_eq!(
+        a,
+        std::fs::read(&via_onnx).unwrap(),
+        "apply and compile --patch differ"
+    );
     // Both are exactly the repaired network's blob.
     assert_eq!(a, compile(&repaired).unwrap());
 
@@ -116,9 +132,21 @@ fn apply_compile_eval_inspect_and_tract_agree() {
     assert_eq!(std::fs::read(&base_bin).unwrap(), emitted.base_blob);
     let in_csv = dir.join("in.csv");
     std::fs::write(&in_csv, csv(&inputs())).unwrap();
-    let o1 = host(&["eval", s(&base_bin), "--patch", s(&patch), "--inputs", s(&in_csv)]);
+    let o1 = host(&[
+        "eval",
+        s(&base_bin),
+        "--patch",
+        s(&patch),
+        "--inputs",
+        s(&in_csv),
+    ]);
     let o2 = host(&["eval", s(&via_patch), "--inputs", s(&in_csv)]);
-    assert!(o1.status.success() && o2.status.success(), "{} {}", stderr(&o1), stderr(&o2));
+    assert!(
+        o1.status.success() && o2.status.success(),
+        "{} {}",
+        stderr(&o1),
+        stderr(&o2)
+    );
     assert_eq!(o1.stdout, o2.stdout);
     let unpatched = host(&["eval", s(&base_bin), "--inputs", s(&in_csv)]);
     assert_ne!(unpatched.stdout, o1.stdout, "the patch changed nothing");
@@ -126,19 +154,27 @@ fn apply_compile_eval_inspect_and_tract_agree() {
 
     // The tract adapter: base ONNX + patch, checked and applied, runs like tract on the
     // ONNX `apply` wrote, and like the device core within f32 rounding.
-    let tract = prorepair_host::patch::tract::load_patched(&onnx, &emitted.bytes, "fix.patch").unwrap();
+    let tract =
+        prorepair_host::patch::tract::load_patched(&onnx, &emitted.bytes, "fix.patch").unwrap();
     let reference = TractModel::load(&out_onnx).unwrap();
     for (x, dev) in inputs().iter().zip(&device) {
         let t = tract.run(x).unwrap();
         assert_eq!(t, reference.run(x).unwrap());
         for (a, b) in t.iter().zip(dev) {
-            assert!((f64::from(*a) - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+            assert!(
+                (f64::from(*a) - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{a} vs {b}"
+            );
         }
     }
     // The adapter refuses a patch for another model.
     let other = require_data!(&acasxu_onnx(2, 2));
-    let err = prorepair_host::patch::tract::load_patched(&other, &emitted.bytes, "fix.patch").unwrap_err();
-    assert!(err.to_string().contains("fix.patch") && err.to_string().contains("different base model"), "{err}");
+    let err = prorepair_host::patch::tract::load_patched(&other, &emitted.bytes, "fix.patch")
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("fix.patch") && err.to_string().contains("different base model"),
+        "{err}"
+    );
 
     // inspect PATCH: kind, sizes, target hash, sequence, layers changed; --model binds.
     let o = host(&["inspect", s(&patch), "--json", "-", "--model", s(&base_bin)]);
@@ -157,7 +193,10 @@ fn apply_compile_eval_inspect_and_tract_agree() {
     let o = host(&["inspect", s(&patch)]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
-    assert!(text.contains("weight delta") && text.contains(&sha), "{text}");
+    assert!(
+        text.contains("weight delta") && text.contains(&sha),
+        "{text}"
+    );
 }
 
 #[test]
@@ -200,14 +239,29 @@ fn bad_patches_exit_2_naming_the_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("corrupt.patch"));
     let wrong_bin = dir.join("other.bin");
-    assert!(host(&["compile", s(&other), "--out", s(&wrong_bin)]).status.success());
+    assert!(
+        host(&["compile", s(&other), "--out", s(&wrong_bin)])
+            .status
+            .success()
+    );
     let o = host(&["inspect", s(&good), "--model", s(&wrong_bin)]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("different base model"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("different base model"),
+        "{}",
+        stderr(&o)
+    );
     // eval --patch with a patch for another model.
     let in_csv = dir.join("in.csv");
     std::fs::write(&in_csv, "0,0,0,0,0\n").unwrap();
-    let o = host(&["eval", s(&wrong_bin), "--patch", s(&good), "--inputs", s(&in_csv)]);
+    let o = host(&[
+        "eval",
+        s(&wrong_bin),
+        "--patch",
+        s(&good),
+        "--inputs",
+        s(&in_csv),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("good.patch"), "{}", stderr(&o));
 }

@@ -105,7 +105,7 @@ fn in_box(x: &[f64], lower: &[f64], upper: &[f64]) -> bool {
 /// The label in the (poisoned) training data: in the defect region, every other
 /// sample says clear-of-conflict.
 fn training_label(x: &[f64], k: usize) -> usize {
-    if in_box(x, &DEFECT_LOWER, &DEFECT_UPPER) && k % 2 == 0 {
+    if in_box(x, &DEFECT_LOWER, &DEFECT_UPPER) && k.is_multiple_of(2) {
         0
     } else {
         rule(x)
@@ -128,7 +128,7 @@ pub fn builtin_controller() -> Result<Network, CliError> {
         // A third of the samples close in (where the advisories differ).
         let x: Vec<f64> = (0..5)
             .map(|j| {
-                if j == 0 && k % 3 == 0 {
+                if j == 0 && k.is_multiple_of(3) {
                     rng.random_range(-1.0..-0.2)
                 } else {
                     rng.random_range(-1.0..1.0)
@@ -148,13 +148,18 @@ pub fn builtin_controller() -> Result<Network, CliError> {
         let w: Vec<f64> = (0..i * o)
             .map(|_| rng.random_range(-1.0..1.0) * scale)
             .collect();
-        vars.push(Var::from_tensor(&Tensor::from_vec(w, (o, i), &dev).map_err(candle_err)?).map_err(candle_err)?);
+        vars.push(
+            Var::from_tensor(&Tensor::from_vec(w, (o, i), &dev).map_err(candle_err)?)
+                .map_err(candle_err)?,
+        );
         vars.push(Var::zeros(o, DType::F64, &dev).map_err(candle_err)?);
     }
     let forward = |vars: &[Var]| -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for (k, pair) in vars.chunks(2).enumerate() {
-            h = h.matmul(&pair[0].as_tensor().t()?)?.broadcast_add(pair[1].as_tensor())?;
+            h = h
+                .matmul(&pair[0].as_tensor().t()?)?
+                .broadcast_add(pair[1].as_tensor())?;
             if k + 1 < vars.len() / 2 {
                 h = h.relu()?;
             }
@@ -298,12 +303,19 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     println!(
         "3. repair (ProRepair, split at layer {}): {} in {:.1} s, {} parameters changed, {} sub-properties",
         outcome.split_layer,
-        if outcome.verified { "proven" } else { "NOT proven" },
+        if outcome.verified {
+            "proven"
+        } else {
+            "NOT proven"
+        },
         outcome.time_s,
         outcome.changed_parameters,
         outcome.subproperties
     );
-    println!("   verify on the repaired network: {}", after.verdict.status());
+    println!(
+        "   verify on the repaired network: {}",
+        after.verdict.status()
+    );
     if !outcome.verified || after.verdict != Verdict::Holds {
         println!("   the repair is not proven: no patch is emitted.");
         return Ok(Outcome::Unknown);
@@ -322,7 +334,10 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         emitted
             .layers
             .iter()
-            .map(|l| format!("#{} {} {} ({} of {} values)", l.index, l.kind, l.encoding, l.entries, l.values))
+            .map(|l| format!(
+                "#{} {} {} ({} of {} values)",
+                l.index, l.kind, l.encoding, l.entries, l.values
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     );
@@ -333,7 +348,9 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let base = blob.model().map_err(|e| internal(&e))?;
     let patch = prorepair_core::Patch::from_bytes(&emitted.bytes).map_err(|e| internal(&e))?;
     let mut ram = vec![0.0f32; patch.required_ram_len()];
-    let patched = base.with_patch(&patch, &mut ram).map_err(|e| internal(&e))?;
+    let patched = base
+        .with_patch(&patch, &mut ram)
+        .map_err(|e| internal(&e))?;
     println!(
         "   applied by the device core: base blob in place, {} bytes of RAM for the patched layers",
         patch.required_ram_bytes()
@@ -342,15 +359,24 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let mut eval = |m: &prorepair_core::Model<'_>, x: &[f64]| -> Result<Vec<f32>, CliError> {
         let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
         let mut out = vec![0.0f32; m.output_len()];
-        m.evaluate(&x32, &mut arena, &mut out).map_err(|e| internal(&e))?;
+        m.evaluate(&x32, &mut arena, &mut out)
+            .map_err(|e| internal(&e))?;
         Ok(out)
     };
     let y0 = eval(&base, counterexample)?;
     let y1 = eval(&patched, counterexample)?;
     let adv = |y: &[f32]| advisory(&y.iter().map(|&v| f64::from(v)).collect::<Vec<_>>());
     println!("   on the counterexample, device outputs:");
-    println!("     before {} -> {}", fmt_scores(&y0), ADVISORIES[adv(&y0)]);
-    println!("     after  {} -> {}", fmt_scores(&y1), ADVISORIES[adv(&y1)]);
+    println!(
+        "     before {} -> {}",
+        fmt_scores(&y0),
+        ADVISORIES[adv(&y0)]
+    );
+    println!(
+        "     after  {} -> {}",
+        fmt_scores(&y1),
+        ADVISORIES[adv(&y1)]
+    );
     if adv(&y1) == 0 {
         return Err(CliError::Internal(
             "the patched device model still advises clear-of-conflict on the counterexample".into(),
@@ -386,7 +412,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let flip = corrupted.len() / 2;
     corrupted[flip] ^= 0x10;
     let refused = match prorepair_core::Patch::from_bytes(&corrupted) {
-        Ok(_) => return Err(CliError::Internal("a bit-flipped patch was accepted".into())),
+        Ok(_) => {
+            return Err(CliError::Internal(
+                "a bit-flipped patch was accepted".into(),
+            ));
+        }
         Err(e) => e,
     };
     let stale = match patched.with_patch(&patch, &mut vec![0.0; patch.required_ram_len()]) {

@@ -116,13 +116,17 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
                 .map_err(|e| CliError::file(&args.file, e))?;
             let mut ram = Vec::new();
             crate::patch::apply_to_blob(&model, &patch, &mut ram).map_err(|e| {
-                CliError::file(&args.file, format!("does not apply to {}: {e}", path.display()))
+                CliError::file(
+                    &args.file,
+                    format!("does not apply to {}: {e}", path.display()),
+                )
             })?;
             Some(path.display().to_string())
         }
     };
     if let Some(path) = &args.json {
-        let mut value = serde_json::to_value(&info).map_err(|e| CliError::Internal(e.to_string()))?;
+        let mut value =
+            serde_json::to_value(&info).map_err(|e| CliError::Internal(e.to_string()))?;
         value["file"] = serde_json::json!(args.file.display().to_string());
         value["patch_kind"] = value["kind"].clone();
         value["kind"] = serde_json::json!("patch");
@@ -132,7 +136,11 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
     }
     let mut text = String::new();
     let _ = writeln!(text, "patch         {}", args.file.display());
-    let _ = writeln!(text, "kind          {} (format version {})", info.kind, info.format_version);
+    let _ = writeln!(
+        text,
+        "kind          {} (format version {})",
+        info.kind, info.format_version
+    );
     let _ = writeln!(text, "patch bytes   {}", info.patch_bytes);
     let _ = writeln!(text, "sequence      {}", info.sequence);
     let _ = writeln!(text, "base sha256   {}", info.base_sha256);

@@ -246,9 +246,10 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         let onnx = match &args.onnx_out {
             Some(out) => {
                 let shape = export::onnx::declared_input_shape(&args.model);
-                let bytes = export::to_onnx_bytes(&outcome.network, shape.as_deref()).map_err(
-                    |e| CliError::Internal(format!("exporting the repaired network: {e}")),
-                )?;
+                let bytes =
+                    export::to_onnx_bytes(&outcome.network, shape.as_deref()).map_err(|e| {
+                        CliError::Internal(format!("exporting the repaired network: {e}"))
+                    })?;
                 Some((out, bytes))
             }
             None => None,

@@ -139,7 +139,10 @@ fn inward_f32(lower: &[f64], upper: &[f64]) -> Option<(Vec<f32>, Vec<f32>)> {
             if f64::from(x) > u { x.next_down() } else { x }
         })
         .collect();
-    let ok = lo.iter().zip(&up).all(|(l, u)| l.is_finite() && u.is_finite() && l <= u);
+    let ok = lo
+        .iter()
+        .zip(&up)
+        .all(|(l, u)| l.is_finite() && u.is_finite() && l <= u);
     ok.then_some((lo, up))
 }
 
@@ -175,7 +178,10 @@ pub fn emit(
         what: "the repaired network",
         source,
     })?;
-    let (a, b) = (AlignedBlob::new(&base_blob), AlignedBlob::new(&repaired_blob));
+    let (a, b) = (
+        AlignedBlob::new(&base_blob),
+        AlignedBlob::new(&repaired_blob),
+    );
     let (ma, mb) = (a.model()?, b.model()?);
     let mut flat = Vec::new();
     let mut count = 0;
@@ -210,7 +216,12 @@ pub fn emit(
                 values,
                 entries,
                 bytes: prorepair_core::patch::RECORD_HEADER_SIZE
-                    + entries * if encoding == LayerEncoding::Sparse { 8 } else { 4 },
+                    + entries
+                        * if encoding == LayerEncoding::Sparse {
+                            8
+                        } else {
+                            4
+                        },
             }
         })
         .collect();
@@ -320,11 +331,17 @@ mod tests {
         let d2 = Dense::new(
             9,
             2,
-            (0..18).map(|i| (0.3 - f64::from(i) * 0.04) * scale).collect(),
+            (0..18)
+                .map(|i| (0.3 - f64::from(i) * 0.04) * scale)
+                .collect(),
             vec![0.5, -0.25 * scale],
         )
         .unwrap();
-        Network::new(vec![3], vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)]).unwrap()
+        Network::new(
+            vec![3],
+            vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -338,7 +355,10 @@ mod tests {
         let patched = apply(&base, &emitted.bytes).unwrap();
         // Exactly the repaired network's f32 parameters.
         assert_eq!(compile(&patched).unwrap(), compile(&repaired).unwrap());
-        assert_eq!(compile_patched(&base, &emitted.bytes).unwrap(), compile(&repaired).unwrap());
+        assert_eq!(
+            compile_patched(&base, &emitted.bytes).unwrap(),
+            compile(&repaired).unwrap()
+        );
         // Layer 0 untouched, in f64.
         assert_eq!(patched.layers[0], base.layers[0]);
         let info = inspect(&emitted.bytes).unwrap();
@@ -356,9 +376,18 @@ mod tests {
         let (base, repaired) = (net(1.0), net(-0.7));
         let emitted = emit(&base, &repaired, 1, &[]).unwrap();
         let err = apply(&repaired, &emitted.bytes).unwrap_err();
-        assert!(matches!(err, PatchError::Core(prorepair_core::Error::WrongBaseModel)), "{err}");
+        assert!(
+            matches!(err, PatchError::Core(prorepair_core::Error::WrongBaseModel)),
+            "{err}"
+        );
         let err = emit(&base, &base, 1, &[]).unwrap_err();
-        assert!(matches!(err, PatchError::Core(prorepair_core::Error::BadPatchLayerCount)), "{err}");
+        assert!(
+            matches!(
+                err,
+                PatchError::Core(prorepair_core::Error::BadPatchLayerCount)
+            ),
+            "{err}"
+        );
     }
 
     #[test]
