@@ -265,3 +265,86 @@ fn bad_patches_exit_2_naming_the_file() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("good.patch"), "{}", stderr(&o));
 }
+
+/// `repair --out`: the patch is written only when every property is proven, and then it
+/// applies to the model and `verify` proves the patched model; otherwise no file (and
+/// no temporary file) is left. A property that already holds needs no patch.
+#[test]
+fn repair_writes_a_patch_only_when_proven() {
+    use prorepair_host::cli::demo;
+    let dir = scratch("repair");
+    let net = demo::builtin_controller().unwrap();
+    let model = dir.join("controller.onnx");
+    std::fs::write(
+        &model,
+        prorepair_host::export::to_onnx_bytes(&net, None).unwrap(),
+    )
+    .unwrap();
+    let spec = dir.join("coc.vnnlib");
+    std::fs::write(&spec, demo::property_vnnlib()).unwrap();
+    let patch = dir.join("fix.patch");
+    let o = host(&[
+        "repair",
+        s(&model),
+        "--spec",
+        s(&spec),
+        "--split-layer",
+        "4",
+        "--timeout",
+        "5",
+        "--out",
+        s(&patch),
+        "--report",
+        "-",
+    ]);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    match o.status.code() {
+        Some(20) => assert!(
+            !patch.exists(),
+            "a patch was written for an unproven repair"
+        ),
+        Some(0) => {
+            let repaired = dir.join("repaired.onnx");
+            let a = host(&["apply", s(&model), s(&patch), "--onnx-out", s(&repaired)]);
+            assert!(a.status.success(), "{}", stderr(&a));
+            let v = host(&["verify", s(&repaired), s(&spec)]);
+            assert_eq!(v.status.code(), Some(0), "{}", stderr(&v));
+            let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(
+                report["patch_size_bytes"],
+                std::fs::read(&patch).unwrap().len()
+            );
+        }
+        other => panic!("repair exited {other:?}: {}", stderr(&o)),
+    }
+    // A property that holds: exit 0, nothing to patch, no file.
+    let far = dir.join("far.vnnlib");
+    let text = demo::property_vnnlib()
+        .replace("(assert (>= X_0 -0.85))", "(assert (>= X_0 0.5))")
+        .replace("(assert (<= X_0 -0.75))", "(assert (<= X_0 0.6))")
+        .replace("(assert (<= Y_0 Y_", "(assert (>= Y_0 Y_");
+    std::fs::write(&far, text).unwrap();
+    let v = host(&["verify", s(&model), s(&far)]);
+    if v.status.code() == Some(0) {
+        let kept = dir.join("kept.patch");
+        let o = host(&[
+            "repair",
+            s(&model),
+            "--spec",
+            s(&far),
+            "--timeout",
+            "5",
+            "--out",
+            s(&kept),
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(!kept.exists());
+        assert!(stderr(&o).contains("nothing was changed"), "{}", stderr(&o));
+    }
+}

@@ -40,7 +40,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     if !is_model_blob(&bytes) {
         return Err(CliError::file(
             &args.file,
-            "neither a prorepair model blob nor a patch (bad magic)",
+            "not a prorepair model blob or patch (bad magic)",
         ));
     }
     let blob = load_blob(&args.file, &bytes)?;

@@ -218,7 +218,17 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let mut value = value;
     if outcome.verified {
         // Every output is prepared before the first is written.
+        // A network that needed no change (every property held) has no patch.
+        let unchanged =
+            crate::compile::compile(&net).ok() == crate::compile::compile(&outcome.network).ok();
         let patch = match &args.out {
+            Some(out) if unchanged => {
+                eprintln!(
+                    "{}: not written: every property already holds, nothing was changed",
+                    out.display()
+                );
+                None
+            }
             Some(out) => {
                 let regions: Vec<(Vec<f64>, Vec<f64>)> = properties
                     .iter()
