@@ -6,28 +6,50 @@
 
 use super::{
     LayerEncoding, MAX_PATCH_LAYERS, PATCH_FORMAT_VERSION, PATCH_HEADER_SIZE, PATCH_MAGIC,
-    PatchKind, RECORD_HEADER_SIZE, SIGNATURE_SIZE, SignatureKind, param_blocks,
+    PatchKind, RECORD_HEADER_SIZE, SIGNATURE_SIZE, SignatureKind, mask_bytes, param_blocks,
 };
 use crate::model::{Layer, Model};
 use crate::{Error, format};
 
 /// One planned record.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Planned {
     layer_index: usize,
     value_count: usize,
     changed: usize,
-    sparse: bool,
+    encoding: LayerEncoding,
+}
+
+impl Default for Planned {
+    fn default() -> Self {
+        Planned {
+            layer_index: 0,
+            value_count: 0,
+            changed: 0,
+            encoding: LayerEncoding::Full,
+        }
+    }
+}
+
+/// Data bytes of a record of `n` values with `k` changed, in `encoding`.
+fn data_len(encoding: LayerEncoding, n: usize, k: usize) -> usize {
+    match encoding {
+        LayerEncoding::Full => 4 * n,
+        LayerEncoding::Sparse => 8 * k,
+        LayerEncoding::Masked => mask_bytes(n) + 4 * k,
+    }
 }
 
 impl Planned {
     fn encoded_len(&self) -> usize {
-        RECORD_HEADER_SIZE
-            + if self.sparse {
-                8 * self.changed
-            } else {
-                4 * self.value_count
-            }
+        RECORD_HEADER_SIZE + data_len(self.encoding, self.value_count, self.changed)
+    }
+
+    fn entry_count(&self) -> usize {
+        match self.encoding {
+            LayerEncoding::Full => self.value_count,
+            _ => self.changed,
+        }
     }
 }
 
@@ -125,11 +147,20 @@ impl<'m> PatchWriter<'m> {
             }
             let value_count = wa.len() + ba.len();
             let slot = planned.get_mut(count).ok_or(Error::BadPatchLayerCount)?;
+            // The smallest encoding (ties: the earlier in this list).
+            let encoding = [
+                LayerEncoding::Full,
+                LayerEncoding::Masked,
+                LayerEncoding::Sparse,
+            ]
+            .into_iter()
+            .min_by_key(|&e| data_len(e, value_count, changed))
+            .unwrap_or(LayerEncoding::Full);
             *slot = Planned {
                 layer_index: i,
                 value_count,
                 changed,
-                sparse: 8 * changed < 4 * value_count,
+                encoding,
             };
             count += 1;
         }
@@ -166,14 +197,10 @@ impl<'m> PatchWriter<'m> {
 
     /// The planned records: `(layer index, encoding, values in the layer, values changed)`.
     pub fn layers(&self) -> impl Iterator<Item = (usize, LayerEncoding, usize, usize)> + '_ {
-        self.planned.iter().take(self.count).map(|p| {
-            let encoding = if p.sparse {
-                LayerEncoding::Sparse
-            } else {
-                LayerEncoding::Full
-            };
-            (p.layer_index, encoding, p.value_count, p.changed)
-        })
+        self.planned
+            .iter()
+            .take(self.count)
+            .map(|p| (p.layer_index, p.encoding, p.value_count, p.changed))
     }
 
     /// Write the patch into `out[..encoded_len()]`; returns the number of bytes written.
@@ -209,23 +236,34 @@ impl<'m> PatchWriter<'m> {
             let (Some((wa, ba)), Some((wb, bb))) = (param_blocks(&a), param_blocks(&b)) else {
                 return Err(Error::ShapeMismatch);
             };
-            let encoding = if p.sparse {
-                LayerEncoding::Sparse
-            } else {
-                LayerEncoding::Full
-            };
             w.word(p.layer_index)?;
-            w.put(&(encoding as u16).to_le_bytes())?;
+            w.put(&(p.encoding as u16).to_le_bytes())?;
             w.put(&0u16.to_le_bytes())?;
             w.word(p.value_count)?;
-            w.word(if p.sparse { p.changed } else { p.value_count })?;
-            let pairs = wa.iter().chain(ba).zip(wb.iter().chain(bb)).enumerate();
-            for (index, (old, new)) in pairs {
-                if !p.sparse {
-                    w.put(&new.to_le_bytes())?;
-                } else if old.to_bits() != new.to_bits() {
-                    w.word(index)?;
-                    w.put(&new.to_le_bytes())?;
+            w.word(p.entry_count())?;
+            let pairs = || wa.iter().chain(ba).zip(wb.iter().chain(bb)).enumerate();
+            if p.encoding == LayerEncoding::Masked {
+                // The mask, word by word.
+                let mut word = 0u32;
+                for (index, (old, new)) in pairs() {
+                    if old.to_bits() != new.to_bits() {
+                        word |= 1 << (index % 32);
+                    }
+                    if index % 32 == 31 || index + 1 == p.value_count {
+                        w.put(&word.to_le_bytes())?;
+                        word = 0;
+                    }
+                }
+            }
+            for (index, (old, new)) in pairs() {
+                match p.encoding {
+                    LayerEncoding::Full => w.put(&new.to_le_bytes())?,
+                    _ if old.to_bits() == new.to_bits() => {}
+                    LayerEncoding::Sparse => {
+                        w.word(index)?;
+                        w.put(&new.to_le_bytes())?;
+                    }
+                    LayerEncoding::Masked => w.put(&new.to_le_bytes())?,
                 }
             }
         }

@@ -27,22 +27,25 @@
 //! Payload (payload_len bytes)
 //!   layer_count records, layer indices strictly ascending, each:
 //!     0  layer_index  u32 (index in the base blob's layer table; Dense or Conv2d)
-//!     4  encoding     u16, 1 = full, 2 = sparse
+//!     4  encoding     u16, 1 = full, 2 = sparse, 3 = masked
 //!     6  reserved     u16 = 0
 //!     8  value_count  u32, f32 values of the layer's parameter blocks AS THE BLOB
 //!                     STORES THEM: the weight block (Dense: panel-major with its zero
 //!                     padding rows; Conv2d: OIHW) then the bias block
-//!    12  entry_count  u32; full: = value_count, sparse: >= 1
+//!    12  entry_count  u32; full: = value_count, sparse and masked: >= 1
 //!    16  full:   value_count f32, the complete replacement
 //!        sparse: entry_count x (u32 index into those values, f32 value), indices
 //!                strictly ascending; every other value stays as in the base blob
+//!        masked: ceil(value_count / 32) u32 words of bit mask (bit i % 32 of word
+//!                i / 32 set = value i changed; exactly entry_count bits set, none
+//!                past value_count), then the entry_count new values in index order
 //!   region_count x (region_dim f32 lower, region_dim f32 upper), lower <= upper
 //! Signature (64 bytes): room for an Ed25519 signature over every byte before it;
 //!   with signature_kind 0 it is all zero.
 //! ```
 //!
-//! The encoder picks, per layer, the smaller of full (16 + 4 n bytes) and sparse
-//! (16 + 8 k bytes for k changed values). Padding slots of a Dense weight block must
+//! The encoder picks, per layer, the smallest of full (16 + 4 n bytes), sparse
+//! (16 + 8 k bytes for k changed values) and masked (16 + 4 ceil(n / 32) + 4 k). Padding slots of a Dense weight block must
 //! stay zero in either encoding.
 
 #[cfg(feature = "encode")]
@@ -98,6 +101,8 @@ pub enum LayerEncoding {
     Full = 1,
     /// `(index, value)` pairs of the changed values.
     Sparse = 2,
+    /// A bit mask over the values (1 = changed), then the changed values in order.
+    Masked = 3,
 }
 
 impl LayerEncoding {
@@ -106,6 +111,7 @@ impl LayerEncoding {
         match self {
             LayerEncoding::Full => "full",
             LayerEncoding::Sparse => "sparse",
+            LayerEncoding::Masked => "masked",
         }
     }
 
@@ -113,6 +119,7 @@ impl LayerEncoding {
         match word {
             1 => Some(LayerEncoding::Full),
             2 => Some(LayerEncoding::Sparse),
+            3 => Some(LayerEncoding::Masked),
             _ => None,
         }
     }
@@ -139,20 +146,13 @@ impl LayerRecord<'_> {
         RECORD_HEADER_SIZE.saturating_add(self.data.len())
     }
 
-    /// The stored `(index, value)` entries (full: every index in order).
-    pub fn entries(&self) -> impl Iterator<Item = (usize, f32)> + '_ {
-        let step = match self.encoding {
-            LayerEncoding::Full => 4,
-            LayerEncoding::Sparse => 8,
-        };
-        let encoding = self.encoding;
-        self.data
-            .chunks_exact(step)
-            .enumerate()
-            .map(move |(k, chunk)| match encoding {
-                LayerEncoding::Full => (k, f32_at(chunk, 0)),
-                LayerEncoding::Sparse => (u32_at(chunk, 0) as usize, f32_at(chunk, 4)),
-            })
+    /// The stored `(index, value)` entries in index order (full: every index).
+    pub fn entries(&self) -> Entries<'_> {
+        Entries {
+            record: *self,
+            k: 0,
+            bit: 0,
+        }
     }
 
     /// Write the layer's replaced values into `dst` (`value_count` values holding the
@@ -161,6 +161,58 @@ impl LayerRecord<'_> {
         for (index, value) in self.entries() {
             if let Some(slot) = dst.get_mut(index) {
                 *slot = value;
+            }
+        }
+    }
+}
+
+/// Bytes of the bit mask of a masked record over `value_count` values (whole u32 words).
+pub const fn mask_bytes(value_count: usize) -> usize {
+    value_count.div_ceil(32).saturating_mul(4)
+}
+
+/// The entries of a [`LayerRecord`] (see [`LayerRecord::entries`]).
+#[derive(Debug, Clone)]
+pub struct Entries<'a> {
+    record: LayerRecord<'a>,
+    /// Next entry.
+    k: usize,
+    /// Masked: next mask bit to look at.
+    bit: usize,
+}
+
+impl Iterator for Entries<'_> {
+    type Item = (usize, f32);
+
+    fn next(&mut self) -> Option<(usize, f32)> {
+        let r = &self.record;
+        if self.k >= r.entry_count {
+            return None;
+        }
+        let k = self.k;
+        self.k += 1;
+        match r.encoding {
+            LayerEncoding::Full => Some((k, f32_at(r.data, k.checked_mul(4)?))),
+            LayerEncoding::Sparse => {
+                let at = k.checked_mul(8)?;
+                Some((
+                    u32_at(r.data, at) as usize,
+                    f32_at(r.data, at.checked_add(4)?),
+                ))
+            }
+            LayerEncoding::Masked => {
+                let mask = r.data.get(..mask_bytes(r.value_count))?;
+                // The next set bit (validation guarantees entry_count of them).
+                while self.bit < r.value_count {
+                    let bit = self.bit;
+                    self.bit += 1;
+                    let word = u32_at(mask, (bit / 32).checked_mul(4)?);
+                    if word & (1 << (bit % 32)) != 0 {
+                        let at = k.checked_mul(4)?.checked_add(mask.len())?;
+                        return Some((bit, f32_at(r.data, at)));
+                    }
+                }
+                None
             }
         }
     }
@@ -476,7 +528,7 @@ impl<'a> Patch<'a> {
             let (dst_w, dst_b) = dst
                 .split_at_mut_checked(weight.len())
                 .ok_or(Error::PatchShapeMismatch)?;
-            if record.encoding == LayerEncoding::Sparse {
+            if record.encoding != LayerEncoding::Full {
                 dst_w.copy_from_slice(weight);
                 dst_b.copy_from_slice(bias.get(..dst_b.len()).ok_or(Error::PatchShapeMismatch)?);
             }
@@ -510,13 +562,17 @@ fn record_at(bytes: &[u8], at: usize, end: usize) -> Result<LayerRecord<'_>, Err
     }
     let value_count = u32_at(head, 8) as usize;
     let entry_count = u32_at(head, 12) as usize;
-    let entry_size = match encoding {
-        LayerEncoding::Full if entry_count == value_count && value_count > 0 => 4,
-        LayerEncoding::Sparse if entry_count >= 1 && entry_count <= value_count => 8,
+    let (entry_size, prefix) = match encoding {
+        LayerEncoding::Full if entry_count == value_count && value_count > 0 => (4, 0),
+        LayerEncoding::Sparse if entry_count >= 1 && entry_count <= value_count => (8, 0),
+        LayerEncoding::Masked if entry_count >= 1 && entry_count <= value_count => {
+            (4, mask_bytes(value_count))
+        }
         _ => return Err(Error::BadPatchPayload),
     };
     let data_end = entry_count
         .checked_mul(entry_size)
+        .and_then(|n| n.checked_add(prefix))
         .and_then(|n| n.checked_add(head_end))
         .ok_or(Error::Overflow)?;
     let data = region
@@ -529,7 +585,21 @@ fn record_at(bytes: &[u8], at: usize, end: usize) -> Result<LayerRecord<'_>, Err
         entry_count,
         data,
     };
+    if encoding == LayerEncoding::Masked {
+        // Exactly entry_count bits set, none past value_count.
+        let mask = data.get(..prefix).ok_or(Error::BadPatchPayload)?;
+        let set: usize = mask
+            .chunks_exact(4)
+            .map(|w| u32_at(w, 0).count_ones() as usize)
+            .sum();
+        let tail = value_count % 32;
+        let last = u32_at(mask, prefix.saturating_sub(4));
+        if set != entry_count || (tail != 0 && last >> tail != 0) {
+            return Err(Error::BadPatchPayload);
+        }
+    }
     let mut previous: Option<usize> = None;
+    let mut count = 0usize;
     for (index, value) in record.entries() {
         if index >= value_count || previous.is_some_and(|p| index <= p) {
             return Err(Error::BadPatchPayload);
@@ -538,6 +608,10 @@ fn record_at(bytes: &[u8], at: usize, end: usize) -> Result<LayerRecord<'_>, Err
             return Err(Error::NonFiniteParameter);
         }
         previous = Some(index);
+        count += 1;
+    }
+    if count != entry_count {
+        return Err(Error::BadPatchPayload);
     }
     Ok(record)
 }

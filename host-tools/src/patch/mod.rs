@@ -46,7 +46,7 @@ pub struct PatchedLayer {
     pub index: usize,
     /// Layer kind ("Dense", "Conv2d").
     pub kind: &'static str,
-    /// "full" or "sparse".
+    /// "full", "sparse" or "masked".
     pub encoding: &'static str,
     /// f32 values of the layer's blocks in blob layout (padding included).
     pub values: usize,
@@ -207,7 +207,7 @@ pub fn emit(
         .map(|(index, encoding, values, changed)| {
             let entries = match encoding {
                 LayerEncoding::Full => values,
-                LayerEncoding::Sparse => changed,
+                _ => changed,
             };
             PatchedLayer {
                 index,
@@ -216,12 +216,13 @@ pub fn emit(
                 values,
                 entries,
                 bytes: prorepair_core::patch::RECORD_HEADER_SIZE
-                    + entries
-                        * if encoding == LayerEncoding::Sparse {
-                            8
-                        } else {
-                            4
-                        },
+                    + match encoding {
+                        LayerEncoding::Full => 4 * values,
+                        LayerEncoding::Sparse => 8 * changed,
+                        LayerEncoding::Masked => {
+                            prorepair_core::patch::mask_bytes(values) + 4 * changed
+                        }
+                    },
             }
         })
         .collect();
