@@ -119,26 +119,54 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     }
     let other_patch = prorepair_host::patch::emit(&other, &outcome.network, 1, &[]).unwrap();
 
+    let rows = inputs();
+    let patched = run_c_update(
+        "demo",
+        &outcome.network,
+        &emitted,
+        &bad,
+        &other_patch,
+        &rows,
+        None,
+    );
+    // At the centre of the repaired box the advisory (lowest score) is no longer COC.
+    let centre = &patched[0];
+    assert!(centre[1..].iter().any(|&s| s < centre[0]), "{centre:?}");
+}
+
+/// Build the C update program for `base` -> `repaired` (patch `emitted`, plus a
+/// damaged copy and a patch for `other_patch`'s base), run it on `rows`, check its base
+/// outputs against the core and its patched outputs against tract on the repaired
+/// network's ONNX; the patched output rows.
+fn run_c_update(
+    tag: &str,
+    repaired: &prorepair_host::model::Network,
+    emitted: &prorepair_host::patch::EmittedPatch,
+    bad: &[u8],
+    other_patch: &prorepair_host::patch::EmittedPatch,
+    rows: &[[f32; 5]],
+    input_shape: Option<&[usize]>,
+) -> Vec<Vec<f64>> {
     let archive = archive();
     let dir = archive
         .parent()
         .unwrap()
-        .join("firmware-examples/patch_update");
+        .join("firmware-examples/patch_update")
+        .join(tag);
     std::fs::create_dir_all(&dir).unwrap();
     for (name, bytes) in [
         ("base_model", &emitted.base_blob),
         ("patch_v1", &emitted.bytes),
-        ("patch_bad", &bad),
+        ("patch_bad", &bad.to_vec()),
         ("patch_other", &other_patch.bytes),
     ] {
         std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
     }
-    let rows = inputs();
     let mut text = format!(
         "#define N_INPUTS {}\nstatic const float inputs[N_INPUTS][5] = {{\n",
         rows.len()
     );
-    for r in &rows {
+    for r in rows {
         let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
         text.push_str(&format!("    {{{}}},\n", v.join(", ")));
     }
@@ -180,14 +208,12 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
         String::from_utf8_lossy(&run.stderr)
     );
     assert!(stdout.contains("\nok\n"), "{stdout}");
-    assert!(
-        stdout.contains(&format!(
+    assert!(stdout.contains(&format!(
             "patch ram {}",
             prorepair_core::Patch::from_bytes(&emitted.bytes)
                 .unwrap()
                 .required_ram_bytes()
-        ))
-    );
+        )));
 
     // Base outputs: the core on the base blob; patched outputs: tract on the repaired ONNX.
     let (base, patched) = (parse(&stdout, "base "), parse(&stdout, "patched "));
@@ -197,12 +223,13 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     let onnx = dir.join("repaired.onnx");
     std::fs::write(
         &onnx,
-        prorepair_host::export::to_onnx_bytes(&outcome.network, None).unwrap(),
+        prorepair_host::export::to_onnx_bytes(repaired, input_shape).unwrap(),
     )
     .unwrap();
     let tract = TractModel::load(&onnx).unwrap();
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
     for ((x, b), p) in rows.iter().zip(&base).zip(&patched) {
+        let x: &[f32] = x;
         let mut arena = vec![0.0f32; model.required_arena_len()];
         let mut want = [0.0f32; 5];
         model.evaluate(x, &mut arena, &mut want).unwrap();
@@ -214,7 +241,65 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
             assert!(close(*g, f64::from(w)), "patched {x:?}: C {g} vs tract {w}");
         }
     }
-    // At the centre of the repaired box the advisory (lowest score) is no longer COC.
-    let centre = &patched[0];
-    assert!(centre[1..].iter().any(|&s| s < centre[0]), "{centre:?}");
+    patched
+}
+
+/// The end-to-end check on real data: repair ACAS Xu N2,1 for property 2, apply
+/// the patch in the C program, and compare with the repaired ONNX under tract.
+#[test]
+#[ignore = "ProRepair does not yet repair ACAS Xu prop_2 within the budget (repair_acasxu.rs, same reason); run with --ignored once it does"]
+fn c_program_applies_the_acasxu_n21_prop2_repair_patch() {
+    if !have_gcc() {
+        eprintln!("SKIP: gcc is not installed");
+        return;
+    }
+    let onnx = prorepair_host::require_data!(&prorepair_host::testing::acasxu_onnx(2, 1));
+    let spec = prorepair_host::require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
+    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
+    let outcome = repair::repair(
+        &net,
+        std::slice::from_ref(&rp),
+        &repair::RepairOptions::default(),
+    )
+    .unwrap();
+    assert!(outcome.verified, "N2,1 prop_2 not repaired");
+    let regions: Vec<_> = rp
+        .cases
+        .iter()
+        .map(|c| (c.lower.clone(), c.upper.clone()))
+        .collect();
+    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &regions).unwrap();
+    let mut bad = emitted.bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x04;
+    let other_net = prorepair_host::import::load(
+        &prorepair_host::testing::data_path(&prorepair_host::testing::acasxu_onnx(2, 2)).unwrap(),
+    )
+    .unwrap();
+    let mut other_repaired = other_net.clone();
+    if let Layer::Dense(d) = &mut other_repaired.layers[0] {
+        d.bias[0] += 0.5;
+    }
+    let other_patch = prorepair_host::patch::emit(&other_net, &other_repaired, 1, &[]).unwrap();
+    let c = &rp.cases[0];
+    let mut rows: Vec<[f32; 5]> = vec![std::array::from_fn(|i| {
+        ((c.lower[i] + c.upper[i]) / 2.0) as f32
+    })];
+    for k in 0..15 {
+        rows.push(std::array::from_fn(|i| {
+            ((((k * 5 + i) as f32) * 0.618).fract() - 0.5) * 0.9
+        }));
+    }
+    let shape = prorepair_host::export::onnx::declared_input_shape(&onnx);
+    run_c_update(
+        "acasxu_2_1",
+        &outcome.network,
+        &emitted,
+        &bad,
+        &other_patch,
+        &rows,
+        shape.as_deref(),
+    );
 }
