@@ -26,7 +26,7 @@
 /**
  * Size in bytes of `pr_model` on every target (C: `sizeof(pr_model)`).
  */
-#define PR_MODEL_SIZE 128
+#define PR_MODEL_SIZE 256
 
 /**
  * Alignment in bytes of `pr_model` on every target (C: `_Alignof(pr_model)`).
@@ -37,7 +37,9 @@
  * The result of every `pr_*` function: `PR_OK` (0) or the one error that occurred.
  *
  * Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
- * `pr_model_load`), 40..=49 evaluation arguments, 99 an unexpected internal error.
+ * `pr_model_load`; the header errors 10..=17 and 26, 27 also for an invalid patch),
+ * 40..=49 evaluation arguments, 50..=69 an invalid or unbindable patch (from
+ * `pr_model_apply_patch`), 99 an unexpected internal error.
  */
 typedef enum pr_status {
   /**
@@ -171,6 +173,50 @@ typedef enum pr_status {
    */
   PR_BUFFER_TOO_SMALL = 44,
   /**
+   * The patch has an unknown kind.
+   */
+  PR_UNKNOWN_PATCH_KIND = 50,
+  /**
+   * The patch's signature kind is unknown, or an unsigned patch carries signature bytes.
+   */
+  PR_UNSUPPORTED_SIGNATURE = 51,
+  /**
+   * The patch is for a different base model (SHA-256 or length of the blob differ).
+   */
+  PR_WRONG_BASE_MODEL = 52,
+  /**
+   * The patch changes no layer, or more than 8.
+   */
+  PR_BAD_PATCH_LAYER_COUNT = 53,
+  /**
+   * The patch payload is malformed (records, encodings, indices, padding).
+   */
+  PR_BAD_PATCH_PAYLOAD = 54,
+  /**
+   * The patch names a layer the model does not have, or one without parameters.
+   */
+  PR_PATCH_LAYER_MISMATCH = 55,
+  /**
+   * The patch's parameter count for a layer differs from the model's layer.
+   */
+  PR_PATCH_SHAPE_MISMATCH = 56,
+  /**
+   * A verified region of the patch is invalid or has the wrong dimension.
+   */
+  PR_BAD_PATCH_REGION = 57,
+  /**
+   * The patch's sequence number is not newer than the applied one.
+   */
+  PR_STALE_PATCH = 58,
+  /**
+   * `ram_len` is smaller than `pr_patch_ram_bytes`.
+   */
+  PR_PATCH_RAM_TOO_SMALL = 59,
+  /**
+   * The patch RAM does not start at a 4-byte aligned address.
+   */
+  PR_MISALIGNED_PATCH_RAM = 60,
+  /**
    * The device core reported an error this version of the C API does not name.
    */
   PR_INTERNAL_ERROR = 99,
@@ -188,9 +234,10 @@ typedef enum pr_status {
  */
 typedef struct pr_model {
   /**
-   * Opaque: a "loaded" tag, then the validated model. Do not read or write.
+   * Opaque: a "loaded" tag, then the validated model (with its patch table, if a
+   * patch is applied). Do not read or write.
    */
-  uint64_t _opaque[16];
+  uint64_t _opaque[32];
 } pr_model;
 
 #ifdef __cplusplus
@@ -275,7 +322,8 @@ enum pr_status pr_model_parameter_count(const struct pr_model *model, size_t *ou
  * - `output`: `output_len` floats, `output_len` equal to `pr_model_output_len`;
  *   written only on `PR_OK`, untouched on failure.
  *
- * None of `input`, the used part of `arena`, `output` and the model blob may overlap
+ * None of `input`, the used part of `arena`, `output`, the model blob and the patch RAM
+ * (of a patched model) may overlap
  * (`PR_OVERLAPPING_BUFFERS`). Returns `PR_OK`, `PR_NULL_POINTER`,
  * `PR_MODEL_NOT_LOADED`, `PR_MISALIGNED_POINTER` (`input`, `output`),
  * `PR_INPUT_LENGTH`, `PR_OUTPUT_LENGTH`, `PR_ARENA_TOO_SMALL`, `PR_MISALIGNED_ARENA` or
@@ -295,6 +343,71 @@ enum pr_status pr_model_evaluate(const struct pr_model *model,
                                  size_t arena_len,
                                  float *output,
                                  size_t output_len);
+
+/**
+ * `*out` = the exact number of RAM bytes `pr_model_apply_patch` needs for this patch
+ * (the patched layers' parameters). Validates the patch on its own (header, CRC,
+ * records, regions); the binding to a model is checked by `pr_model_apply_patch`.
+ *
+ * - `patch`: `patch_len` bytes of a patch (as written by `prorepair-host repair
+ *   --out`), any alignment; borrowed for the call only.
+ * - `out`: written only on `PR_OK`.
+ *
+ * Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER` (`out`), or the patch's
+ * error (10..=17, 26, 27, 50..=57).
+ *
+ * # Safety
+ * `patch` is NULL or readable for `patch_len` bytes; `out` is NULL or writable.
+ */
+enum pr_status pr_patch_ram_bytes(const uint8_t *patch, size_t patch_len, size_t *out);
+
+/**
+ * Apply a weight-delta patch to a loaded model, in place.
+ *
+ * Validates the patch completely (header, CRC, records, regions), checks that it was
+ * made for this model's base blob (SHA-256), that its layers and shapes match, and
+ * that its sequence number is above the one applied (`pr_model_patch_sequence`; 0
+ * for a base model); only then copies the patched layers' parameters into `ram` and
+ * switches `*model` to the patched model. The base blob stays where it is (flash).
+ *
+ * - `model`: a loaded `pr_model`, updated only on `PR_OK`. On ANY error `*model` and
+ *   `ram` are untouched: the old model keeps running.
+ * - `patch`: `patch_len` bytes, any alignment; borrowed for the call only (the
+ *   values are copied), so it may be freed or reused afterwards.
+ * - `ram`: `ram_len` bytes, 4-byte aligned, at least `pr_patch_ram_bytes`; owned by
+ *   the caller, it must stay valid and unmodified for as long as the patched model
+ *   (or any copy of it) is used. It must not overlap the blob, the patch or `*model`.
+ *   To replace a running patch without a window, keep two RAM regions and alternate.
+ *
+ * Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER` (`model`),
+ * `PR_MODEL_NOT_LOADED`, `PR_OVERLAPPING_BUFFERS`, `PR_PATCH_RAM_TOO_SMALL`,
+ * `PR_MISALIGNED_PATCH_RAM`, `PR_WRONG_BASE_MODEL`, `PR_STALE_PATCH`, or the patch's
+ * error. Applying a patch to a patched model replaces its patch (patches always apply
+ * to the base blob). No allocation.
+ *
+ * # Safety
+ * `model` is NULL or an initialised `pr_model` whose blob is still valid; `patch` is
+ * NULL or readable for `patch_len` bytes; `ram` is NULL or writable for `ram_len` bytes
+ * and outlives every use of the patched model; no other thread uses any of them during
+ * the call.
+ */
+enum pr_status pr_model_apply_patch(struct pr_model *model,
+                                    const uint8_t *patch,
+                                    size_t patch_len,
+                                    uint8_t *ram,
+                                    size_t ram_len);
+
+/**
+ * `*out` = the sequence number of the patch applied to `model` (0 for a base model).
+ *
+ * `model`: borrowed, a `pr_model` filled by `pr_model_load` (or zeroed). `out`:
+ * written only on `PR_OK`.
+ *
+ * # Safety
+ * `model` is NULL or an initialised `pr_model` whose blob is still valid; `out` is
+ * NULL or writable.
+ */
+enum pr_status pr_model_patch_sequence(const struct pr_model *model, uint32_t *out);
 
 /**
  * A static, NUL-terminated English description of `status` (e.g. for logs).

@@ -1,12 +1,13 @@
 //! The one error type of the device core.
 //!
-//! Flat and `#[non_exhaustive]` (like heapless/postcard): every way a blob can be wrong
+//! Flat and `#[non_exhaustive]` (like heapless/postcard): every way a blob or patch can be wrong
 //! has its own variant, so a caller (or the C API, one status code per variant) can say
 //! exactly what is wrong without any allocation.
 
 use core::fmt;
 
-/// Everything that can go wrong when loading a model blob, evaluating it, or encoding one.
+/// Everything that can go wrong when loading a model blob or a patch, evaluating, or
+/// encoding one.
 ///
 /// Loading ([`crate::Model::from_bytes`]) checks in a fixed order: alignment, length,
 /// magic, version, header size, total length, CRC, then the header fields and every
@@ -72,6 +73,34 @@ pub enum Error {
     MisalignedArena,
     /// The destination buffer of an encoder is smaller than the encoded length.
     BufferTooSmall,
+    /// A patch has an unknown kind (format v1 knows only the weight delta).
+    UnknownPatchKind,
+    /// A patch names a signature kind this build does not know, or carries signature
+    /// bytes while saying it is unsigned.
+    UnsupportedSignature,
+    /// A patch is bound to a different base model (SHA-256 or length of the base blob
+    /// differ), or the two models given to the patch encoder differ in structure.
+    WrongBaseModel,
+    /// A patch changes no layer, or more than [`crate::patch::MAX_PATCH_LAYERS`].
+    BadPatchLayerCount,
+    /// A patch payload is malformed: records or regions do not tile it exactly, an
+    /// unknown layer encoding, layers not in ascending order, sparse indices not
+    /// strictly increasing or out of range, or a non-zero value in a padding slot.
+    BadPatchPayload,
+    /// A patch names a layer the base model does not have, or one without parameters.
+    PatchLayerMismatch,
+    /// A patch's parameter count for a layer differs from the base model's layer.
+    PatchShapeMismatch,
+    /// A verified region of a patch is invalid (lower above upper, not finite), or its
+    /// dimension differs from the model's input length.
+    BadPatchRegion,
+    /// The patch's sequence number is not newer than the one already applied.
+    StalePatch,
+    /// The caller RAM for the patched layers is smaller than
+    /// [`crate::patch::Patch::required_ram_bytes`].
+    PatchRamTooSmall,
+    /// The caller RAM for the patched layers given as bytes is not 4-byte aligned.
+    MisalignedPatchRam,
 }
 
 impl Error {
@@ -108,6 +137,21 @@ impl Error {
             Error::ArenaTooSmall => "arena too small",
             Error::MisalignedArena => "misaligned arena: must be 4-byte aligned",
             Error::BufferTooSmall => "destination buffer too small",
+            Error::UnknownPatchKind => "unknown patch kind",
+            Error::UnsupportedSignature => "unsupported or malformed patch signature",
+            Error::WrongBaseModel => "the patch is for a different base model",
+            Error::BadPatchLayerCount => "bad patch layer count (none, or more than 8)",
+            Error::BadPatchPayload => "malformed patch payload",
+            Error::PatchLayerMismatch => {
+                "the patch names a layer the model does not have or that has no parameters"
+            }
+            Error::PatchShapeMismatch => "the patch's parameter count differs from the layer's",
+            Error::BadPatchRegion => "bad verified region in the patch",
+            Error::StalePatch => {
+                "stale patch: its sequence number is not newer than the applied one"
+            }
+            Error::PatchRamTooSmall => "patch RAM too small",
+            Error::MisalignedPatchRam => "misaligned patch RAM: must be 4-byte aligned",
         }
     }
 }

@@ -6,6 +6,10 @@
 //! - [`Model`]: a blob validated once ([`Model::from_bytes`]), read in place (e.g. from
 //!   flash), evaluated into caller memory ([`Model::evaluate`]) with an arena of exactly
 //!   [`Model::required_arena_bytes`].
+//! - [`patch`]: the weight-delta patch (format v1), validated by [`Patch::from_bytes`],
+//!   bound to its base blob by SHA-256 and applied by [`Model::with_patch`] with the
+//!   patched layers' parameters in caller RAM ([`Patch::required_ram_bytes`]); the
+//!   encoder is [`patch::encode`] (feature `encode`).
 //! - [`kernels`]: scalar reference kernels and SIMD ones (AVX2+FMA, NEON), picked by
 //!   CPU features.
 //!
@@ -19,7 +23,7 @@
 //! ```
 //!
 //! Features: `std` (runtime CPU-feature detection, `std::error::Error`), `encode` (the
-//! blob encoder).
+//! blob and patch encoders).
 #![no_std]
 // Lints for the whole crate, in one place: no unsafe outside `kernels` (which opts in
 // module by module, each block with a SAFETY comment), and no panicking constructs.
@@ -52,7 +56,9 @@ pub mod format;
 pub mod kernels;
 mod layers;
 pub mod model;
+pub mod patch;
 
 pub use error::Error;
 pub use format::{ConvGeometry, LayerKind, PoolGeometry, Shape};
 pub use model::{Conv2d, Dense, Layer, LayerInfo, Model};
+pub use patch::Patch;

@@ -12,6 +12,7 @@ use crate::format::{
     Shape, read_u16, read_u32,
 };
 use crate::kernels::{self, Kernels};
+use crate::patch::{MAX_PATCH_LAYERS, Patch};
 use crate::{Error, layers};
 
 /// A fully connected layer read in place from a blob.
@@ -193,7 +194,43 @@ fn fused_step_len(count: usize, i: usize, kind: impl Fn(usize) -> LayerKind) -> 
     }
 }
 
-/// A validated model blob, read in place (e.g. a `&'static [u8]` in flash).
+/// The patched layers of a model: their parameter blocks live in caller RAM, in the
+/// blob's own layout, so evaluation runs the same kernels on them.
+#[derive(Debug, Clone, Copy, Default)]
+struct Overlay<'a> {
+    /// Every patched layer's blocks (weights then bias), in layer order.
+    ram: &'a [f32],
+    /// Patched layer indices, ascending; `count` of them are used.
+    layers: [u32; MAX_PATCH_LAYERS],
+    /// Start of each patched layer's blocks in `ram`.
+    offsets: [u32; MAX_PATCH_LAYERS],
+    count: u8,
+    /// Sequence number of the applied patch (0: none).
+    sequence: u32,
+}
+
+impl<'a> Overlay<'a> {
+    /// The RAM blocks replacing layer `index`'s, if it is patched.
+    fn blocks(
+        &self,
+        index: usize,
+        weight_len: usize,
+        bias_len: usize,
+    ) -> Option<(&'a [f32], &'a [f32])> {
+        let slot = self
+            .layers
+            .get(..usize::from(self.count))?
+            .iter()
+            .position(|&l| l as usize == index)?;
+        let start = *self.offsets.get(slot)? as usize;
+        let mid = start.checked_add(weight_len)?;
+        let end = mid.checked_add(bias_len)?;
+        Some((self.ram.get(start..mid)?, self.ram.get(mid..end)?))
+    }
+}
+
+/// A validated model blob, read in place (e.g. a `&'static [u8]` in flash), optionally
+/// with a weight-delta patch applied ([`Model::with_patch`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Model<'a> {
     bytes: &'a [u8],
@@ -202,6 +239,7 @@ pub struct Model<'a> {
     layer_count: usize,
     parameter_count: usize,
     arena: ArenaPlan,
+    overlay: Overlay<'a>,
 }
 
 impl<'a> Model<'a> {
@@ -221,6 +259,7 @@ impl<'a> Model<'a> {
             layer_count: header.layer_count,
             parameter_count: 0,
             arena: ArenaPlan::default(),
+            overlay: Overlay::default(),
         };
         // Decode and check every layer, chaining shapes, and the exact block layout.
         let mut shape = header.input_shape;
@@ -269,9 +308,93 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// The blob's bytes.
+    /// The (base) blob's bytes.
     pub fn as_bytes(&self) -> &'a [u8] {
         self.bytes
+    }
+
+    /// Apply a weight-delta patch: check it against this model's base blob (SHA-256,
+    /// layers, shapes, regions, a sequence number above [`Model::patch_sequence`]), then
+    /// copy the patched layers' parameters into `ram` (at least
+    /// [`Patch::required_ram_len`] values) and return the patched model. The base blob
+    /// stays where it is (flash); every other layer is still read from it.
+    ///
+    /// On error nothing has been written to `ram` and `self` is unchanged, so the
+    /// running model keeps running. Applying a newer patch to a patched model replaces
+    /// the old patch (patches always apply to the base blob).
+    pub fn with_patch(&self, patch: &Patch<'_>, ram: &'a mut [f32]) -> Result<Model<'a>, Error> {
+        patch.check_binding(self)?;
+        if patch.sequence() <= self.overlay.sequence {
+            return Err(Error::StalePatch);
+        }
+        let needed = patch.required_ram_len();
+        if ram.len() < needed {
+            return Err(Error::PatchRamTooSmall);
+        }
+        let mut overlay = Overlay {
+            sequence: patch.sequence(),
+            ..Overlay::default()
+        };
+        let mut at = 0usize;
+        for (slot, record) in patch.layers().enumerate() {
+            *overlay
+                .layers
+                .get_mut(slot)
+                .ok_or(Error::BadPatchLayerCount)? =
+                u32::try_from(record.layer_index).map_err(|_| Error::Overflow)?;
+            *overlay
+                .offsets
+                .get_mut(slot)
+                .ok_or(Error::BadPatchLayerCount)? =
+                u32::try_from(at).map_err(|_| Error::Overflow)?;
+            overlay.count = overlay.count.saturating_add(1);
+            at = at.checked_add(record.value_count).ok_or(Error::Overflow)?;
+        }
+        patch.fill_ram(self, ram)?;
+        let ram: &'a [f32] = ram;
+        overlay.ram = ram.get(..needed).ok_or(Error::PatchRamTooSmall)?;
+        Ok(Model { overlay, ..*self })
+    }
+
+    /// [`Model::with_patch`] with the RAM given as bytes (e.g. from C); it must be
+    /// 4-byte aligned and at least [`Patch::required_ram_bytes`] long.
+    pub fn with_patch_bytes(
+        &self,
+        patch: &Patch<'_>,
+        ram: &'a mut [u8],
+    ) -> Result<Model<'a>, Error> {
+        let usable = ram.len() / 4 * 4;
+        let ram = ram.get_mut(..usable).ok_or(Error::PatchRamTooSmall)?;
+        let ram: &mut [f32] =
+            bytemuck::try_cast_slice_mut(ram).map_err(|_| Error::MisalignedPatchRam)?;
+        self.with_patch(patch, ram)
+    }
+
+    /// Sequence number of the applied patch, 0 for the base model.
+    pub fn patch_sequence(&self) -> u32 {
+        self.overlay.sequence
+    }
+
+    /// The caller RAM holding the patched layers' parameters (empty without a patch).
+    pub fn patch_ram(&self) -> &'a [f32] {
+        self.overlay.ram
+    }
+
+    /// Indices of the patched layers, ascending (empty without a patch).
+    pub fn patched_layers(&self) -> impl Iterator<Item = usize> + '_ {
+        self.overlay
+            .layers
+            .iter()
+            .take(usize::from(self.overlay.count))
+            .map(|&l| l as usize)
+    }
+
+    /// The model without its patch (the base blob alone).
+    pub fn base(&self) -> Model<'a> {
+        Model {
+            overlay: Overlay::default(),
+            ..*self
+        }
     }
 
     /// The blob format version.
@@ -338,8 +461,27 @@ impl<'a> Model<'a> {
         })
     }
 
-    /// Layer `index`, or `None` past the end.
+    /// Layer `index` (with its patched parameters, if any), or `None` past the end.
     pub fn layer(&self, index: usize) -> Option<Layer<'a>> {
+        let layer = self.base_layer(index)?;
+        if self.overlay.count == 0 {
+            return Some(layer);
+        }
+        Some(match layer {
+            Layer::Dense(d) => match self.overlay.blocks(index, d.panels.len(), d.bias.len()) {
+                Some((panels, bias)) => Layer::Dense(Dense { panels, bias, ..d }),
+                None => layer,
+            },
+            Layer::Conv2d(c) => match self.overlay.blocks(index, c.weight.len(), c.bias.len()) {
+                Some((weight, bias)) => Layer::Conv2d(Conv2d { weight, bias, ..c }),
+                None => layer,
+            },
+            _ => layer,
+        })
+    }
+
+    /// Layer `index` as the base blob stores it (ignoring any patch).
+    pub fn base_layer(&self, index: usize) -> Option<Layer<'a>> {
         let words = self.entry(index).ok()?;
         decode_layer(self.bytes, &words).ok()
     }

@@ -9,6 +9,11 @@
 //!   aligned opaque storage: C puts it on the stack or in `.bss`, no allocation ever.
 //!   [`pr_model_load`] validates a blob in place and fills it; [`pr_model_evaluate`]
 //!   runs it into caller memory (input, arena, output).
+//! - Patches: [`pr_patch_ram_bytes`] sizes the caller RAM a weight-delta patch needs;
+//!   [`pr_model_apply_patch`] checks a patch against the loaded model (SHA-256 of its
+//!   blob, layers, sequence number) and, only if everything holds, copies the patched
+//!   layers into that RAM and switches the model to the patched one; a rejected patch
+//!   returns its status and the old model keeps running.
 //!
 //! Rules shared by every function: null pointers give `PR_NULL_POINTER`;
 //! out-parameters are written only on `PR_OK`, never on failure; nothing allocates;
@@ -45,12 +50,14 @@
 
 mod boundary;
 mod model;
+mod patch;
 mod status;
 
 pub use model::{
     PR_MODEL_ALIGN, PR_MODEL_SIZE, pr_model, pr_model_arena_bytes, pr_model_evaluate,
     pr_model_input_len, pr_model_load, pr_model_output_len, pr_model_parameter_count,
 };
+pub use patch::{pr_model_apply_patch, pr_model_patch_sequence, pr_patch_ram_bytes};
 pub use status::{pr_status, pr_status_str, pr_version};
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use crate::boundary::guard;
 use crate::status::pr_status::{self, *};
 
 /// Size in bytes of `pr_model` on every target (C: `sizeof(pr_model)`).
-pub const PR_MODEL_SIZE: usize = 128;
+pub const PR_MODEL_SIZE: usize = 256;
 
 /// Alignment in bytes of `pr_model` on every target (C: `_Alignof(pr_model)`).
 pub const PR_MODEL_ALIGN: usize = 8;
@@ -24,14 +24,15 @@ pub const PR_MODEL_ALIGN: usize = 8;
 #[repr(C)]
 #[derive(Debug)]
 pub struct pr_model {
-    /// Opaque: a "loaded" tag, then the validated model. Do not read or write.
-    _opaque: [u64; 16],
+    /// Opaque: a "loaded" tag, then the validated model (with its patch table, if a
+    /// patch is applied). Do not read or write.
+    _opaque: [u64; 32],
 }
 
 impl pr_model {
     /// Zeroed storage, not yet loaded (what a C static or `{0}` gives).
     pub const fn unloaded() -> Self {
-        pr_model { _opaque: [0; 16] }
+        pr_model { _opaque: [0; 32] }
     }
 }
 
@@ -51,7 +52,7 @@ const _: () = {
 /// # Safety
 /// `model` is NULL or points to a readable `pr_model` that is initialised (zeroed or
 /// loaded); the blob of a loaded model is still valid.
-unsafe fn read_model(model: *const pr_model) -> Result<Model<'static>, pr_status> {
+pub(crate) unsafe fn read_model(model: *const pr_model) -> Result<Model<'static>, pr_status> {
     if model.is_null() {
         return Err(PR_NULL_POINTER);
     }
@@ -112,16 +113,26 @@ pub unsafe extern "C" fn pr_model_load(
             Ok(model) => model,
             Err(error) => return error.into(),
         };
-        let words = out.cast::<u64>();
-        // SAFETY: `out` is non-null, aligned and writable for PR_MODEL_SIZE bytes; the
-        // Model fits at word 1 with its alignment (const assertions above). The tag is
-        // written last, so the storage reads as loaded only once it holds a model.
-        unsafe {
-            words.add(1).cast::<Model<'static>>().write(model);
-            words.write(LOADED_TAG);
-        }
+        // SAFETY: `out` is non-null, aligned and writable (checked above, contract).
+        unsafe { write_model(out, model) };
         PR_OK
     })
+}
+
+/// Store `model` in `out` and tag it loaded.
+///
+/// # Safety
+/// `out` is non-null, aligned and writable for `PR_MODEL_SIZE` bytes.
+pub(crate) unsafe fn write_model(out: *mut pr_model, model: Model<'static>) {
+    let words = out.cast::<u64>();
+    // SAFETY: `out` is non-null, aligned and writable for PR_MODEL_SIZE bytes (caller's
+    // contract); the Model fits at word 1 with its alignment (const assertions above).
+    // The tag is written last, so fresh storage reads as loaded only once it holds a
+    // model (an already loaded one is replaced by one plain write of the Model).
+    unsafe {
+        words.add(1).cast::<Model<'static>>().write(model);
+        words.write(LOADED_TAG);
+    }
 }
 
 /// Shared body of the size getters: `*out = value(model)` on success.
@@ -213,7 +224,7 @@ pub unsafe extern "C" fn pr_model_parameter_count(
 }
 
 /// Byte range `[start, start + len)` of a buffer, for overlap checks.
-fn span<T>(ptr: *const T, count: usize) -> (usize, usize) {
+pub(crate) fn span<T>(ptr: *const T, count: usize) -> (usize, usize) {
     let start = ptr as usize;
     (
         start,
@@ -222,7 +233,7 @@ fn span<T>(ptr: *const T, count: usize) -> (usize, usize) {
 }
 
 /// True when two non-empty byte ranges share a byte.
-fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
+pub(crate) fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
 }
 
@@ -237,7 +248,8 @@ fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
 /// - `output`: `output_len` floats, `output_len` equal to `pr_model_output_len`;
 ///   written only on `PR_OK`, untouched on failure.
 ///
-/// None of `input`, the used part of `arena`, `output` and the model blob may overlap
+/// None of `input`, the used part of `arena`, `output`, the model blob and the patch RAM
+/// (of a patched model) may overlap
 /// (`PR_OVERLAPPING_BUFFERS`). Returns `PR_OK`, `PR_NULL_POINTER`,
 /// `PR_MODEL_NOT_LOADED`, `PR_MISALIGNED_POINTER` (`input`, `output`),
 /// `PR_INPUT_LENGTH`, `PR_OUTPUT_LENGTH`, `PR_ARENA_TOO_SMALL`, `PR_MISALIGNED_ARENA` or
@@ -290,13 +302,17 @@ pub unsafe extern "C" fn pr_model_evaluate(
         let arena_span = span(arena.cast_const(), arena_needed);
         let output_span = span(output.cast_const(), output_len);
         let blob_span = span(blob.as_ptr(), blob.len());
-        // Pairs that would alias a `&mut` (input and blob may share memory: both are
-        // only read).
+        let ram = model.patch_ram();
+        let ram_span = span(ram.as_ptr(), ram.len());
+        // Pairs that would alias a `&mut` (input, blob and patch RAM may share memory:
+        // they are only read).
         if overlaps(input_span, arena_span)
             || overlaps(input_span, output_span)
             || overlaps(arena_span, output_span)
             || overlaps(arena_span, blob_span)
             || overlaps(output_span, blob_span)
+            || overlaps(arena_span, ram_span)
+            || overlaps(output_span, ram_span)
         {
             return PR_OVERLAPPING_BUFFERS;
         }

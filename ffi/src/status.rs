@@ -9,7 +9,9 @@ use crate::boundary::guard;
 /// The result of every `pr_*` function: `PR_OK` (0) or the one error that occurred.
 ///
 /// Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
-/// `pr_model_load`), 40..=49 evaluation arguments, 99 an unexpected internal error.
+/// `pr_model_load`; the header errors 10..=17 and 26, 27 also for an invalid patch),
+/// 40..=49 evaluation arguments, 50..=69 an invalid or unbindable patch (from
+/// `pr_model_apply_patch`), 99 an unexpected internal error.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum pr_status {
@@ -79,6 +81,28 @@ pub enum pr_status {
     PR_MISALIGNED_ARENA = 43,
     /// A destination buffer is too small (encoders; not returned by this API today).
     PR_BUFFER_TOO_SMALL = 44,
+    /// The patch has an unknown kind.
+    PR_UNKNOWN_PATCH_KIND = 50,
+    /// The patch's signature kind is unknown, or an unsigned patch carries signature bytes.
+    PR_UNSUPPORTED_SIGNATURE = 51,
+    /// The patch is for a different base model (SHA-256 or length of the blob differ).
+    PR_WRONG_BASE_MODEL = 52,
+    /// The patch changes no layer, or more than 8.
+    PR_BAD_PATCH_LAYER_COUNT = 53,
+    /// The patch payload is malformed (records, encodings, indices, padding).
+    PR_BAD_PATCH_PAYLOAD = 54,
+    /// The patch names a layer the model does not have, or one without parameters.
+    PR_PATCH_LAYER_MISMATCH = 55,
+    /// The patch's parameter count for a layer differs from the model's layer.
+    PR_PATCH_SHAPE_MISMATCH = 56,
+    /// A verified region of the patch is invalid or has the wrong dimension.
+    PR_BAD_PATCH_REGION = 57,
+    /// The patch's sequence number is not newer than the applied one.
+    PR_STALE_PATCH = 58,
+    /// `ram_len` is smaller than `pr_patch_ram_bytes`.
+    PR_PATCH_RAM_TOO_SMALL = 59,
+    /// The patch RAM does not start at a 4-byte aligned address.
+    PR_MISALIGNED_PATCH_RAM = 60,
     /// The device core reported an error this version of the C API does not name.
     PR_INTERNAL_ERROR = 99,
 }
@@ -113,6 +137,17 @@ impl From<Error> for pr_status {
             Error::ArenaTooSmall => PR_ARENA_TOO_SMALL,
             Error::MisalignedArena => PR_MISALIGNED_ARENA,
             Error::BufferTooSmall => PR_BUFFER_TOO_SMALL,
+            Error::UnknownPatchKind => PR_UNKNOWN_PATCH_KIND,
+            Error::UnsupportedSignature => PR_UNSUPPORTED_SIGNATURE,
+            Error::WrongBaseModel => PR_WRONG_BASE_MODEL,
+            Error::BadPatchLayerCount => PR_BAD_PATCH_LAYER_COUNT,
+            Error::BadPatchPayload => PR_BAD_PATCH_PAYLOAD,
+            Error::PatchLayerMismatch => PR_PATCH_LAYER_MISMATCH,
+            Error::PatchShapeMismatch => PR_PATCH_SHAPE_MISMATCH,
+            Error::BadPatchRegion => PR_BAD_PATCH_REGION,
+            Error::StalePatch => PR_STALE_PATCH,
+            Error::PatchRamTooSmall => PR_PATCH_RAM_TOO_SMALL,
+            Error::MisalignedPatchRam => PR_MISALIGNED_PATCH_RAM,
             // `Error` is non_exhaustive: a variant added to the core after this table.
             _ => PR_INTERNAL_ERROR,
         }
@@ -121,7 +156,7 @@ impl From<Error> for pr_status {
 
 impl pr_status {
     /// Every status, in value order (tests and `pr_status_str`).
-    pub const ALL: [pr_status; 33] = {
+    pub const ALL: [pr_status; 44] = {
         use pr_status::*;
         [
             PR_OK,
@@ -156,6 +191,17 @@ impl pr_status {
             PR_ARENA_TOO_SMALL,
             PR_MISALIGNED_ARENA,
             PR_BUFFER_TOO_SMALL,
+            PR_UNKNOWN_PATCH_KIND,
+            PR_UNSUPPORTED_SIGNATURE,
+            PR_WRONG_BASE_MODEL,
+            PR_BAD_PATCH_LAYER_COUNT,
+            PR_BAD_PATCH_PAYLOAD,
+            PR_PATCH_LAYER_MISMATCH,
+            PR_PATCH_SHAPE_MISMATCH,
+            PR_BAD_PATCH_REGION,
+            PR_STALE_PATCH,
+            PR_PATCH_RAM_TOO_SMALL,
+            PR_MISALIGNED_PATCH_RAM,
             PR_INTERNAL_ERROR,
         ]
     };
@@ -205,6 +251,19 @@ impl pr_status {
             PR_ARENA_TOO_SMALL => c"arena too small",
             PR_MISALIGNED_ARENA => c"misaligned arena: must be 4-byte aligned",
             PR_BUFFER_TOO_SMALL => c"destination buffer too small",
+            PR_UNKNOWN_PATCH_KIND => c"unknown patch kind",
+            PR_UNSUPPORTED_SIGNATURE => c"unsupported or malformed patch signature",
+            PR_WRONG_BASE_MODEL => c"the patch is for a different base model",
+            PR_BAD_PATCH_LAYER_COUNT => c"bad patch layer count (none, or more than 8)",
+            PR_BAD_PATCH_PAYLOAD => c"malformed patch payload",
+            PR_PATCH_LAYER_MISMATCH => {
+                c"the patch names a layer the model does not have or that has no parameters"
+            }
+            PR_PATCH_SHAPE_MISMATCH => c"the patch's parameter count differs from the layer's",
+            PR_BAD_PATCH_REGION => c"bad verified region in the patch",
+            PR_STALE_PATCH => c"stale patch: its sequence number is not newer than the applied one",
+            PR_PATCH_RAM_TOO_SMALL => c"patch RAM too small",
+            PR_MISALIGNED_PATCH_RAM => c"misaligned patch RAM: must be 4-byte aligned",
             PR_INTERNAL_ERROR => {
                 c"internal error: the device core reported an error this API does not name"
             }

@@ -11,6 +11,7 @@ pub mod compile;
 pub mod export;
 pub mod import;
 pub mod model;
+pub mod patch;
 pub mod repair;
 pub mod spec;
 #[doc(hidden)]

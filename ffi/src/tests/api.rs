@@ -14,7 +14,7 @@ use crate::*;
 const UNTOUCHED: f32 = -12345.5;
 
 /// A loaded model of `blob` (which must outlive it).
-fn loaded(blob: &Aligned) -> pr_model {
+pub(super) fn loaded(blob: &Aligned) -> pr_model {
     let mut model = sentinel_model();
     // SAFETY: valid blob and storage.
     let status = unsafe { pr_model_load(blob.bytes().as_ptr(), blob.bytes().len(), &mut model) };
@@ -28,7 +28,7 @@ fn arena_for(bytes: usize) -> Vec<f32> {
 }
 
 /// `pr_model_evaluate` with fresh buffers: the status and the output buffer.
-fn evaluate(
+pub(super) fn evaluate(
     model: &pr_model,
     input: &[f32],
     arena_bytes: usize,
@@ -163,7 +163,7 @@ fn statuses_have_distinct_values_and_descriptions() {
 
 /// Every variant of the core's error, by hand: `Error` is non_exhaustive, so a new
 /// variant maps to PR_INTERNAL_ERROR until it is named here and in `pr_status`.
-const CORE_ERRORS: [Error; 26] = [
+const CORE_ERRORS: [Error; 37] = [
     Error::Truncated,
     Error::BadMagic,
     Error::UnsupportedVersion,
@@ -190,6 +190,17 @@ const CORE_ERRORS: [Error; 26] = [
     Error::ArenaTooSmall,
     Error::MisalignedArena,
     Error::BufferTooSmall,
+    Error::UnknownPatchKind,
+    Error::UnsupportedSignature,
+    Error::WrongBaseModel,
+    Error::BadPatchLayerCount,
+    Error::BadPatchPayload,
+    Error::PatchLayerMismatch,
+    Error::PatchShapeMismatch,
+    Error::BadPatchRegion,
+    Error::StalePatch,
+    Error::PatchRamTooSmall,
+    Error::MisalignedPatchRam,
 ];
 
 #[test]

@@ -3,4 +3,5 @@
 
 mod api;
 mod header;
+mod patch;
 mod support;

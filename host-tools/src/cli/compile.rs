@@ -17,11 +17,19 @@ pub struct Args {
     /// aligned, plus `NAME_len`); NAME is the header's file stem as a C identifier.
     #[arg(long, value_name = "OUT.h")]
     pub c_array: Option<PathBuf>,
+    /// Apply this weight-delta patch first (checked by the device core against the blob
+    /// of MODEL): writes the repaired model's blob, the same model `apply` writes.
+    #[arg(long, value_name = "PATCH")]
+    pub patch: Option<PathBuf>,
 }
 
 /// Run `compile`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
-    let net = crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let mut net =
+        crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+    if let Some(patch) = &args.patch {
+        net = super::apply::patched_network(&net, patch)?;
+    }
     let blob = compile(&net).map_err(|e| CliError::file(&args.model, e))?;
     // Both outputs are prepared before either is written.
     let header = args.c_array.as_ref().map(|path| {

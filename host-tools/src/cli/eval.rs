@@ -23,6 +23,10 @@ pub struct Args {
     /// stdout.
     #[arg(long, value_name = "OUT")]
     pub json: Option<PathBuf>,
+    /// Apply this weight-delta patch first: to a blob through the device core (patched
+    /// layers in RAM, as on the device), to an ONNX / .nnet model through `apply`.
+    #[arg(long, value_name = "PATCH")]
+    pub patch: Option<PathBuf>,
 }
 
 /// True when `bytes` start with the model-blob magic.
@@ -128,7 +132,18 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let bytes = read_file(&args.model)?;
     if is_model_blob(&bytes) {
         let blob = load_blob(&args.model, &bytes)?;
-        let model = blob.model().map_err(|e| CliError::file(&args.model, e))?;
+        let base = blob.model().map_err(|e| CliError::file(&args.model, e))?;
+        let mut ram = Vec::new();
+        let model = match &args.patch {
+            None => base,
+            Some(path) => {
+                let patch_bytes = read_file(path)?;
+                let patch = prorepair_core::Patch::from_bytes(&patch_bytes)
+                    .map_err(|e| CliError::file(path, format!("invalid patch: {e}")))?;
+                crate::patch::apply_to_blob(&base, &patch, &mut ram)
+                    .map_err(|e| CliError::file(path, format!("refused: {e}")))?
+            }
+        };
         let rows = read_rows(&args.inputs, model.input_len())?;
         let mut arena = vec![0.0f32; model.required_arena_len()];
         let outputs = rows
@@ -145,8 +160,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         emit(outputs, args.json.as_deref())?;
     } else {
         drop(bytes);
-        let net =
+        let mut net =
             crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+        if let Some(patch) = &args.patch {
+            net = super::apply::patched_network(&net, patch)?;
+        }
         let rows = read_rows(&args.inputs, net.input_dim())?;
         emit(
             rows.iter().map(|row| net.forward(row)).collect(),

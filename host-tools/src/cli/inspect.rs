@@ -1,4 +1,4 @@
-//! `prorepair-host inspect`: describe a device model blob.
+//! `prorepair-host inspect`: describe a device model blob or a patch.
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -9,8 +9,13 @@ use super::{CliError, Outcome, report};
 /// Arguments of `inspect`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The file to describe: a device model blob from `compile`.
+    /// The file to describe: a device model blob from `compile`, or a patch from
+    /// `repair --out`.
     pub file: PathBuf,
+    /// With a patch: check that it applies to this model blob (SHA-256 binding, layers,
+    /// shapes, through the device core); exit 2 when it does not.
+    #[arg(long, value_name = "MODEL.bin")]
+    pub model: Option<PathBuf>,
     /// Write the description as JSON to this file (`-` for stdout) instead of text.
     #[arg(long, value_name = "OUT")]
     pub json: Option<PathBuf>,
@@ -29,10 +34,13 @@ fn hex(bytes: &[u8]) -> String {
 /// Run `inspect`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     let bytes = read_file(&args.file)?;
+    if crate::patch::is_patch(&bytes) {
+        return inspect_patch(&args, &bytes);
+    }
     if !is_model_blob(&bytes) {
         return Err(CliError::file(
             &args.file,
-            "not a prorepair model blob (bad magic)",
+            "not a prorepair model blob or patch (bad magic)",
         ));
     }
     let blob = load_blob(&args.file, &bytes)?;
@@ -89,6 +97,68 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let _ = writeln!(text, "blob bytes    {}", model.as_bytes().len());
     let _ = writeln!(text, "sha256        {sha}");
     let _ = writeln!(text, "arena bytes   {}", model.required_arena_bytes());
+    report::write_output(std::path::Path::new("-"), text.as_bytes())?;
+    Ok(Outcome::Ok)
+}
+
+/// `inspect PATCH [--model MODEL.bin]`.
+fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
+    let info = crate::patch::inspect(bytes)
+        .map_err(|e| CliError::file(&args.file, format!("invalid patch: {e}")))?;
+    // The binding check, when asked: the same checks the device makes.
+    let binding = match &args.model {
+        None => None,
+        Some(path) => {
+            let model_bytes = read_file(path)?;
+            let blob = load_blob(path, &model_bytes)?;
+            let model = blob.model().map_err(|e| CliError::file(path, e))?;
+            let patch = prorepair_core::Patch::from_bytes(bytes)
+                .map_err(|e| CliError::file(&args.file, e))?;
+            let mut ram = Vec::new();
+            crate::patch::apply_to_blob(&model, &patch, &mut ram).map_err(|e| {
+                CliError::file(
+                    &args.file,
+                    format!("does not apply to {}: {e}", path.display()),
+                )
+            })?;
+            Some(path.display().to_string())
+        }
+    };
+    if let Some(path) = &args.json {
+        let mut value =
+            serde_json::to_value(&info).map_err(|e| CliError::Internal(e.to_string()))?;
+        value["file"] = serde_json::json!(args.file.display().to_string());
+        value["patch_kind"] = value["kind"].clone();
+        value["kind"] = serde_json::json!("patch");
+        value["applies_to"] = serde_json::json!(binding);
+        report::write_json(path, &value)?;
+        return Ok(Outcome::Ok);
+    }
+    let mut text = String::new();
+    let _ = writeln!(text, "patch         {}", args.file.display());
+    let _ = writeln!(
+        text,
+        "kind          {} (format version {})",
+        info.kind, info.format_version
+    );
+    let _ = writeln!(text, "patch bytes   {}", info.patch_bytes);
+    let _ = writeln!(text, "sequence      {}", info.sequence);
+    let _ = writeln!(text, "base sha256   {}", info.base_sha256);
+    let _ = writeln!(text, "base bytes    {}", info.base_blob_bytes);
+    let _ = writeln!(text, "signature     {}", info.signature);
+    let _ = writeln!(text, "device RAM    {} bytes", info.ram_bytes);
+    let _ = writeln!(text, "layers        {} changed", info.layers.len());
+    for l in &info.layers {
+        let _ = writeln!(
+            text,
+            "  {:3}  {:<6} {:>7} values, {:>7} stored, {:>8} bytes",
+            l.index, l.encoding, l.values, l.entries, l.bytes
+        );
+    }
+    let _ = writeln!(text, "regions       {}", info.regions);
+    if let Some(m) = binding {
+        let _ = writeln!(text, "applies to    {m}");
+    }
     report::write_output(std::path::Path::new("-"), text.as_bytes())?;
     Ok(Outcome::Ok)
 }

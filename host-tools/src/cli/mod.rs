@@ -9,9 +9,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod apply;
 mod bounds;
 mod compile;
-mod demo;
+pub mod demo;
 mod eval;
 mod inspect;
 mod repair;
@@ -75,7 +76,7 @@ enum Command {
     Compile(compile::Args),
     /// Evaluate a model (ONNX, .nnet, or a device blob through the device core) on CSV inputs.
     Eval(eval::Args),
-    /// Describe a model blob or patch: kind, sizes, hashes, arena bytes.
+    /// Describe a model blob or patch: kind, sizes, hashes, sequence, layers changed.
     Inspect(inspect::Args),
     /// Sound output bounds of a model over an input box.
     Bounds(bounds::Args),
@@ -85,6 +86,8 @@ enum Command {
     Demo(demo::Args),
     /// Repair a model so that VNN-LIB properties provably hold (exit 0), else exit 20.
     Repair(repair::Args),
+    /// Apply a weight-delta patch to its base model and write the repaired ONNX.
+    Apply(apply::Args),
 }
 
 /// Parse arguments, run, and map the result to the documented exit code.
@@ -105,6 +108,7 @@ pub fn main() -> ExitCode {
         Command::Verify(a) => verify::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Repair(a) => repair::run(a),
+        Command::Apply(a) => apply::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::from(EXIT_OK),

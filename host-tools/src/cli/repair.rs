@@ -3,9 +3,11 @@
 //!
 //! ProRepair region-wise repair ([`crate::repair`]). Exit 0 only when the sound checker
 //! of `verify` proves every property on the repaired network; otherwise exit 20, write no
-//! model file, and report what is left. The `--out PATCH` and `--strategy` options of the
-//! design come with the patch format (a later issue); for now the repaired network is
-//! written as ONNX.
+//! model file, and report what is left. The repaired network is written as a weight-delta
+//! patch against the blob `compile` makes of MODEL (`--out`, see [`crate::patch`]) and/or
+//! as ONNX (`--onnx-out`); every output is prepared before any is written, and each is
+//! written to a temporary file and renamed, so no partial file is ever left. The
+//! `--strategy` option of the design comes with the patch-module repair (a later issue).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,6 +37,14 @@ pub struct Args {
     /// Time budget in seconds (the final verification included).
     #[arg(long, default_value_t = 60.0, value_parser = super::verify::parse_seconds)]
     pub timeout: f64,
+    /// Write the weight-delta patch (repaired layers' parameters, bound to the SHA-256
+    /// of MODEL's compiled blob, the properties' input boxes as verified regions); only
+    /// written when every property is proven.
+    #[arg(long, value_name = "PATCH")]
+    pub out: Option<PathBuf>,
+    /// Sequence number of the patch (devices refuse one not above the applied one).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sequence: u32,
     /// Write the repaired network as ONNX (keeping the model's input shape); only
     /// written when every property is proven.
     #[arg(long)]
@@ -146,7 +156,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         Some(p) => Some(read_box(p, net.input_dim())?),
         None => None,
     };
-    if let Some(out) = &args.onnx_out {
+    for out in args.onnx_out.iter().chain(&args.out) {
         let dir = out
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -195,6 +205,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         "parameter_budget": outcome.parameter_budget,
         "total_parameters": outcome.total_parameters,
         "patch_size_bytes": null,
+        "patch": null,
         "fidelity": {
             "samples": outcome.fidelity.samples,
             "argmin_agreement": outcome.fidelity.argmin_agreement,
@@ -204,12 +215,57 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         "time_s": outcome.time_s,
         "onnx_out": if outcome.verified { args.onnx_out.as_ref().map(|p| p.display().to_string()) } else { None },
     });
+    let mut value = value;
     if outcome.verified {
-        if let Some(out) = &args.onnx_out {
-            let shape = export::onnx::declared_input_shape(&args.model);
-            let bytes = export::to_onnx_bytes(&outcome.network, shape.as_deref())
-                .map_err(|e| CliError::Internal(format!("exporting the repaired network: {e}")))?;
-            report::write_output(out, &bytes)?;
+        // Every output is prepared before the first is written.
+        // A network that needed no change (every property held) has no patch.
+        let unchanged =
+            crate::compile::compile(&net).ok() == crate::compile::compile(&outcome.network).ok();
+        let patch = match &args.out {
+            Some(out) if unchanged => {
+                eprintln!(
+                    "{}: not written: every property already holds, nothing was changed",
+                    out.display()
+                );
+                None
+            }
+            Some(out) => {
+                let regions: Vec<(Vec<f64>, Vec<f64>)> = properties
+                    .iter()
+                    .flat_map(|p| &p.cases)
+                    .map(|c| (c.lower.clone(), c.upper.clone()))
+                    .collect();
+                let emitted =
+                    crate::patch::emit(&net, &outcome.network, args.sequence, &regions)
+                        .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
+                let share = emitted.bytes.len() as f64 / emitted.base_blob.len() as f64;
+                value["patch_size_bytes"] = json!(emitted.bytes.len());
+                value["patch"] = json!({
+                    "file": out.display().to_string(),
+                    "bytes": emitted.bytes.len(),
+                    "base_blob_bytes": emitted.base_blob.len(),
+                    "share_of_blob": share,
+                    "sequence": args.sequence,
+                    "layers": emitted.layers,
+                    "regions": emitted.regions,
+                });
+                Some((out, emitted.bytes))
+            }
+            None => None,
+        };
+        let onnx = match &args.onnx_out {
+            Some(out) => {
+                let shape = export::onnx::declared_input_shape(&args.model);
+                let bytes =
+                    export::to_onnx_bytes(&outcome.network, shape.as_deref()).map_err(|e| {
+                        CliError::Internal(format!("exporting the repaired network: {e}"))
+                    })?;
+                Some((out, bytes))
+            }
+            None => None,
+        };
+        for (path, bytes) in patch.iter().chain(&onnx) {
+            report::write_output(path, bytes)?;
         }
     }
     if let Some(path) = &args.report {

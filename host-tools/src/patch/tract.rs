@@ -1,0 +1,103 @@
+//! Patched models for std edge devices that run tract: load the base ONNX model and a
+//! patch, check the patch against the base (the SHA-256 of the model blob `compile`
+//! makes from that ONNX file, the same binding a microcontroller checks), apply it, and
+//! return a runnable tract model.
+//!
+//! The patched network is rebuilt as ONNX from the host IR ([`crate::export::onnx`],
+//! which keeps the model's declared input shape) and handed to tract, so the runnable
+//! model computes exactly the network `prorepair-host apply` writes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+
+use super::PatchError;
+use crate::model::Network;
+
+/// Why a patched tract model cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TractPatchError {
+    /// The base ONNX file cannot be imported.
+    #[error(transparent)]
+    Import(#[from] crate::import::ImportError),
+    /// The patch is invalid or not for this model.
+    #[error("{}: {source}", .patch)]
+    Patch {
+        /// Where the patch came from (a path or "patch").
+        patch: String,
+        /// Why.
+        #[source]
+        source: PatchError,
+    },
+    /// Exporting or loading the patched network failed.
+    #[error("{0}")]
+    Tract(String),
+}
+
+/// A runnable tract model of a base ONNX model with a patch applied.
+#[derive(Debug, Clone)]
+pub struct PatchedTract {
+    /// The optimised, runnable tract plan.
+    pub plan: Arc<TypedRunnableModel>,
+    /// The input shape (batch dimension included).
+    pub input_shape: Vec<usize>,
+    /// The patched host network.
+    pub network: Network,
+}
+
+impl PatchedTract {
+    /// Evaluate on one input (flattened row-major); the flattened output.
+    pub fn run(&self, input: &[f32]) -> Result<Vec<f32>, TractPatchError> {
+        let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
+        let tensor = Tensor::from_shape(&self.input_shape, input).map_err(fail)?;
+        let out = self.plan.run(tvec!(tensor.into())).map_err(fail)?;
+        let out = out
+            .first()
+            .ok_or_else(|| TractPatchError::Tract("no output".into()))?
+            .cast_to::<f32>()
+            .map_err(fail)?;
+        let view = out.to_plain_array_view::<f32>().map_err(fail)?;
+        Ok(view.iter().copied().collect())
+    }
+}
+
+/// Load `onnx` (the base model), check and apply `patch` (its bytes; `patch_name`
+/// names it in errors), and return the runnable patched model.
+pub fn load_patched(
+    onnx: &Path,
+    patch: &[u8],
+    patch_name: &str,
+) -> Result<PatchedTract, TractPatchError> {
+    let base = crate::import::onnx::load(onnx)?;
+    let network = super::apply(&base, patch).map_err(|source| TractPatchError::Patch {
+        patch: patch_name.to_string(),
+        source,
+    })?;
+    let shape = crate::export::onnx::declared_input_shape(onnx);
+    let bytes = crate::export::to_onnx_bytes(&network, shape.as_deref())
+        .map_err(|e| TractPatchError::Tract(format!("exporting the patched network: {e}")))?;
+    let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .and_then(|m| m.into_typed())
+        .map_err(fail)?;
+    let input = model.input_outlets().map_err(fail)?.first().copied();
+    let input = input.ok_or_else(|| TractPatchError::Tract("the model has no input".into()))?;
+    let input_shape = model
+        .outlet_fact(input)
+        .map_err(fail)?
+        .shape
+        .as_concrete()
+        .map(<[usize]>::to_vec)
+        .ok_or_else(|| TractPatchError::Tract("symbolic input shape".into()))?;
+    let plan = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(fail)?;
+    Ok(PatchedTract {
+        plan,
+        input_shape,
+        network,
+    })
+}

@@ -1,0 +1,305 @@
+//! A field update through the C API, in C: `firmware-examples/patch_update/main.c`
+//! built with gcc (-Wall -Wextra -Werror, ASan/UBSan) against `libprorepair.a` (the
+//! no_std min-size build), loading the demo controller's base blob and the patch of its
+//! PROVEN repair (`repair::repair`, then `patch::emit`, as `repair --out` does). The C
+//! program's patched outputs must equal the repaired network's ONNX under tract; a
+//! damaged patch, a patch for another model and a replayed patch are refused while the
+//! running model keeps its outputs (checked inside the C program).
+//!
+//! Skips (with a message) when gcc is absent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use prorepair_host::cli::demo;
+use prorepair_host::compile::{AlignedBlob, c_array};
+use prorepair_host::import::onnx::TractModel;
+use prorepair_host::model::Layer;
+use prorepair_host::repair::{self, RepairProperty};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn archive() -> PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(ROOT)
+        .args([
+            "build",
+            "-p",
+            "prorepair-ffi",
+            "--profile",
+            "min-size",
+            "--message-format=json-render-diagnostics",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cargo build -p prorepair-ffi failed"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for line in stdout.lines() {
+        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        for f in m["filenames"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f.as_str())
+        {
+            if f.ends_with("libprorepair.a") {
+                return PathBuf::from(f);
+            }
+        }
+    }
+    panic!("cargo reported no libprorepair.a");
+}
+
+fn have_gcc() -> bool {
+    Command::new("gcc")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn inputs() -> Vec<[f32; 5]> {
+    let (lo, up) = (demo::PROPERTY_LOWER, demo::PROPERTY_UPPER);
+    let mut rows = vec![std::array::from_fn(|i| ((lo[i] + up[i]) / 2.0) as f32)];
+    rows.push(std::array::from_fn(|i| lo[i] as f32));
+    rows.push(std::array::from_fn(|i| up[i] as f32));
+    for k in 0..13 {
+        rows.push(std::array::from_fn(|i| {
+            ((((k * 5 + i) as f32) * 0.618).fract() - 0.5) * 1.8
+        }));
+    }
+    rows
+}
+
+fn parse(stdout: &str, tag: &str) -> Vec<Vec<f64>> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix(tag))
+        .map(|l| {
+            let (_, values) = l.split_once(':').unwrap();
+            values
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
+    if !have_gcc() {
+        eprintln!("SKIP: gcc is not installed");
+        return;
+    }
+    // The proven repair of the demo controller, and its patch.
+    let net = demo::builtin_controller().unwrap();
+    let property =
+        prorepair_host::spec::vnnlib::parse_str(&demo::property_vnnlib(), Path::new("demo.vnnlib"))
+            .unwrap();
+    let rp = RepairProperty::from_spec("demo", &property, &net).unwrap();
+    let outcome = repair::repair(&net, &[rp], &demo::repair_options()).unwrap();
+    assert!(outcome.verified, "the demo repair is not proven");
+    let region = (demo::PROPERTY_LOWER.to_vec(), demo::PROPERTY_UPPER.to_vec());
+    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &[region]).unwrap();
+    let mut bad = emitted.bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x04;
+    // A patch for another model: the controller with one bias changed as its base.
+    let mut other = net.clone();
+    if let Layer::Dense(d) = &mut other.layers[0] {
+        d.bias[0] += 0.5;
+    }
+    let other_patch = prorepair_host::patch::emit(&other, &outcome.network, 1, &[]).unwrap();
+
+    let rows = inputs();
+    let patched = run_c_update(
+        "demo",
+        &outcome.network,
+        &emitted,
+        &bad,
+        &other_patch,
+        &rows,
+        None,
+    );
+    // At the centre of the repaired box the advisory (lowest score) is no longer COC.
+    let centre = &patched[0];
+    assert!(centre[1..].iter().any(|&s| s < centre[0]), "{centre:?}");
+}
+
+/// Build the C update program for `base` -> `repaired` (patch `emitted`, plus a
+/// damaged copy and a patch for `other_patch`'s base), run it on `rows`, check its base
+/// outputs against the core and its patched outputs against tract on the repaired
+/// network's ONNX; the patched output rows.
+fn run_c_update(
+    tag: &str,
+    repaired: &prorepair_host::model::Network,
+    emitted: &prorepair_host::patch::EmittedPatch,
+    bad: &[u8],
+    other_patch: &prorepair_host::patch::EmittedPatch,
+    rows: &[[f32; 5]],
+    input_shape: Option<&[usize]>,
+) -> Vec<Vec<f64>> {
+    let archive = archive();
+    let dir = archive
+        .parent()
+        .unwrap()
+        .join("firmware-examples/patch_update")
+        .join(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in [
+        ("base_model", &emitted.base_blob),
+        ("patch_v1", &emitted.bytes),
+        ("patch_bad", &bad.to_vec()),
+        ("patch_other", &other_patch.bytes),
+    ] {
+        std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
+    }
+    let mut text = format!(
+        "#define N_INPUTS {}\nstatic const float inputs[N_INPUTS][5] = {{\n",
+        rows.len()
+    );
+    for r in rows {
+        let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
+        text.push_str(&format!("    {{{}}},\n", v.join(", ")));
+    }
+    text.push_str("};\n");
+    std::fs::write(dir.join("inputs.h"), text).unwrap();
+    let exe = dir.join("patch_update");
+    let output = Command::new("gcc")
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-g",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+        ])
+        .arg("-I")
+        .arg(Path::new(ROOT).join("include"))
+        .arg("-I")
+        .arg(&dir)
+        .arg(Path::new(ROOT).join("firmware-examples/patch_update/main.c"))
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(archive.parent().unwrap())
+        .arg("-lprorepair")
+        .output()
+        .expect("gcc runs");
+    assert!(
+        output.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let run = Command::new(&exe).output().expect("the C program runs");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "C program failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("\nok\n"), "{stdout}");
+    assert!(stdout.contains(&format!(
+            "patch ram {}",
+            prorepair_core::Patch::from_bytes(&emitted.bytes)
+                .unwrap()
+                .required_ram_bytes()
+        )));
+
+    // Base outputs: the core on the base blob; patched outputs: tract on the repaired ONNX.
+    let (base, patched) = (parse(&stdout, "base "), parse(&stdout, "patched "));
+    assert_eq!((base.len(), patched.len()), (rows.len(), rows.len()));
+    let blob = AlignedBlob::new(&emitted.base_blob);
+    let model = blob.model().unwrap();
+    let onnx = dir.join("repaired.onnx");
+    std::fs::write(
+        &onnx,
+        prorepair_host::export::to_onnx_bytes(repaired, input_shape).unwrap(),
+    )
+    .unwrap();
+    let tract = TractModel::load(&onnx).unwrap();
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * (1.0 + b.abs());
+    for ((x, b), p) in rows.iter().zip(&base).zip(&patched) {
+        let x: &[f32] = x;
+        let mut arena = vec![0.0f32; model.required_arena_len()];
+        let mut want = [0.0f32; 5];
+        model.evaluate(x, &mut arena, &mut want).unwrap();
+        for (g, w) in b.iter().zip(want) {
+            assert!(close(*g, f64::from(w)), "base {x:?}: {g} vs {w}");
+        }
+        let t = tract.run(x).unwrap();
+        for (g, w) in p.iter().zip(t) {
+            assert!(close(*g, f64::from(w)), "patched {x:?}: C {g} vs tract {w}");
+        }
+    }
+    patched
+}
+
+/// The end-to-end check on real data: repair ACAS Xu N2,1 for property 2, apply
+/// the patch in the C program, and compare with the repaired ONNX under tract.
+#[test]
+#[ignore = "ProRepair does not yet repair ACAS Xu prop_2 within the budget (repair_acasxu.rs, same reason); run with --ignored once it does"]
+fn c_program_applies_the_acasxu_n21_prop2_repair_patch() {
+    if !have_gcc() {
+        eprintln!("SKIP: gcc is not installed");
+        return;
+    }
+    let onnx = prorepair_host::require_data!(&prorepair_host::testing::acasxu_onnx(2, 1));
+    let spec = prorepair_host::require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
+    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
+    let outcome = repair::repair(
+        &net,
+        std::slice::from_ref(&rp),
+        &repair::RepairOptions::default(),
+    )
+    .unwrap();
+    assert!(outcome.verified, "N2,1 prop_2 not repaired");
+    let regions: Vec<_> = rp
+        .cases
+        .iter()
+        .map(|c| (c.lower.clone(), c.upper.clone()))
+        .collect();
+    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &regions).unwrap();
+    let mut bad = emitted.bytes.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x04;
+    let other_net = prorepair_host::import::load(
+        &prorepair_host::testing::data_path(&prorepair_host::testing::acasxu_onnx(2, 2)).unwrap(),
+    )
+    .unwrap();
+    let mut other_repaired = other_net.clone();
+    if let Layer::Dense(d) = &mut other_repaired.layers[0] {
+        d.bias[0] += 0.5;
+    }
+    let other_patch = prorepair_host::patch::emit(&other_net, &other_repaired, 1, &[]).unwrap();
+    let c = &rp.cases[0];
+    let mut rows: Vec<[f32; 5]> = vec![std::array::from_fn(|i| {
+        ((c.lower[i] + c.upper[i]) / 2.0) as f32
+    })];
+    for k in 0..15 {
+        rows.push(std::array::from_fn(|i| {
+            ((((k * 5 + i) as f32) * 0.618).fract() - 0.5) * 0.9
+        }));
+    }
+    let shape = prorepair_host::export::onnx::declared_input_shape(&onnx);
+    run_c_update(
+        "acasxu_2_1",
+        &outcome.network,
+        &emitted,
+        &bad,
+        &other_patch,
+        &rows,
+        shape.as_deref(),
+    );
+}
