@@ -57,6 +57,15 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_ANCHOR_MARGIN") {
         o.anchor_margin = v;
     }
+    if let Some(v) = get("PROREPAIR_INIT_ANCHORS") {
+        o.initial_anchors = v as usize;
+    }
+    if let Some(v) = get("PROREPAIR_CHANGE") {
+        o.change_fraction = v;
+    }
+    if let Some(v) = get("PROREPAIR_OUTW") {
+        o.output_weight = v;
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }
