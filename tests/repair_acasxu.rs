@@ -76,12 +76,19 @@ fn repair_prop2(a: u32, b: u32) {
     for r in &out.partition {
         assert_eq!((r.property, r.case), (0, 0));
         for i in 0..5 {
-            assert!(case.lower[i] <= r.lower[i] && r.lower[i] < r.upper[i] && r.upper[i] <= case.upper[i]);
+            assert!(
+                case.lower[i] <= r.lower[i]
+                    && r.lower[i] < r.upper[i]
+                    && r.upper[i] <= case.upper[i]
+            );
         }
         covered += volume(&r.lower, &r.upper);
     }
     let full = volume(&case.lower, &case.upper);
-    assert!((covered - full).abs() <= 1e-9 * full, "covered {covered} of {full}");
+    assert!(
+        (covered - full).abs() <= 1e-9 * full,
+        "covered {covered} of {full}"
+    );
     assert_eq!(out.partition.len(), out.subproperties);
 
     // Every sub-box passes verify's leaf test on the repaired network, and, as a spot

@@ -914,9 +914,7 @@ pub fn repair(
             }
             let children: Vec<[SubProperty; 2]> = to_split
                 .par_iter()
-                .map(|(s, d)| {
-                    regionwise::bisect(&current, net, &state.desired[s.property], s, *d)
-                })
+                .map(|(s, d)| regionwise::bisect(&current, net, &state.desired[s.property], s, *d))
                 .collect::<Result<_, _>>()?;
             state.open.extend(children.into_iter().flatten());
             if state.total() > options.max_subproperties {
@@ -947,14 +945,23 @@ pub fn repair(
                         if cases.is_empty() {
                             continue;
                         }
-                        match verify::verify_cases(&current, &cases, &verify_options(budget, options.seed))
-                            .verdict
+                        match verify::verify_cases(
+                            &current,
+                            &cases,
+                            &verify_options(budget, options.seed),
+                        )
+                        .verdict
                         {
                             Verdict::Holds => {}
                             Verdict::Violated { counterexample, .. } => {
                                 all_hold = false;
                                 let c = state.constraints_at(&current, pi, &counterexample);
-                                state.anchor_for(&current, counterexample, &c, options.anchor_margin)?;
+                                state.anchor_for(
+                                    &current,
+                                    counterexample,
+                                    &c,
+                                    options.anchor_margin,
+                                )?;
                             }
                             Verdict::Unknown { .. } => all_hold = false,
                         }
@@ -1151,7 +1158,12 @@ fn seed_anchors(
                 let score = desired
                     .clauses
                     .iter()
-                    .map(|cl| cl.options.iter().map(|o| o.value(&y)).fold(f64::NEG_INFINITY, f64::max))
+                    .map(|cl| {
+                        cl.options
+                            .iter()
+                            .map(|o| o.value(&y))
+                            .fold(f64::NEG_INFINITY, f64::max)
+                    })
                     .fold(f64::INFINITY, f64::min);
                 (score < floor).then_some((score, x))
             })

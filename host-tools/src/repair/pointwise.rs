@@ -441,14 +441,13 @@ impl Trainer {
                 let f = self.features_from(px, start);
                 self.probe = false;
                 let n = px.dim(0).map_err(candle)?.max(1) as f64;
-                Some((
-                    f?.sum_all()
-                        .map_err(candle)?
-                        .affine(1.0 / n, 0.0)
-                        .map_err(candle)?
-                        .backward()
-                        .map_err(candle)?,
-                ))
+                Some((f?
+                    .sum_all()
+                    .map_err(candle)?
+                    .affine(1.0 / n, 0.0)
+                    .map_err(candle)?
+                    .backward()
+                    .map_err(candle)?,))
             }
             _ => None,
         };
@@ -467,12 +466,21 @@ impl Trainer {
                             .map_err(candle)?
                             .to_vec1::<f64>()
                             .map_err(candle)?;
-                        let m = m.flatten_all().map_err(candle)?.to_vec1::<f64>().map_err(candle)?;
+                        let m = m
+                            .flatten_all()
+                            .map_err(candle)?
+                            .to_vec1::<f64>()
+                            .map_err(candle)?;
                         let inf = match influence.as_ref().and_then(|(gi,)| gi.get(v.as_tensor())) {
-                            Some(t) => t.flatten_all().map_err(candle)?.to_vec1::<f64>().map_err(candle)?,
+                            Some(t) => t
+                                .flatten_all()
+                                .map_err(candle)?
+                                .to_vec1::<f64>()
+                                .map_err(candle)?,
                             None => vec![0.0; g.len()],
                         };
-                        let mean_inf = inf.iter().map(|x| x.abs()).sum::<f64>() / inf.len().max(1) as f64;
+                        let mean_inf =
+                            inf.iter().map(|x| x.abs()).sum::<f64>() / inf.len().max(1) as f64;
                         let eps = 1e-2 * mean_inf + 1e-12;
                         saliency.extend(
                             g.iter()
@@ -481,7 +489,11 @@ impl Trainer {
                                 .enumerate()
                                 .filter(|(_, ((x, m), _))| **m == 0.0 && **x != 0.0)
                                 .map(|(i, ((x, _), f))| {
-                                    let score = if self.local_mask { x.abs() / (f.abs() + eps) } else { x.abs() };
+                                    let score = if self.local_mask {
+                                        x.abs() / (f.abs() + eps)
+                                    } else {
+                                        x.abs()
+                                    };
                                     (score, li, is_bias, i)
                                 }),
                         );
@@ -498,8 +510,16 @@ impl Trainer {
                 if !saliency.iter().any(|s| s.1 == li) {
                     continue;
                 }
-                let mut w = mw.flatten_all().map_err(candle)?.to_vec1::<f64>().map_err(candle)?;
-                let mut b = mb.flatten_all().map_err(candle)?.to_vec1::<f64>().map_err(candle)?;
+                let mut w = mw
+                    .flatten_all()
+                    .map_err(candle)?
+                    .to_vec1::<f64>()
+                    .map_err(candle)?;
+                let mut b = mb
+                    .flatten_all()
+                    .map_err(candle)?
+                    .to_vec1::<f64>()
+                    .map_err(candle)?;
                 for &(_, _, is_bias, i) in saliency.iter().filter(|s| s.1 == li) {
                     if is_bias { b[i] = 1.0 } else { w[i] = 1.0 }
                 }
@@ -631,7 +651,8 @@ fn activate(h: &Tensor, layer: &Layer) -> Result<Tensor, RepairError> {
         Layer::Relu => h.relu().map_err(candle)?,
         Layer::LeakyRelu { alpha } => {
             let neg = h.minimum(0.0).map_err(candle)?;
-            (h.relu().map_err(candle)? + neg.affine(*alpha, 0.0).map_err(candle)?).map_err(candle)?
+            (h.relu().map_err(candle)? + neg.affine(*alpha, 0.0).map_err(candle)?)
+                .map_err(candle)?
         }
         Layer::Sigmoid => candle_nn::ops::sigmoid(h).map_err(candle)?,
         Layer::Tanh => h.tanh().map_err(candle)?,

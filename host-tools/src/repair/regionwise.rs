@@ -227,7 +227,11 @@ pub fn split_dimension(sub: &SubProperty, refine_score: &[f64]) -> usize {
 /// corners, spread deterministically, for wide inputs).
 pub fn probe_points(lower: &[f64], upper: &[f64]) -> Vec<Vec<f64>> {
     let n = lower.len();
-    let centre: Vec<f64> = lower.iter().zip(upper).map(|(l, u)| 0.5 * (l + u)).collect();
+    let centre: Vec<f64> = lower
+        .iter()
+        .zip(upper)
+        .map(|(l, u)| 0.5 * (l + u))
+        .collect();
     let mut pts = vec![centre.clone()];
     for i in 0..n {
         for v in [lower[i], upper[i]] {
@@ -246,7 +250,13 @@ pub fn probe_points(lower: &[f64], upper: &[f64]) -> Vec<Vec<f64>> {
         };
         pts.push(
             (0..n)
-                .map(|i| if (bits >> (i % 64)) & 1 == 0 { lower[i] } else { upper[i] })
+                .map(|i| {
+                    if (bits >> (i % 64)) & 1 == 0 {
+                        lower[i]
+                    } else {
+                        upper[i]
+                    }
+                })
                 .collect(),
         );
     }
