@@ -97,8 +97,8 @@ pub fn synthesise_proxy_box(
         )?;
         let mut direction = vec![0.0; h.len()];
         let mut certified = true;
-        for r in 0..rows {
-            if b.lower[r] + d[r] < options.margin {
+        for (r, dr) in d.iter().enumerate().take(rows) {
+            if b.lower[r] + dr < options.margin {
                 certified = false;
                 for (g, a) in direction
                     .iter_mut()
@@ -345,31 +345,31 @@ impl Trainer {
             .affine(1.0, 1e-12)
             .map_err(candle)?;
         let mut loss = dist.sqrt().map_err(candle)?.mean_all().map_err(candle)?;
-        if let (Some(h), Some(head)) = (hinge, &self.head) {
-            if self.output_weight > 0.0 {
-                let mut y = feats;
-                for l in head {
-                    y = match l {
-                        HeadLayer::Dense(w, b) => y
-                            .matmul(w)
-                            .map_err(candle)?
-                            .broadcast_add(b)
-                            .map_err(candle)?,
-                        HeadLayer::Activation(a) => activate(&y, a)?,
-                        HeadLayer::Flatten => y,
-                    };
-                }
-                let sel = y.index_select(&h.index, 0).map_err(candle)?;
-                let v = (sel * &h.c).map_err(candle)?.sum(1).map_err(candle)?;
-                let hinge = (&h.m_minus_d - v)
-                    .map_err(candle)?
-                    .relu()
-                    .map_err(candle)?
-                    .mean_all()
-                    .map_err(candle)?;
-                loss = (loss + hinge.affine(self.output_weight, 0.0).map_err(candle)?)
-                    .map_err(candle)?;
+        if let (Some(h), Some(head)) = (hinge, &self.head)
+            && self.output_weight > 0.0
+        {
+            let mut y = feats;
+            for l in head {
+                y = match l {
+                    HeadLayer::Dense(w, b) => y
+                        .matmul(w)
+                        .map_err(candle)?
+                        .broadcast_add(b)
+                        .map_err(candle)?,
+                    HeadLayer::Activation(a) => activate(&y, a)?,
+                    HeadLayer::Flatten => y,
+                };
             }
+            let sel = y.index_select(&h.index, 0).map_err(candle)?;
+            let v = (sel * &h.c).map_err(candle)?.sum(1).map_err(candle)?;
+            let hinge = (&h.m_minus_d - v)
+                .map_err(candle)?
+                .relu()
+                .map_err(candle)?
+                .mean_all()
+                .map_err(candle)?;
+            loss =
+                (loss + hinge.affine(self.output_weight, 0.0).map_err(candle)?).map_err(candle)?;
         }
         if let Some((fx, f0)) = &self.fidelity {
             let fd = match &self.fidelity_prefix {
