@@ -978,14 +978,20 @@ pub fn repair(
 
         // 5. Final answer from the sound checker, on every property (guards included).
         if !finished {
+            // A guard keeps its verdict only if the network did not change; it was not
+            // re-checked, so nothing else may be claimed for it.
+            let unchanged = pointwise::changed_parameters(net, &current) == 0;
             for o in outcomes.iter_mut() {
-                o.after = if o.repaired {
-                    "unknown".into()
-                } else {
-                    o.before.clone()
-                };
                 if o.repaired {
+                    o.after = "unknown".into();
                     o.reason.clone_from(&final_reason);
+                } else if unchanged {
+                    o.after.clone_from(&o.before);
+                } else {
+                    o.after = "unknown".into();
+                    o.reason = Some(
+                        "not re-checked: the repair of the other properties did not finish".into(),
+                    );
                 }
             }
             break 'outer;
