@@ -8,8 +8,11 @@
 //! markdown table (rows as they finish) and a summary.
 //!
 //! ```text
-//! cargo run --release -p prorepair-host --example repair_acasxu -- [prop_2|coc|all] [TIMEOUT_S] [A,B] [A,B]
+//! cargo run --release -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29] [TIMEOUT_S] [A,B]
 //! ```
+//!
+//! `n29`: N2,9 repaired for properties 2 and 8 together, with 1, 3 and 4 as guards (they
+//! hold before and must still hold after).
 
 use std::io::Write;
 use std::time::Duration;
@@ -57,6 +60,15 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_ANCHOR_MARGIN") {
         o.anchor_margin = v;
     }
+    if let Some(v) = get("PROREPAIR_INIT_ANCHORS") {
+        o.initial_anchors = v as usize;
+    }
+    if let Some(v) = get("PROREPAIR_CHANGE") {
+        o.change_fraction = v;
+    }
+    if let Some(v) = get("PROREPAIR_OUTW") {
+        o.output_weight = v;
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }
@@ -71,6 +83,10 @@ fn main() {
         eprintln!("SKIP: ../shared/data is absent");
         return;
     };
+    if which == "n29" {
+        n29(&data, timeout);
+        return;
+    }
     let expected =
         std::fs::read_to_string(data.join("expected_results.csv")).expect("expected_results.csv");
     let violated: Vec<(u32, u32)> = testing::acasxu_indices()
@@ -163,5 +179,48 @@ fn main() {
             100.0 * fidelity[0],
             100.0 * fidelity[fidelity.len() / 2]
         );
+    }
+}
+
+/// N2,9: properties 2 and 8 repaired together; 1, 3 and 4 are guards.
+fn n29(data: &std::path::Path, timeout: f64) {
+    let net = import::load(&data.join(testing::acasxu_onnx(2, 9))).expect("import");
+    let props: Vec<RepairProperty> = ["prop_2", "prop_8", "prop_1", "prop_3", "prop_4"]
+        .iter()
+        .map(|p| {
+            let spec = Property::from_vnnlib(&data.join(format!("acasxu/vnnlib/{p}.vnnlib")))
+                .expect("spec");
+            RepairProperty::from_spec(p, &spec, &net).expect("fits")
+        })
+        .collect();
+    let options = RepairOptions {
+        timeout: Duration::from_secs_f64(timeout),
+        fidelity_domain: Some(acasxu_domain()),
+        ..tuned(RepairOptions::default())
+    };
+    match repair::repair(&net, &props, &options) {
+        Ok(out) => {
+            for p in &out.properties {
+                println!(
+                    "N2,9 {}: before {}, after {}, repaired {}, {} sub-properties{}",
+                    p.name,
+                    p.before,
+                    p.after,
+                    p.repaired,
+                    p.subproperties,
+                    p.reason
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(" ({r})"))
+                );
+            }
+            println!(
+                "N2,9: verified {}, {:.2} s, {} changed parameters, fidelity {:.2}%",
+                out.verified,
+                out.time_s,
+                out.changed_parameters,
+                100.0 * out.fidelity.argmin_agreement
+            );
+        }
+        Err(e) => println!("N2,9: error: {e}"),
     }
 }

@@ -7,13 +7,17 @@
 //! constraints `c · y + d >= 0`, so each clause `OR_k` must be reduced to one of its
 //! constraints on every refined sub-region:
 //!
-//! - **Choice of disjunct**: on a sub-box, clause `j` keeps the constraint `k` with the
-//!   largest sound CROWN lower bound of `c_k · f(x) + d_k` over the sub-box (the one the
-//!   current network is closest to guaranteeing there); ties (within `1e-12`) go to the
-//!   constraint with the larger value of the ORIGINAL network at the sub-box centre (the
-//!   one it already satisfies best there). The choice is made again for both halves after
-//!   every split, so different parts of the input box can rely on different disjuncts.
-//!   A single-constraint clause (e.g. `prop_2_coc_minimal`) has nothing to choose.
+//! - **Choice of disjunct**: on a sub-box, clause `j` keeps the constraint `k` whose
+//!   smallest value `c_k · f(x) + d_k` over probe points of the sub-box (centre, face
+//!   centres, corners) is largest for the current network: the one it comes closest to
+//!   meeting on the whole sub-box (CROWN bounds of big boxes are too loose to rank the
+//!   alternatives: off by hundreds on the whole ACAS Xu property-2 box). Ties (within
+//!   `1e-12`) go to the constraint with the larger value of the ORIGINAL network at the
+//!   centre. The choice is made again for both halves after every split, so different
+//!   parts of the input box can rely on different disjuncts. A sub-box counts as proven
+//!   when CROWN certifies ANY alternative of each clause on it (that one is then kept),
+//!   which is exactly how `verify` excludes an unsafe conjunction. A single-constraint
+//!   clause (e.g. `prop_2_coc_minimal`) has nothing to choose.
 //! - **Strict margin**: the unsafe set includes its boundary (`<=`), so a repaired network
 //!   must satisfy every chosen constraint with a margin, `c · y + d >= epsilon`. The margin
 //!   (see [`super::RepairOptions::margin`]) is larger than the f32 rounding bound that

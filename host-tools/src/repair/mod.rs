@@ -1,36 +1,44 @@
 //! ProRepair: provable repair of a network against VNN-LIB properties, on the host.
 //!
 //! [`repair`] takes a [`Network`] and a list of properties and returns a network whose
-//! parameters differ in a small, measured set, together with the verdict of the SAME
-//! sound checker as `prorepair-host verify` ([`crate::verify::verify_cases`]). Nothing is
-//! claimed repaired unless that checker answers "holds" for every property.
+//! parameters differ in a small, measured set, together with a verdict from `verify`'s
+//! own sound test. Nothing is claimed repaired unless every property is proven.
 //!
 //! Procedure (Ma et al., ProRepair, Sections 5.1-5.2):
 //!
-//! 1. Every property is checked first. Those that already hold become *guards*: they are
-//!    re-checked at the end and join the repair set if the repair breaks them. The
-//!    others form the repair set; their desired output sets (the complements of the
-//!    VNN-LIB unsafe sets) are reduced to conjunctions per sub-box ([`desired`]).
-//! 2. The network is split `f = f_c ∘ f_e` at layer `K` ([`SplitLayer`]); only `f_e` is
-//!    changed.
-//! 3. Region-wise loop ([`regionwise`], Algorithm 2): CROWN linear bounds of the whole
-//!    network over every sub-property give the violated constraints, a candidate
-//!    counterexample (Eq. 8, confirmed by the forward pass) and the Refine Score (Eq. 9).
-//!    Counterexamples get certified proxy boxes in feature space and `f_e` is trained
-//!    toward them with Adam ([`pointwise`], Algorithm 1). Sub-properties that CROWN still
-//!    cannot prove are bisected on the dimension of largest Refine Score, until every one
-//!    is proven with the margin, the sub-property budget `T` is exhausted or time runs out.
-//!    Counterexamples are kept across rounds (their proxy boxes live in the feature space
-//!    of the frozen `f_c`, so they stay valid), which keeps earlier fixes in place.
-//! 4. Complete-verification fallback (as in the paper's ACAS Xu setting): whenever the
-//!    number of sub-properties reaches a threshold (100, then doubling), the sound checker
-//!    runs on the whole properties; "holds" ends the repair, a counterexample becomes a
-//!    new repair target.
-//! 5. Final answer: the sound checker on every property (repair set and guards).
+//! 1. Every property is checked first ([`crate::verify::verify_cases`]). Those that
+//!    already hold become *guards*: they are re-checked at the end by the complete
+//!    checker and join the repair set if the repair broke them. The others form the
+//!    repair set; their desired output sets (the complements of the VNN-LIB unsafe sets)
+//!    are reduced to conjunctions per sub-box ([`desired`]).
+//! 2. The network is split `f = f_c ∘ f_e` at layer `K` ([`SplitLayer`]); only `f_e`
+//!    changes, and only a budget of its parameters (a saliency mask, [`pointwise`]).
+//! 3. Sampled counterexamples: a seeded sample of every case box; the points whose
+//!    output misses the desired set by less than half the anchor margin (up to
+//!    `initial_anchors`, worst first, spread) become the first repair targets. Why: the
+//!    proof needs a margin over the whole violating region, not just at a few points, and
+//!    the first saliency mask then fits that region.
+//! 4. Region-wise loop ([`regionwise`], Algorithm 2) over the OPEN sub-properties: CROWN
+//!    linear bounds of the whole network over each give the violated constraints, a
+//!    candidate counterexample (Eq. 8; a counterexample when the forward pass misses the
+//!    target margin) and the Refine Score (Eq. 9). Counterexamples get certified proxy
+//!    boxes in feature space and `f_e` is trained toward them with Adam ([`pointwise`],
+//!    Algorithm 1; the loss adds an output hinge through the frozen `f_c` and a fidelity
+//!    term). Proven sub-properties leave the open set; the others are bisected. When
+//!    nothing is open, the ones proven on an earlier version of the network are
+//!    re-examined (training may have broken them) and reopened if needed.
+//! 5. Complete-verification fallback (the paper's ACAS Xu setting): whenever the number
+//!    of sub-properties reaches a threshold (100, then doubling) and few are open, the
+//!    complete checker runs on the open sub-boxes only.
+//! 6. Final answer: for every repaired property, `verify`'s leaf test ([`leaf_holds`],
+//!    the same CROWN bound, f32 rounding bound and slack that branch and bound applies to
+//!    a leaf) on every sub-box of the final partition, which covers each case box
+//!    exactly; for guards, the complete checker on the whole property.
 //!
-//! Parameters: the number of changed parameters is capped at a fraction (5%) of the
-//! network's parameters (see [`pointwise`] for the saliency mask); fidelity is kept by a
-//! loss on sampled inputs outside the repaired boxes and measured on fresh samples.
+//! Why proofs and not only points: on ACAS Xu property 2 CROWN over the whole box is off
+//! by hundreds (outputs are ~0.05), so the proof needs a partition; its size is set by how
+//! much margin the repaired network has where the original was violated. The anchor
+//! margin (default 0.02) buys that margin; see BENCHMARKS.md (Repair) for the figures.
 
 pub mod desired;
 pub mod pointwise;
@@ -173,6 +181,14 @@ pub struct RepairOptions {
     pub fidelity_eval_samples: usize,
     /// Seed of all sampling.
     pub seed: u64,
+    /// Points sampled in every case box at the start; the violating ones (up to
+    /// `initial_anchors`) become the first repair targets.
+    pub initial_samples: usize,
+    /// Most sampled counterexamples per case box.
+    pub initial_anchors: usize,
+    /// Weight of the output hinge term of the repair loss (the anchors' constraints
+    /// through the frozen `f_c`, added to the paper's proxy-box distance); 0 disables it.
+    pub output_weight: f64,
 }
 
 impl Default for RepairOptions {
@@ -184,17 +200,20 @@ impl Default for RepairOptions {
             margin: None,
             max_subproperties: 10_000,
             complete_threshold: 100,
-            change_fraction: 0.05,
+            change_fraction: 0.02,
             box_iterations: 50,
             repair_steps: 300,
             learning_rate: 0.01,
-            trainable_layers: 1,
-            anchor_margin: 1e-2,
+            trainable_layers: 4,
+            anchor_margin: 2e-2,
             fidelity_domain: None,
             fidelity_train_samples: 256,
             fidelity_weight: 10.0,
             fidelity_eval_samples: 10_000,
             seed: 0,
+            initial_samples: 4096,
+            initial_anchors: 128,
+            output_weight: 100.0,
         }
     }
 }
@@ -325,6 +344,22 @@ pub struct RepairOutcome {
     pub fidelity: Fidelity,
     /// Wall-clock seconds.
     pub time_s: f64,
+    /// The final partition of every repaired property's case boxes into sub-boxes; when
+    /// `verified`, each one passed verify's leaf test on `network`.
+    pub partition: Vec<Region>,
+}
+
+/// One sub-box of the final partition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Region {
+    /// Index of the property in the `properties` given to [`repair`].
+    pub property: usize,
+    /// Index of the case (input box) within the property.
+    pub case: usize,
+    /// Lower corner.
+    pub lower: Vec<f64>,
+    /// Upper corner.
+    pub upper: Vec<f64>,
 }
 
 /// Sample `n` points of `domain` outside every box of `exclude` (seeded rejection
@@ -423,27 +458,27 @@ struct Loop<'a> {
     original: &'a Network,
     props: Vec<RepairProperty>,
     desired: Vec<DesiredSet>,
-    subs: Vec<SubProperty>,
+    /// Sub-properties not proven on the current network.
+    open: Vec<SubProperty>,
+    /// Sub-properties proven at some round (re-checked once nothing is open).
+    proven: Vec<SubProperty>,
+    /// Version of the current network (bumped whenever training changes it).
+    version: usize,
     anchors: Vec<Anchor>,
     split: usize,
     margin: f64,
+    /// Candidates below this value are counterexamples (repair targets).
+    target_margin: f64,
     box_options: ProxyBoxOptions,
     proxy_box_failures: usize,
 }
 
 impl Loop<'_> {
-    /// Sub-properties of a newly added property: one per case, full box.
+    /// Sub-properties of a newly added property: one per case, full box (open).
     fn add_property(&mut self, current: &Network, prop: RepairProperty) -> Result<(), RepairError> {
         let index = self.props.len();
-        let desired = DesiredSet::from_unsafe(
-            &prop
-                .cases
-                .iter()
-                .flat_map(|c| c.unsafe_set.clone())
-                .collect::<Vec<_>>(),
-        );
-        // Cases may differ in their unsafe sets: keep one desired set per property built
-        // from the first case, and check the others agree.
+        // Cases may differ in their unsafe sets: one desired set per property, built from
+        // the first case; the others must agree.
         let first = prop
             .cases
             .first()
@@ -458,7 +493,7 @@ impl Loop<'_> {
                 prop.name
             )));
         }
-        let desired = first.unwrap_or(desired);
+        let desired = first.unwrap_or(DesiredSet { clauses: vec![] });
         if !desired.is_satisfiable() {
             return Err(RepairError::Property {
                 property: prop.name.clone(),
@@ -473,13 +508,14 @@ impl Loop<'_> {
                 &c.lower,
                 &c.upper,
             )?;
-            self.subs.push(SubProperty {
+            self.open.push(SubProperty {
                 property: index,
                 case: ci,
                 lower: c.lower.clone(),
                 upper: c.upper.clone(),
                 chosen,
                 depth: 0,
+                version: 0,
             });
         }
         self.props.push(prop);
@@ -487,12 +523,12 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Proxy box for a counterexample `x` of `sub`'s constraints; an anchor when found.
+    /// Proxy box for a counterexample `x` of `constraints`; an anchor when found.
     fn anchor_for(
         &mut self,
         current: &Network,
         x: Vec<f64>,
-        sub: &SubProperty,
+        constraints: &[desired::Constraint],
         margin: f64,
     ) -> Result<(), RepairError> {
         if self.anchors.iter().any(|a| a.x == x) {
@@ -503,37 +539,139 @@ impl Loop<'_> {
             margin: margin.max(self.box_options.margin),
             ..self.box_options.clone()
         };
-        match pointwise::synthesise_proxy_box(current, self.split, &h0, &sub.chosen, &options)? {
+        match pointwise::synthesise_proxy_box(current, self.split, &h0, constraints, &options)? {
             Some(h_star) => self.anchors.push(Anchor {
                 x,
                 h_star,
-                constraints: sub.chosen.clone(),
+                constraints: constraints.to_vec(),
+                margin: options.margin,
             }),
             None => self.proxy_box_failures += 1,
         }
         Ok(())
     }
 
-    /// The sub-property whose box contains `x` in property `p` (the first such).
-    fn sub_containing(&self, p: usize, x: &[f64]) -> Option<SubProperty> {
-        self.subs
+    /// The constraints a counterexample `x` of property `p` should meet: the chosen ones
+    /// of the sub-property whose box contains it, else per clause the alternative the
+    /// current output comes closest to.
+    fn constraints_at(&self, current: &Network, p: usize, x: &[f64]) -> Vec<desired::Constraint> {
+        let inside = |s: &&SubProperty| {
+            s.property == p
+                && x.iter()
+                    .zip(s.lower.iter().zip(&s.upper))
+                    .all(|(v, (l, u))| l <= v && v <= u)
+        };
+        if let Some(s) = self.open.iter().chain(&self.proven).find(inside) {
+            return s.chosen.clone();
+        }
+        let y = current.forward(x);
+        self.desired[p]
+            .clauses
             .iter()
-            .find(|s| {
-                s.property == p
-                    && x.iter()
-                        .zip(s.lower.iter().zip(&s.upper))
-                        .all(|(v, (l, u))| l <= v && v <= u)
+            .filter_map(|cl| {
+                cl.options
+                    .iter()
+                    .max_by(|a, b| a.value(&y).total_cmp(&b.value(&y)))
+                    .cloned()
             })
-            .cloned()
-    }
-
-    /// Examine every sub-property (parallel).
-    fn examine_all(&self, current: &Network) -> Result<Vec<regionwise::Examination>, RepairError> {
-        self.subs
-            .par_iter()
-            .map(|s| regionwise::examine(current, s, self.margin))
             .collect()
     }
+
+    /// Examine sub-properties (parallel).
+    fn examine(
+        &self,
+        current: &Network,
+        subs: &[SubProperty],
+    ) -> Result<Vec<regionwise::Examination>, RepairError> {
+        subs.par_iter()
+            .map(|s| {
+                regionwise::examine(
+                    current,
+                    &self.desired[s.property],
+                    s,
+                    self.margin,
+                    self.target_margin,
+                )
+            })
+            .collect()
+    }
+
+    /// Re-examine the proven sub-properties that were proven on an earlier version of the
+    /// network; the ones no longer proven are reopened. True when nothing is open.
+    fn recheck_proven(&mut self, current: &Network) -> Result<bool, RepairError> {
+        let (fresh, stale): (Vec<SubProperty>, Vec<SubProperty>) = std::mem::take(&mut self.proven)
+            .into_iter()
+            .partition(|s| s.version == self.version);
+        let exams = self.examine(current, &stale)?;
+        self.proven = fresh;
+        for (mut sub, e) in stale.into_iter().zip(exams) {
+            match e.proven_with {
+                Some(with) => {
+                    sub.chosen = with;
+                    sub.version = self.version;
+                    self.proven.push(sub);
+                }
+                None => self.open.push(sub),
+            }
+        }
+        Ok(self.open.is_empty())
+    }
+
+    fn total(&self) -> usize {
+        self.open.len() + self.proven.len()
+    }
+}
+
+/// Verify's own per-leaf test ([`crate::verify::bab`]) on one sub-box: every unsafe
+/// conjunction of `case` is excluded on `[lower, upper]` by a CROWN bound of one of its
+/// constraints whose gap exceeds the f32 rounding bound of that row on the sub-box plus
+/// the f64 slack, exactly as branch and bound decides a leaf. Sound: a box where this
+/// holds has no unsafe input, on the device's f32 arithmetic too.
+pub fn leaf_holds(net: &Network, case: &Case, lower: &[f64], upper: &[f64]) -> bool {
+    let engine = verify::bab::engine_for(net, verify::Method::Complete);
+    let rows: Vec<Vec<f64>> = case
+        .unsafe_set
+        .iter()
+        .flat_map(|c| c.rows.iter().cloned())
+        .collect();
+    let Ok(b) = engine.spec_lower(lower, upper, &rows) else {
+        return false;
+    };
+    let err = if b.layer_bounds.len() == net.layers.len() + 1 {
+        verify::rounding::f32_error_bound_from(net, &b.layer_bounds)
+    } else {
+        verify::rounding::f32_error_bound(net, lower, upper)
+    };
+    let row_err = verify::rounding::spec_error_bounds(net, &b.layer_bounds, &rows);
+    let mut r = 0;
+    case.unsafe_set.iter().all(|conj| {
+        let mut excluded = false;
+        for k in 0..conj.rows.len() {
+            let gap = b.lower[r] - conj.rhs[k];
+            let f64_slack = 1e-9 * b.lower[r].abs();
+            let rounding = match &row_err {
+                Some(v) => v[r] + 1e-9 * (1.0 + conj.rhs[k].abs()),
+                None => verify::bab::required_margin(&conj.rows[k], conj.rhs[k], &err),
+            };
+            excluded |= gap > rounding + f64_slack && gap.is_finite();
+            r += 1;
+        }
+        excluded
+    })
+}
+
+/// Seeded uniform points of a box.
+fn sample_box(lower: &[f64], upper: &[f64], n: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n)
+        .map(|_| {
+            lower
+                .iter()
+                .zip(upper)
+                .map(|(&l, &u)| if u > l { rng.random_range(l..=u) } else { l })
+                .collect()
+        })
+        .collect()
 }
 
 /// Repair `net` so that every property holds (see the module docs).
@@ -553,11 +691,13 @@ pub fn repair(
 
     // Margin floor; each sub-box adds twice its own f32 rounding bound (regionwise::examine).
     let margin = options.margin.unwrap_or(1e-4);
+    // Sampled points and sub-box candidates below half the anchor margin become repair
+    // targets: a margin well above CROWN's looseness lets coarse sub-boxes be proven.
+    let target_margin = (0.5 * options.anchor_margin).max(2.0 * margin);
 
     // 1. Status before.
     let per_prop_budget = remaining().mul_f64(0.15 / properties.len().max(1) as f64);
     let mut outcomes: Vec<PropertyOutcome> = Vec::new();
-    let mut befores: Vec<Verdict> = Vec::new();
     for (i, p) in properties.iter().enumerate() {
         let v = verify::verify_cases(
             net,
@@ -578,7 +718,6 @@ pub fn repair(
             repaired: v != Verdict::Holds,
             subproperties: 0,
         });
-        befores.push(v);
     }
 
     let domain = options
@@ -610,10 +749,13 @@ pub fn repair(
         original: net,
         props: Vec::new(),
         desired: Vec::new(),
-        subs: Vec::new(),
+        open: Vec::new(),
+        proven: Vec::new(),
+        version: 1,
         anchors: Vec::new(),
         split,
         margin,
+        target_margin,
         box_options,
         proxy_box_failures: 0,
     };
@@ -624,23 +766,24 @@ pub fn repair(
         if outcomes[i].repaired {
             repair_index[i] = Some(state.props.len());
             state.add_property(&current, p.clone())?;
+            let ri = state.props.len() - 1;
             if let Some(x) = outcomes[i].counterexample_before.clone() {
-                let ri = state.props.len() - 1;
-                if let Some(sub) = state.sub_containing(ri, &x) {
-                    state.anchor_for(&current, x, &sub, 2.0 * margin)?;
-                }
+                let c = state.constraints_at(&current, ri, &x);
+                state.anchor_for(&current, x, &c, options.anchor_margin)?;
             }
+            seed_anchors(&mut state, &current, ri, options)?;
         }
     }
 
     if trace {
         eprintln!(
-            "repair: split {split}, margin {margin:e}, budget {parameter_budget}, before {:?}, {} anchors",
+            "repair: split {split}, margin {margin:e}, budget {parameter_budget}, before {:?}, {} anchors, {:.2} s",
             outcomes
                 .iter()
                 .map(|o| o.before.as_str())
                 .collect::<Vec<_>>(),
-            state.anchors.len()
+            state.anchors.len(),
+            start.elapsed().as_secs_f64()
         );
     }
     let mut trainer = Trainer::new(
@@ -652,140 +795,203 @@ pub fn repair(
         options.learning_rate,
     )?;
     trainer.trainable_layers = options.trainable_layers;
+    trainer.output_weight = options.output_weight;
     let mut rounds = 0usize;
     let mut threshold = options.complete_threshold;
     let mut final_reason: Option<String> = None;
-    let mut finished = state.props.is_empty();
     let mut verified = false;
 
     'outer: loop {
+        // 3. Region-wise loop until every sub-property is proven on the same network.
+        let mut finished = state.props.is_empty();
         while !finished {
             if remaining().is_zero() {
                 final_reason = Some("timeout in the region-wise loop".into());
                 break;
             }
             rounds += 1;
-            // Counterexample generation on every sub-property.
-            let exams = state.examine_all(&current)?;
-            if exams.iter().all(|e| e.proven()) {
-                finished = true;
-                break;
+            // Counterexample generation on the open sub-properties.
+            let exams = state.examine(&current, &state.open)?;
+            let mut pending: Vec<(SubProperty, regionwise::Examination)> = Vec::new();
+            for (mut sub, e) in std::mem::take(&mut state.open).into_iter().zip(exams) {
+                match e.proven_with.clone() {
+                    Some(with) => {
+                        sub.chosen = with;
+                        sub.version = state.version;
+                        state.proven.push(sub);
+                    }
+                    None => pending.push((sub, e)),
+                }
             }
-            if trace {
-                eprintln!(
-                    "repair round {rounds}: {} sub-properties, {} proven, {} counterexamples, {} anchors, {} proxy-box failures, {:.2} s",
-                    state.subs.len(),
-                    exams.iter().filter(|e| e.proven()).count(),
-                    exams.iter().map(|e| e.counterexamples.len()).sum::<usize>(),
-                    state.anchors.len(),
-                    state.proxy_box_failures,
-                    start.elapsed().as_secs_f64()
-                );
+            if pending.is_empty() {
+                // The network changed since some were proven: all of them again.
+                finished = state.recheck_proven(&current)?;
+                if trace {
+                    eprintln!(
+                        "repair round {rounds}: re-check of {} proven sub-properties, {} reopened",
+                        state.total(),
+                        state.open.len()
+                    );
+                }
+                continue;
             }
-            let subs_snapshot = state.subs.clone();
-            for (sub, e) in subs_snapshot.iter().zip(&exams) {
+            let counterexamples: usize = pending.iter().map(|(_, e)| e.counterexamples.len()).sum();
+            for (sub, e) in &pending {
                 for x in &e.counterexamples {
                     // Point targets: twice the sub-box margin, capped (a big box's f32 bound is loose).
-                    state.anchor_for(
-                        &current,
-                        x.clone(),
-                        sub,
-                        (2.0 * e.margin)
-                            .min(options.anchor_margin)
-                            .max(2.0 * margin),
-                    )?;
+                    let m = (2.0 * e.margin).max(options.anchor_margin);
+                    state.anchor_for(&current, x.clone(), &sub.chosen, m)?;
                 }
             }
             // Point-wise repair toward every anchor so far.
-            let check_margin = 2.0 * margin;
             let anchors = state.anchors.clone();
             // Done when every anchor's feature is inside its certified proxy box (Theorem 1)
-            // or its output already meets the constraints with the margin.
+            // or its output already meets the constraints with the box's margin.
             let radius = options.radius;
-            trainer.train(net, &anchors, options.repair_steps, 10, |n| {
-                anchors.iter().all(|a| {
-                    let h = n.forward_range(&a.x, 0, split);
-                    let inside = h
-                        .iter()
-                        .zip(&a.h_star)
-                        .all(|(v, c)| (v - c).abs() <= radius);
-                    inside || {
-                        let y = n.forward_range(&h, split, n.layers.len());
-                        a.constraints.iter().all(|c| c.value(&y) >= check_margin)
-                    }
-                })
-            })?;
-            current = trainer.network(net)?;
-            // Counterexample generation again; refine what is still not proven.
-            let exams = state.examine_all(&current)?;
-            if exams.iter().all(|e| e.proven()) {
-                finished = true;
-                break;
+            let steps = if counterexamples > 0 || rounds == 1 {
+                trainer.train(net, &anchors, options.repair_steps, 10, |n| {
+                    anchors.iter().all(|a| {
+                        let h = n.forward_range(&a.x, 0, split);
+                        let inside = h
+                            .iter()
+                            .zip(&a.h_star)
+                            .all(|(v, c)| (v - c).abs() <= radius);
+                        inside || {
+                            let y = n.forward_range(&h, split, n.layers.len());
+                            a.constraints.iter().all(|c| c.value(&y) >= a.margin)
+                        }
+                    })
+                })?
+            } else {
+                0
+            };
+            if steps > 0 {
+                current = trainer.network(net)?;
+                state.version += 1;
             }
-            let mut next = Vec::with_capacity(state.subs.len() + 16);
+            // Counterexample generation again (unless the network did not change); refine
+            // what is still not proven.
+            let (subs, exams): (Vec<SubProperty>, Vec<regionwise::Examination>) = if steps > 0 {
+                let subs: Vec<SubProperty> = pending.into_iter().map(|(s, _)| s).collect();
+                let exams = state.examine(&current, &subs)?;
+                (subs, exams)
+            } else {
+                pending.into_iter().unzip()
+            };
+            let n_pending = subs.len();
             let mut to_split = Vec::new();
-            for (sub, e) in state.subs.iter().zip(&exams) {
-                if e.proven() {
-                    next.push(sub.clone());
-                } else {
-                    to_split.push((
-                        sub.clone(),
-                        regionwise::split_dimension(sub, &e.refine_score),
-                    ));
+            let mut newly = 0;
+            for (mut sub, e) in subs.into_iter().zip(exams) {
+                match e.proven_with {
+                    Some(with) => {
+                        sub.chosen = with;
+                        sub.version = state.version;
+                        state.proven.push(sub);
+                        newly += 1;
+                    }
+                    None => {
+                        let d = regionwise::split_dimension(&sub, &e.refine_score);
+                        to_split.push((sub, d));
+                    }
                 }
+            }
+            if trace {
+                let satisfied = state
+                    .anchors
+                    .iter()
+                    .filter(|a| {
+                        let y = current.forward(&a.x);
+                        a.constraints.iter().all(|c| c.value(&y) >= a.margin)
+                    })
+                    .count();
+                eprintln!(
+                    "repair round {rounds}: {n_pending} open -> {newly} proven after training; {} proven in all; {counterexamples} counterexamples; {} anchors ({satisfied} met); {steps} Adam steps; {} changed; {:.2} s",
+                    state.proven.len(),
+                    state.anchors.len(),
+                    pointwise::changed_parameters(net, &current),
+                    start.elapsed().as_secs_f64()
+                );
             }
             let children: Vec<[SubProperty; 2]> = to_split
                 .par_iter()
                 .map(|(s, d)| regionwise::bisect(&current, net, &state.desired[s.property], s, *d))
                 .collect::<Result<_, _>>()?;
-            next.extend(children.into_iter().flatten());
-            state.subs = next;
-            if state.subs.len() > options.max_subproperties {
+            state.open.extend(children.into_iter().flatten());
+            if state.total() > options.max_subproperties {
                 final_reason = Some(format!(
                     "sub-property budget T = {} exhausted",
                     options.max_subproperties
                 ));
                 break;
             }
-            // Complete-verification fallback when the number of sub-properties doubles.
-            if state.subs.len() >= threshold {
+            // Complete-verification fallback when the number of sub-properties doubles:
+            // the sound checker on the open sub-boxes only (the others are proven).
+            if state.total() >= threshold {
                 threshold *= 2;
-                let budget = remaining().mul_f64(0.25);
-                let mut all_hold = true;
-                for (pi, p) in state.props.clone().iter().enumerate() {
-                    let v = verify::verify_cases(
-                        &current,
-                        &p.cases,
-                        &verify_options(budget, options.seed),
-                    )
-                    .verdict;
-                    match v {
-                        Verdict::Holds => {}
-                        Verdict::Violated { counterexample, .. } => {
-                            all_hold = false;
-                            if let Some(sub) = state.sub_containing(pi, &counterexample) {
-                                state.anchor_for(&current, counterexample, &sub, 2.0 * margin)?;
-                            }
+                if state.open.len() <= 64 {
+                    let budget = remaining().mul_f64(0.2).min(Duration::from_secs(5));
+                    let mut all_hold = true;
+                    for (pi, p) in state.props.clone().iter().enumerate() {
+                        let cases: Vec<Case> = state
+                            .open
+                            .iter()
+                            .filter(|s| s.property == pi)
+                            .map(|s| Case {
+                                lower: s.lower.clone(),
+                                upper: s.upper.clone(),
+                                unsafe_set: p.cases[s.case].unsafe_set.clone(),
+                            })
+                            .collect();
+                        if cases.is_empty() {
+                            continue;
                         }
-                        Verdict::Unknown { .. } => all_hold = false,
+                        match verify::verify_cases(
+                            &current,
+                            &cases,
+                            &verify_options(budget, options.seed),
+                        )
+                        .verdict
+                        {
+                            Verdict::Holds => {}
+                            Verdict::Violated { counterexample, .. } => {
+                                all_hold = false;
+                                let c = state.constraints_at(&current, pi, &counterexample);
+                                state.anchor_for(
+                                    &current,
+                                    counterexample,
+                                    &c,
+                                    options.anchor_margin,
+                                )?;
+                            }
+                            Verdict::Unknown { .. } => all_hold = false,
+                        }
                     }
-                }
-                if all_hold {
-                    finished = true;
+                    if all_hold && state.recheck_proven(&current)? {
+                        // Nothing open is left unproven on this network: the open boxes are
+                        // proven by the complete checker, the others by the leaf test.
+                        state.proven.append(&mut state.open);
+                        finished = true;
+                    }
                 }
             }
         }
 
         // 5. Final answer from the sound checker, on every property (guards included).
         if !finished {
+            // A guard keeps its verdict only if the network did not change; it was not
+            // re-checked, so nothing else may be claimed for it.
+            let unchanged = pointwise::changed_parameters(net, &current) == 0;
             for o in outcomes.iter_mut() {
-                o.after = if o.repaired {
-                    "unknown".into()
-                } else {
-                    o.before.clone()
-                };
                 if o.repaired {
+                    o.after = "unknown".into();
                     o.reason.clone_from(&final_reason);
+                } else if unchanged {
+                    o.after.clone_from(&o.before);
+                } else {
+                    o.after = "unknown".into();
+                    o.reason = Some(
+                        "not re-checked: the repair of the other properties did not finish".into(),
+                    );
                 }
             }
             break 'outer;
@@ -793,15 +999,41 @@ pub fn repair(
         verified = true;
         let mut retry = false;
         for (i, p) in properties.iter().enumerate() {
-            let budget = remaining()
-                .max(Duration::from_secs(1))
-                .mul_f64(1.0 / (properties.len() - i) as f64);
-            let v = verify::verify_cases(
-                &current,
-                &p.cases,
-                &verify_options(budget, options.seed + 1000 + i as u64),
-            )
-            .verdict;
+            let v = match repair_index[i] {
+                // Repaired: verify's leaf test on every sub-box of the final partition
+                // (the partition covers each case box exactly).
+                Some(ri) => {
+                    let leaves: Vec<&SubProperty> =
+                        state.proven.iter().filter(|s| s.property == ri).collect();
+                    let failed: Vec<bool> = leaves
+                        .par_iter()
+                        .map(|s| !leaf_holds(&current, &p.cases[s.case], &s.lower, &s.upper))
+                        .collect();
+                    if failed.iter().any(|&f| f) {
+                        Verdict::Unknown {
+                            reason: format!(
+                                "{} of {} sub-boxes not proven by the leaf test",
+                                failed.iter().filter(|&&f| f).count(),
+                                leaves.len()
+                            ),
+                        }
+                    } else {
+                        Verdict::Holds
+                    }
+                }
+                // Guards: the complete checker on the whole property.
+                None => {
+                    let budget = remaining()
+                        .max(Duration::from_secs(1))
+                        .mul_f64(1.0 / (properties.len() - i) as f64);
+                    verify::verify_cases(
+                        &current,
+                        &p.cases,
+                        &verify_options(budget, options.seed + 1000 + i as u64),
+                    )
+                    .verdict
+                }
+            };
             outcomes[i].after = v.status().to_string();
             outcomes[i].reason = None;
             match v {
@@ -827,30 +1059,61 @@ pub fn repair(
                             repair_index[i] = Some(state.props.len());
                             outcomes[i].repaired = true;
                             state.add_property(&current, p.clone())?;
-                            retry = true;
                             state.props.len() - 1
                         }
                     };
-                    if let Some(sub) = state.sub_containing(ri, &counterexample) {
-                        let before = state.anchors.len();
-                        state.anchor_for(&current, counterexample, &sub, 2.0 * margin)?;
-                        retry |= state.anchors.len() > before;
-                    }
+                    retry = true;
+                    let c = state.constraints_at(&current, ri, &counterexample);
+                    state.anchor_for(&current, counterexample, &c, options.anchor_margin)?;
                 }
             }
         }
-        if verified || !retry {
+        if verified || !retry || remaining().is_zero() {
             break 'outer;
         }
-        finished = false;
     }
     for (i, o) in outcomes.iter_mut().enumerate() {
         if let Some(ri) = repair_index[i] {
-            o.subproperties = state.subs.iter().filter(|s| s.property == ri).count();
+            o.subproperties = state
+                .open
+                .iter()
+                .chain(&state.proven)
+                .filter(|s| s.property == ri)
+                .count();
         }
     }
+    if trace {
+        // Mean bisections per input dimension over the leaves (where the partition went).
+        let mut depth = vec![0.0; net.input_dim()];
+        let leaves: Vec<&SubProperty> = state.open.iter().chain(&state.proven).collect();
+        for s in &leaves {
+            let c = &state.props[s.property].cases[s.case];
+            for (i, d) in depth.iter_mut().enumerate() {
+                let (w, w0) = (s.upper[i] - s.lower[i], c.upper[i] - c.lower[i]);
+                if w > 0.0 && w0 > 0.0 {
+                    *d += (w0 / w).log2() / leaves.len() as f64;
+                }
+            }
+        }
+        eprintln!("repair: mean bisections per input dimension {depth:.2?}");
+    }
     let fidelity = measure_fidelity(net, &current, &fid_eval);
+    let partition = state
+        .proven
+        .iter()
+        .chain(&state.open)
+        .filter_map(|s| {
+            let property = repair_index.iter().position(|r| *r == Some(s.property))?;
+            Some(Region {
+                property,
+                case: s.case,
+                lower: s.lower.clone(),
+                upper: s.upper.clone(),
+            })
+        })
+        .collect();
     Ok(RepairOutcome {
+        partition,
         changed_parameters: pointwise::changed_parameters(net, &current),
         network: current,
         verified,
@@ -858,7 +1121,7 @@ pub fn repair(
         split_layer: split,
         margin,
         rounds,
-        subproperties: state.subs.len(),
+        subproperties: state.total(),
         anchors: state.anchors.len(),
         proxy_box_failures: state.proxy_box_failures,
         parameter_budget,
@@ -866,4 +1129,74 @@ pub fn repair(
         fidelity,
         time_s: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Sampled counterexamples of repair property `ri`: a seeded sample of every case box,
+/// the points outside the desired set (with twice the margin floor), worst first and
+/// spread over that list, up to `options.initial_anchors` per case. The first repair
+/// round then already sees the whole violating region, and the saliency mask fits it.
+fn seed_anchors(
+    state: &mut Loop<'_>,
+    current: &Network,
+    ri: usize,
+    options: &RepairOptions,
+) -> Result<(), RepairError> {
+    if options.initial_samples == 0 || options.initial_anchors == 0 {
+        return Ok(());
+    }
+    let cases = state.props[ri].cases.clone();
+    for (ci, c) in cases.iter().enumerate() {
+        let pts = sample_box(
+            &c.lower,
+            &c.upper,
+            options.initial_samples,
+            options.seed ^ ((ri as u64) << 32 | ci as u64),
+        );
+        let desired = &state.desired[ri];
+        // Points below the anchor margin, not only violating ones: a larger margin over the
+        // box lets CROWN prove it on coarser sub-boxes.
+        let floor = state.target_margin;
+        let mut bad: Vec<(f64, Vec<f64>)> = pts
+            .into_par_iter()
+            .filter_map(|x| {
+                let y = current.forward(&x);
+                // How far the output is from the desired set: the worst clause's best option.
+                let score = desired
+                    .clauses
+                    .iter()
+                    .map(|cl| {
+                        cl.options
+                            .iter()
+                            .map(|o| o.value(&y))
+                            .fold(f64::NEG_INFINITY, f64::max)
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                (score < floor).then_some((score, x))
+            })
+            .collect();
+        bad.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let k = options.initial_anchors.min(bad.len());
+        for j in 0..k {
+            let x = bad[j * bad.len() / k].1.clone();
+            let cons = state.constraints_at(current, ri, &x);
+            // Per point: the alternative it is closest to (the whole-box choice is coarse).
+            let y = current.forward(&x);
+            let cons: Vec<desired::Constraint> = if state.desired[ri].is_conjunction() {
+                cons
+            } else {
+                state.desired[ri]
+                    .clauses
+                    .iter()
+                    .filter_map(|cl| {
+                        cl.options
+                            .iter()
+                            .max_by(|a, b| a.value(&y).total_cmp(&b.value(&y)))
+                            .cloned()
+                    })
+                    .collect()
+            };
+            state.anchor_for(current, x, &cons, options.anchor_margin)?;
+        }
+    }
+    Ok(())
 }

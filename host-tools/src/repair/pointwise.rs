@@ -37,6 +37,8 @@ pub struct Anchor {
     pub h_star: Vec<f64>,
     /// The constraints the box certifies.
     pub constraints: Vec<Constraint>,
+    /// The margin the box certifies them with.
+    pub margin: f64,
 }
 
 /// Proxy-box synthesis settings.
@@ -95,8 +97,8 @@ pub fn synthesise_proxy_box(
         )?;
         let mut direction = vec![0.0; h.len()];
         let mut certified = true;
-        for r in 0..rows {
-            if b.lower[r] + d[r] < options.margin {
+        for (r, dr) in d.iter().enumerate().take(rows) {
+            if b.lower[r] + dr < options.margin {
                 certified = false;
                 for (g, a) in direction
                     .iter_mut()
@@ -136,12 +138,32 @@ enum TrainLayer {
         /// Trainable deltas.
         dw: Var,
         db: Var,
-        /// 0/1 masks of the same shapes (all ones until [`Trainer::select_mask`]).
+        /// 0/1 masks of the same shapes (all zeros until [`Trainer::grow_mask`]).
         mw: Tensor,
         mb: Tensor,
     },
     Activation(Layer),
     Flatten,
+}
+
+/// One layer of the frozen `f_c`, in candle form (for the output hinge term).
+#[derive(Debug)]
+enum HeadLayer {
+    /// Weight transposed (`in x out`) and bias `[1, out]`.
+    Dense(Tensor, Tensor),
+    Activation(Layer),
+    Flatten,
+}
+
+/// The anchors' constraints flattened to (anchor, constraint) pairs for the hinge term.
+#[derive(Debug)]
+struct HingeData {
+    /// Anchor index of each pair, `[P]`.
+    index: Tensor,
+    /// Constraint rows `c`, `[P, out]`.
+    c: Tensor,
+    /// `margin - d`, `[P]`: the hinge is `relu(margin - d - c·y)`.
+    m_minus_d: Tensor,
 }
 
 /// Adam repair of `f_e = layers[..split]` toward proxy-box centres, with a saliency mask
@@ -151,10 +173,26 @@ pub struct Trainer {
     layers: Vec<TrainLayer>,
     /// Parameter budget `k`.
     budget: usize,
-    /// Whether the mask has been chosen.
-    masked: bool,
+    /// Parameters selected so far (the mask's ones).
+    selected: usize,
+    /// Anchors at the last [`Trainer::train`] call.
+    anchors_seen: usize,
+    /// Evaluate without the mask (saliency of every parameter).
+    probe: bool,
+    /// `f_c` in candle form, when every layer of it is supported.
+    head: Option<Vec<HeadLayer>>,
+    /// Weight of the output hinge term `mean relu(m - c·f(x) - d)` over the anchors'
+    /// constraints (0: the paper's loss alone).
+    pub output_weight: f64,
+    /// Rank mask candidates by repair gradient over influence on the fidelity inputs.
+    pub local_mask: bool,
     /// Fidelity inputs `[n, in]` and their original features `[n, s]`.
     fidelity: Option<(Tensor, Tensor)>,
+    /// The fidelity inputs (rows), for the prefix cache.
+    fidelity_inputs: Vec<Vec<f64>>,
+    /// Fidelity inputs pushed through the frozen layers before the first trainable one:
+    /// (that layer's index, `[n, width]`).
+    fidelity_prefix: Option<(usize, Tensor)>,
     /// Fidelity weight λ.
     fidelity_weight: f64,
     /// Adam learning rate.
@@ -190,8 +228,8 @@ impl Trainer {
                         index,
                         dw: Var::zeros((d.out_dim, d.in_dim), DType::F64, &dev).map_err(candle)?,
                         db: Var::zeros((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
-                        mw: Tensor::ones((d.out_dim, d.in_dim), DType::F64, &dev).map_err(candle)?,
-                        mb: Tensor::ones((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
+                        mw: Tensor::zeros((d.out_dim, d.in_dim), DType::F64, &dev).map_err(candle)?,
+                        mb: Tensor::zeros((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
                         w0,
                         b0,
                     }
@@ -212,8 +250,15 @@ impl Trainer {
         let mut trainer = Self {
             layers,
             budget,
-            masked: false,
+            selected: 0,
+            anchors_seen: 0,
+            probe: false,
+            head: head_of(net, split)?,
+            output_weight: 0.0,
+            local_mask: true,
             fidelity: None,
+            fidelity_inputs: fidelity_inputs.to_vec(),
+            fidelity_prefix: None,
             fidelity_weight,
             learning_rate,
             trainable_layers: 1,
@@ -228,8 +273,14 @@ impl Trainer {
 
     /// `f_e` on a batch `[n, in]`.
     fn features(&self, x: &Tensor) -> Result<Tensor, RepairError> {
+        self.features_from(x, 0)
+    }
+
+    /// `layers[start..split]` on a batch of that layer's inputs (the layers before
+    /// `start` are frozen, so their outputs are computed once in f64).
+    fn features_from(&self, x: &Tensor, start: usize) -> Result<Tensor, RepairError> {
         let mut h = x.clone();
-        for layer in &self.layers {
+        for layer in &self.layers[start..] {
             h = match layer {
                 TrainLayer::Dense {
                     w0,
@@ -240,8 +291,19 @@ impl Trainer {
                     mb,
                     ..
                 } => {
-                    let w = (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?;
-                    let b = (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?;
+                    // The saliency probe sees every parameter (deltas outside the mask
+                    // are zero: they never get a gradient).
+                    let (w, b) = if self.probe {
+                        (
+                            (w0 + dw.as_tensor()).map_err(candle)?,
+                            (b0 + db.as_tensor()).map_err(candle)?,
+                        )
+                    } else {
+                        (
+                            (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?,
+                            (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?,
+                        )
+                    };
                     h.matmul(&w.t().map_err(candle)?)
                         .map_err(candle)?
                         .broadcast_add(&b)
@@ -264,8 +326,16 @@ impl Trainer {
     }
 
     /// The repair loss: `mean ||f_e(x) - h*||_2` over the anchors plus the fidelity term.
-    fn loss(&self, xs: &Tensor, targets: &Tensor) -> Result<Tensor, RepairError> {
-        let diff = (self.features(xs)? - targets).map_err(candle)?;
+    /// `xs` are the anchors' inputs to layer `start` (see [`Trainer::first_trainable`]).
+    fn loss(
+        &self,
+        xs: &Tensor,
+        targets: &Tensor,
+        start: usize,
+        hinge: Option<&HingeData>,
+    ) -> Result<Tensor, RepairError> {
+        let feats = self.features_from(xs, start)?;
+        let diff = (&feats - targets).map_err(candle)?;
         // +1e-12 keeps the gradient of the norm finite at 0.
         let dist = diff
             .sqr()
@@ -275,8 +345,38 @@ impl Trainer {
             .affine(1.0, 1e-12)
             .map_err(candle)?;
         let mut loss = dist.sqrt().map_err(candle)?.mean_all().map_err(candle)?;
+        if let (Some(h), Some(head)) = (hinge, &self.head)
+            && self.output_weight > 0.0
+        {
+            let mut y = feats;
+            for l in head {
+                y = match l {
+                    HeadLayer::Dense(w, b) => y
+                        .matmul(w)
+                        .map_err(candle)?
+                        .broadcast_add(b)
+                        .map_err(candle)?,
+                    HeadLayer::Activation(a) => activate(&y, a)?,
+                    HeadLayer::Flatten => y,
+                };
+            }
+            let sel = y.index_select(&h.index, 0).map_err(candle)?;
+            let v = (sel * &h.c).map_err(candle)?.sum(1).map_err(candle)?;
+            let hinge = (&h.m_minus_d - v)
+                .map_err(candle)?
+                .relu()
+                .map_err(candle)?
+                .mean_all()
+                .map_err(candle)?;
+            loss =
+                (loss + hinge.affine(self.output_weight, 0.0).map_err(candle)?).map_err(candle)?;
+        }
         if let Some((fx, f0)) = &self.fidelity {
-            let fd = (self.features(fx)? - f0).map_err(candle)?;
+            let fd = match &self.fidelity_prefix {
+                Some((k, px)) if *k == start => self.features_from(px, start)? - f0,
+                _ => self.features(fx)? - f0,
+            }
+            .map_err(candle)?;
             let fid = fd
                 .sqr()
                 .map_err(candle)?
@@ -290,6 +390,18 @@ impl Trainer {
         Ok(loss)
     }
 
+    /// Index (in `layers`, the same as in the network) of the first Dense layer that may
+    /// change: the last `trainable_layers` Dense layers of `f_e` are trainable.
+    fn first_trainable(&self) -> usize {
+        let dense: Vec<usize> = (0..self.layers.len())
+            .filter(|&i| matches!(self.layers[i], TrainLayer::Dense { .. }))
+            .collect();
+        dense[dense.len().saturating_sub(self.trainable_layers.max(1))..]
+            .first()
+            .copied()
+            .unwrap_or(0)
+    }
+
     fn vars(&self) -> Vec<Var> {
         self.layers
             .iter()
@@ -300,45 +412,114 @@ impl Trainer {
             .collect()
     }
 
-    /// Choose the `budget` parameters with the largest `|∂L/∂θ|` of the loss on these
-    /// anchors (global over the Dense layers of `f_e`); every other parameter is frozen.
-    fn select_mask(&mut self, xs: &Tensor, targets: &Tensor) -> Result<(), RepairError> {
-        let loss = self.loss(xs, targets)?;
-        let grads = loss.backward().map_err(candle)?;
-        let mut saliency: Vec<(f64, usize, bool, usize)> = Vec::new(); // (|g|, layer, is_bias, flat)
+    /// Add up to `quota` parameters to the mask: those with the largest `|∂L/∂θ|` of the
+    /// loss on these anchors among the not yet selected ones of the last
+    /// `trainable_layers` Dense layers of `f_e`, never beyond the budget. Selected
+    /// parameters stay selected (their deltas carry earlier fixes).
+    fn grow_mask(
+        &mut self,
+        xs: &Tensor,
+        targets: &Tensor,
+        start: usize,
+        hinge: Option<&HingeData>,
+        quota: usize,
+    ) -> Result<(), RepairError> {
+        let quota = quota.min(self.budget.saturating_sub(self.selected));
+        if quota == 0 {
+            return Ok(());
+        }
+        self.probe = true;
+        let loss = self.loss(xs, targets, start, hinge);
+        self.probe = false;
+        let grads = loss?.backward().map_err(candle)?;
+        // Influence of each parameter on the features of the fidelity inputs (gradient of
+        // their sum, per input): parameters that matter for the anchors but little
+        // elsewhere are preferred, which keeps the repair local.
+        let influence = match &self.fidelity_prefix {
+            Some((k, px)) if *k == start => {
+                self.probe = true;
+                let f = self.features_from(px, start);
+                self.probe = false;
+                let n = px.dim(0).map_err(candle)?.max(1) as f64;
+                Some((f?
+                    .sum_all()
+                    .map_err(candle)?
+                    .affine(1.0 / n, 0.0)
+                    .map_err(candle)?
+                    .backward()
+                    .map_err(candle)?,))
+            }
+            _ => None,
+        };
+        let mut saliency: Vec<(f64, usize, bool, usize)> = Vec::new(); // (score, layer, is_bias, flat)
         // Only the last `trainable_layers` Dense layers of f_e compete for the budget.
-        let dense: Vec<usize> = (0..self.layers.len())
-            .filter(|&i| matches!(self.layers[i], TrainLayer::Dense { .. }))
-            .collect();
-        let first_trainable = dense[dense.len().saturating_sub(self.trainable_layers.max(1))..]
-            .first()
-            .copied()
-            .unwrap_or(0);
+        let first_trainable = self.first_trainable();
         for (li, layer) in self.layers.iter().enumerate() {
             if li < first_trainable {
                 continue;
             }
-            if let TrainLayer::Dense { dw, db, .. } = layer {
-                for (is_bias, v) in [(false, dw), (true, db)] {
+            if let TrainLayer::Dense { dw, db, mw, mb, .. } = layer {
+                for (is_bias, v, m) in [(false, dw, mw), (true, db, mb)] {
                     if let Some(g) = grads.get(v.as_tensor()) {
                         let g = g
                             .flatten_all()
                             .map_err(candle)?
                             .to_vec1::<f64>()
                             .map_err(candle)?;
-                        saliency
-                            .extend(g.iter().enumerate().map(|(i, x)| (x.abs(), li, is_bias, i)));
+                        let m = m
+                            .flatten_all()
+                            .map_err(candle)?
+                            .to_vec1::<f64>()
+                            .map_err(candle)?;
+                        let inf = match influence.as_ref().and_then(|(gi,)| gi.get(v.as_tensor())) {
+                            Some(t) => t
+                                .flatten_all()
+                                .map_err(candle)?
+                                .to_vec1::<f64>()
+                                .map_err(candle)?,
+                            None => vec![0.0; g.len()],
+                        };
+                        let mean_inf =
+                            inf.iter().map(|x| x.abs()).sum::<f64>() / inf.len().max(1) as f64;
+                        let eps = 1e-2 * mean_inf + 1e-12;
+                        saliency.extend(
+                            g.iter()
+                                .zip(&m)
+                                .zip(&inf)
+                                .enumerate()
+                                .filter(|(_, ((x, m), _))| **m == 0.0 && **x != 0.0)
+                                .map(|(i, ((x, _), f))| {
+                                    let score = if self.local_mask {
+                                        x.abs() / (f.abs() + eps)
+                                    } else {
+                                        x.abs()
+                                    };
+                                    (score, li, is_bias, i)
+                                }),
+                        );
                     }
                 }
             }
         }
         saliency.sort_by(|a, b| b.0.total_cmp(&a.0));
-        saliency.truncate(self.budget);
+        saliency.truncate(quota);
+        self.selected += saliency.len();
         let dev = Device::Cpu;
         for (li, layer) in self.layers.iter_mut().enumerate() {
             if let TrainLayer::Dense { mw, mb, .. } = layer {
-                let mut w = vec![0.0; mw.elem_count()];
-                let mut b = vec![0.0; mb.elem_count()];
+                if !saliency.iter().any(|s| s.1 == li) {
+                    continue;
+                }
+                let mut w = mw
+                    .flatten_all()
+                    .map_err(candle)?
+                    .to_vec1::<f64>()
+                    .map_err(candle)?;
+                let mut b = mb
+                    .flatten_all()
+                    .map_err(candle)?
+                    .to_vec1::<f64>()
+                    .map_err(candle)?;
                 for &(_, _, is_bias, i) in saliency.iter().filter(|s| s.1 == li) {
                     if is_bias { b[i] = 1.0 } else { w[i] = 1.0 }
                 }
@@ -346,7 +527,6 @@ impl Trainer {
                 *mb = Tensor::from_vec(b, mb.shape(), &dev).map_err(candle)?;
             }
         }
-        self.masked = true;
         Ok(())
     }
 
@@ -364,11 +544,34 @@ impl Trainer {
         if anchors.is_empty() {
             return Ok(0);
         }
-        let xs = batch(&anchors.iter().map(|a| a.x.clone()).collect::<Vec<_>>())?;
+        let start = self.first_trainable();
+        let xs = batch(
+            &anchors
+                .iter()
+                .map(|a| base.forward_range(&a.x, 0, start))
+                .collect::<Vec<_>>(),
+        )?;
         let targets = batch(&anchors.iter().map(|a| a.h_star.clone()).collect::<Vec<_>>())?;
-        if !self.masked {
-            self.select_mask(&xs, &targets)?;
+        if self.fidelity.is_some() && self.fidelity_prefix.as_ref().map(|p| p.0) != Some(start) {
+            let rows: Vec<Vec<f64>> = self
+                .fidelity_inputs
+                .iter()
+                .map(|x| base.forward_range(x, 0, start))
+                .collect();
+            self.fidelity_prefix = Some((start, batch(&rows)?));
         }
+        // Three quarters of the budget at the first call, then an eighth more per call as
+        // new counterexamples arrive (other regions may need other parameters).
+        let quota = if self.selected == 0 {
+            (3 * self.budget).div_ceil(4)
+        } else if anchors.len() > self.anchors_seen {
+            self.budget.div_ceil(8)
+        } else {
+            0
+        };
+        self.anchors_seen = anchors.len();
+        let hinge = hinge_data(anchors)?;
+        self.grow_mask(&xs, &targets, start, Some(&hinge), quota)?;
         let params = ParamsAdamW {
             lr: self.learning_rate,
             weight_decay: 0.0,
@@ -379,7 +582,7 @@ impl Trainer {
             if step % check_every.max(1) == 0 && done(&self.network(base)?) {
                 return Ok(step);
             }
-            let loss = self.loss(&xs, &targets)?;
+            let loss = self.loss(&xs, &targets, start, Some(&hinge))?;
             opt.backward_step(&loss).map_err(candle)?;
         }
         Ok(steps)
@@ -417,6 +620,67 @@ impl Trainer {
         }
         Ok(net)
     }
+}
+
+/// `f_c = layers[split..]` as constant candle layers, or `None` when a layer of it is not
+/// supported by the hinge term (the paper's loss then works alone).
+fn head_of(net: &Network, split: usize) -> Result<Option<Vec<HeadLayer>>, RepairError> {
+    let dev = Device::Cpu;
+    let mut head = Vec::new();
+    for layer in &net.layers[split..] {
+        head.push(match layer {
+            Layer::Dense(d) => HeadLayer::Dense(
+                Tensor::from_vec(d.weight.clone(), (d.out_dim, d.in_dim), &dev)
+                    .and_then(|w| w.t()?.contiguous())
+                    .map_err(candle)?,
+                Tensor::from_vec(d.bias.clone(), (1, d.out_dim), &dev).map_err(candle)?,
+            ),
+            Layer::Relu | Layer::LeakyRelu { .. } | Layer::Sigmoid | Layer::Tanh => {
+                HeadLayer::Activation(layer.clone())
+            }
+            Layer::Flatten => HeadLayer::Flatten,
+            _ => return Ok(None),
+        });
+    }
+    Ok(Some(head))
+}
+
+/// An activation layer on a candle tensor.
+fn activate(h: &Tensor, layer: &Layer) -> Result<Tensor, RepairError> {
+    Ok(match layer {
+        Layer::Relu => h.relu().map_err(candle)?,
+        Layer::LeakyRelu { alpha } => {
+            let neg = h.minimum(0.0).map_err(candle)?;
+            (h.relu().map_err(candle)? + neg.affine(*alpha, 0.0).map_err(candle)?)
+                .map_err(candle)?
+        }
+        Layer::Sigmoid => candle_nn::ops::sigmoid(h).map_err(candle)?,
+        Layer::Tanh => h.tanh().map_err(candle)?,
+        _ => h.clone(),
+    })
+}
+
+/// The anchors' (anchor, constraint) pairs as tensors.
+fn hinge_data(anchors: &[Anchor]) -> Result<HingeData, RepairError> {
+    let dev = Device::Cpu;
+    let mut index = Vec::new();
+    let mut c = Vec::new();
+    let mut m = Vec::new();
+    let mut width = 0;
+    for (i, a) in anchors.iter().enumerate() {
+        for k in &a.constraints {
+            index.push(i as u32);
+            c.extend_from_slice(&k.c);
+            width = k.c.len();
+            m.push(a.margin - k.d);
+        }
+    }
+    let p = index.len();
+    Ok(HingeData {
+        index: Tensor::from_vec(index, p, &dev).map_err(candle)?,
+        c: Tensor::from_vec(c, (p, width), &dev).map_err(candle)?,
+        m_minus_d: Tensor::from_vec(m, p, &dev).map_err(candle)?,
+    })
 }
 
 /// Rows as a `[n, len]` f64 tensor.
@@ -553,6 +817,7 @@ mod tests {
             x: x.clone(),
             h_star: h,
             constraints: vec![want.clone()],
+            margin: 1e-6,
         };
         let mut trainer = Trainer::new(&net, split, 6, &[], 0.0, 0.05).unwrap();
         trainer

@@ -24,6 +24,8 @@ pub struct SubProperty {
     pub chosen: Vec<Constraint>,
     /// Number of bisections from the case box.
     pub depth: usize,
+    /// Version of the repaired network on which it was last proven (0: never).
+    pub version: usize,
 }
 
 /// What counterexample generation concluded on one sub-property.
@@ -42,12 +44,15 @@ pub struct Examination {
     pub worst_gap: f64,
     /// The margin required on this sub-box.
     pub margin: f64,
+    /// When proven: the alternative certified for each clause (may differ from the
+    /// sub-property's chosen ones).
+    pub proven_with: Option<Vec<Constraint>>,
 }
 
 impl Examination {
     /// True when CROWN certifies every chosen constraint with the margin on the sub-box.
     pub fn proven(&self) -> bool {
-        self.violated.is_empty()
+        self.proven_with.is_some()
     }
 }
 
@@ -57,17 +62,41 @@ impl Examination {
 /// (closed form per dimension) is a counterexample when the forward pass gives some
 /// `c_ψ f(x*) + d_ψ < margin`.
 ///
-/// The margin is `max(min_margin, 2 e_ψ)` per sub-box, where `e_ψ` is the sound bound on
-/// the f32 rounding error of `c_ψ · f(x)` on the sub-box that `verify` demands
-/// ([`crate::verify::rounding::spec_error_bounds`] from the same CROWN layer bounds): it
-/// shrinks with the sub-box.
+/// Every alternative of every clause of `desired` is bounded in the same CROWN pass: the
+/// sub-property is proven when each clause has SOME alternative certified (then
+/// [`Examination::proven_with`] names them, which may differ from `sub.chosen`); the
+/// counterexample and the Refine Score use the sub-property's chosen constraints.
+///
+/// The margin is `max(min_margin, 2 e_ψ)` per constraint and sub-box, where `e_ψ` is the
+/// sound bound on the f32 rounding error of `c_ψ · f(x)` on the sub-box that `verify`
+/// demands ([`crate::verify::rounding::spec_error_bounds`] from the same CROWN layer
+/// bounds): it shrinks with the sub-box.
 pub fn examine(
     net: &Network,
+    desired: &DesiredSet,
     sub: &SubProperty,
     min_margin: f64,
+    target_margin: f64,
 ) -> Result<Examination, RepairError> {
-    let (spec, d) = spec_of(&sub.chosen);
-    let rows = sub.chosen.len();
+    // Without a desired set, the chosen constraints form one (a plain conjunction).
+    let own;
+    let desired = if desired.clauses.is_empty() {
+        own = DesiredSet {
+            clauses: sub
+                .chosen
+                .iter()
+                .map(|c| super::desired::Clause {
+                    options: vec![c.clone()],
+                })
+                .collect(),
+        };
+        &own
+    } else {
+        desired
+    };
+    let options: Vec<Constraint> = desired.all_options().cloned().collect();
+    let (spec, d) = spec_of(&options);
+    let rows = options.len();
     let input = BoxBounds::new(sub.lower.clone(), sub.upper.clone());
     let b = bounds::linear_bounds(
         net,
@@ -84,7 +113,7 @@ pub fn examine(
         .iter()
         .map(|l| (l.lower.clone(), l.upper.clone()))
         .collect();
-    let c_rows: Vec<Vec<f64>> = sub.chosen.iter().map(|c| c.c.clone()).collect();
+    let c_rows: Vec<Vec<f64>> = options.iter().map(|c| c.c.clone()).collect();
     let row_err = crate::verify::rounding::spec_error_bounds(net, &layer_bounds, &c_rows)
         .unwrap_or_else(|| {
             let e = crate::verify::rounding::f32_error_bound_from(net, &layer_bounds);
@@ -93,35 +122,61 @@ pub fn examine(
                 .map(|r| r.iter().zip(&e).map(|(c, e)| c.abs() * e).sum())
                 .collect()
         });
-    let margin = row_err.iter().map(|e| 2.0 * e).fold(min_margin, f64::max);
+    let row_margin: Vec<f64> = row_err.iter().map(|e| (2.0 * e).max(min_margin)).collect();
+    let gap = |r: usize| b.lower[r] + d[r] - row_margin[r];
+    // Proof by any alternative per clause.
+    let mut proven_with = Some(Vec::new());
+    let mut offset = 0;
+    for clause in &desired.clauses {
+        let n = clause.options.len();
+        let best = (offset..offset + n).max_by(|&p, &q| gap(p).total_cmp(&gap(q)));
+        match (best, proven_with.as_mut()) {
+            (Some(r), Some(v)) if gap(r) >= 0.0 => v.push(options[r].clone()),
+            _ => proven_with = None,
+        }
+        offset += n;
+    }
+    // The chosen constraints' rows among the options.
+    let chosen_rows: Vec<usize> = sub
+        .chosen
+        .iter()
+        .filter_map(|c| options.iter().position(|o| o == c))
+        .collect();
+    let margin = chosen_rows
+        .iter()
+        .map(|&r| row_margin[r])
+        .fold(min_margin, f64::max);
     let cols = b.cols;
     let mut violated = Vec::new();
     let mut worst_gap = f64::INFINITY;
-    for r in 0..rows {
-        let gap = b.lower[r] + d[r] - margin;
-        worst_gap = worst_gap.min(gap);
-        if gap < 0.0 {
-            violated.push(r);
+    for (i, &r) in chosen_rows.iter().enumerate() {
+        worst_gap = worst_gap.min(gap(r));
+        if gap(r) < 0.0 {
+            violated.push(i);
         }
+    }
+    if proven_with.is_some() {
+        violated.clear();
     }
     let mut refine_score = vec![0.0; cols];
     let mut counterexamples = Vec::new();
     if !violated.is_empty() {
         let mut direction = vec![0.0; cols];
-        for &r in &violated {
-            for (i, a) in b.a_lower[r * cols..(r + 1) * cols].iter().enumerate() {
-                direction[i] += a;
-                refine_score[i] += a.abs();
+        for &i in &violated {
+            let r = chosen_rows[i];
+            for (k, a) in b.a_lower[r * cols..(r + 1) * cols].iter().enumerate() {
+                direction[k] += a;
+                refine_score[k] += a.abs();
             }
         }
-        for (i, s) in refine_score.iter_mut().enumerate() {
-            *s *= sub.upper[i] - sub.lower[i];
+        for (k, s) in refine_score.iter_mut().enumerate() {
+            *s *= sub.upper[k] - sub.lower[k];
         }
         let x_star: Vec<f64> = (0..cols)
-            .map(|i| match direction[i].partial_cmp(&0.0) {
-                Some(std::cmp::Ordering::Greater) => sub.lower[i],
-                Some(std::cmp::Ordering::Less) => sub.upper[i],
-                _ => 0.5 * (sub.lower[i] + sub.upper[i]),
+            .map(|k| match direction[k].partial_cmp(&0.0) {
+                Some(std::cmp::Ordering::Greater) => sub.lower[k],
+                Some(std::cmp::Ordering::Less) => sub.upper[k],
+                _ => 0.5 * (sub.lower[k] + sub.upper[k]),
             })
             .collect();
         let centre: Vec<f64> = sub
@@ -130,9 +185,16 @@ pub fn examine(
             .zip(&sub.upper)
             .map(|(l, u)| 0.5 * (l + u))
             .collect();
+        // A point is a counterexample when it misses `target_margin` (a fixed point margin,
+        // not the sub-box's f32 margin, which reflects loose bounds on big boxes: splitting
+        // cures that, not repair).
         for x in [x_star, centre] {
             let y = net.forward(&x);
-            if sub.chosen.iter().any(|c| c.value(&y) < margin) && !counterexamples.contains(&x) {
+            if chosen_rows
+                .iter()
+                .any(|&r| options[r].value(&y) < target_margin)
+                && !counterexamples.contains(&x)
+            {
                 counterexamples.push(x);
             }
         }
@@ -143,6 +205,7 @@ pub fn examine(
         refine_score,
         worst_gap,
         margin,
+        proven_with,
     })
 }
 
@@ -160,8 +223,51 @@ pub fn split_dimension(sub: &SubProperty, refine_score: &[f64]) -> usize {
     }
 }
 
-/// Choose the desired-set alternatives for a sub-box (see [`super::desired`]): CROWN lower
-/// bounds of every alternative on `current`, ties by the `original` network at the centre.
+/// Probe points of a box: the centre, the face centres and the corners (at most 64
+/// corners, spread deterministically, for wide inputs).
+pub fn probe_points(lower: &[f64], upper: &[f64]) -> Vec<Vec<f64>> {
+    let n = lower.len();
+    let centre: Vec<f64> = lower
+        .iter()
+        .zip(upper)
+        .map(|(l, u)| 0.5 * (l + u))
+        .collect();
+    let mut pts = vec![centre.clone()];
+    for i in 0..n {
+        for v in [lower[i], upper[i]] {
+            let mut p = centre.clone();
+            p[i] = v;
+            pts.push(p);
+        }
+    }
+    let corners: u64 = if n < 6 { 1 << n } else { 64 };
+    for k in 0..corners {
+        // Corner k: bit i of a hashed k picks lower/upper in dimension i.
+        let bits = if n < 6 {
+            k
+        } else {
+            k.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        };
+        pts.push(
+            (0..n)
+                .map(|i| {
+                    if (bits >> (i % 64)) & 1 == 0 {
+                        lower[i]
+                    } else {
+                        upper[i]
+                    }
+                })
+                .collect(),
+        );
+    }
+    pts
+}
+
+/// Choose the desired-set alternatives for a sub-box (see [`super::desired`]): per clause
+/// the alternative whose smallest value over the probe points ([`probe_points`]) of the
+/// `current` network is largest (the one it comes closest to meeting on the whole
+/// sub-box; CROWN bounds of big boxes are too loose to rank alternatives), ties by the
+/// `original` network at the centre.
 pub fn choose_constraints(
     current: &Network,
     original: &Network,
@@ -173,18 +279,13 @@ pub fn choose_constraints(
     if desired.is_conjunction() {
         return Ok(options);
     }
-    let (spec, d) = spec_of(&options);
-    let input = BoxBounds::new(lower.to_vec(), upper.to_vec());
-    let b = bounds::linear_bounds(
-        current,
-        0,
-        current.layers.len(),
-        &input,
-        Some(&spec),
-        options.len(),
-        Method::Crown,
-    )?;
-    let lower_bounds: Vec<f64> = b.lower.iter().zip(&d).map(|(l, d)| l + d).collect();
+    let mut worst = vec![f64::INFINITY; options.len()];
+    for p in probe_points(lower, upper) {
+        let y = current.forward(&p);
+        for (w, c) in worst.iter_mut().zip(&options) {
+            *w = w.min(c.value(&y));
+        }
+    }
     let centre: Vec<f64> = lower
         .iter()
         .zip(upper)
@@ -192,7 +293,7 @@ pub fn choose_constraints(
         .collect();
     let y = original.forward(&centre);
     let centre_values: Vec<f64> = options.iter().map(|c| c.value(&y)).collect();
-    Ok(desired.choose(&lower_bounds, &centre_values))
+    Ok(desired.choose(&worst, &centre_values))
 }
 
 /// Bisect `sub` at the middle of dimension `dim` (Algorithm 2, lines 14-16); the children
@@ -239,8 +340,9 @@ mod tests {
                 d: -100.0,
             }],
             depth: 0,
+            version: 0,
         };
-        let e = examine(&net, &sub, 1e-6).unwrap();
+        let e = examine(&net, &DesiredSet { clauses: vec![] }, &sub, 1e-6, 1e-6).unwrap();
         assert_eq!(e.violated, vec![0]);
         assert!((e.refine_score[0] - 5.0).abs() < 1e-12);
         assert!((e.refine_score[1] - 10.0).abs() < 1e-12);
@@ -264,8 +366,9 @@ mod tests {
                 d: -0.5,
             }],
             depth: 0,
+            version: 0,
         };
-        let e = examine(&net, &sub, 1e-3).unwrap();
+        let e = examine(&net, &DesiredSet { clauses: vec![] }, &sub, 1e-3, 1e-3).unwrap();
         assert!(e.proven() && e.counterexamples.is_empty());
         assert!((e.worst_gap - (1.0 - 0.5 - 1e-3)).abs() < 1e-12);
     }
