@@ -12,14 +12,20 @@
 //! bounds `-C f(x)` from below, which is `-(upper bound of C f(x))`. Intermediate bounds
 //! use the same trick (`[S; -S]` for the unstable neurons `S` of a layer).
 //!
+//! Beyond the reference: every recomputed intermediate bound is intersected with the
+//! best bounds seen so far (initially our CROWN/IBP bounds), with a straight-through
+//! gradient (the value is the intersection, the gradient that of the CROWN bound: a plain
+//! max/min would have zero gradient where IBP is tighter and freeze those slopes), and
+//! neurons the best bounds show to be stable get their exact lower slope.
+//!
 //! Soundness does not depend on the optimiser: for every slope in the range, every
-//! intermediate bound computed in the graph is a CROWN bound (intersected with the fixed
-//! CROWN/IBP bounds, both sound), every relaxation built from sound bounds is sound, so
-//! every iteration's final linear bound is sound. Stability is decided by the fixed
-//! bounds (auto_LiRPA's reference bounds); a neuron unstable there keeps a sound line for
-//! whatever tighter interval the graph finds. Non-piecewise-linear layers (sigmoid, tanh,
-//! GELU) and max pooling keep their fixed relaxations, which are sound because they were
-//! built over bounds that contain the tighter ones.
+//! intermediate bound computed in the graph is a CROWN bound (intersected with bounds
+//! that are themselves sound), every relaxation built from sound bounds is sound, so
+//! every iteration's final linear bound is sound. Which neurons get free slopes is
+//! decided by the CROWN/IBP bounds (auto_LiRPA's reference bounds); such a neuron keeps a
+//! sound line for whatever tighter interval the graph finds. Non-piecewise-linear layers
+//! (sigmoid, tanh, GELU) and max pooling keep their fixed relaxations, sound because they
+//! were built over bounds that contain the tighter ones.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
@@ -59,7 +65,7 @@ struct Optimisable {
     slope_range: (f64, f64),
     /// `[1, 1, n]`: 1 on unstable neurons.
     mask: Tensor,
-    /// `[1, n]` and `[1, 1, n]` forms of `1 - mask`.
+    /// `[1, 1, n]`: `1 - mask`.
     keep: Tensor,
     /// Fixed lines with the unstable entries zeroed, `[1, 1, n]`.
     fixed_lower_slope: Tensor,
@@ -106,7 +112,7 @@ enum Node {
 /// Lines of an optimisable layer for the current iteration: upper lines `[SIDES, 1, n]`
 /// from the in-graph bounds, and the lower slope `alpha * free + settled` (`[1, 1, n]`
 /// each): neurons the best bounds so far show to be stable get their exact slope.
-struct UpperLines {
+struct LayerLines {
     slope: Tensor,
     intercept: Tensor,
     free: Tensor,
@@ -253,7 +259,7 @@ fn make_alphas(nodes: &[Node], final_rows: usize) -> candle_core::Result<Alphas>
 /// c [SIDES, rows])`.
 fn back_substitute(
     nodes: &[Node],
-    upper_lines: &[Option<UpperLines>],
+    layer_lines: &[Option<LayerLines>],
     alphas: &Alphas,
     start: usize,
     spec: Tensor,
@@ -287,7 +293,7 @@ fn back_substitute(
             Node::Relu(o) => {
                 let pos = a.relu()?;
                 let neg = (&a - &pos)?;
-                let upper = upper_lines[j].as_ref();
+                let upper = layer_lines[j].as_ref();
                 let (us, ui, free, settled) = match upper {
                     Some(u) => (&u.slope, &u.intercept, &u.free, &u.settled),
                     None => (
@@ -297,9 +303,9 @@ fn back_substitute(
                         &o.fixed_lower_slope,
                     ),
                 };
-                let alpha = alphas
-                    .get(start, j)
-                    .expect("an alpha for every optimisable layer before a start node");
+                let alpha = alphas.get(start, j).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no slopes for layer {j} from {start}"))
+                })?;
                 let slope = alpha
                     .as_tensor()
                     .broadcast_mul(free)?
@@ -347,7 +353,7 @@ fn relu_upper(
     (ref_l, ref_u): (&Tensor, &Tensor),
     lower_new: &Tensor,
     upper_new: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor, UpperLines)> {
+) -> candle_core::Result<(Tensor, Tensor, LayerLines)> {
     // Scatter the unstable neurons' new bounds and intersect with the fixed bounds.
     let keep = o.keep.squeeze(0)?;
     let mask = o.mask.squeeze(0)?;
@@ -400,7 +406,7 @@ fn relu_upper(
     Ok((
         l,
         u,
-        UpperLines {
+        LayerLines {
             slope,
             intercept,
             free,
@@ -420,7 +426,7 @@ fn evaluate(
     centre: &Tensor,
     radius: &Tensor,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor, Vec<(usize, Tensor, Tensor)>)> {
-    let mut upper_lines: Vec<Option<UpperLines>> = Vec::with_capacity(nodes.len());
+    let mut layer_lines: Vec<Option<LayerLines>> = Vec::with_capacity(nodes.len());
     let mut intermediate = Vec::new();
     for (k, node) in nodes.iter().enumerate() {
         let lines = match node {
@@ -431,22 +437,22 @@ fn evaluate(
                     .unsqueeze(0)?
                     .broadcast_as((SIDES, 2 * m, o.select.dim(1)?))?
                     .contiguous()?;
-                let (a, c) = back_substitute(nodes, &upper_lines, alphas, k, spec)?;
+                let (a, c) = back_substitute(nodes, &layer_lines, alphas, k, spec)?;
                 let values = concretise(&a, &c, centre, radius)?;
                 let lower_new = values.narrow(1, 0, m)?;
                 let upper_new = values.narrow(1, m, m)?.neg()?;
-                let (l, u) = reference[k]
-                    .as_ref()
-                    .expect("reference bounds of a recomputed layer");
+                let (l, u) = reference[k].as_ref().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("no reference bounds for layer {k}"))
+                })?;
                 let (l, u, lines) = relu_upper(o, (l, u), &lower_new, &upper_new)?;
                 intermediate.push((k, l, u));
                 Some(lines)
             }
             _ => None,
         };
-        upper_lines.push(lines);
+        layer_lines.push(lines);
     }
-    let (a, c) = back_substitute(nodes, &upper_lines, alphas, nodes.len(), final_spec.clone())?;
+    let (a, c) = back_substitute(nodes, &layer_lines, alphas, nodes.len(), final_spec.clone())?;
     let values = concretise(&a, &c, centre, radius)?;
     Ok((a, c, values, intermediate))
 }
