@@ -57,6 +57,10 @@ pub(crate) struct Optimised {
 const SIDES: usize = 2;
 /// auto_LiRPA's clamp of the ReLU upper bound away from the lower one.
 const MIN_WIDTH: f64 = 1e-8;
+/// Cap on the slopes of intermediate start nodes (f64 elements; Adam keeps two more
+/// copies): wide convolutional layers would otherwise need `rows x n` slopes per layer
+/// pair. Start nodes beyond it keep their fixed bounds (sound, less tight).
+const MAX_INTERMEDIATE_ALPHAS: usize = 1 << 22;
 
 /// A ReLU-like layer with unstable neurons (by the fixed bounds).
 struct Optimisable {
@@ -79,7 +83,8 @@ struct Optimisable {
     n: usize,
     /// Initial slope of every neuron `[1, 1, n]` (CROWN's adaptive choice).
     init_slope: Tensor,
-    /// Indices of the unstable neurons, and the `[m, n]` selection matrix.
+    /// Indices of the unstable neurons, and their `[m, n]` selection matrix (empty when
+    /// the layer is not recomputed).
     unstable: Vec<usize>,
     select: Tensor,
     /// The graph recomputes this layer's input bounds (some earlier layer has alphas).
@@ -127,9 +132,11 @@ fn lines(v: &[f64], dev: &Device) -> candle_core::Result<Tensor> {
     Tensor::from_slice(v, (1, 1, v.len()), dev)
 }
 
-fn build_nodes(prop: &Propagation, dev: &Device) -> candle_core::Result<Vec<Node>> {
+fn build_nodes(prop: &Propagation, dev: &Device, budget: usize) -> candle_core::Result<Vec<Node>> {
     let mut nodes = Vec::with_capacity(prop.ops.len());
-    let mut seen_optimisable = false;
+    // Neurons of the optimisable layers so far (slopes per start-node row), and the
+    // intermediate slopes allotted.
+    let (mut neurons_before, mut allotted) = (0usize, 0usize);
     for (op, relaxation) in prop.ops.iter().zip(&prop.relaxations) {
         let node = match (op.affine(), relaxation) {
             (Some(map), _) => Node::Affine {
@@ -151,8 +158,15 @@ fn build_nodes(prop: &Propagation, dev: &Device) -> candle_core::Result<Vec<Node
                     .collect();
                 let keep: Vec<f64> = mask.iter().map(|m| 1.0 - m).collect();
                 let unstable: Vec<usize> = (0..n).filter(|&j| r.optimisable[j]).collect();
-                let mut select = vec![0.0; unstable.len() * n];
-                for (i, &j) in unstable.iter().enumerate() {
+                // Slopes and spec rows this start node needs.
+                let need = SIDES * 2 * unstable.len() * (neurons_before + n);
+                let recompute = neurons_before > 0 && allotted + need <= budget;
+                if recompute {
+                    allotted += need;
+                }
+                let m = if recompute { unstable.len() } else { 0 };
+                let mut select = vec![0.0; m * n];
+                for (i, &j) in unstable.iter().take(m).enumerate() {
                     select[i * n + j] = 1.0;
                 }
                 let node = Optimisable {
@@ -168,11 +182,11 @@ fn build_nodes(prop: &Propagation, dev: &Device) -> candle_core::Result<Vec<Node
                     upper_intercept_all: lines(&r.upper_intercept, dev)?,
                     n,
                     init_slope: lines(&r.lower_slope, dev)?,
-                    select: Tensor::from_vec(select, (unstable.len(), n), dev)?,
+                    select: Tensor::from_vec(select, (m, n), dev)?,
                     unstable,
-                    recompute: seen_optimisable,
+                    recompute,
                 };
-                seen_optimisable = true;
+                neurons_before += n;
                 Node::Relu(Box::new(node))
             }
             (None, Some(Relaxation::Elementwise(r))) => Node::Fixed {
@@ -466,7 +480,7 @@ pub(crate) fn optimise(
     options: &AlphaOptions,
     start: Optimised,
 ) -> Result<Optimised, BoundsError> {
-    run(prop, spec, rows, options, start).map_err(optimiser_error)
+    run(prop, spec, rows, options, start, MAX_INTERMEDIATE_ALPHAS).map_err(optimiser_error)
 }
 
 fn run(
@@ -475,9 +489,10 @@ fn run(
     rows: usize,
     options: &AlphaOptions,
     mut best: Optimised,
+    budget: usize,
 ) -> candle_core::Result<Optimised> {
     let dev = Device::Cpu;
-    let nodes = build_nodes(prop, &dev)?;
+    let nodes = build_nodes(prop, &dev, budget)?;
     if !nodes.iter().any(|n| matches!(n, Node::Relu(_))) || rows == 0 {
         return Ok(best);
     }
@@ -727,6 +742,65 @@ mod tests {
             alpha_width < 0.95 * crown_width,
             "alpha-CROWN should tighten CROWN here: {alpha_width} vs {crown_width}"
         );
+    }
+
+    /// With the intermediate-slope budget exhausted after the first start node, the
+    /// remaining layers keep their fixed bounds: still sound, still no looser than CROWN.
+    #[test]
+    fn a_small_slope_budget_stays_sound() {
+        let net = deep_mlp(3, true);
+        let input = BoxBounds::ball(&[0.2, -0.1, 0.4, 0.0, -0.3], 0.6);
+        let layers = net.layers.len();
+        let shapes = net.shapes().expect("shapes");
+        let ops = super::super::ops::build(&net.layers, &shapes, 0).expect("ops");
+        let prop = super::super::engine::Propagation::run(
+            ops,
+            &input,
+            super::super::engine::Intermediate::CrownIntersect,
+            0,
+        )
+        .expect("propagation");
+        let spec: Vec<f64> = (0..16)
+            .map(|i| if i % 5 == 0 { 1.0 } else { 0.0 })
+            .collect();
+        let mut state = prop.linear(&spec, 4, None);
+        let crown = state.concretise(&input);
+        let start = super::Optimised {
+            upper_a: state.upper_matrix().to_vec(),
+            lower_a: state.lower_a.clone(),
+            lower_c: state.lower_c.clone(),
+            upper_c: state.upper_c.clone(),
+            lower: crown.lower.clone(),
+            upper: crown.upper.clone(),
+            layer_bounds: prop.bounds.clone(),
+        };
+        let dev = candle_core::Device::Cpu;
+        let budget = 2 * 2 * 16 * 32;
+        let nodes = super::build_nodes(&prop, &dev, budget).expect("nodes");
+        let recomputed = nodes
+            .iter()
+            .filter(|n| matches!(n, super::Node::Relu(o) if o.recompute))
+            .count();
+        assert!(recomputed <= 1, "the budget admits at most one start node");
+        let best =
+            super::run(&prop, &spec, 4, &Default::default(), start, budget).expect("alpha-CROWN");
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for r in 0..4 {
+            assert!(best.lower[r] >= crown.lower[r] && best.upper[r] <= crown.upper[r]);
+        }
+        for i in 0..2000 {
+            let x = sample(&mut rng, &input, i % 4 == 0);
+            let y = net.forward(&x);
+            for r in 0..4 {
+                let v = y[r];
+                let tol = 1e-9 * (1.0 + v.abs());
+                assert!(best.lower[r] <= v + tol && v <= best.upper[r] + tol);
+            }
+            for k in 0..=layers {
+                let t = net.forward_range(&x, 0, k);
+                assert!(best.layer_bounds[k].contains(&t, 1e-9));
+            }
+        }
     }
 
     /// On a real ACAS Xu network and property box: sampled outputs inside the bounds,
