@@ -791,8 +791,7 @@ mod tests {
         for i in 0..2000 {
             let x = sample(&mut rng, &input, i % 4 == 0);
             let y = net.forward(&x);
-            for r in 0..4 {
-                let v = y[r];
+            for (r, &v) in y.iter().enumerate() {
                 let tol = 1e-9 * (1.0 + v.abs());
                 assert!(best.lower[r] <= v + tol && v <= best.upper[r] + tol);
             }
