@@ -280,7 +280,8 @@ pub struct LinearBounds {
     /// Bounds of the tensor entering each layer of the range and, last, of the
     /// sub-network's output (`to - from + 1` entries): the intermediate bounds the
     /// relaxations used (CROWN or intersected for inputs of nonlinear layers, IBP from
-    /// the previous bounds elsewhere).
+    /// the previous bounds elsewhere); for `AlphaCrown`, the inputs of ReLU-like layers
+    /// are further tightened by the optimised bounds of every iteration (all sound).
     pub layer_bounds: Vec<BoxBounds>,
 }
 
