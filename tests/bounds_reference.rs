@@ -4,8 +4,8 @@
 //! - default CROWN and alpha-CROWN are sound (contain the reference's sampled min/max
 //!   and our own sampled outputs) and on average at least as tight as the reference's
 //!   `crown` and `alpha_crown`. alpha-CROWN runs on a deterministic subset (every third
-//!   record, 60 cases) to keep the test fast; the benchmark
-//!   (`host-tools/examples/bounds_bench.rs`) runs it on all 180.
+//!   record, 60 cases) in the default suite; an ignored test and the benchmark
+//!   (`host-tools/examples/bounds_bench.rs`) run it on all 180.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -119,23 +119,26 @@ fn check_sound(name: &str, case: &Case, net: &Network, b: &BoxBounds) {
     }
 }
 
+/// IBP and pure CROWN match on all 180 records; CROWN is sound and tighter on average;
+/// alpha-CROWN is sound and at least as tight as auto_LiRPA's on average over a fixed
+/// representative subset (every third record: 60 cases covering all 45 networks and
+/// properties 1-4) to keep the dev-profile suite fast.
 #[test]
 fn acasxu_bounds_match_auto_lirpa() {
-    compare_with_auto_lirpa(false);
+    compare_with_auto_lirpa(3);
 }
 
-/// Known gap (issue 3): with intermediate bounds fixed, our alpha-CROWN converges to
-/// its optimum (N1,1 prop 1, output 0: -227.5 after 300 steps vs CROWN's -266.6), but
-/// auto_LiRPA's reference reaches -69.3, so its run also tightens intermediate bounds.
-/// Optimising the intermediate layers' slopes is the missing piece; until then this
-/// comparison fails and is run on demand (`cargo test -- --ignored`).
+/// alpha-CROWN on all 180 records (about 1-2 min in the dev profile on a busy 2-core
+/// machine; `cargo test --test bounds_reference -- --ignored`). The figure is recorded
+/// in BENCHMARKS.md (Bounds).
 #[test]
-#[ignore = "known gap: alpha-CROWN does not yet optimise intermediate-layer slopes (issue 3)"]
-fn alpha_crown_is_at_least_as_tight_as_auto_lirpa() {
-    compare_with_auto_lirpa(true);
+#[ignore = "slow in the dev profile: alpha-CROWN on all 180 records; the default test covers a 60-case subset"]
+fn alpha_crown_is_at_least_as_tight_as_auto_lirpa_on_all_180() {
+    compare_with_auto_lirpa(1);
 }
 
-fn compare_with_auto_lirpa(assert_alpha_tightness: bool) {
+/// Compares everything; alpha-CROWN runs on every `alpha_every`-th record.
+fn compare_with_auto_lirpa(alpha_every: usize) {
     let data = prorepair_host::require_data!("reference/acasxu_bounds.json");
     let data = data
         .parent()
@@ -199,7 +202,7 @@ fn compare_with_auto_lirpa(assert_alpha_tightness: bool) {
             floats(&case.record["crown_nosparse"]["upper"]),
         ));
 
-        if index % 3 == 0 {
+        if index % alpha_every == 0 {
             let alpha =
                 bounds::output_bounds(net, &case.input, Method::AlphaCrown).expect("alpha-CROWN");
             check_sound("alpha-CROWN", case, net, &alpha);
@@ -235,7 +238,7 @@ fn compare_with_auto_lirpa(assert_alpha_tightness: bool) {
         ref_crown / n
     );
     assert!(
-        !assert_alpha_tightness || ours_alpha <= ref_alpha,
+        ours_alpha <= ref_alpha,
         "our alpha-CROWN is looser on average: {} > {}",
         ours_alpha / a,
         ref_alpha / a

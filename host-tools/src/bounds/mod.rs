@@ -15,10 +15,11 @@
 //! - `Crown` (default): like `CrownPure`, but every intermediate bound is the
 //!   intersection of CROWN's and the one-step interval bound, and the output bounds are
 //!   intersected with IBP's. Sound and at least as tight per intermediate neuron.
-//! - `AlphaCrown`: `Crown`'s intermediate bounds, then lower slopes of unstable
-//!   ReLU/LeakyReLU neurons optimised per spec row and per side with Adam through candle
-//!   ([`AlphaOptions`]); the result is computed by a plain f64 back-substitution with the
-//!   slopes clamped to the sound range, and intersected with `Crown`'s.
+//! - `AlphaCrown`: auto_LiRPA's `CROWN-Optimized`: lower slopes of unstable
+//!   ReLU/LeakyReLU neurons optimised with Adam through candle, one set per (layer,
+//!   start node), with the pre-activation bounds of later ReLU layers recomputed in the
+//!   same graph ([`AlphaOptions`], `alpha.rs`); the best bound per row over the
+//!   iterations, intersected with `Crown`'s.
 //!
 //! Soundness: every relaxation is sound in real arithmetic; the transcendental ones are
 //! widened by [`relax::EVAL_SLACK`]. Floating-point rounding of the f64
@@ -119,7 +120,7 @@ pub enum Method {
     /// CROWN with intermediate bounds intersected with IBP (default).
     #[default]
     Crown,
-    /// Optimised lower slopes (alpha-CROWN) over `Crown`'s intermediate bounds.
+    /// Optimised lower slopes (alpha-CROWN), intermediate ReLU bounds re-optimised too.
     AlphaCrown,
 }
 
@@ -279,7 +280,8 @@ pub struct LinearBounds {
     /// Bounds of the tensor entering each layer of the range and, last, of the
     /// sub-network's output (`to - from + 1` entries): the intermediate bounds the
     /// relaxations used (CROWN or intersected for inputs of nonlinear layers, IBP from
-    /// the previous bounds elsewhere).
+    /// the previous bounds elsewhere); for `AlphaCrown`, the inputs of ReLU-like layers
+    /// are further tightened by the optimised bounds of every iteration (all sound).
     pub layer_bounds: Vec<BoxBounds>,
 }
 
@@ -416,14 +418,43 @@ pub fn linear_bounds_with(
             (state, concrete)
         }
         Method::AlphaCrown => {
-            let crown = prop.linear(&spec, rows, None).concretise(input);
-            let slopes = alpha::optimise(&prop, &spec, rows, alpha_options)?;
-            let mut state = prop.linear(&spec, rows, Some(&slopes));
-            let concrete = state
-                .concretise(input)
+            // Start from CROWN's linear bounds; alpha-CROWN only replaces rows it improves.
+            let mut state = prop.linear(&spec, rows, None);
+            let crown = state.concretise(input);
+            let start = alpha::Optimised {
+                upper_a: state.upper_matrix().to_vec(),
+                lower_a: state.lower_a,
+                lower_c: state.lower_c,
+                upper_c: state.upper_c,
+                lower: crown.lower.clone(),
+                upper: crown.upper.clone(),
+                layer_bounds: prop.bounds.clone(),
+            };
+            let best = alpha::optimise(&prop, &spec, rows, alpha_options, start)?;
+            let concrete = BoxBounds::new(best.lower, best.upper)
                 .intersect(&crown)
                 .intersect(&spec_interval);
-            (state, concrete)
+            if concrete
+                .lower
+                .iter()
+                .chain(&concrete.upper)
+                .any(|v| !v.is_finite())
+            {
+                return Err(BoundsError::NonFinite {
+                    layer: to.saturating_sub(1),
+                });
+            }
+            return Ok(LinearBounds {
+                rows,
+                cols: n_in,
+                a_lower: best.lower_a,
+                c_lower: best.lower_c,
+                a_upper: best.upper_a,
+                c_upper: best.upper_c,
+                lower: concrete.lower,
+                upper: concrete.upper,
+                layer_bounds: best.layer_bounds,
+            });
         }
     };
     if concrete
