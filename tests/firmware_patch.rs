@@ -247,7 +247,6 @@ fn run_c_update(
 /// The end-to-end check on real data: repair ACAS Xu N2,1 for property 2, apply
 /// the patch in the C program, and compare with the repaired ONNX under tract.
 #[test]
-#[ignore = "ProRepair does not yet repair ACAS Xu prop_2 within the budget (repair_acasxu.rs, same reason); run with --ignored once it does"]
 fn c_program_applies_the_acasxu_n21_prop2_repair_patch() {
     if !have_gcc() {
         eprintln!("SKIP: gcc is not installed");

@@ -27,7 +27,11 @@
 #include "inputs.h"
 
 #define ARENA_BYTES 1024
-#define PATCH_RAM_BYTES 4096
+/* RAM for the patched layers' parameters (pr_patch_ram_bytes tells the exact need): an
+ * ACAS Xu repair of the last four 50x50 layers needs 45,600 bytes. */
+#ifndef PATCH_RAM_BYTES
+#define PATCH_RAM_BYTES 65536
+#endif
 
 static pr_model g_model;
 static float g_arena[ARENA_BYTES / sizeof(float)];

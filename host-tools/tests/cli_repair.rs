@@ -103,7 +103,6 @@ fn unknown_outcome_exits_20_and_writes_no_model() {
 }
 
 #[test]
-#[ignore = "ProRepair does not yet repair ACAS Xu prop_2 within the budget (see BENCHMARKS.md, Repair section); run with --ignored"]
 fn successful_repair_exits_0_and_writes_a_loadable_onnx() {
     let model = require_data!(&testing::acasxu_onnx(2, 1));
     let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
