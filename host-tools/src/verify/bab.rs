@@ -5,6 +5,7 @@
 //! linear lower-bound coefficients `A` (`A x + c <= C f(x)` on the box) that drive the
 //! refine score and the candidate counterexamples.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -60,12 +61,24 @@ impl BoundEngine for IbpEngine<'_> {
 
 /// CROWN-family bounds of the spec rows through [`bounds::linear_bounds`] (the spec
 /// matrix is bounded directly, which is much tighter than combining output bounds).
+/// Dense/ReLU networks take the [`bounds::DenseReluChain`] fast path, prepared once.
 #[derive(Debug)]
 pub struct LinearEngine<'a> {
     /// The network.
     pub net: &'a Network,
     /// `Crown` or `AlphaCrown`.
     pub method: bounds::Method,
+    chain: Option<bounds::DenseReluChain<'a>>,
+}
+
+impl<'a> LinearEngine<'a> {
+    /// An engine for `net` with `method`.
+    pub fn new(net: &'a Network, method: bounds::Method) -> Self {
+        let chain = matches!(method, bounds::Method::Crown | bounds::Method::CrownPure)
+            .then(|| bounds::DenseReluChain::new(net, 0, net.layers.len()))
+            .flatten();
+        Self { net, method, chain }
+    }
 }
 
 impl BoundEngine for LinearEngine<'_> {
@@ -81,8 +94,13 @@ impl BoundEngine for LinearEngine<'_> {
     fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
         let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
         let spec = rows.concat();
-        let b = bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
-            .map_err(|e| e.to_string())?;
+        let b = match &self.chain {
+            Some(chain) => chain.linear_bounds(&input, &spec, rows.len(), self.method),
+            None => {
+                bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let coeffs = b.a_lower.chunks(b.cols.max(1)).map(<[f64]>::to_vec).collect();
         let layer_bounds = b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect();
         Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), layer_bounds })
@@ -93,8 +111,77 @@ impl BoundEngine for LinearEngine<'_> {
 pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
     match method {
         Method::Ibp => Box::new(IbpEngine { net }),
-        Method::Crown | Method::Complete => Box::new(LinearEngine { net, method: bounds::Method::Crown }),
-        Method::AlphaCrown => Box::new(LinearEngine { net, method: bounds::Method::AlphaCrown }),
+        Method::Crown | Method::Complete => Box::new(LinearEngine::new(net, bounds::Method::Crown)),
+        Method::AlphaCrown => Box::new(LinearEngine::new(net, bounds::Method::AlphaCrown)),
+    }
+}
+
+/// Seeded sampling of every case box (centre, corners, random points). Returns a
+/// violated verdict with a forward-pass-confirmed counterexample, or for every
+/// (case, conjunction) in order the best inputs as PGD starts.
+pub fn sample_cases(
+    net: &Network,
+    cases: &[Case],
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Verdict, Vec<Vec<Vec<f64>>>> {
+    let mut starts = Vec::new();
+    for (ci, case) in cases.iter().enumerate() {
+        let n_random = if net.input_dim() <= 16 { 2000 } else { 200 };
+        let pts = falsify::sample_points(rng, &case.lower, &case.upper, n_random);
+        let outs: Vec<Vec<f64>> = pts.par_iter().map(|x| net.forward(x)).collect();
+        for conj in &case.unsafe_set {
+            let mut scored: Vec<(f64, &Vec<f64>)> = Vec::new();
+            for (x, y) in pts.iter().zip(&outs) {
+                let m = conj.worst_margin(y);
+                if m <= 0.0 {
+                    return Ok(violated(x.clone(), y.clone(), ci));
+                }
+                scored.push((m, x));
+            }
+            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+            starts.push(scored.iter().take(12).map(|(_, x)| (*x).clone()).collect());
+        }
+    }
+    Err(starts)
+}
+
+/// Round-robin PGD over every (case, conjunction): round 0 descends from the sampled
+/// `starts`, later rounds from fresh random points.
+#[derive(Debug)]
+pub struct Falsifier {
+    rng: rand_chacha::ChaCha8Rng,
+    starts: Vec<Vec<Vec<f64>>>,
+    next: usize,
+    round: usize,
+}
+
+impl Falsifier {
+    /// A falsifier continuing from [`sample_cases`]' starts.
+    pub fn new(rng: rand_chacha::ChaCha8Rng, starts: Vec<Vec<Vec<f64>>>) -> Self {
+        Self { rng, starts, next: 0, round: 0 }
+    }
+
+    /// One PGD attempt on the next (case, conjunction); a confirmed counterexample or `None`.
+    pub fn step(&mut self, net: &Network, cnet: &CandleNet, cases: &[Case]) -> Option<Verdict> {
+        let pairs: Vec<(usize, usize)> =
+            cases.iter().enumerate().flat_map(|(ci, c)| (0..c.unsafe_set.len()).map(move |k| (ci, k))).collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        let idx = self.next % pairs.len();
+        let (ci, k) = pairs[idx];
+        let case = &cases[ci];
+        let pts: Vec<Vec<f64>> = if self.round == 0 {
+            self.starts.get(idx).cloned().unwrap_or_default()
+        } else {
+            (0..32).map(|_| falsify::random_point(&mut self.rng, &case.lower, &case.upper)).collect()
+        };
+        self.next += 1;
+        if self.next.is_multiple_of(pairs.len()) {
+            self.round += 1;
+        }
+        let a = falsify::pgd(cnet, net, &case.lower, &case.upper, &case.unsafe_set[k], &pts, 100).ok()?;
+        a.found.map(|(x, y)| violated(x, y, ci))
     }
 }
 
@@ -102,48 +189,19 @@ pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
 /// verdict with a forward-pass-confirmed counterexample, or `None`.
 pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant) -> Option<Verdict> {
     let mut rng = falsify::rng(seed);
-    // Sampling first on every case (cheap), remembering the best starts for PGD.
-    let mut starts: Vec<Vec<(f64, Vec<f64>)>> = Vec::new();
-    for (ci, case) in cases.iter().enumerate() {
-        let n_random = if net.input_dim() <= 16 { 2000 } else { 200 };
-        let pts = falsify::sample_points(&mut rng, &case.lower, &case.upper, n_random);
-        let outs: Vec<Vec<f64>> = pts.par_iter().map(|x| net.forward(x)).collect();
-        for conj in &case.unsafe_set {
-            let mut scored: Vec<(f64, Vec<f64>)> = Vec::new();
-            for (x, y) in pts.iter().zip(&outs) {
-                let m = conj.worst_margin(y);
-                if m <= 0.0 {
-                    return Some(violated(x.clone(), y.clone(), ci));
-                }
-                scored.push((m, x.clone()));
-            }
-            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-            scored.truncate(12);
-            starts.push(scored);
-        }
-    }
+    let starts = match sample_cases(net, cases, &mut rng) {
+        Ok(v) => return Some(v),
+        Err(starts) => starts,
+    };
     let Ok(cnet) = CandleNet::new(net) else { return None };
-    // Round 0 descends from the best samples; later rounds from fresh random points, in
-    // turn over every (case, conjunction), until the falsification budget is spent.
-    for round in 0..64 {
-        let mut idx = 0;
-        for (ci, case) in cases.iter().enumerate() {
-            for conj in &case.unsafe_set {
-                if Instant::now() >= deadline {
-                    return None;
-                }
-                let pts: Vec<Vec<f64>> = if round == 0 {
-                    starts[idx].iter().map(|(_, x)| x.clone()).collect()
-                } else {
-                    (0..32).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect()
-                };
-                idx += 1;
-                if let Ok(a) = falsify::pgd(&cnet, net, &case.lower, &case.upper, conj, &pts, 100) {
-                    if let Some((x, y)) = a.found {
-                        return Some(violated(x, y, ci));
-                    }
-                }
-            }
+    let mut f = Falsifier::new(rng, starts);
+    let pairs: usize = cases.iter().map(|c| c.unsafe_set.len()).sum();
+    for _ in 0..64 * pairs.max(1) {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        if let Some(v) = f.step(net, &cnet, cases) {
+            return Some(v);
         }
     }
     None
@@ -174,7 +232,58 @@ enum Outcome {
     Stuck(String),
 }
 
+/// Per case: a sound bound on the f32 rounding error of every unsafe-constraint row over
+/// the whole case box (`[conjunction][constraint]`). It is valid on every sub-box (the
+/// root's intermediate bounds contain the sub-box's), so a sub-box whose gap clears it
+/// needs no error bound of its own.
+fn root_errors(net: &Network, case: &Case, engine: &dyn BoundEngine) -> Option<Vec<Vec<f64>>> {
+    let rows: Vec<Vec<f64>> = case.unsafe_set.iter().flat_map(|c| c.rows.iter().cloned()).collect();
+    let b = engine.spec_lower(&case.lower, &case.upper, &rows).ok()?;
+    let flat = row_errors(net, &b.layer_bounds, &case.lower, &case.upper, &rows, case.unsafe_set.iter().flat_map(|c| c.rhs.iter().copied()));
+    let mut it = flat.into_iter();
+    Some(case.unsafe_set.iter().map(|c| it.by_ref().take(c.rows.len()).collect()).collect())
+}
+
+/// The margin each row `c·y - rhs` must clear on a box with the given layer bounds: the
+/// f32 rounding-error bound of the row (the tight backward form when the network allows
+/// it, else `|c|·E`) plus `1e-9 (1 + |rhs|)`.
+fn row_errors(
+    net: &Network,
+    layer_bounds: &[(Vec<f64>, Vec<f64>)],
+    lower: &[f64],
+    upper: &[f64],
+    rows: &[Vec<f64>],
+    rhs: impl Iterator<Item = f64>,
+) -> Vec<f64> {
+    match rounding::spec_error_bounds(net, layer_bounds, rows) {
+        Some(v) => v.iter().zip(rhs).map(|(e, b)| e + 1e-9 * (1.0 + b.abs())).collect(),
+        None => {
+            let err = if layer_bounds.len() == net.layers.len() + 1 {
+                rounding::f32_error_bound_from(net, layer_bounds)
+            } else {
+                rounding::f32_error_bound(net, lower, upper)
+            };
+            rows.iter().zip(rhs).map(|(r, b)| required_margin(r, b, &err)).collect()
+        }
+    }
+}
+
+/// What every sub-box of one case shares.
+struct Ctx<'a> {
+    net: &'a Network,
+    cnet: Option<&'a CandleNet>,
+    case: &'a Case,
+    engine: &'a dyn BoundEngine,
+    root_err: Option<&'a [Vec<f64>]>,
+    start: Instant,
+    /// Nanoseconds spent in sub-box PGD, kept below a tenth of the elapsed time.
+    pgd_nanos: &'a AtomicU64,
+}
+
 /// Branch and bound over every case (`complete = false`: one bound pass per case box).
+/// PGD rounds ([`Falsifier`]) are interleaved while they take less than a tenth of the
+/// elapsed time.
+#[allow(clippy::too_many_arguments)]
 pub fn branch_and_bound(
     net: &Network,
     cases: &[Case],
@@ -183,14 +292,23 @@ pub fn branch_and_bound(
     deadline: Instant,
     options: &Options,
     stats: &mut Stats,
+    mut falsifier: Option<&mut Falsifier>,
 ) -> Verdict {
+    let start = Instant::now();
     let cnet = CandleNet::new(net).ok();
     let batch_size = 4 * rayon::current_num_threads().max(1);
     let mut undecided: Option<String> = None;
+    let pgd_nanos = AtomicU64::new(0);
+    let mut fals_nanos = 0u128;
     if let Some(pb) = &options.progress {
         pb.set_length(1000 * cases.len() as u64);
     }
     for (ci, case) in cases.iter().enumerate() {
+        let root_err = root_errors(net, case, engine);
+        if let Some(e) = &root_err {
+            stats.f32_error_bound = e.iter().flatten().copied().fold(stats.f32_error_bound, f64::max);
+        }
+        let ctx = Ctx { net, cnet: cnet.as_ref(), case, engine, root_err: root_err.as_deref(), start, pgd_nanos: &pgd_nanos };
         let total_volume = log_volume(&case.lower, &case.upper);
         let mut done_fraction = 0.0f64;
         let mut stack = vec![Domain {
@@ -210,12 +328,23 @@ pub fn branch_and_bound(
                     ),
                 };
             }
+            // Falsification in turn with the bounds, while it is cheap relative to them.
+            if let (Some(f), Some(cn)) = (falsifier.as_deref_mut(), cnet.as_ref()) {
+                if complete && stats.branches > 0 && fals_nanos * 10 < start.elapsed().as_nanos() {
+                    let t = Instant::now();
+                    let found = f.step(net, cn, cases);
+                    fals_nanos += t.elapsed().as_nanos();
+                    if let Some(v) = found {
+                        return v;
+                    }
+                }
+            }
             let take = stack.len().min(batch_size);
             let batch = stack.split_off(stack.len() - take);
             let results: Vec<(Domain, Outcome)> = batch
                 .into_par_iter()
                 .map(|d| {
-                    let o = bound_domain(net, cnet.as_ref(), case, engine, &d);
+                    let o = bound_domain(&ctx, &d);
                     (d, o)
                 })
                 .collect();
@@ -268,7 +397,8 @@ pub fn required_margin(row: &[f64], rhs: f64, err: &[f64]) -> f64 {
     row.iter().zip(err).map(|(c, e)| c.abs() * e).sum::<f64>() + 1e-9 * (1.0 + rhs.abs())
 }
 
-fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &dyn BoundEngine, d: &Domain) -> Outcome {
+fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
+    let (net, case) = (ctx.net, ctx.case);
     let mut rows: Vec<Vec<f64>> = Vec::new();
     let mut owner: Vec<(usize, usize)> = Vec::new();
     for &ci in &d.active {
@@ -277,17 +407,13 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
             owner.push((ci, k));
         }
     }
-    let bounds = match engine.spec_lower(&d.lower, &d.upper, &rows) {
+    let bounds = match ctx.engine.spec_lower(&d.lower, &d.upper, &rows) {
         Ok(b) => b,
-        Err(e) => return Outcome::Stuck(format!("{} failed: {e}", engine.name())),
+        Err(e) => return Outcome::Stuck(format!("{} failed: {e}", ctx.engine.name())),
     };
-    let err = if bounds.layer_bounds.len() == net.layers.len() + 1 {
-        rounding::f32_error_bound_from(net, &bounds.layer_bounds)
-    } else {
-        rounding::f32_error_bound(net, &d.lower, &d.upper)
-    };
-    // Per spec row: the tight backward form when the network allows it, else |c|·E.
-    let row_err = rounding::spec_error_bounds(net, &bounds.layer_bounds, &rows);
+    // The sub-box's own rounding-error bounds, computed only when a gap clears zero but
+    // not the root's (looser, equally sound) bound.
+    let mut local_err: Option<Vec<f64>> = None;
     let mut remaining = Vec::new();
     let mut min_gap = f64::INFINITY;
     for &ci in &d.active {
@@ -300,11 +426,20 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
             let gap = bounds.lower[r] - conj.rhs[k];
             // The f64 back-substitution is not rounded outward: keep 1e-9 relative slack.
             let f64_slack = 1e-9 * bounds.lower[r].abs();
-            let rounding = match &row_err {
-                Some(v) => v[r] + 1e-9 * (1.0 + conj.rhs[k].abs()),
-                None => required_margin(&conj.rows[k], conj.rhs[k], &err),
+            if !(gap > f64_slack) {
+                continue;
+            }
+            let cleared = match ctx.root_err {
+                Some(root) if gap > root[ci][k] + f64_slack => true,
+                _ => {
+                    let e = local_err.get_or_insert_with(|| {
+                        let rhs = owner.iter().map(|&(c, k)| case.unsafe_set[c].rhs[k]);
+                        row_errors(net, &bounds.layer_bounds, &d.lower, &d.upper, &rows, rhs)
+                    });
+                    gap > e[r] + f64_slack
+                }
             };
-            if gap > rounding + f64_slack {
+            if cleared {
                 best = Some(best.map_or(gap, |b: f64| b.max(gap)));
             }
         }
@@ -343,12 +478,16 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
     for &ci in &remaining {
         let conj = &case.unsafe_set[ci];
         let mut a = falsify::check_points(net, conj, &candidates);
-        if a.found.is_none() && d.depth > 0 && d.depth % 8 == 0 {
-            if let Some(cnet) = cnet {
+        let pgd_allowed =
+            || ctx.pgd_nanos.load(Ordering::Relaxed) as u128 * 10 < ctx.start.elapsed().as_nanos();
+        if a.found.is_none() && d.depth > 0 && d.depth % 4 == 0 && pgd_allowed() {
+            if let Some(cnet) = ctx.cnet {
+                let t = Instant::now();
                 let starts = vec![a.best_input.clone(), falsify::centre(&d.lower, &d.upper)];
                 if let Ok(p) = falsify::pgd(cnet, net, &d.lower, &d.upper, conj, &starts, 12) {
                     a = p;
                 }
+                ctx.pgd_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
         }
         if let Some((x, y)) = a.found {
@@ -359,12 +498,10 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
     // Split the dimension with the largest refine score (Eq. 9), or the widest.
     let widths: Vec<f64> = d.lower.iter().zip(&d.upper).map(|(l, u)| u - l).collect();
     let have_scores = bounds.coeffs.is_some() && score.iter().any(|&s| s > 0.0);
-    let best_dim = (0..n)
-        .filter(|&i| widths[i] > 0.0)
-        .max_by(|&i, &j| {
-            let key = |k: usize| if have_scores { widths[k] * score[k] } else { widths[k] };
-            key(i).total_cmp(&key(j))
-        });
+    let best_dim = (0..n).filter(|&i| widths[i] > 0.0).max_by(|&i, &j| {
+        let key = |k: usize| if have_scores { widths[k] * score[k] } else { widths[k] };
+        key(i).total_cmp(&key(j))
+    });
     let Some(dim) = best_dim else {
         return Outcome::Stuck("a point box could not be decided".into());
     };
