@@ -76,7 +76,8 @@ impl<'a> LinearEngine<'a> {
     pub fn new(net: &'a Network, method: bounds::Method) -> Self {
         let chain = matches!(method, bounds::Method::Crown | bounds::Method::CrownPure)
             .then(|| bounds::DenseReluChain::new(net, 0, net.layers.len()))
-            .flatten();
+            .flatten()
+            .map(|c| c.sparse_intermediate(true));
         Self { net, method, chain }
     }
 }
