@@ -36,98 +36,71 @@ mod kernel {
         body::<false>(m, k, n, a, b, out);
     }
 
-    /// The generic body with a hand-written 4 x 8 AVX2 register block.
+    /// A hand-written 4 x 8 AVX2 register block over the whole product: `b` is padded
+    /// with zero columns to a multiple of 8 and the last row block repeats the last row,
+    /// so edges take the same path; only the valid part of each block is stored.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gemm_avx2(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], out: &mut [f64]) {
-        use std::arch::x86_64::{
-            _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd,
+        use std::arch::x86_64::{_mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd};
+        if m == 0 || n == 0 {
+            return;
+        }
+        let n_pad = n.div_ceil(8) * 8;
+        let padded: Vec<f64>;
+        let bp: &[f64] = if n_pad == n {
+            &b[..k * n]
+        } else {
+            let mut p = vec![0.0; k * n_pad];
+            for t in 0..k {
+                p[t * n_pad..t * n_pad + n].copy_from_slice(&b[t * n..(t + 1) * n]);
+            }
+            padded = p;
+            &padded
         };
-        const MR: usize = 4;
-        const NR: usize = 8;
-        let m_full = m - m % MR;
-        let n_full = n - n % NR;
-        for i0 in (0..m_full).step_by(MR) {
-            let rows: [&[f64]; MR] = std::array::from_fn(|r| &a[(i0 + r) * k..(i0 + r + 1) * k]);
-            for j0 in (0..n_full).step_by(NR) {
-                let mut acc = [_mm256_setzero_pd(); 2 * MR];
+        let mut block = [0.0f64; 32];
+        for i0 in (0..m).step_by(4) {
+            let r = |d: usize| (i0 + d).min(m - 1) * k;
+            let (r0, r1, r2, r3) = (&a[r(0)..r(0) + k], &a[r(1)..r(1) + k], &a[r(2)..r(2) + k], &a[r(3)..r(3) + k]);
+            for j0 in (0..n_pad).step_by(8) {
+                let (mut c00, mut c01, mut c10, mut c11) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+                let (mut c20, mut c21, mut c30, mut c31) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
                 for t in 0..k {
-                    let brow = &b[t * n + j0..t * n + j0 + NR];
-                    // SAFETY: `brow` has exactly NR = 8 elements: two 4-wide unaligned loads.
-                    let (b0, b1) = unsafe {
-                        (
-                            _mm256_loadu_pd(brow.as_ptr()),
-                            _mm256_loadu_pd(brow.as_ptr().add(4)),
-                        )
-                    };
-                    for r in 0..MR {
-                        let av = _mm256_set1_pd(rows[r][t]);
-                        acc[2 * r] = _mm256_fmadd_pd(av, b0, acc[2 * r]);
-                        acc[2 * r + 1] = _mm256_fmadd_pd(av, b1, acc[2 * r + 1]);
-                    }
+                    let row = &bp[t * n_pad + j0..t * n_pad + j0 + 8];
+                    // SAFETY: `row` has exactly 8 elements: loads of 4 at offsets 0 and 4.
+                    let (b0, b1) = unsafe { (_mm256_loadu_pd(row.as_ptr()), _mm256_loadu_pd(row.as_ptr().add(4))) };
+                    let a0 = _mm256_set1_pd(r0[t]);
+                    c00 = _mm256_fmadd_pd(a0, b0, c00);
+                    c01 = _mm256_fmadd_pd(a0, b1, c01);
+                    let a1 = _mm256_set1_pd(r1[t]);
+                    c10 = _mm256_fmadd_pd(a1, b0, c10);
+                    c11 = _mm256_fmadd_pd(a1, b1, c11);
+                    let a2 = _mm256_set1_pd(r2[t]);
+                    c20 = _mm256_fmadd_pd(a2, b0, c20);
+                    c21 = _mm256_fmadd_pd(a2, b1, c21);
+                    let a3 = _mm256_set1_pd(r3[t]);
+                    c30 = _mm256_fmadd_pd(a3, b0, c30);
+                    c31 = _mm256_fmadd_pd(a3, b1, c31);
                 }
-                for r in 0..MR {
-                    let o = &mut out[(i0 + r) * n + j0..(i0 + r) * n + j0 + NR];
-                    // SAFETY: `o` has exactly NR = 8 elements: two 4-wide unaligned stores.
-                    unsafe {
-                        _mm256_storeu_pd(o.as_mut_ptr(), acc[2 * r]);
-                        _mm256_storeu_pd(o.as_mut_ptr().add(4), acc[2 * r + 1]);
-                    }
+                // SAFETY: `block` holds 32 f64: eight stores of 4 at offsets 0, 4, ..., 28.
+                unsafe {
+                    let p = block.as_mut_ptr();
+                    _mm256_storeu_pd(p, c00);
+                    _mm256_storeu_pd(p.add(4), c01);
+                    _mm256_storeu_pd(p.add(8), c10);
+                    _mm256_storeu_pd(p.add(12), c11);
+                    _mm256_storeu_pd(p.add(16), c20);
+                    _mm256_storeu_pd(p.add(20), c21);
+                    _mm256_storeu_pd(p.add(24), c30);
+                    _mm256_storeu_pd(p.add(28), c31);
+                }
+                let w = (n - j0).min(8);
+                for d in 0..(m - i0).min(4) {
+                    let o = (i0 + d) * n + j0;
+                    out[o..o + w].copy_from_slice(&block[d * 8..d * 8 + w]);
                 }
             }
         }
-        // The last n % 8 columns of the first m_full rows, and every column of the last
-        // m % 4 rows, as dot products with the transposed columns of b (an axpy on a
-        // narrow row would chain every step through memory).
-        let mut bt = vec![0.0; k * n];
-        for t in 0..k {
-            for j in 0..n {
-                bt[j * k + t] = b[t * n + j];
-            }
-        }
-        for r in 0..m {
-            let a_row = &a[r * k..(r + 1) * k];
-            let first = if r < m_full { n_full } else { 0 };
-            for j in first..n {
-                // SAFETY: avx2 and fma are enabled in this function.
-                out[r * n + j] = unsafe { dot_avx2(a_row, &bt[j * k..(j + 1) * k]) };
-            }
-        }
-    }
-
-    /// `a · b` with four 4-wide FMA lanes.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn dot_avx2(a: &[f64], b: &[f64]) -> f64 {
-        use std::arch::x86_64::{
-            _mm256_add_pd, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_setzero_pd, _mm256_storeu_pd,
-        };
-        let n = a.len().min(b.len());
-        let full = n - n % 8;
-        let (mut acc0, mut acc1) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-        for t in (0..full).step_by(8) {
-            // SAFETY: t + 8 <= full <= both lengths: four-element loads at t and t + 4.
-            unsafe {
-                acc0 = _mm256_fmadd_pd(
-                    _mm256_loadu_pd(a.as_ptr().add(t)),
-                    _mm256_loadu_pd(b.as_ptr().add(t)),
-                    acc0,
-                );
-                acc1 = _mm256_fmadd_pd(
-                    _mm256_loadu_pd(a.as_ptr().add(t + 4)),
-                    _mm256_loadu_pd(b.as_ptr().add(t + 4)),
-                    acc1,
-                );
-            }
-        }
-        let mut lanes = [0.0; 4];
-        // SAFETY: `lanes` holds four f64.
-        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc0, acc1)) };
-        let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-        for t in full..n {
-            sum = a[t].mul_add(b[t], sum);
-        }
-        sum
     }
 
     #[inline(always)]
