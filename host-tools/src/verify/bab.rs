@@ -219,6 +219,28 @@ struct Domain {
     upper: Vec<f64>,
     active: Vec<usize>,
     depth: usize,
+    /// The parent's worst open gap (`min` over open conjunctions of the best `lower - rhs`
+    /// of their constraints): the most negative is explored first, where a counterexample
+    /// is most likely; for a proof the order does not change the work.
+    priority: f64,
+}
+
+impl PartialEq for Domain {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Domain {}
+impl PartialOrd for Domain {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Domain {
+    /// Max-heap order: the smallest priority, then the deepest, is the greatest.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.priority.total_cmp(&self.priority).then(self.depth.cmp(&other.depth))
+    }
 }
 
 /// What bounding one domain concluded.
@@ -312,12 +334,13 @@ pub fn branch_and_bound(
         let ctx = Ctx { net, cnet: cnet.as_ref(), case, engine, root_err: root_err.as_deref(), start, pgd_nanos: &pgd_nanos };
         let total_volume = log_volume(&case.lower, &case.upper);
         let mut done_fraction = 0.0f64;
-        let mut stack = vec![Domain {
+        let mut stack = std::collections::BinaryHeap::from(vec![Domain {
             lower: case.lower.clone(),
             upper: case.upper.clone(),
             active: (0..case.unsafe_set.len()).collect(),
             depth: 0,
-        }];
+            priority: f64::NEG_INFINITY,
+        }]);
         while !stack.is_empty() {
             if Instant::now() >= deadline {
                 return Verdict::Unknown {
@@ -341,7 +364,7 @@ pub fn branch_and_bound(
                 }
             }
             let take = stack.len().min(batch_size);
-            let batch = stack.split_off(stack.len() - take);
+            let batch: Vec<Domain> = (0..take).filter_map(|_| stack.pop()).collect();
             let results: Vec<(Domain, Outcome)> = batch
                 .into_par_iter()
                 .map(|d| {
@@ -417,9 +440,16 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     let mut local_err: Option<Vec<f64>> = None;
     let mut remaining = Vec::new();
     let mut min_gap = f64::INFINITY;
+    let mut worst_open = f64::INFINITY;
     for &ci in &d.active {
         let conj: &Conj = &case.unsafe_set[ci];
         let mut best: Option<f64> = None;
+        let open_gap = owner
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.0 == ci)
+            .map(|(r, &(_, k))| bounds.lower[r] - conj.rhs[k])
+            .fold(f64::NEG_INFINITY, f64::max);
         for (r, &(owner_ci, k)) in owner.iter().enumerate() {
             if owner_ci != ci {
                 continue;
@@ -446,7 +476,10 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
         }
         match best {
             Some(g) => min_gap = min_gap.min(g),
-            None => remaining.push(ci),
+            None => {
+                remaining.push(ci);
+                worst_open = worst_open.min(open_gap);
+            }
         }
     }
     if remaining.is_empty() {
@@ -510,7 +543,13 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     if !(mid > d.lower[dim] && mid < d.upper[dim]) {
         return Outcome::Stuck("sub-box too small to split further".into());
     }
-    let mut left = Domain { lower: d.lower.clone(), upper: d.upper.clone(), active: remaining, depth: d.depth + 1 };
+    let mut left = Domain {
+        lower: d.lower.clone(),
+        upper: d.upper.clone(),
+        active: remaining,
+        depth: d.depth + 1,
+        priority: worst_open,
+    };
     let mut right = left.clone();
     left.upper[dim] = mid;
     right.lower[dim] = mid;
