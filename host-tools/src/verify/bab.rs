@@ -34,6 +34,17 @@ pub trait BoundEngine: Sync {
     fn name(&self) -> &'static str;
     /// Sound lower bounds of `rows[k]·f(x)` for `x` in `[lower, upper]`.
     fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String>;
+    /// [`Self::spec_lower`] given sound bounds `prior` of the layer inputs over a box
+    /// containing this one (entries may be empty); engines may intersect with them.
+    fn spec_lower_within(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+        _prior: Option<&[bounds::BoxBounds]>,
+    ) -> Result<SpecLower, String> {
+        self.spec_lower(lower, upper, rows)
+    }
 }
 
 /// Interval bound propagation: `min c·y` from the output intervals.
@@ -93,10 +104,20 @@ impl BoundEngine for LinearEngine<'_> {
     }
 
     fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
+        self.spec_lower_within(lower, upper, rows, None)
+    }
+
+    fn spec_lower_within(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+        prior: Option<&[bounds::BoxBounds]>,
+    ) -> Result<SpecLower, String> {
         let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
         let spec = rows.concat();
         let b = match &self.chain {
-            Some(chain) => chain.linear_bounds(&input, &spec, rows.len(), self.method),
+            Some(chain) => chain.linear_bounds_within(&input, &spec, rows.len(), self.method, prior),
             None => {
                 bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
             }
@@ -219,6 +240,9 @@ struct Domain {
     upper: Vec<f64>,
     active: Vec<usize>,
     depth: usize,
+    /// The parent's bounds of the ReLU inputs (sound on this sub-box too), shared by the
+    /// two children; other entries empty.
+    prior: Option<std::sync::Arc<Vec<bounds::BoxBounds>>>,
     /// The parent's worst open gap (`min` over open conjunctions of the best `lower - rhs`
     /// of their constraints): the most negative is explored first, where a counterexample
     /// is most likely; for a proof the order does not change the work.
@@ -301,6 +325,8 @@ struct Ctx<'a> {
     start: Instant,
     /// Nanoseconds spent in sub-box PGD, kept below a tenth of the elapsed time.
     pgd_nanos: &'a AtomicU64,
+    /// Number of open sub-boxes (bounds the memory of the kept parent bounds).
+    open: &'a AtomicU64,
 }
 
 /// Branch and bound over every case (`complete = false`: one bound pass per case box).
@@ -331,7 +357,17 @@ pub fn branch_and_bound(
         if let Some(e) = &root_err {
             stats.f32_error_bound = e.iter().flatten().copied().fold(stats.f32_error_bound, f64::max);
         }
-        let ctx = Ctx { net, cnet: cnet.as_ref(), case, engine, root_err: root_err.as_deref(), start, pgd_nanos: &pgd_nanos };
+        let open = AtomicU64::new(1);
+        let ctx = Ctx {
+            net,
+            cnet: cnet.as_ref(),
+            case,
+            engine,
+            root_err: root_err.as_deref(),
+            start,
+            pgd_nanos: &pgd_nanos,
+            open: &open,
+        };
         let total_volume = log_volume(&case.lower, &case.upper);
         let mut done_fraction = 0.0f64;
         let mut stack = std::collections::BinaryHeap::from(vec![Domain {
@@ -339,6 +375,7 @@ pub fn branch_and_bound(
             upper: case.upper.clone(),
             active: (0..case.unsafe_set.len()).collect(),
             depth: 0,
+            prior: None,
             priority: f64::NEG_INFINITY,
         }]);
         while !stack.is_empty() {
@@ -365,6 +402,7 @@ pub fn branch_and_bound(
             }
             let take = stack.len().min(batch_size);
             let batch: Vec<Domain> = (0..take).filter_map(|_| stack.pop()).collect();
+            open.store(stack.len() as u64, Ordering::Relaxed);
             let results: Vec<(Domain, Outcome)> = batch
                 .into_par_iter()
                 .map(|d| {
@@ -431,7 +469,7 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             owner.push((ci, k));
         }
     }
-    let bounds = match ctx.engine.spec_lower(&d.lower, &d.upper, &rows) {
+    let bounds = match ctx.engine.spec_lower_within(&d.lower, &d.upper, &rows, d.prior.as_deref().map(Vec::as_slice)) {
         Ok(b) => b,
         Err(e) => return Outcome::Stuck(format!("{} failed: {e}", ctx.engine.name())),
     };
@@ -543,11 +581,26 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     if !(mid > d.lower[dim] && mid < d.upper[dim]) {
         return Outcome::Stuck("sub-box too small to split further".into());
     }
+    // Keep the ReLU input bounds for the children (a few KB), unless the open list is
+    // already long enough for that memory to matter.
+    let prior = (ctx.open.load(Ordering::Relaxed) < 100_000 && bounds.layer_bounds.len() == net.layers.len() + 1)
+        .then(|| {
+            let keep = |k: usize| matches!(net.layers.get(k), Some(crate::model::Layer::Relu));
+            std::sync::Arc::new(
+                bounds
+                    .layer_bounds
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (l, u))| if keep(k) { bounds::BoxBounds::new(l, u) } else { bounds::BoxBounds::new(vec![], vec![]) })
+                    .collect(),
+            )
+        });
     let mut left = Domain {
         lower: d.lower.clone(),
         upper: d.upper.clone(),
         active: remaining,
         depth: d.depth + 1,
+        prior,
         priority: worst_open,
     };
     let mut right = left.clone();
