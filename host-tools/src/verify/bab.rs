@@ -23,6 +23,8 @@ pub struct SpecLower {
     /// Linear lower-bound coefficients `A` (one row of input length per spec row) with
     /// `A x + c <= C f(x)` on the box, when the method has them (not IBP).
     pub coeffs: Option<Vec<Vec<f64>>>,
+    /// The constants `c` of those linear lower bounds, with `coeffs`.
+    pub consts: Option<Vec<f64>>,
     /// Sound bounds of every layer's input and of the output (`layers + 1` pairs) used by
     /// the relaxation, for the f32 error bound.
     pub layer_bounds: Vec<(Vec<f64>, Vec<f64>)>,
@@ -66,7 +68,7 @@ impl BoundEngine for IbpEngine<'_> {
             .iter()
             .map(|r| r.iter().enumerate().map(|(j, &c)| if c >= 0.0 { c * l[j] } else { c * u[j] }).sum())
             .collect();
-        Ok(SpecLower { lower, coeffs: None, layer_bounds: b })
+        Ok(SpecLower { lower, coeffs: None, consts: None, layer_bounds: b })
     }
 }
 
@@ -125,7 +127,7 @@ impl BoundEngine for LinearEngine<'_> {
         .map_err(|e| e.to_string())?;
         let coeffs = b.a_lower.chunks(b.cols.max(1)).map(<[f64]>::to_vec).collect();
         let layer_bounds = b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect();
-        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), layer_bounds })
+        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), consts: Some(b.c_lower), layer_bounds })
     }
 }
 
@@ -459,6 +461,58 @@ pub fn required_margin(row: &[f64], rhs: f64, err: &[f64]) -> f64 {
     row.iter().zip(err).map(|(c, e)| c.abs() * e).sum::<f64>() + 1e-9 * (1.0 + rhs.abs())
 }
 
+/// Given linear lower bounds `l_k(x) = a_k·x + b_k <= c_k·y - rhs_k` on the box and the
+/// margins `e_k` they must clear (rounding-error bounds), search weights `λ` on the
+/// simplex with `min_x Σ λ_k (l_k(x) - e_k) > 0`: then no `x` of the box meets every
+/// constraint of the conjunction, even with the device's rounding (if all
+/// `c_k·ŷ <= rhs_k` then `Σ λ_k (l_k(x) - e_k) <= 0`). Any `λ` gives a sound bound (weak
+/// duality), so a plain exponentiated-gradient ascent is enough. Returns the positive
+/// combined gap found, minus a slack for the f64 rounding of this sum.
+fn combined_gap(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64]) -> Option<f64> {
+    let k = lines.len();
+    let n = lower.len();
+    let mut lambda = vec![1.0 / k as f64; k];
+    let mut g = vec![0.0; n];
+    let mut best: Option<f64> = None;
+    for _ in 0..60 {
+        // f(λ) = Σ λ_k (b_k - e_k) + Σ_i min over [l_i, u_i] of g_i x_i, g = Σ λ_k a_k.
+        g.iter_mut().for_each(|v| *v = 0.0);
+        let mut value = 0.0;
+        let mut slack = 0.0;
+        for (lam, (a, b, e)) in lambda.iter().zip(lines) {
+            value += lam * (b - e);
+            slack += lam * (b.abs() + e);
+            for (gi, ai) in g.iter_mut().zip(a.iter()) {
+                *gi += lam * ai;
+            }
+        }
+        let x: Vec<f64> = (0..n).map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] }).collect();
+        for i in 0..n {
+            value += g[i] * x[i];
+            slack += g[i].abs() * x[i].abs();
+        }
+        let sound = value - 1e-9 * (1.0 + slack);
+        if sound > 0.0 {
+            best = Some(best.map_or(sound, |b: f64| b.max(sound)));
+            return best;
+        }
+        // Supergradient: s_k = l_k(x*) - e_k at the minimising corner; raise the weights of
+        // the constraints that are hardest to meet there.
+        let s: Vec<f64> = lines.iter().map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e).collect();
+        let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if scale == 0.0 || !scale.is_finite() {
+            break;
+        }
+        let mut total = 0.0;
+        for (lam, sk) in lambda.iter_mut().zip(&s) {
+            *lam *= (0.5 * sk / scale).exp();
+            total += *lam;
+        }
+        lambda.iter_mut().for_each(|l| *l /= total);
+    }
+    best
+}
+
 fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     let (net, case) = (ctx.net, ctx.case);
     let mut rows: Vec<Vec<f64>> = Vec::new();
@@ -510,6 +564,34 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             };
             if cleared {
                 best = Some(best.map_or(gap, |b: f64| b.max(gap)));
+            }
+        }
+        if best.is_none() && conj.rows.len() >= 2 {
+            // No single constraint is excluded: try a positive combination of their linear
+            // lower bounds (each already lowered by its rounding-error bound).
+            if let (Some(a), Some(c)) = (&bounds.coeffs, &bounds.consts) {
+                let rs: Vec<usize> = (0..owner.len()).filter(|&r| owner[r].0 == ci).collect();
+                let errs: Vec<f64> = match ctx.root_err {
+                    Some(root) => rs.iter().map(|&r| root[ci][owner[r].1]).collect(),
+                    None => {
+                        let e = local_err.get_or_insert_with(|| {
+                            let rhs = owner.iter().map(|&(c, k)| case.unsafe_set[c].rhs[k]);
+                            row_errors(net, &bounds.layer_bounds, &d.lower, &d.upper, &rows, rhs)
+                        });
+                        rs.iter().map(|&r| e[r]).collect()
+                    }
+                };
+                let lines: Vec<(&[f64], f64, f64)> = rs
+                    .iter()
+                    .zip(&errs)
+                    .map(|(&r, &e)| {
+                        let k = owner[r].1;
+                        (a[r].as_slice(), c[r] - conj.rhs[k], e + 1e-9 * (c[r].abs() + conj.rhs[k].abs()))
+                    })
+                    .collect();
+                if let Some(g) = combined_gap(&lines, &d.lower, &d.upper) {
+                    best = Some(g);
+                }
             }
         }
         match best {
