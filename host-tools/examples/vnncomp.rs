@@ -72,6 +72,7 @@ fn main() {
         .take(limit)
         .collect();
 
+    let load_before = loadavg();
     let started = Instant::now();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<Row>>> = instances.iter().map(|_| std::sync::Mutex::new(None)).collect();
@@ -97,6 +98,13 @@ fn main() {
     });
     let rows: Vec<Row> = slots.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect();
     let total = started.elapsed().as_secs_f64();
+    let load = format!(
+        "load average (1/5/15 min) {} at the start and {} at the end, from /proc/loadavg; \
+         {jobs} instance(s) at a time, {} worker thread(s) each",
+        load_before,
+        loadavg(),
+        threads.map_or("all".to_string(), |t| t.to_string())
+    );
     let decided = rows.iter().filter(|r| r.verdict == "holds" || r.verdict == "violated").count();
     let contradictions = rows.iter().filter(|r| contradicts(r)).count();
     let acas: Vec<&Row> = rows.iter().filter(|r| r.instance.starts_with("ACASXU")).collect();
@@ -111,7 +119,7 @@ fn main() {
             "cargo run --release -p prorepair-host --example vnncomp --{}",
             args.iter().map(|a| format!(" {a}")).collect::<String>()
         );
-        write_section(&data, &rows, &command, total, decided, contradictions, acas_decided, acas.len());
+        write_section(&data, &rows, &command, &load, total, decided, contradictions, acas_decided, acas.len());
     }
 }
 
@@ -162,6 +170,13 @@ fn run_instance(
     }
 }
 
+/// The first three fields of /proc/loadavg, or "unknown".
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// A verdict that contradicts the expected one (holds where sat, violated where unsat).
 fn contradicts(r: &Row) -> bool {
     (r.verdict == "holds" && r.expected == "sat") || (r.verdict == "violated" && r.expected == "unsat")
@@ -172,6 +187,7 @@ fn write_section(
     _data: &Path,
     rows: &[Row],
     command: &str,
+    load: &str,
     total: f64,
     decided: usize,
     contradictions: usize,
@@ -181,7 +197,10 @@ fn write_section(
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     let heading = "## Verification (VNN-COMP ACAS Xu)";
     let mut s = format!("{heading}\n\n");
-    s += &format!("Command (2-core machine, each instance with its VNN-COMP timeout):\n\n```\n{command}\n```\n\n");
+    s += &format!(
+        "Command (the shared 2-core machine, each instance with its VNN-COMP timeout times the \
+         scale in the command):\n\n```\n{command}\n```\n\nMachine load during the run: {load}.\n\n"
+    );
     s += &format!(
         "Totals: decided {decided} of {} instances (ACAS Xu: {acas_decided} of {acas_total}); \
          contradictions with expected_results.csv: {contradictions}; total wall time {total:.1} s.\n\n",
