@@ -802,6 +802,39 @@ mod tests {
         }
     }
 
+    /// Bounds of a sub-box intersected with the parent box's bounds stay sound and are
+    /// never looser than the parent's.
+    #[test]
+    fn bounds_within_a_parent_box_contain_sampled_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        for trial in 0..6 {
+            let net = random_net(&mut rng, &[5, 20, 20, 4], false);
+            let c: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let parent = BoxBounds::ball(&c, 0.4);
+            let chain = DenseReluChain::new(&net, 0, net.layers.len()).unwrap().sparse_intermediate(trial % 2 == 0);
+            let spec = vec![1.0, -1.0, 0.0, 0.0];
+            let pb = chain.linear_bounds(&parent, &spec, 1, Method::Crown).unwrap();
+            let mut child = parent.clone();
+            child.upper[0] = c[0];
+            child.lower[3] = c[3];
+            let b = chain.linear_bounds_within(&child, &spec, 1, Method::Crown, Some(&pb.layer_bounds)).unwrap();
+            for (k, (cb, p)) in b.layer_bounds.iter().zip(&pb.layer_bounds).enumerate().skip(1) {
+                assert!(cb.lower.iter().zip(&p.lower).all(|(a, b)| a >= b), "trial {trial} layer {k}");
+                assert!(cb.upper.iter().zip(&p.upper).all(|(a, b)| a <= b), "trial {trial} layer {k}");
+            }
+            for _ in 0..300 {
+                let x: Vec<f64> = child.lower.iter().zip(&child.upper).map(|(&l, &u)| rng.random_range(l..=u)).collect();
+                let mut v = x.clone();
+                for (k, layer) in net.layers.iter().enumerate() {
+                    v = layer.apply(&v);
+                    assert!(b.layer_bounds[k + 1].contains(&v, 1e-9), "trial {trial} layer {k}");
+                }
+                let y = v[0] - v[1];
+                assert!(b.lower[0] <= y + 1e-9 * (1.0 + y.abs()) && y <= b.upper[0] + 1e-9 * (1.0 + y.abs()));
+            }
+        }
+    }
+
     #[test]
     fn other_layers_are_left_to_the_generic_engine() {
         let d = Dense::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0.0; 2]).unwrap();

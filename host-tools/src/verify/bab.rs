@@ -690,3 +690,46 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     right.lower[dim] = mid;
     Outcome::Split(Box::new((left, right)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Whenever the combination claims a positive gap, no sampled point of the box meets
+    /// every lowered line (`l_k(x) <= e_k` for all k); and it does find gaps that no
+    /// single line has.
+    #[test]
+    fn combined_gap_is_sound_and_beats_single_lines() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (mut claims, mut beyond_single) = (0, 0);
+        for _ in 0..2000 {
+            let n = 3;
+            let k = rng.random_range(2..5);
+            let lower: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..0.0)).collect();
+            let upper: Vec<f64> = lower.iter().map(|l| l + rng.random_range(0.1..1.0)).collect();
+            let coeffs: Vec<Vec<f64>> = (0..k).map(|_| (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+            let lines: Vec<(&[f64], f64, f64)> =
+                coeffs.iter().map(|a| (a.as_slice(), rng.random_range(-0.5..1.5), rng.random_range(0.0..0.01))).collect();
+            let Some(g) = combined_gap(&lines, &lower, &upper) else { continue };
+            assert!(g > 0.0);
+            claims += 1;
+            for _ in 0..500 {
+                let x: Vec<f64> = lower.iter().zip(&upper).map(|(&l, &u)| rng.random_range(l..=u)).collect();
+                let worst = lines
+                    .iter()
+                    .map(|(a, b, e)| a.iter().zip(&x).map(|(a, x)| a * x).sum::<f64>() + b - e)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                assert!(worst > 0.0, "x {x:?} meets every line although the combined gap is {g}");
+            }
+            let single = lines.iter().any(|(a, b, e)| {
+                let min: f64 = a.iter().enumerate().map(|(i, &ai)| (ai * lower[i]).min(ai * upper[i])).sum();
+                min + b - e > 0.0
+            });
+            if !single {
+                beyond_single += 1;
+            }
+        }
+        assert!(claims > 100 && beyond_single > 10, "claims {claims}, beyond single lines {beyond_single}");
+    }
+}
