@@ -42,7 +42,9 @@ mod kernel {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gemm_avx2(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], out: &mut [f64]) {
-        use std::arch::x86_64::{_mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd};
+        use std::arch::x86_64::{
+            _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd,
+        };
         if m == 0 || n == 0 {
             return;
         }
@@ -61,14 +63,34 @@ mod kernel {
         let mut block = [0.0f64; 32];
         for i0 in (0..m).step_by(4) {
             let r = |d: usize| (i0 + d).min(m - 1) * k;
-            let (r0, r1, r2, r3) = (&a[r(0)..r(0) + k], &a[r(1)..r(1) + k], &a[r(2)..r(2) + k], &a[r(3)..r(3) + k]);
+            let (r0, r1, r2, r3) = (
+                &a[r(0)..r(0) + k],
+                &a[r(1)..r(1) + k],
+                &a[r(2)..r(2) + k],
+                &a[r(3)..r(3) + k],
+            );
             for j0 in (0..n_pad).step_by(8) {
-                let (mut c00, mut c01, mut c10, mut c11) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
-                let (mut c20, mut c21, mut c30, mut c31) = (_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd());
+                let (mut c00, mut c01, mut c10, mut c11) = (
+                    _mm256_setzero_pd(),
+                    _mm256_setzero_pd(),
+                    _mm256_setzero_pd(),
+                    _mm256_setzero_pd(),
+                );
+                let (mut c20, mut c21, mut c30, mut c31) = (
+                    _mm256_setzero_pd(),
+                    _mm256_setzero_pd(),
+                    _mm256_setzero_pd(),
+                    _mm256_setzero_pd(),
+                );
                 for t in 0..k {
                     let row = &bp[t * n_pad + j0..t * n_pad + j0 + 8];
                     // SAFETY: `row` has exactly 8 elements: loads of 4 at offsets 0 and 4.
-                    let (b0, b1) = unsafe { (_mm256_loadu_pd(row.as_ptr()), _mm256_loadu_pd(row.as_ptr().add(4))) };
+                    let (b0, b1) = unsafe {
+                        (
+                            _mm256_loadu_pd(row.as_ptr()),
+                            _mm256_loadu_pd(row.as_ptr().add(4)),
+                        )
+                    };
                     let a0 = _mm256_set1_pd(r0[t]);
                     c00 = _mm256_fmadd_pd(a0, b0, c00);
                     c01 = _mm256_fmadd_pd(a0, b1, c01);
@@ -550,7 +572,9 @@ impl<'a> DenseReluChain<'a> {
                 },
                 Op::Flatten => bounds[k].clone(),
             };
-            let prior_next = prior.and_then(|p| p.get(k + 1)).filter(|b| b.len() == interval.len());
+            let prior_next = prior
+                .and_then(|p| p.get(k + 1))
+                .filter(|b| b.len() == interval.len());
             let interval = match prior_next {
                 Some(p) => interval.intersect(p),
                 None => interval,
@@ -562,7 +586,9 @@ impl<'a> DenseReluChain<'a> {
                     // the neurons the interval leaves unstable.
                     let picked: Option<Vec<usize>> = self.sparse.then(|| {
                         (0..d.out_dim)
-                            .filter(|&i| relax::relu_is_unstable(interval.lower[i], interval.upper[i]))
+                            .filter(|&i| {
+                                relax::relu_is_unstable(interval.lower[i], interval.upper[i])
+                            })
                             .collect()
                     });
                     state.split = false;
@@ -783,19 +809,38 @@ mod tests {
             let c: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
             let input = BoxBounds::ball(&c, [0.05, 0.3][trial % 2]);
             let spec: Vec<f64> = (0..2 * 4).map(|_| rng.random_range(-1.0..1.0)).collect();
-            let chain = DenseReluChain::new(&net, 0, net.layers.len()).unwrap().sparse_intermediate(true);
-            let b = chain.linear_bounds(&input, &spec, 2, Method::Crown).unwrap();
+            let chain = DenseReluChain::new(&net, 0, net.layers.len())
+                .unwrap()
+                .sparse_intermediate(true);
+            let b = chain
+                .linear_bounds(&input, &spec, 2, Method::Crown)
+                .unwrap();
             for _ in 0..300 {
-                let x: Vec<f64> = input.lower.iter().zip(&input.upper).map(|(&l, &u)| rng.random_range(l..=u)).collect();
+                let x: Vec<f64> = input
+                    .lower
+                    .iter()
+                    .zip(&input.upper)
+                    .map(|(&l, &u)| rng.random_range(l..=u))
+                    .collect();
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);
-                    assert!(b.layer_bounds[k + 1].contains(&v, 1e-9), "trial {trial} layer {k}");
+                    assert!(
+                        b.layer_bounds[k + 1].contains(&v, 1e-9),
+                        "trial {trial} layer {k}"
+                    );
                 }
                 for r in 0..2 {
-                    let y: f64 = spec[r * 4..(r + 1) * 4].iter().zip(&v).map(|(a, b)| a * b).sum();
+                    let y: f64 = spec[r * 4..(r + 1) * 4]
+                        .iter()
+                        .zip(&v)
+                        .map(|(a, b)| a * b)
+                        .sum();
                     let t = 1e-9 * (1.0 + y.abs());
-                    assert!(b.lower[r] <= y + t && y <= b.upper[r] + t, "trial {trial} row {r}");
+                    assert!(
+                        b.lower[r] <= y + t && y <= b.upper[r] + t,
+                        "trial {trial} row {r}"
+                    );
                     assert!(b.lower_at(r, &x) <= y + t && y <= b.upper_at(r, &x) + t);
                 }
             }
@@ -811,26 +856,55 @@ mod tests {
             let net = random_net(&mut rng, &[5, 20, 20, 4], false);
             let c: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
             let parent = BoxBounds::ball(&c, 0.4);
-            let chain = DenseReluChain::new(&net, 0, net.layers.len()).unwrap().sparse_intermediate(trial % 2 == 0);
+            let chain = DenseReluChain::new(&net, 0, net.layers.len())
+                .unwrap()
+                .sparse_intermediate(trial % 2 == 0);
             let spec = vec![1.0, -1.0, 0.0, 0.0];
-            let pb = chain.linear_bounds(&parent, &spec, 1, Method::Crown).unwrap();
+            let pb = chain
+                .linear_bounds(&parent, &spec, 1, Method::Crown)
+                .unwrap();
             let mut child = parent.clone();
             child.upper[0] = c[0];
             child.lower[3] = c[3];
-            let b = chain.linear_bounds_within(&child, &spec, 1, Method::Crown, Some(&pb.layer_bounds)).unwrap();
-            for (k, (cb, p)) in b.layer_bounds.iter().zip(&pb.layer_bounds).enumerate().skip(1) {
-                assert!(cb.lower.iter().zip(&p.lower).all(|(a, b)| a >= b), "trial {trial} layer {k}");
-                assert!(cb.upper.iter().zip(&p.upper).all(|(a, b)| a <= b), "trial {trial} layer {k}");
+            let b = chain
+                .linear_bounds_within(&child, &spec, 1, Method::Crown, Some(&pb.layer_bounds))
+                .unwrap();
+            for (k, (cb, p)) in b
+                .layer_bounds
+                .iter()
+                .zip(&pb.layer_bounds)
+                .enumerate()
+                .skip(1)
+            {
+                assert!(
+                    cb.lower.iter().zip(&p.lower).all(|(a, b)| a >= b),
+                    "trial {trial} layer {k}"
+                );
+                assert!(
+                    cb.upper.iter().zip(&p.upper).all(|(a, b)| a <= b),
+                    "trial {trial} layer {k}"
+                );
             }
             for _ in 0..300 {
-                let x: Vec<f64> = child.lower.iter().zip(&child.upper).map(|(&l, &u)| rng.random_range(l..=u)).collect();
+                let x: Vec<f64> = child
+                    .lower
+                    .iter()
+                    .zip(&child.upper)
+                    .map(|(&l, &u)| rng.random_range(l..=u))
+                    .collect();
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);
-                    assert!(b.layer_bounds[k + 1].contains(&v, 1e-9), "trial {trial} layer {k}");
+                    assert!(
+                        b.layer_bounds[k + 1].contains(&v, 1e-9),
+                        "trial {trial} layer {k}"
+                    );
                 }
                 let y = v[0] - v[1];
-                assert!(b.lower[0] <= y + 1e-9 * (1.0 + y.abs()) && y <= b.upper[0] + 1e-9 * (1.0 + y.abs()));
+                assert!(
+                    b.lower[0] <= y + 1e-9 * (1.0 + y.abs())
+                        && y <= b.upper[0] + 1e-9 * (1.0 + y.abs())
+                );
             }
         }
     }

@@ -394,10 +394,11 @@ fn linear_bounds_impl(
             (s.to_vec(), rows)
         }
     };
-    if fast && matches!(method, Method::CrownPure | Method::Crown) {
-        if let Some(chain) = DenseReluChain::new(net, from, to) {
-            return chain.linear_bounds(input, &spec, rows, method);
-        }
+    if fast
+        && matches!(method, Method::CrownPure | Method::Crown)
+        && let Some(chain) = DenseReluChain::new(net, from, to)
+    {
+        return chain.linear_bounds(input, &spec, rows, method);
     }
     let ops = ops::build(&net.layers[from..to], &shapes[from..=to], from)?;
     let mode = match method {

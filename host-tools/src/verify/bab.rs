@@ -428,8 +428,12 @@ pub fn branch_and_bound(
                 };
             }
             // Falsification in turn with the bounds, while it is cheap relative to them.
-            if let (Some(f), Some(cn)) = (falsifier.as_deref_mut(), cnet.as_ref()) {
-                if complete && stats.branches > 0 && fals_nanos * 10 < start.elapsed().as_nanos() {
+            if let (Some(f), Some(cn)) = (falsifier.as_deref_mut(), cnet.as_ref())
+                && complete
+                && stats.branches > 0
+                && fals_nanos * 10 < start.elapsed().as_nanos()
+            {
+                {
                     let t = Instant::now();
                     let found = f.step(net, cn, cases);
                     fals_nanos += t.elapsed().as_nanos();
@@ -585,7 +589,8 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             let gap = bounds.lower[r] - conj.rhs[k];
             // The f64 back-substitution is not rounded outward: keep 1e-9 relative slack.
             let f64_slack = 1e-9 * bounds.lower[r].abs();
-            if !(gap > f64_slack) {
+            // NaN gaps are not excluded either.
+            if gap.partial_cmp(&f64_slack) != Some(std::cmp::Ordering::Greater) {
                 continue;
             }
             let cleared = match ctx.root_err {
@@ -678,8 +683,13 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
         let mut a = falsify::check_points(net, conj, &candidates);
         let pgd_allowed =
             || ctx.pgd_nanos.load(Ordering::Relaxed) as u128 * 10 < ctx.start.elapsed().as_nanos();
-        if a.found.is_none() && d.depth > 0 && d.depth % 4 == 0 && pgd_allowed() {
-            if let Some(cnet) = ctx.cnet {
+        if a.found.is_none()
+            && d.depth > 0
+            && d.depth.is_multiple_of(4)
+            && pgd_allowed()
+            && let Some(cnet) = ctx.cnet
+        {
+            {
                 let t = Instant::now();
                 let starts = vec![a.best_input.clone(), falsify::centre(&d.lower, &d.upper)];
                 if let Ok(p) = falsify::pgd(cnet, net, &d.lower, &d.upper, conj, &starts, 12) {
