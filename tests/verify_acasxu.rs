@@ -70,9 +70,11 @@ fn check_instance(onnx_rel: &str, model_rel: &str, vnnlib_rel: &str, expect: &st
 #[test]
 fn acasxu_subset_agrees_with_expected_results() {
     let Some(exp) = expected() else { return };
-    // Fixed, fast subset: violated instances (property 2 on three networks) and holding
-    // ones (property 1 on two networks, property 4).
-    let subset = [(2, 3, 2), (2, 2, 2), (1, 4, 2), (1, 1, 1), (1, 7, 1), (2, 3, 4)];
+    // Fixed, fast subset: violated instances (property 2 on three networks; on N3,2 only
+    // branch and bound finds the counterexample, and property 3 on N1,7) and holding
+    // ones (property 1 on two networks, property 2 on N1,9, properties 3 and 4).
+    let subset =
+        [(2, 3, 2), (2, 2, 2), (1, 4, 2), (3, 2, 2), (1, 7, 3), (1, 1, 1), (1, 7, 1), (1, 9, 2), (2, 1, 3), (2, 3, 4)];
     for (a, b, p) in subset {
         let onnx = acasxu_onnx(a, b);
         let vnnlib = format!("prop_{p}.vnnlib");

@@ -5,7 +5,11 @@
 //!
 //! ```text
 //! cargo run --release -p prorepair-host --example vnncomp -- [--filter STR] [--limit N]
-//!     [--timeout-scale F] [--threads N] [--no-write]
+//!     [--timeout-scale F] [--threads N] [--jobs J] [--no-write]
+//! ```
+//! `--jobs J` runs J instances at a time (each with `--threads` workers, default 1 when
+//! J > 1).
+//! ```text
 //! ```
 //! Never part of the test suite (it takes long).
 
@@ -30,7 +34,11 @@ fn main() {
     let filter = get("--filter");
     let limit: usize = get("--limit").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
     let scale: f64 = get("--timeout-scale").and_then(|s| s.parse().ok()).unwrap_or(1.0);
-    let threads: Option<usize> = get("--threads").and_then(|s| s.parse().ok());
+    let jobs: usize = get("--jobs").and_then(|s| s.parse().ok()).unwrap_or(1).max(1);
+    let threads: Option<usize> =
+        get("--threads").and_then(|s| s.parse().ok()).or((jobs > 1).then_some(1));
+    // SAFETY: first thing in main, before any thread is spawned.
+    unsafe { verify::cache_thread_count(threads) };
     let write = !args.iter().any(|a| a == "--no-write");
     let Some(data) = prorepair_host::testing::data_dir() else {
         eprintln!("SKIP: ../shared/data is absent (set PROREPAIR_DATA)");
@@ -64,59 +72,39 @@ fn main() {
         .take(limit)
         .collect();
 
+    let load_before = loadavg();
     let started = Instant::now();
-    let mut rows = Vec::new();
-    for (onnx, vnnlib, onnx_name, vnnlib_name, timeout) in &instances {
-        let exp = expected.get(&(onnx_name.clone(), vnnlib_name.clone())).cloned().unwrap_or_else(|| "?".into());
-        let t0 = Instant::now();
-        let (verdict, note) = match (prorepair_host::import::load(onnx), prorepair_host::spec::Property::from_vnnlib(vnnlib)) {
-            (Ok(net), Ok(prop)) => {
-                let options = Options {
-                    method: Method::Complete,
-                    timeout: Duration::from_secs_f64(timeout * scale),
-                    threads,
-                    seed: 0,
-                    progress: None,
-                };
-                match verify::verify(&net, &prop, &options) {
-                    Ok(r) => {
-                        let note = match &r.verdict {
-                            Verdict::Unknown { reason } => reason.clone(),
-                            Verdict::Violated { counterexample, output, .. } => {
-                                // Re-check: the forward pass must reproduce the output.
-                                assert_eq!(&net.forward(counterexample), output);
-                                format!("{} branches", r.stats.branches)
-                            }
-                            Verdict::Holds => format!("{} branches", r.stats.branches),
-                        };
-                        (r.verdict.status(), note)
-                    }
-                    Err(e) => ("error", e.to_string()),
-                }
-            }
-            (Err(e), _) => ("error", e.to_string()),
-            (_, Err(e)) => ("error", e.to_string()),
-        };
-        let row = Row {
-            instance: format!("{} {}", onnx_name.trim_end_matches("_batch_2000.onnx"), vnnlib_name),
-            verdict,
-            expected: exp,
-            time_s: t0.elapsed().as_secs_f64(),
-            note,
-        };
-        println!(
-            "{:<40} {:<9} expected {:<6} {:>8.2} s {}{}",
-            row.instance,
-            row.verdict,
-            row.expected,
-            row.time_s,
-            if contradicts(&row) { "CONTRADICTION " } else { "" },
-            row.note
-        );
-        let _ = std::io::stdout().flush();
-        rows.push(row);
-    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<Row>>> = instances.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(inst) = instances.get(i) else { break };
+                let row = run_instance(inst, &expected, scale, threads);
+                println!(
+                    "{:<40} {:<9} expected {:<6} {:>8.2} s {}{}",
+                    row.instance,
+                    row.verdict,
+                    row.expected,
+                    row.time_s,
+                    if contradicts(&row) { "CONTRADICTION " } else { "" },
+                    row.note
+                );
+                let _ = std::io::stdout().flush();
+                *slots[i].lock().expect("no panics while held") = Some(row);
+            });
+        }
+    });
+    let rows: Vec<Row> = slots.into_iter().filter_map(|m| m.into_inner().ok().flatten()).collect();
     let total = started.elapsed().as_secs_f64();
+    let load = format!(
+        "load average (1/5/15 min) {} at the start and {} at the end, from /proc/loadavg; \
+         {jobs} instance(s) at a time, {} worker thread(s) each",
+        load_before,
+        loadavg(),
+        threads.map_or("all".to_string(), |t| t.to_string())
+    );
     let decided = rows.iter().filter(|r| r.verdict == "holds" || r.verdict == "violated").count();
     let contradictions = rows.iter().filter(|r| contradicts(r)).count();
     let acas: Vec<&Row> = rows.iter().filter(|r| r.instance.starts_with("ACASXU")).collect();
@@ -131,8 +119,62 @@ fn main() {
             "cargo run --release -p prorepair-host --example vnncomp --{}",
             args.iter().map(|a| format!(" {a}")).collect::<String>()
         );
-        write_section(&data, &rows, &command, total, decided, contradictions, acas_decided, acas.len());
+        write_section(&data, &rows, &command, &load, total, decided, contradictions, acas_decided, acas.len());
     }
+}
+
+type Instance = (PathBuf, PathBuf, String, String, f64);
+
+fn run_instance(
+    (onnx, vnnlib, onnx_name, vnnlib_name, timeout): &Instance,
+    expected: &HashMap<(String, String), String>,
+    scale: f64,
+    threads: Option<usize>,
+) -> Row {
+    let exp = expected.get(&(onnx_name.clone(), vnnlib_name.clone())).cloned().unwrap_or_else(|| "?".into());
+    let t0 = Instant::now();
+    let (verdict, note) = match (prorepair_host::import::load(onnx), prorepair_host::spec::Property::from_vnnlib(vnnlib)) {
+        (Ok(net), Ok(prop)) => {
+            let options = Options {
+                method: Method::Complete,
+                timeout: Duration::from_secs_f64(timeout * scale),
+                threads,
+                seed: 0,
+                progress: None,
+            };
+            match verify::verify(&net, &prop, &options) {
+                Ok(r) => {
+                    let note = match &r.verdict {
+                        Verdict::Unknown { reason } => reason.clone(),
+                        Verdict::Violated { counterexample, output, .. } => {
+                            // Re-check: the forward pass must reproduce the output.
+                            assert_eq!(&net.forward(counterexample), output);
+                            format!("{} branches", r.stats.branches)
+                        }
+                        Verdict::Holds => format!("{} branches", r.stats.branches),
+                    };
+                    (r.verdict.status(), note)
+                }
+                Err(e) => ("error", e.to_string()),
+            }
+        }
+        (Err(e), _) => ("error", e.to_string()),
+        (_, Err(e)) => ("error", e.to_string()),
+    };
+    Row {
+        instance: format!("{} {}", onnx_name.trim_end_matches("_batch_2000.onnx"), vnnlib_name),
+        verdict,
+        expected: exp,
+        time_s: t0.elapsed().as_secs_f64(),
+        note,
+    }
+}
+
+/// The first three fields of /proc/loadavg, or "unknown".
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A verdict that contradicts the expected one (holds where sat, violated where unsat).
@@ -145,6 +187,7 @@ fn write_section(
     _data: &Path,
     rows: &[Row],
     command: &str,
+    load: &str,
     total: f64,
     decided: usize,
     contradictions: usize,
@@ -154,7 +197,10 @@ fn write_section(
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
     let heading = "## Verification (VNN-COMP ACAS Xu)";
     let mut s = format!("{heading}\n\n");
-    s += &format!("Command (2-core machine, each instance with its VNN-COMP timeout):\n\n```\n{command}\n```\n\n");
+    s += &format!(
+        "Command (the shared 2-core machine, each instance with its VNN-COMP timeout times the \
+         scale in the command):\n\n```\n{command}\n```\n\nMachine load during the run: {load}.\n\n"
+    );
     s += &format!(
         "Totals: decided {decided} of {} instances (ACAS Xu: {acas_decided} of {acas_total}); \
          contradictions with expected_results.csv: {contradictions}; total wall time {total:.1} s.\n\n",

@@ -27,6 +27,7 @@
 //! callers that certify must keep a margin (see DESIGN.md, "Numerics and soundness").
 
 mod alpha;
+mod chain;
 mod engine;
 mod linear;
 mod ops;
@@ -35,6 +36,7 @@ pub mod relax;
 mod tests;
 
 use crate::model::{ModelError, Network};
+pub use chain::DenseReluChain;
 use engine::{Intermediate, Propagation};
 use linear::LinearState;
 
@@ -349,6 +351,23 @@ pub fn linear_bounds_with(
     method: Method,
     alpha_options: &AlphaOptions,
 ) -> Result<LinearBounds, BoundsError> {
+    linear_bounds_impl(net, from, to, input, spec, rows, method, alpha_options, true)
+}
+
+/// [`linear_bounds_with`]; `fast` allows the Dense/ReLU chain path (the generic engine
+/// otherwise, which the tests compare it with).
+#[allow(clippy::too_many_arguments)]
+fn linear_bounds_impl(
+    net: &Network,
+    from: usize,
+    to: usize,
+    input: &BoxBounds,
+    spec: Option<&[f64]>,
+    rows: usize,
+    method: Method,
+    alpha_options: &AlphaOptions,
+    fast: bool,
+) -> Result<LinearBounds, BoundsError> {
     let layers = net.layers.len();
     if from > to || to > layers {
         return Err(BoundsError::LayerRange { from, to, layers });
@@ -377,6 +396,12 @@ pub fn linear_bounds_with(
             (s.to_vec(), rows)
         }
     };
+    if fast
+        && matches!(method, Method::CrownPure | Method::Crown)
+        && let Some(chain) = DenseReluChain::new(net, from, to)
+    {
+        return chain.linear_bounds(input, &spec, rows, method);
+    }
     let ops = ops::build(&net.layers[from..to], &shapes[from..=to], from)?;
     let mode = match method {
         Method::Ibp => Intermediate::Ibp,

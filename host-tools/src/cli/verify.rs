@@ -91,6 +91,9 @@ pub fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
 
 /// Run `verify`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
+    // SAFETY: the CLI's main thread, before any other thread is spawned (argument
+    // parsing is single-threaded), so nothing reads the environment concurrently.
+    unsafe { verify::cache_thread_count(args.threads) };
     let net = load_model(&args.model)?;
     let property = load_property(&args.spec)?;
     let cases = verify::cases_of(&net, &property).map_err(|e| {

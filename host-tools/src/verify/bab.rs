@@ -5,6 +5,7 @@
 //! linear lower-bound coefficients `A` (`A x + c <= C f(x)` on the box) that drive the
 //! refine score and the candidate counterexamples.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -22,6 +23,8 @@ pub struct SpecLower {
     /// Linear lower-bound coefficients `A` (one row of input length per spec row) with
     /// `A x + c <= C f(x)` on the box, when the method has them (not IBP).
     pub coeffs: Option<Vec<Vec<f64>>>,
+    /// The constants `c` of those linear lower bounds, with `coeffs`.
+    pub consts: Option<Vec<f64>>,
     /// Sound bounds of every layer's input and of the output (`layers + 1` pairs) used by
     /// the relaxation, for the f32 error bound.
     pub layer_bounds: Vec<(Vec<f64>, Vec<f64>)>,
@@ -33,6 +36,27 @@ pub trait BoundEngine: Sync {
     fn name(&self) -> &'static str;
     /// Sound lower bounds of `rows[k]·f(x)` for `x` in `[lower, upper]`.
     fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String>;
+    /// [`Self::spec_lower`] given sound bounds `prior` of the layer inputs over a box
+    /// containing this one (entries may be empty); engines may intersect with them.
+    fn spec_lower_within(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+        _prior: Option<&[bounds::BoxBounds]>,
+    ) -> Result<SpecLower, String> {
+        self.spec_lower(lower, upper, rows)
+    }
+    /// The tightest layer bounds this engine has over the box (for the magnitudes of the
+    /// f32 rounding-error bound), when they differ from `spec_lower`'s; `None` otherwise.
+    fn tight_layer_bounds(
+        &self,
+        _lower: &[f64],
+        _upper: &[f64],
+        _prior: Option<&[bounds::BoxBounds]>,
+    ) -> Option<Vec<(Vec<f64>, Vec<f64>)>> {
+        None
+    }
 }
 
 /// Interval bound propagation: `min c·y` from the output intervals.
@@ -54,18 +78,31 @@ impl BoundEngine for IbpEngine<'_> {
             .iter()
             .map(|r| r.iter().enumerate().map(|(j, &c)| if c >= 0.0 { c * l[j] } else { c * u[j] }).sum())
             .collect();
-        Ok(SpecLower { lower, coeffs: None, layer_bounds: b })
+        Ok(SpecLower { lower, coeffs: None, consts: None, layer_bounds: b })
     }
 }
 
 /// CROWN-family bounds of the spec rows through [`bounds::linear_bounds`] (the spec
 /// matrix is bounded directly, which is much tighter than combining output bounds).
+/// Dense/ReLU networks take the [`bounds::DenseReluChain`] fast path, prepared once.
 #[derive(Debug)]
 pub struct LinearEngine<'a> {
     /// The network.
     pub net: &'a Network,
     /// `Crown` or `AlphaCrown`.
     pub method: bounds::Method,
+    chain: Option<bounds::DenseReluChain<'a>>,
+}
+
+impl<'a> LinearEngine<'a> {
+    /// An engine for `net` with `method`.
+    pub fn new(net: &'a Network, method: bounds::Method) -> Self {
+        let chain = matches!(method, bounds::Method::Crown | bounds::Method::CrownPure)
+            .then(|| bounds::DenseReluChain::new(net, 0, net.layers.len()))
+            .flatten()
+            .map(|c| c.sparse_intermediate(SPARSE));
+        Self { net, method, chain }
+    }
 }
 
 impl BoundEngine for LinearEngine<'_> {
@@ -79,22 +116,131 @@ impl BoundEngine for LinearEngine<'_> {
     }
 
     fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
+        self.spec_lower_within(lower, upper, rows, None)
+    }
+
+    /// Sparse intermediate bounds leave stable neurons with interval bounds, whose
+    /// magnitudes inflate the f32 error bound: the dense pass gives CROWN's.
+    fn tight_layer_bounds(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        prior: Option<&[bounds::BoxBounds]>,
+    ) -> Option<Vec<(Vec<f64>, Vec<f64>)>> {
+        if !SPARSE {
+            return None;
+        }
+        let chain = self.chain.clone()?.sparse_intermediate(false);
+        let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
+        let out = chain.output_dim();
+        let spec: Vec<f64> = (0..out).map(|j| if j == 0 { 1.0 } else { 0.0 }).collect();
+        let b = chain.linear_bounds_within(&input, &spec, 1, self.method, prior).ok()?;
+        Some(b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect())
+    }
+
+    fn spec_lower_within(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+        prior: Option<&[bounds::BoxBounds]>,
+    ) -> Result<SpecLower, String> {
         let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
         let spec = rows.concat();
-        let b = bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
-            .map_err(|e| e.to_string())?;
+        let b = match &self.chain {
+            Some(chain) => chain.linear_bounds_within(&input, &spec, rows.len(), self.method, prior),
+            None => {
+                bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let coeffs = b.a_lower.chunks(b.cols.max(1)).map(<[f64]>::to_vec).collect();
         let layer_bounds = b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect();
-        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), layer_bounds })
+        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), consts: Some(b.c_lower), layer_bounds })
     }
 }
+
+/// Sparse intermediate bounds in branch and bound: off. Measured on ACAS Xu prop 1 they
+/// are cheaper per sub-box but lose the IBP intersection of stable neurons, and the
+/// looser relaxations cost more sub-boxes than they save (N1,3 prop 1: holds after 1965
+/// sub-boxes in 4 s dense, unknown after 116 s sparse).
+const SPARSE: bool = false;
 
 /// The bounding engine for a method (`Complete` bounds sub-boxes with CROWN).
 pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
     match method {
         Method::Ibp => Box::new(IbpEngine { net }),
-        Method::Crown | Method::Complete => Box::new(LinearEngine { net, method: bounds::Method::Crown }),
-        Method::AlphaCrown => Box::new(LinearEngine { net, method: bounds::Method::AlphaCrown }),
+        Method::Crown | Method::Complete => Box::new(LinearEngine::new(net, bounds::Method::Crown)),
+        Method::AlphaCrown => Box::new(LinearEngine::new(net, bounds::Method::AlphaCrown)),
+    }
+}
+
+/// Seeded sampling of every case box (centre, corners, random points). Returns a
+/// violated verdict with a forward-pass-confirmed counterexample, or for every
+/// (case, conjunction) in order the best inputs as PGD starts.
+pub fn sample_cases(
+    net: &Network,
+    cases: &[Case],
+    rng: &mut rand_chacha::ChaCha8Rng,
+) -> Result<Verdict, Vec<Vec<Vec<f64>>>> {
+    let mut starts = Vec::new();
+    for (ci, case) in cases.iter().enumerate() {
+        let n_random = if net.input_dim() <= 16 { 2000 } else { 200 };
+        let pts = falsify::sample_points(rng, &case.lower, &case.upper, n_random);
+        let outs: Vec<Vec<f64>> = pts.par_iter().map(|x| net.forward(x)).collect();
+        for conj in &case.unsafe_set {
+            let mut scored: Vec<(f64, &Vec<f64>)> = Vec::new();
+            for (x, y) in pts.iter().zip(&outs) {
+                let m = conj.worst_margin(y);
+                if m <= 0.0 {
+                    return Ok(violated(x.clone(), y.clone(), ci));
+                }
+                scored.push((m, x));
+            }
+            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+            starts.push(scored.iter().take(12).map(|(_, x)| (*x).clone()).collect());
+        }
+    }
+    Err(starts)
+}
+
+/// Round-robin PGD over every (case, conjunction): round 0 descends from the sampled
+/// `starts`, later rounds from fresh random points.
+#[derive(Debug)]
+pub struct Falsifier {
+    rng: rand_chacha::ChaCha8Rng,
+    starts: Vec<Vec<Vec<f64>>>,
+    next: usize,
+    round: usize,
+}
+
+impl Falsifier {
+    /// A falsifier continuing from [`sample_cases`]' starts.
+    pub fn new(rng: rand_chacha::ChaCha8Rng, starts: Vec<Vec<Vec<f64>>>) -> Self {
+        Self { rng, starts, next: 0, round: 0 }
+    }
+
+    /// One PGD attempt on the next (case, conjunction); a confirmed counterexample or `None`.
+    pub fn step(&mut self, net: &Network, cnet: &CandleNet, cases: &[Case]) -> Option<Verdict> {
+        let pairs: Vec<(usize, usize)> =
+            cases.iter().enumerate().flat_map(|(ci, c)| (0..c.unsafe_set.len()).map(move |k| (ci, k))).collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        let idx = self.next % pairs.len();
+        let (ci, k) = pairs[idx];
+        let case = &cases[ci];
+        let pts: Vec<Vec<f64>> = if self.round == 0 {
+            self.starts.get(idx).cloned().unwrap_or_default()
+        } else {
+            (0..32).map(|_| falsify::random_point(&mut self.rng, &case.lower, &case.upper)).collect()
+        };
+        self.next += 1;
+        if self.next.is_multiple_of(pairs.len()) {
+            self.round += 1;
+        }
+        let a = falsify::pgd(cnet, net, &case.lower, &case.upper, &case.unsafe_set[k], &pts, 100).ok()?;
+        a.found.map(|(x, y)| violated(x, y, ci))
     }
 }
 
@@ -102,48 +248,19 @@ pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
 /// verdict with a forward-pass-confirmed counterexample, or `None`.
 pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant) -> Option<Verdict> {
     let mut rng = falsify::rng(seed);
-    // Sampling first on every case (cheap), remembering the best starts for PGD.
-    let mut starts: Vec<Vec<(f64, Vec<f64>)>> = Vec::new();
-    for (ci, case) in cases.iter().enumerate() {
-        let n_random = if net.input_dim() <= 16 { 2000 } else { 200 };
-        let pts = falsify::sample_points(&mut rng, &case.lower, &case.upper, n_random);
-        let outs: Vec<Vec<f64>> = pts.par_iter().map(|x| net.forward(x)).collect();
-        for conj in &case.unsafe_set {
-            let mut scored: Vec<(f64, Vec<f64>)> = Vec::new();
-            for (x, y) in pts.iter().zip(&outs) {
-                let m = conj.worst_margin(y);
-                if m <= 0.0 {
-                    return Some(violated(x.clone(), y.clone(), ci));
-                }
-                scored.push((m, x.clone()));
-            }
-            scored.sort_by(|a, b| a.0.total_cmp(&b.0));
-            scored.truncate(12);
-            starts.push(scored);
-        }
-    }
+    let starts = match sample_cases(net, cases, &mut rng) {
+        Ok(v) => return Some(v),
+        Err(starts) => starts,
+    };
     let Ok(cnet) = CandleNet::new(net) else { return None };
-    // Round 0 descends from the best samples; later rounds from fresh random points, in
-    // turn over every (case, conjunction), until the falsification budget is spent.
-    for round in 0..64 {
-        let mut idx = 0;
-        for (ci, case) in cases.iter().enumerate() {
-            for conj in &case.unsafe_set {
-                if Instant::now() >= deadline {
-                    return None;
-                }
-                let pts: Vec<Vec<f64>> = if round == 0 {
-                    starts[idx].iter().map(|(_, x)| x.clone()).collect()
-                } else {
-                    (0..32).map(|_| falsify::random_point(&mut rng, &case.lower, &case.upper)).collect()
-                };
-                idx += 1;
-                if let Ok(a) = falsify::pgd(&cnet, net, &case.lower, &case.upper, conj, &pts, 100) {
-                    if let Some((x, y)) = a.found {
-                        return Some(violated(x, y, ci));
-                    }
-                }
-            }
+    let mut f = Falsifier::new(rng, starts);
+    let pairs: usize = cases.iter().map(|c| c.unsafe_set.len()).sum();
+    for _ in 0..64 * pairs.max(1) {
+        if Instant::now() >= deadline {
+            return None;
+        }
+        if let Some(v) = f.step(net, &cnet, cases) {
+            return Some(v);
         }
     }
     None
@@ -160,6 +277,31 @@ struct Domain {
     upper: Vec<f64>,
     active: Vec<usize>,
     depth: usize,
+    /// The parent's bounds of the ReLU inputs (sound on this sub-box too), shared by the
+    /// two children; other entries empty.
+    prior: Option<std::sync::Arc<Vec<bounds::BoxBounds>>>,
+    /// The parent's worst open gap (`min` over open conjunctions of the best `lower - rhs`
+    /// of their constraints): the most negative is explored first, where a counterexample
+    /// is most likely; for a proof the order does not change the work.
+    priority: f64,
+}
+
+impl PartialEq for Domain {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Domain {}
+impl PartialOrd for Domain {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Domain {
+    /// Max-heap order: the smallest priority, then the deepest, is the greatest.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.priority.total_cmp(&self.priority).then(self.depth.cmp(&other.depth))
+    }
 }
 
 /// What bounding one domain concluded.
@@ -174,7 +316,61 @@ enum Outcome {
     Stuck(String),
 }
 
+/// Per case: a sound bound on the f32 rounding error of every unsafe-constraint row over
+/// the whole case box (`[conjunction][constraint]`). It is valid on every sub-box (the
+/// root's intermediate bounds contain the sub-box's), so a sub-box whose gap clears it
+/// needs no error bound of its own.
+fn root_errors(net: &Network, case: &Case, engine: &dyn BoundEngine) -> Option<Vec<Vec<f64>>> {
+    let rows: Vec<Vec<f64>> = case.unsafe_set.iter().flat_map(|c| c.rows.iter().cloned()).collect();
+    let b = engine.spec_lower(&case.lower, &case.upper, &rows).ok()?;
+    let layer_bounds = engine.tight_layer_bounds(&case.lower, &case.upper, None).unwrap_or(b.layer_bounds);
+    let flat = row_errors(net, &layer_bounds, &case.lower, &case.upper, &rows, case.unsafe_set.iter().flat_map(|c| c.rhs.iter().copied()));
+    let mut it = flat.into_iter();
+    Some(case.unsafe_set.iter().map(|c| it.by_ref().take(c.rows.len()).collect()).collect())
+}
+
+/// The margin each row `c·y - rhs` must clear on a box with the given layer bounds: the
+/// f32 rounding-error bound of the row (the tight backward form when the network allows
+/// it, else `|c|·E`) plus `1e-9 (1 + |rhs|)`.
+fn row_errors(
+    net: &Network,
+    layer_bounds: &[(Vec<f64>, Vec<f64>)],
+    lower: &[f64],
+    upper: &[f64],
+    rows: &[Vec<f64>],
+    rhs: impl Iterator<Item = f64>,
+) -> Vec<f64> {
+    match rounding::spec_error_bounds(net, layer_bounds, rows) {
+        Some(v) => v.iter().zip(rhs).map(|(e, b)| e + 1e-9 * (1.0 + b.abs())).collect(),
+        None => {
+            let err = if layer_bounds.len() == net.layers.len() + 1 {
+                rounding::f32_error_bound_from(net, layer_bounds)
+            } else {
+                rounding::f32_error_bound(net, lower, upper)
+            };
+            rows.iter().zip(rhs).map(|(r, b)| required_margin(r, b, &err)).collect()
+        }
+    }
+}
+
+/// What every sub-box of one case shares.
+struct Ctx<'a> {
+    net: &'a Network,
+    cnet: Option<&'a CandleNet>,
+    case: &'a Case,
+    engine: &'a dyn BoundEngine,
+    root_err: Option<&'a [Vec<f64>]>,
+    start: Instant,
+    /// Nanoseconds spent in sub-box PGD, kept below a tenth of the elapsed time.
+    pgd_nanos: &'a AtomicU64,
+    /// Number of open sub-boxes (bounds the memory of the kept parent bounds).
+    open: &'a AtomicU64,
+}
+
 /// Branch and bound over every case (`complete = false`: one bound pass per case box).
+/// PGD rounds ([`Falsifier`]) are interleaved while they take less than a tenth of the
+/// elapsed time.
+#[allow(clippy::too_many_arguments)]
 pub fn branch_and_bound(
     net: &Network,
     cases: &[Case],
@@ -183,22 +379,43 @@ pub fn branch_and_bound(
     deadline: Instant,
     options: &Options,
     stats: &mut Stats,
+    mut falsifier: Option<&mut Falsifier>,
 ) -> Verdict {
+    let start = Instant::now();
     let cnet = CandleNet::new(net).ok();
     let batch_size = 4 * rayon::current_num_threads().max(1);
     let mut undecided: Option<String> = None;
+    let pgd_nanos = AtomicU64::new(0);
+    let mut fals_nanos = 0u128;
     if let Some(pb) = &options.progress {
         pb.set_length(1000 * cases.len() as u64);
     }
     for (ci, case) in cases.iter().enumerate() {
+        let root_err = root_errors(net, case, engine);
+        if let Some(e) = &root_err {
+            stats.f32_error_bound = e.iter().flatten().copied().fold(stats.f32_error_bound, f64::max);
+        }
+        let open = AtomicU64::new(1);
+        let ctx = Ctx {
+            net,
+            cnet: cnet.as_ref(),
+            case,
+            engine,
+            root_err: root_err.as_deref(),
+            start,
+            pgd_nanos: &pgd_nanos,
+            open: &open,
+        };
         let total_volume = log_volume(&case.lower, &case.upper);
         let mut done_fraction = 0.0f64;
-        let mut stack = vec![Domain {
+        let mut stack = std::collections::BinaryHeap::from(vec![Domain {
             lower: case.lower.clone(),
             upper: case.upper.clone(),
             active: (0..case.unsafe_set.len()).collect(),
             depth: 0,
-        }];
+            prior: None,
+            priority: f64::NEG_INFINITY,
+        }]);
         while !stack.is_empty() {
             if Instant::now() >= deadline {
                 return Verdict::Unknown {
@@ -210,12 +427,28 @@ pub fn branch_and_bound(
                     ),
                 };
             }
+            // Falsification in turn with the bounds, while it is cheap relative to them.
+            if let (Some(f), Some(cn)) = (falsifier.as_deref_mut(), cnet.as_ref())
+                && complete
+                && stats.branches > 0
+                && fals_nanos * 10 < start.elapsed().as_nanos()
+            {
+                {
+                    let t = Instant::now();
+                    let found = f.step(net, cn, cases);
+                    fals_nanos += t.elapsed().as_nanos();
+                    if let Some(v) = found {
+                        return v;
+                    }
+                }
+            }
             let take = stack.len().min(batch_size);
-            let batch = stack.split_off(stack.len() - take);
+            let batch: Vec<Domain> = (0..take).filter_map(|_| stack.pop()).collect();
+            open.store(stack.len() as u64, Ordering::Relaxed);
             let results: Vec<(Domain, Outcome)> = batch
                 .into_par_iter()
                 .map(|d| {
-                    let o = bound_domain(net, cnet.as_ref(), case, engine, &d);
+                    let o = bound_domain(&ctx, &d);
                     (d, o)
                 })
                 .collect();
@@ -268,7 +501,60 @@ pub fn required_margin(row: &[f64], rhs: f64, err: &[f64]) -> f64 {
     row.iter().zip(err).map(|(c, e)| c.abs() * e).sum::<f64>() + 1e-9 * (1.0 + rhs.abs())
 }
 
-fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &dyn BoundEngine, d: &Domain) -> Outcome {
+/// Given linear lower bounds `l_k(x) = a_k·x + b_k <= c_k·y - rhs_k` on the box and the
+/// margins `e_k` they must clear (rounding-error bounds), search weights `λ` on the
+/// simplex with `min_x Σ λ_k (l_k(x) - e_k) > 0`: then no `x` of the box meets every
+/// constraint of the conjunction, even with the device's rounding (if all
+/// `c_k·ŷ <= rhs_k` then `Σ λ_k (l_k(x) - e_k) <= 0`). Any `λ` gives a sound bound (weak
+/// duality), so a plain exponentiated-gradient ascent is enough. Returns the positive
+/// combined gap found, minus a slack for the f64 rounding of this sum.
+fn combined_gap(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64]) -> Option<f64> {
+    let k = lines.len();
+    let n = lower.len();
+    let mut lambda = vec![1.0 / k as f64; k];
+    let mut g = vec![0.0; n];
+    let mut best: Option<f64> = None;
+    for _ in 0..60 {
+        // f(λ) = Σ λ_k (b_k - e_k) + Σ_i min over [l_i, u_i] of g_i x_i, g = Σ λ_k a_k.
+        g.iter_mut().for_each(|v| *v = 0.0);
+        let mut value = 0.0;
+        let mut slack = 0.0;
+        for (lam, (a, b, e)) in lambda.iter().zip(lines) {
+            value += lam * (b - e);
+            slack += lam * (b.abs() + e);
+            for (gi, ai) in g.iter_mut().zip(a.iter()) {
+                *gi += lam * ai;
+            }
+        }
+        let x: Vec<f64> = (0..n).map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] }).collect();
+        for i in 0..n {
+            value += g[i] * x[i];
+            slack += g[i].abs() * x[i].abs();
+        }
+        let sound = value - 1e-9 * (1.0 + slack);
+        if sound > 0.0 {
+            best = Some(best.map_or(sound, |b: f64| b.max(sound)));
+            return best;
+        }
+        // Supergradient: s_k = l_k(x*) - e_k at the minimising corner; raise the weights of
+        // the constraints that are hardest to meet there.
+        let s: Vec<f64> = lines.iter().map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e).collect();
+        let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if scale == 0.0 || !scale.is_finite() {
+            break;
+        }
+        let mut total = 0.0;
+        for (lam, sk) in lambda.iter_mut().zip(&s) {
+            *lam *= (0.5 * sk / scale).exp();
+            total += *lam;
+        }
+        lambda.iter_mut().for_each(|l| *l /= total);
+    }
+    best
+}
+
+fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
+    let (net, case) = (ctx.net, ctx.case);
     let mut rows: Vec<Vec<f64>> = Vec::new();
     let mut owner: Vec<(usize, usize)> = Vec::new();
     for &ci in &d.active {
@@ -277,22 +563,25 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
             owner.push((ci, k));
         }
     }
-    let bounds = match engine.spec_lower(&d.lower, &d.upper, &rows) {
+    let bounds = match ctx.engine.spec_lower_within(&d.lower, &d.upper, &rows, d.prior.as_deref().map(Vec::as_slice)) {
         Ok(b) => b,
-        Err(e) => return Outcome::Stuck(format!("{} failed: {e}", engine.name())),
+        Err(e) => return Outcome::Stuck(format!("{} failed: {e}", ctx.engine.name())),
     };
-    let err = if bounds.layer_bounds.len() == net.layers.len() + 1 {
-        rounding::f32_error_bound_from(net, &bounds.layer_bounds)
-    } else {
-        rounding::f32_error_bound(net, &d.lower, &d.upper)
-    };
-    // Per spec row: the tight backward form when the network allows it, else |c|·E.
-    let row_err = rounding::spec_error_bounds(net, &bounds.layer_bounds, &rows);
+    // The sub-box's own rounding-error bounds, computed only when a gap clears zero but
+    // not the root's (looser, equally sound) bound.
+    let mut local_err: Option<Vec<f64>> = None;
     let mut remaining = Vec::new();
     let mut min_gap = f64::INFINITY;
+    let mut worst_open = f64::INFINITY;
     for &ci in &d.active {
         let conj: &Conj = &case.unsafe_set[ci];
         let mut best: Option<f64> = None;
+        let open_gap = owner
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.0 == ci)
+            .map(|(r, &(_, k))| bounds.lower[r] - conj.rhs[k])
+            .fold(f64::NEG_INFINITY, f64::max);
         for (r, &(owner_ci, k)) in owner.iter().enumerate() {
             if owner_ci != ci {
                 continue;
@@ -300,17 +589,66 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
             let gap = bounds.lower[r] - conj.rhs[k];
             // The f64 back-substitution is not rounded outward: keep 1e-9 relative slack.
             let f64_slack = 1e-9 * bounds.lower[r].abs();
-            let rounding = match &row_err {
-                Some(v) => v[r] + 1e-9 * (1.0 + conj.rhs[k].abs()),
-                None => required_margin(&conj.rows[k], conj.rhs[k], &err),
+            // NaN gaps are not excluded either.
+            if gap.partial_cmp(&f64_slack) != Some(std::cmp::Ordering::Greater) {
+                continue;
+            }
+            let cleared = match ctx.root_err {
+                Some(root) if gap > root[ci][k] + f64_slack => true,
+                _ => {
+                    let e = local_err.get_or_insert_with(|| {
+                        let rhs = owner.iter().map(|&(c, k)| case.unsafe_set[c].rhs[k]);
+                        {
+                            let prior = d.prior.as_deref().map(Vec::as_slice);
+                            let tight = ctx.engine.tight_layer_bounds(&d.lower, &d.upper, prior);
+                            row_errors(net, tight.as_deref().unwrap_or(&bounds.layer_bounds), &d.lower, &d.upper, &rows, rhs)
+                        }
+                    });
+                    gap > e[r] + f64_slack
+                }
             };
-            if gap > rounding + f64_slack {
+            if cleared {
                 best = Some(best.map_or(gap, |b: f64| b.max(gap)));
+            }
+        }
+        if best.is_none() && conj.rows.len() >= 2 {
+            // No single constraint is excluded: try a positive combination of their linear
+            // lower bounds (each already lowered by its rounding-error bound).
+            if let (Some(a), Some(c)) = (&bounds.coeffs, &bounds.consts) {
+                let rs: Vec<usize> = (0..owner.len()).filter(|&r| owner[r].0 == ci).collect();
+                let errs: Vec<f64> = match ctx.root_err {
+                    Some(root) => rs.iter().map(|&r| root[ci][owner[r].1]).collect(),
+                    None => {
+                        let e = local_err.get_or_insert_with(|| {
+                            let rhs = owner.iter().map(|&(c, k)| case.unsafe_set[c].rhs[k]);
+                            {
+                            let prior = d.prior.as_deref().map(Vec::as_slice);
+                            let tight = ctx.engine.tight_layer_bounds(&d.lower, &d.upper, prior);
+                            row_errors(net, tight.as_deref().unwrap_or(&bounds.layer_bounds), &d.lower, &d.upper, &rows, rhs)
+                        }
+                        });
+                        rs.iter().map(|&r| e[r]).collect()
+                    }
+                };
+                let lines: Vec<(&[f64], f64, f64)> = rs
+                    .iter()
+                    .zip(&errs)
+                    .map(|(&r, &e)| {
+                        let k = owner[r].1;
+                        (a[r].as_slice(), c[r] - conj.rhs[k], e + 1e-9 * (c[r].abs() + conj.rhs[k].abs()))
+                    })
+                    .collect();
+                if let Some(g) = combined_gap(&lines, &d.lower, &d.upper) {
+                    best = Some(g);
+                }
             }
         }
         match best {
             Some(g) => min_gap = min_gap.min(g),
-            None => remaining.push(ci),
+            None => {
+                remaining.push(ci);
+                worst_open = worst_open.min(open_gap);
+            }
         }
     }
     if remaining.is_empty() {
@@ -343,12 +681,21 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
     for &ci in &remaining {
         let conj = &case.unsafe_set[ci];
         let mut a = falsify::check_points(net, conj, &candidates);
-        if a.found.is_none() && d.depth > 0 && d.depth % 8 == 0 {
-            if let Some(cnet) = cnet {
+        let pgd_allowed =
+            || ctx.pgd_nanos.load(Ordering::Relaxed) as u128 * 10 < ctx.start.elapsed().as_nanos();
+        if a.found.is_none()
+            && d.depth > 0
+            && d.depth.is_multiple_of(4)
+            && pgd_allowed()
+            && let Some(cnet) = ctx.cnet
+        {
+            {
+                let t = Instant::now();
                 let starts = vec![a.best_input.clone(), falsify::centre(&d.lower, &d.upper)];
                 if let Ok(p) = falsify::pgd(cnet, net, &d.lower, &d.upper, conj, &starts, 12) {
                     a = p;
                 }
+                ctx.pgd_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
         }
         if let Some((x, y)) = a.found {
@@ -359,12 +706,10 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
     // Split the dimension with the largest refine score (Eq. 9), or the widest.
     let widths: Vec<f64> = d.lower.iter().zip(&d.upper).map(|(l, u)| u - l).collect();
     let have_scores = bounds.coeffs.is_some() && score.iter().any(|&s| s > 0.0);
-    let best_dim = (0..n)
-        .filter(|&i| widths[i] > 0.0)
-        .max_by(|&i, &j| {
-            let key = |k: usize| if have_scores { widths[k] * score[k] } else { widths[k] };
-            key(i).total_cmp(&key(j))
-        });
+    let best_dim = (0..n).filter(|&i| widths[i] > 0.0).max_by(|&i, &j| {
+        let key = |k: usize| if have_scores { widths[k] * score[k] } else { widths[k] };
+        key(i).total_cmp(&key(j))
+    });
     let Some(dim) = best_dim else {
         return Outcome::Stuck("a point box could not be decided".into());
     };
@@ -372,9 +717,73 @@ fn bound_domain(net: &Network, cnet: Option<&CandleNet>, case: &Case, engine: &d
     if !(mid > d.lower[dim] && mid < d.upper[dim]) {
         return Outcome::Stuck("sub-box too small to split further".into());
     }
-    let mut left = Domain { lower: d.lower.clone(), upper: d.upper.clone(), active: remaining, depth: d.depth + 1 };
+    // Keep the ReLU input bounds for the children (a few KB), unless the open list is
+    // already long enough for that memory to matter.
+    let prior = (ctx.open.load(Ordering::Relaxed) < 100_000 && bounds.layer_bounds.len() == net.layers.len() + 1)
+        .then(|| {
+            let keep = |k: usize| matches!(net.layers.get(k), Some(crate::model::Layer::Relu));
+            std::sync::Arc::new(
+                bounds
+                    .layer_bounds
+                    .into_iter()
+                    .enumerate()
+                    .map(|(k, (l, u))| if keep(k) { bounds::BoxBounds::new(l, u) } else { bounds::BoxBounds::new(vec![], vec![]) })
+                    .collect(),
+            )
+        });
+    let mut left = Domain {
+        lower: d.lower.clone(),
+        upper: d.upper.clone(),
+        active: remaining,
+        depth: d.depth + 1,
+        prior,
+        priority: worst_open,
+    };
     let mut right = left.clone();
     left.upper[dim] = mid;
     right.lower[dim] = mid;
     Outcome::Split(Box::new((left, right)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Whenever the combination claims a positive gap, no sampled point of the box meets
+    /// every lowered line (`l_k(x) <= e_k` for all k); and it does find gaps that no
+    /// single line has.
+    #[test]
+    fn combined_gap_is_sound_and_beats_single_lines() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let (mut claims, mut beyond_single) = (0, 0);
+        for _ in 0..2000 {
+            let n = 3;
+            let k = rng.random_range(2..5);
+            let lower: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..0.0)).collect();
+            let upper: Vec<f64> = lower.iter().map(|l| l + rng.random_range(0.1..1.0)).collect();
+            let coeffs: Vec<Vec<f64>> = (0..k).map(|_| (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+            let lines: Vec<(&[f64], f64, f64)> =
+                coeffs.iter().map(|a| (a.as_slice(), rng.random_range(-0.5..1.5), rng.random_range(0.0..0.01))).collect();
+            let Some(g) = combined_gap(&lines, &lower, &upper) else { continue };
+            assert!(g > 0.0);
+            claims += 1;
+            for _ in 0..500 {
+                let x: Vec<f64> = lower.iter().zip(&upper).map(|(&l, &u)| rng.random_range(l..=u)).collect();
+                let worst = lines
+                    .iter()
+                    .map(|(a, b, e)| a.iter().zip(&x).map(|(a, x)| a * x).sum::<f64>() + b - e)
+                    .fold(f64::NEG_INFINITY, f64::max);
+                assert!(worst > 0.0, "x {x:?} meets every line although the combined gap is {g}");
+            }
+            let single = lines.iter().any(|(a, b, e)| {
+                let min: f64 = a.iter().enumerate().map(|(i, &ai)| (ai * lower[i]).min(ai * upper[i])).sum();
+                min + b - e > 0.0
+            });
+            if !single {
+                beyond_single += 1;
+            }
+        }
+        assert!(claims > 100 && beyond_single > 10, "claims {claims}, beyond single lines {beyond_single}");
+    }
 }
