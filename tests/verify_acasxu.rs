@@ -25,44 +25,94 @@ fn expected() -> Option<HashMap<(String, String), String>> {
 }
 
 fn options(timeout_s: u64) -> Options {
-    Options { method: Method::Complete, timeout: Duration::from_secs(timeout_s), threads: None, seed: 0, progress: None }
+    Options {
+        method: Method::Complete,
+        timeout: Duration::from_secs(timeout_s),
+        threads: None,
+        seed: 0,
+        progress: None,
+    }
 }
 
 /// Run one instance and check it against the expected verdict; returns the verdict.
 /// `model_rel` is the file the verifier reads (ACAS Xu: the `.nnet` twin of the ONNX file);
 /// tract always runs the ONNX file `onnx_rel`.
-fn check_instance(onnx_rel: &str, model_rel: &str, vnnlib_rel: &str, expect: &str, timeout_s: u64) -> Verdict {
+fn check_instance(
+    onnx_rel: &str,
+    model_rel: &str,
+    vnnlib_rel: &str,
+    expect: &str,
+    timeout_s: u64,
+) -> Verdict {
     let onnx = data_path(onnx_rel).unwrap();
     let vnnlib = data_path(vnnlib_rel).unwrap();
     let net = prorepair_host::import::load(&data_path(model_rel).unwrap()).unwrap();
     let prop = prorepair_host::spec::Property::from_vnnlib(&vnnlib).unwrap();
     let report = verify::verify(&net, &prop, &options(timeout_s)).unwrap();
     let name = format!("{onnx_rel} {vnnlib_rel}");
-    eprintln!("{name}: {} in {:.2} s ({} branches)", report.verdict.status(), report.stats.time_s, report.stats.branches);
+    eprintln!(
+        "{name}: {} in {:.2} s ({} branches)",
+        report.verdict.status(),
+        report.stats.time_s,
+        report.stats.branches
+    );
     match &report.verdict {
-        Verdict::Holds => assert_eq!(expect, "unsat", "{name}: holds contradicts expected {expect}"),
-        Verdict::Violated { counterexample, output, case } => {
-            assert_eq!(expect, "sat", "{name}: violated contradicts expected {expect}");
+        Verdict::Holds => assert_eq!(
+            expect, "unsat",
+            "{name}: holds contradicts expected {expect}"
+        ),
+        Verdict::Violated {
+            counterexample,
+            output,
+            case,
+        } => {
+            assert_eq!(
+                expect, "sat",
+                "{name}: violated contradicts expected {expect}"
+            );
             let c = &prop.cases[*case];
-            assert!(counterexample.iter().enumerate().all(|(i, x)| c.input.lower[i] <= *x && *x <= c.input.upper[i]));
+            assert!(
+                counterexample
+                    .iter()
+                    .enumerate()
+                    .all(|(i, x)| c.input.lower[i] <= *x && *x <= c.input.upper[i])
+            );
             // The f64 forward pass reproduces the output, which reaches the unsafe set.
             assert_eq!(&net.forward(counterexample), output);
             let reaches = |y: &[f64], tol: f64| {
                 c.unsafe_set.iter().any(|conj| {
-                    conj.constraints.iter().all(|lc| lc.coeffs.iter().zip(y).map(|(a, b)| a * b).sum::<f64>() - lc.rhs <= tol)
+                    conj.constraints.iter().all(|lc| {
+                        lc.coeffs.iter().zip(y).map(|(a, b)| a * b).sum::<f64>() - lc.rhs <= tol
+                    })
                 })
             };
-            assert!(reaches(output, 0.0), "{name}: output {output:?} does not reach the unsafe set");
+            assert!(
+                reaches(output, 0.0),
+                "{name}: output {output:?} does not reach the unsafe set"
+            );
             // tract (f32) agrees with the output and reaches the unsafe set up to f32 rounding.
             let tract = TractModel::load(&onnx).unwrap();
             let x32: Vec<f32> = counterexample.iter().map(|&v| v as f32).collect();
-            let y32: Vec<f64> = tract.run(&x32).unwrap().iter().map(|&v| f64::from(v)).collect();
+            let y32: Vec<f64> = tract
+                .run(&x32)
+                .unwrap()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
             for (a, b) in y32.iter().zip(output) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{name}: tract {y32:?} vs forward {output:?}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{name}: tract {y32:?} vs forward {output:?}"
+                );
             }
-            assert!(reaches(&y32, 1e-5), "{name}: tract output {y32:?} misses the unsafe set");
+            assert!(
+                reaches(&y32, 1e-5),
+                "{name}: tract output {y32:?} misses the unsafe set"
+            );
         }
-        Verdict::Unknown { reason } => panic!("{name}: expected a decision ({expect}), got unknown: {reason}"),
+        Verdict::Unknown { reason } => {
+            panic!("{name}: expected a decision ({expect}), got unknown: {reason}")
+        }
     }
     report.verdict
 }
@@ -73,13 +123,25 @@ fn acasxu_subset_agrees_with_expected_results() {
     // Fixed, fast subset: violated instances (property 2 on three networks; on N3,2 only
     // branch and bound finds the counterexample, and property 3 on N1,7) and holding
     // ones (property 1 on two networks, property 2 on N1,9, properties 3 and 4).
-    let subset =
-        [(2, 3, 2), (2, 2, 2), (1, 4, 2), (3, 2, 2), (1, 7, 3), (1, 1, 1), (1, 7, 1), (1, 9, 2), (2, 1, 3), (2, 3, 4)];
+    let subset = [
+        (2, 3, 2),
+        (2, 2, 2),
+        (1, 4, 2),
+        (3, 2, 2),
+        (1, 7, 3),
+        (1, 1, 1),
+        (1, 7, 1),
+        (1, 9, 2),
+        (2, 1, 3),
+        (2, 3, 4),
+    ];
     for (a, b, p) in subset {
         let onnx = acasxu_onnx(a, b);
         let vnnlib = format!("prop_{p}.vnnlib");
         let key = (onnx.rsplit('/').next().unwrap().to_string(), vnnlib.clone());
-        let want = exp.get(&key).unwrap_or_else(|| panic!("{key:?} not in expected_results.csv"));
+        let want = exp
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} not in expected_results.csv"));
         let nnet = prorepair_tests::acasxu_nnet(a, b);
         check_instance(&onnx, &nnet, &format!("acasxu/vnnlib/{vnnlib}"), want, 120);
     }
@@ -88,7 +150,9 @@ fn acasxu_subset_agrees_with_expected_results() {
 #[test]
 fn vnncomp_test_instances_agree_with_expected_results() {
     let Some(exp) = expected() else { return };
-    let Some(list) = data_path("vnncomp-test/test_instances.csv") else { return };
+    let Some(list) = data_path("vnncomp-test/test_instances.csv") else {
+        return;
+    };
     let text = std::fs::read_to_string(list).unwrap();
     let mut n = 0;
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -116,12 +180,19 @@ fn f32_error_bound_covers_tract_on_acasxu() {
     };
     for (a, b) in [(1, 1), (2, 7), (5, 9)] {
         let onnx = data_path(&acasxu_onnx(a, b)).unwrap();
-        let net = prorepair_host::import::load(&data_path(&prorepair_tests::acasxu_nnet(a, b)).unwrap()).unwrap();
+        let net =
+            prorepair_host::import::load(&data_path(&prorepair_tests::acasxu_nnet(a, b)).unwrap())
+                .unwrap();
         let tract = TractModel::load(&onnx).unwrap();
         // The whole normalised domain of the ACAS Xu properties.
-        let (lo, hi) = (vec![-0.33, -0.5, -0.5, -0.5, -0.5], vec![0.68, 0.5, 0.5, 0.5, 0.5]);
+        let (lo, hi) = (
+            vec![-0.33, -0.5, -0.5, -0.5, -0.5],
+            vec![0.68, 0.5, 0.5, 0.5, 0.5],
+        );
         let bound = verify::rounding::f32_error_bound(&net, &lo, &hi);
-        let identity: Vec<Vec<f64>> = (0..5).map(|j| (0..5).map(|k| f64::from(u8::from(j == k))).collect()).collect();
+        let identity: Vec<Vec<f64>> = (0..5)
+            .map(|j| (0..5).map(|k| f64::from(u8::from(j == k))).collect())
+            .collect();
         let ibp = verify::rounding::interval_bounds(&net, &lo, &hi);
         let row_bound = verify::rounding::spec_error_bounds(&net, &ibp, &identity).unwrap();
         let mut worst: f64 = 0.0;
@@ -134,12 +205,22 @@ fn f32_error_bound_covers_tract_on_acasxu() {
             for j in 0..5 {
                 for dev in [f64::from(via_tract[j]), f64::from(via_plain[j])] {
                     let err = (dev - exact[j]).abs();
-                    assert!(err <= bound[j], "N{a},{b} y{j}: f32 error {err} > bound {}", bound[j]);
-                    assert!(err <= row_bound[j], "N{a},{b} y{j}: f32 error {err} > row bound {}", row_bound[j]);
+                    assert!(
+                        err <= bound[j],
+                        "N{a},{b} y{j}: f32 error {err} > bound {}",
+                        bound[j]
+                    );
+                    assert!(
+                        err <= row_bound[j],
+                        "N{a},{b} y{j}: f32 error {err} > row bound {}",
+                        row_bound[j]
+                    );
                     worst = worst.max(err / row_bound[j]);
                 }
             }
         }
-        eprintln!("N{a},{b}: f32 error bounds {bound:?}, per-row {row_bound:?}, worst observed/row bound {worst:.3e}");
+        eprintln!(
+            "N{a},{b}: f32 error bounds {bound:?}, per-row {row_bound:?}, worst observed/row bound {worst:.3e}"
+        );
     }
 }

@@ -93,7 +93,12 @@ fn bench(label: &str, onnx: &str, source: &str) {
     // shared machine leaves it alone (preemption only ever adds time).
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let rows = [
-        ("median", median(core.clone()), median(tract_ns.clone()), median(stream.clone())),
+        (
+            "median",
+            median(core.clone()),
+            median(tract_ns.clone()),
+            median(stream.clone()),
+        ),
         ("best", best(&core), best(&tract_ns), best(&stream)),
     ];
     for (kind, core, tract_ns, stream) in rows {

@@ -44,7 +44,12 @@ pub struct Dense {
 
 impl Dense {
     /// A dense layer, checking the parameter lengths.
-    pub fn new(in_dim: usize, out_dim: usize, weight: Vec<f64>, bias: Vec<f64>) -> Result<Self, String> {
+    pub fn new(
+        in_dim: usize,
+        out_dim: usize,
+        weight: Vec<f64>,
+        bias: Vec<f64>,
+    ) -> Result<Self, String> {
         if weight.len() != in_dim * out_dim {
             return Err(format!(
                 "weight has {} values, expected {out_dim}x{in_dim} = {}",
@@ -53,9 +58,17 @@ impl Dense {
             ));
         }
         if bias.len() != out_dim {
-            return Err(format!("bias has {} values, expected {out_dim}", bias.len()));
+            return Err(format!(
+                "bias has {} values, expected {out_dim}",
+                bias.len()
+            ));
         }
-        Ok(Self { in_dim, out_dim, weight, bias })
+        Ok(Self {
+            in_dim,
+            out_dim,
+            weight,
+            bias,
+        })
     }
 
     /// Row `o` of the weight matrix.
@@ -107,12 +120,16 @@ pub struct Conv2d {
 impl Conv2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.in_h + self.pad_top + self.pad_bottom).saturating_sub(self.kernel_h) / self.stride_h.max(1) + 1
+        (self.in_h + self.pad_top + self.pad_bottom).saturating_sub(self.kernel_h)
+            / self.stride_h.max(1)
+            + 1
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.in_w + self.pad_left + self.pad_right).saturating_sub(self.kernel_w) / self.stride_w.max(1) + 1
+        (self.in_w + self.pad_left + self.pad_right).saturating_sub(self.kernel_w)
+            / self.stride_w.max(1)
+            + 1
     }
 
     /// Evaluate on one `[in_channels, in_h, in_w]` input.
@@ -130,13 +147,17 @@ impl Conv2d {
                                 continue;
                             }
                             for kx in 0..self.kernel_w {
-                                let ix = (ox * self.stride_w + kx) as isize - self.pad_left as isize;
+                                let ix =
+                                    (ox * self.stride_w + kx) as isize - self.pad_left as isize;
                                 if ix < 0 || ix >= self.in_w as isize {
                                     continue;
                                 }
-                                let w = self.weight
-                                    [((oc * self.in_channels + ic) * self.kernel_h + ky) * self.kernel_w + kx];
-                                acc += w * x[(ic * self.in_h + iy as usize) * self.in_w + ix as usize];
+                                let w = self.weight[((oc * self.in_channels + ic) * self.kernel_h
+                                    + ky)
+                                    * self.kernel_w
+                                    + kx];
+                                acc +=
+                                    w * x[(ic * self.in_h + iy as usize) * self.in_w + ix as usize];
                             }
                         }
                     }
@@ -179,12 +200,16 @@ pub struct Pool2d {
 impl Pool2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.in_h + self.pad_top + self.pad_bottom).saturating_sub(self.kernel_h) / self.stride_h.max(1) + 1
+        (self.in_h + self.pad_top + self.pad_bottom).saturating_sub(self.kernel_h)
+            / self.stride_h.max(1)
+            + 1
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.in_w + self.pad_left + self.pad_right).saturating_sub(self.kernel_w) / self.stride_w.max(1) + 1
+        (self.in_w + self.pad_left + self.pad_right).saturating_sub(self.kernel_w)
+            / self.stride_w.max(1)
+            + 1
     }
 
     /// The input indices inside window `(c, oy, ox)`, padding excluded.
@@ -265,7 +290,10 @@ impl Layer {
 
     /// True for element-wise activations (same shape in and out).
     pub fn is_activation(&self) -> bool {
-        matches!(self, Layer::Relu | Layer::LeakyRelu { .. } | Layer::Sigmoid | Layer::Tanh | Layer::Gelu)
+        matches!(
+            self,
+            Layer::Relu | Layer::LeakyRelu { .. } | Layer::Sigmoid | Layer::Tanh | Layer::Gelu
+        )
     }
 
     /// The output shape for input shape `input`, or what is wrong.
@@ -288,7 +316,9 @@ impl Layer {
                 if c.stride_h == 0 || c.stride_w == 0 {
                     return Err("zero stride".into());
                 }
-                if c.in_h + c.pad_top + c.pad_bottom < c.kernel_h || c.in_w + c.pad_left + c.pad_right < c.kernel_w {
+                if c.in_h + c.pad_top + c.pad_bottom < c.kernel_h
+                    || c.in_w + c.pad_left + c.pad_right < c.kernel_w
+                {
                     return Err("kernel larger than the padded input".into());
                 }
                 if c.weight.len() != c.out_channels * c.in_channels * c.kernel_h * c.kernel_w
@@ -300,12 +330,17 @@ impl Layer {
             }
             Layer::AvgPool2d(p) | Layer::MaxPool2d(p) => {
                 if input != [p.channels, p.in_h, p.in_w] {
-                    return Err(format!("expects input [{}, {}, {}], gets {input:?}", p.channels, p.in_h, p.in_w));
+                    return Err(format!(
+                        "expects input [{}, {}, {}], gets {input:?}",
+                        p.channels, p.in_h, p.in_w
+                    ));
                 }
                 if p.stride_h == 0 || p.stride_w == 0 {
                     return Err("zero stride".into());
                 }
-                if p.in_h + p.pad_top + p.pad_bottom < p.kernel_h || p.in_w + p.pad_left + p.pad_right < p.kernel_w {
+                if p.in_h + p.pad_top + p.pad_bottom < p.kernel_h
+                    || p.in_w + p.pad_left + p.pad_right < p.kernel_w
+                {
                     return Err("window larger than the padded input".into());
                 }
                 Ok(vec![p.channels, p.out_h(), p.out_w()])
@@ -393,7 +428,10 @@ pub struct Network {
 impl Network {
     /// A network, checked for shape consistency.
     pub fn new(input_shape: Vec<usize>, layers: Vec<Layer>) -> Result<Self, ModelError> {
-        let net = Self { input_shape, layers };
+        let net = Self {
+            input_shape,
+            layers,
+        };
         net.shapes()?;
         Ok(net)
     }
@@ -405,7 +443,9 @@ impl Network {
 
     /// Number of output elements.
     pub fn output_dim(&self) -> usize {
-        self.shapes().map(|s| s.last().map_or(0, |s| s.iter().product())).unwrap_or(0)
+        self.shapes()
+            .map(|s| s.last().map_or(0, |s| s.iter().product()))
+            .unwrap_or(0)
     }
 
     /// The shape before every layer and after the last (`layers.len() + 1` entries).
@@ -415,9 +455,13 @@ impl Network {
         }
         let mut shapes = vec![self.input_shape.clone()];
         for (index, layer) in self.layers.iter().enumerate() {
-            let next = layer.output_shape(shapes.last().expect("non-empty")).map_err(|problem| {
-                ModelError::Shape { index, kind: layer.kind(), problem }
-            })?;
+            let next = layer
+                .output_shape(shapes.last().expect("non-empty"))
+                .map_err(|problem| ModelError::Shape {
+                    index,
+                    kind: layer.kind(),
+                    problem,
+                })?;
             shapes.push(next);
         }
         Ok(shapes)
@@ -430,7 +474,9 @@ impl Network {
 
     /// Apply layers `from..to` only (the sub-network `f_c` or `f_e` of a split).
     pub fn forward_range(&self, x: &[f64], from: usize, to: usize) -> Vec<f64> {
-        self.layers[from..to].iter().fold(x.to_vec(), |v, layer| layer.apply(&v))
+        self.layers[from..to]
+            .iter()
+            .fold(x.to_vec(), |v, layer| layer.apply(&v))
     }
 
     /// The sub-network made of layers `from..to`, with its own input shape.
@@ -474,10 +520,19 @@ mod tests {
     #[test]
     fn erf_matches_known_values() {
         // Values from Abramowitz & Stegun table 7.1.
-        for (x, want) in [(0.0, 0.0), (0.5, 0.520_499_877_813_046_5), (1.0, 0.842_700_792_949_714_9),
-            (2.0, 0.995_322_265_018_952_7), (3.0, 0.999_977_909_503_001_4), (-1.5, -0.966_105_146_475_310_7)]
-        {
-            assert!((erf(x) - want).abs() < 1e-13, "erf({x}) = {} want {want}", erf(x));
+        for (x, want) in [
+            (0.0, 0.0),
+            (0.5, 0.520_499_877_813_046_5),
+            (1.0, 0.842_700_792_949_714_9),
+            (2.0, 0.995_322_265_018_952_7),
+            (3.0, 0.999_977_909_503_001_4),
+            (-1.5, -0.966_105_146_475_310_7),
+        ] {
+            assert!(
+                (erf(x) - want).abs() < 1e-13,
+                "erf({x}) = {} want {want}",
+                erf(x)
+            );
         }
     }
 
@@ -485,24 +540,57 @@ mod tests {
     fn shape_errors_name_the_layer() {
         let d = Dense::new(3, 2, vec![0.0; 6], vec![0.0; 2]).unwrap();
         let err = Network::new(vec![4], vec![Layer::Dense(d)]).unwrap_err();
-        assert!(matches!(err, ModelError::Shape { index: 0, kind: "Dense", .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                ModelError::Shape {
+                    index: 0,
+                    kind: "Dense",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
     fn conv_and_pool_agree_with_hand_computation() {
         // 1x3x3 input, 2x2 kernel of ones, stride 1: sums of 2x2 windows.
         let conv = Conv2d {
-            in_channels: 1, out_channels: 1, in_h: 3, in_w: 3, kernel_h: 2, kernel_w: 2,
-            stride_h: 1, stride_w: 1, pad_top: 0, pad_left: 0, pad_bottom: 0, pad_right: 0,
-            weight: vec![1.0; 4], bias: vec![0.5],
+            in_channels: 1,
+            out_channels: 1,
+            in_h: 3,
+            in_w: 3,
+            kernel_h: 2,
+            kernel_w: 2,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            pad_bottom: 0,
+            pad_right: 0,
+            weight: vec![1.0; 4],
+            bias: vec![0.5],
         };
         let x: Vec<f64> = (1..=9).map(f64::from).collect();
         assert_eq!(conv.apply(&x), vec![12.5, 16.5, 24.5, 28.5]);
         let pool = Pool2d {
-            channels: 1, in_h: 3, in_w: 3, kernel_h: 2, kernel_w: 2, stride_h: 1, stride_w: 1,
-            pad_top: 0, pad_left: 0, pad_bottom: 0, pad_right: 0,
+            channels: 1,
+            in_h: 3,
+            in_w: 3,
+            kernel_h: 2,
+            kernel_w: 2,
+            stride_h: 1,
+            stride_w: 1,
+            pad_top: 0,
+            pad_left: 0,
+            pad_bottom: 0,
+            pad_right: 0,
         };
-        assert_eq!(Layer::MaxPool2d(pool.clone()).apply(&x), vec![5.0, 6.0, 8.0, 9.0]);
+        assert_eq!(
+            Layer::MaxPool2d(pool.clone()).apply(&x),
+            vec![5.0, 6.0, 8.0, 9.0]
+        );
         assert_eq!(Layer::AvgPool2d(pool).apply(&x), vec![3.0, 4.0, 6.0, 7.0]);
     }
 }

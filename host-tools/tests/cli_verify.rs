@@ -17,7 +17,10 @@ fn run(args: &[&str]) -> Output {
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("prorepair-cli-verify-{}-{name}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "prorepair-cli-verify-{}-{name}",
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -41,7 +44,15 @@ fn verify_holds_exits_0_with_json_report() {
     let spec = require_data!("vnncomp-test/test_tiny.vnnlib");
     let dir = scratch("holds");
     let json = dir.join("report.json");
-    let o = run(&["verify", s(&model), s(&spec), "--timeout", "30", "--json", s(&json)]);
+    let o = run(&[
+        "verify",
+        s(&model),
+        s(&spec),
+        "--timeout",
+        "30",
+        "--json",
+        s(&json),
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = read_json(&json);
     assert_eq!(v["status"], "holds");
@@ -56,7 +67,15 @@ fn verify_violated_exits_10_with_checked_counterexample() {
     let spec_path = require_data!("acasxu/vnnlib/prop_2.vnnlib");
     let dir = scratch("violated");
     let json = dir.join("report.json");
-    let o = run(&["verify", s(&model_path), s(&spec_path), "--timeout", "60", "--json", s(&json)]);
+    let o = run(&[
+        "verify",
+        s(&model_path),
+        s(&spec_path),
+        "--timeout",
+        "60",
+        "--json",
+        s(&json),
+    ]);
     assert_eq!(o.status.code(), Some(10), "{}", stderr(&o));
     let v = read_json(&json);
     assert_eq!(v["status"], "violated");
@@ -67,7 +86,12 @@ fn verify_violated_exits_10_with_checked_counterexample() {
     let net = prorepair_host::import::load(&model_path).unwrap();
     let prop = prorepair_host::spec::Property::from_vnnlib(&spec_path).unwrap();
     let bx = &prop.cases[0].input;
-    assert!(input.iter().enumerate().all(|(i, x)| bx.lower[i] <= *x && *x <= bx.upper[i]));
+    assert!(
+        input
+            .iter()
+            .enumerate()
+            .all(|(i, x)| bx.lower[i] <= *x && *x <= bx.upper[i])
+    );
     assert_eq!(net.forward(&input), output);
     assert!((1..5).all(|j| output[j] <= output[0]), "{output:?}");
 }
@@ -79,7 +103,17 @@ fn verify_unknown_exits_20() {
     let spec = require_data!("acasxu/vnnlib/prop_1.vnnlib");
     let dir = scratch("unknown");
     let json = dir.join("report.json");
-    let o = run(&["verify", s(&model), s(&spec), "--method", "ibp", "--timeout", "20", "--json", s(&json)]);
+    let o = run(&[
+        "verify",
+        s(&model),
+        s(&spec),
+        "--method",
+        "ibp",
+        "--timeout",
+        "20",
+        "--json",
+        s(&json),
+    ]);
     assert_eq!(o.status.code(), Some(20), "{}", stderr(&o));
     let v = read_json(&json);
     assert_eq!(v["status"], "unknown");
@@ -99,10 +133,22 @@ fn verify_bad_input_exits_2_naming_the_file_without_json() {
     std::fs::write(&bad_vnnlib, "(declare-const X_0 Real)\n(assert (<= X_0 ").unwrap();
     let wrong_dims = require_data!("acasxu/vnnlib/prop_1.vnnlib");
     let mut cases: Vec<(Vec<String>, PathBuf)> = vec![
-        (vec!["verify".into(), s(&missing).into(), s(&spec).into()], missing.clone()),
-        (vec!["verify".into(), s(&junk_onnx).into(), s(&spec).into()], junk_onnx.clone()),
-        (vec!["verify".into(), s(&model).into(), s(&bad_vnnlib).into()], bad_vnnlib.clone()),
-        (vec!["verify".into(), s(&model).into(), s(&wrong_dims).into()], wrong_dims.clone()),
+        (
+            vec!["verify".into(), s(&missing).into(), s(&spec).into()],
+            missing.clone(),
+        ),
+        (
+            vec!["verify".into(), s(&junk_onnx).into(), s(&spec).into()],
+            junk_onnx.clone(),
+        ),
+        (
+            vec!["verify".into(), s(&model).into(), s(&bad_vnnlib).into()],
+            bad_vnnlib.clone(),
+        ),
+        (
+            vec!["verify".into(), s(&model).into(), s(&wrong_dims).into()],
+            wrong_dims.clone(),
+        ),
     ];
     // The import engineer's malformed corpus, when present.
     let corpus = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/malformed");
@@ -110,21 +156,39 @@ fn verify_bad_input_exits_2_naming_the_file_without_json() {
         for e in entries.flatten() {
             let p = e.path();
             match p.extension().and_then(|x| x.to_str()) {
-                Some("onnx") | Some("nnet") => cases.push((vec!["verify".into(), s(&p).into(), s(&spec).into()], p)),
-                Some("vnnlib") => cases.push((vec!["verify".into(), s(&model).into(), s(&p).into()], p)),
+                Some("onnx") | Some("nnet") => {
+                    cases.push((vec!["verify".into(), s(&p).into(), s(&spec).into()], p))
+                }
+                Some("vnnlib") => {
+                    cases.push((vec!["verify".into(), s(&model).into(), s(&p).into()], p))
+                }
                 _ => {}
             }
         }
     }
     for (args, named) in cases {
         let mut args = args;
-        args.extend(["--json".into(), s(&json).into(), "--timeout".into(), "5".into()]);
+        args.extend([
+            "--json".into(),
+            s(&json).into(),
+            "--timeout".into(),
+            "5".into(),
+        ]);
         let o = bin().args(&args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
         let name = named.file_name().unwrap().to_str().unwrap();
-        assert!(stderr(&o).contains(name), "{args:?}: message does not name {name}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains(name),
+            "{args:?}: message does not name {name}: {}",
+            stderr(&o)
+        );
         assert!(!json.exists(), "{args:?} left a JSON file");
-        assert!(std::fs::read_dir(&dir).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains(".tmp")));
+        assert!(
+            std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .all(|e| !e.file_name().to_string_lossy().contains(".tmp"))
+        );
     }
     // Usage errors: bad method and non-positive timeout.
     for extra in [["--method", "magic"], ["--timeout", "-1"]] {
@@ -144,7 +208,16 @@ fn bounds_over_a_box_csv_contain_sampled_outputs() {
     let net = prorepair_host::import::load(&model_path).unwrap();
     for method in ["ibp", "crown", "alpha-crown"] {
         let json = dir.join(format!("{method}.json"));
-        let o = run(&["bounds", s(&model_path), "--box", s(&box_csv), "--method", method, "--json", s(&json)]);
+        let o = run(&[
+            "bounds",
+            s(&model_path),
+            "--box",
+            s(&box_csv),
+            "--method",
+            method,
+            "--json",
+            s(&json),
+        ]);
         assert_eq!(o.status.code(), Some(0), "{method}: {}", stderr(&o));
         let v = read_json(&json);
         let lower: Vec<f64> = serde_json::from_value(v["lower"].clone()).unwrap();
@@ -152,10 +225,18 @@ fn bounds_over_a_box_csv_contain_sampled_outputs() {
         assert_eq!(lower.len(), 5);
         assert!(v["time_s"].as_f64().is_some());
         for k in 0..200 {
-            let x: Vec<f64> = (0..5).map(|i| lo[i] + (hi[i] - lo[i]) * (((k * 7 + i * 13) % 17) as f64 / 16.0)).collect();
+            let x: Vec<f64> = (0..5)
+                .map(|i| lo[i] + (hi[i] - lo[i]) * (((k * 7 + i * 13) % 17) as f64 / 16.0))
+                .collect();
             let y = net.forward(&x);
             for j in 0..5 {
-                assert!(lower[j] <= y[j] && y[j] <= upper[j], "{method}: y{j} = {} outside [{}, {}]", y[j], lower[j], upper[j]);
+                assert!(
+                    lower[j] <= y[j] && y[j] <= upper[j],
+                    "{method}: y{j} = {} outside [{}, {}]",
+                    y[j],
+                    lower[j],
+                    upper[j]
+                );
             }
         }
     }
@@ -170,9 +251,16 @@ fn bounds_from_a_spec_writes_lower_and_upper() {
     let o = run(&["bounds", s(&model), "--spec", s(&spec), "--json", s(&json)]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let v = read_json(&json);
-    let (l, u) = (v["lower"].as_array().unwrap(), v["upper"].as_array().unwrap());
+    let (l, u) = (
+        v["lower"].as_array().unwrap(),
+        v["upper"].as_array().unwrap(),
+    );
     assert_eq!((l.len(), u.len()), (5, 5));
-    assert!(l.iter().zip(u).all(|(a, b)| a.as_f64().unwrap() <= b.as_f64().unwrap()));
+    assert!(
+        l.iter()
+            .zip(u)
+            .all(|(a, b)| a.as_f64().unwrap() <= b.as_f64().unwrap())
+    );
 }
 
 #[test]

@@ -351,7 +351,17 @@ pub fn linear_bounds_with(
     method: Method,
     alpha_options: &AlphaOptions,
 ) -> Result<LinearBounds, BoundsError> {
-    linear_bounds_impl(net, from, to, input, spec, rows, method, alpha_options, true)
+    linear_bounds_impl(
+        net,
+        from,
+        to,
+        input,
+        spec,
+        rows,
+        method,
+        alpha_options,
+        true,
+    )
 }
 
 /// [`linear_bounds_with`]; `fast` allows the Dense/ReLU chain path (the generic engine

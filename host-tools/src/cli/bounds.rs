@@ -44,10 +44,18 @@ pub struct Args {
 
 /// Parse a box CSV (two rows of `dim` numbers, lower then upper, lower <= upper).
 pub fn read_box_csv(path: &Path, dim: usize) -> Result<(Vec<f64>, Vec<f64>), CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::file(path, format!("cannot read: {e}")))?;
-    let rows: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::file(path, format!("cannot read: {e}")))?;
+    let rows: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     if rows.len() != 2 {
-        return Err(CliError::file(path, format!("expected 2 rows (lower, upper), found {}", rows.len())));
+        return Err(CliError::file(
+            path,
+            format!("expected 2 rows (lower, upper), found {}", rows.len()),
+        ));
     }
     let mut parsed = Vec::new();
     for (r, row) in rows.iter().enumerate() {
@@ -60,20 +68,35 @@ pub fn read_box_csv(path: &Path, dim: usize) -> Result<(Vec<f64>, Vec<f64>), Cli
                     .parse::<f64>()
                     .ok()
                     .filter(|v| v.is_finite())
-                    .ok_or_else(|| CliError::file(path, format!("{name} row, column {}: `{}` is not a finite number", i + 1, s.trim())))
+                    .ok_or_else(|| {
+                        CliError::file(
+                            path,
+                            format!(
+                                "{name} row, column {}: `{}` is not a finite number",
+                                i + 1,
+                                s.trim()
+                            ),
+                        )
+                    })
             })
             .collect::<Result<_, _>>()?;
         if vals.len() != dim {
             return Err(CliError::file(
                 path,
-                format!("{name} row has {} values, the model has {dim} inputs", vals.len()),
+                format!(
+                    "{name} row has {} values, the model has {dim} inputs",
+                    vals.len()
+                ),
             ));
         }
         parsed.push(vals);
     }
     let (lower, upper) = (parsed.remove(0), parsed.remove(0));
     if let Some(i) = (0..dim).find(|&i| lower[i] > upper[i]) {
-        return Err(CliError::file(path, format!("column {}: lower {} > upper {}", i + 1, lower[i], upper[i])));
+        return Err(CliError::file(
+            path,
+            format!("column {}: lower {} > upper {}", i + 1, lower[i], upper[i]),
+        ));
     }
     Ok((lower, upper))
 }
@@ -90,8 +113,12 @@ pub fn output_bounds(
         BoundMethodArg::Crown => bounds::Method::Crown,
         BoundMethodArg::AlphaCrown => bounds::Method::AlphaCrown,
     };
-    let b = bounds::output_bounds(net, &bounds::BoxBounds::new(lower.to_vec(), upper.to_vec()), method)
-        .map_err(|e| CliError::BadInput(format!("cannot bound the model over this box: {e}")))?;
+    let b = bounds::output_bounds(
+        net,
+        &bounds::BoxBounds::new(lower.to_vec(), upper.to_vec()),
+        method,
+    )
+    .map_err(|e| CliError::BadInput(format!("cannot bound the model over this box: {e}")))?;
     Ok((b.lower, b.upper))
 }
 
@@ -102,7 +129,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         (Some(spec), _) => {
             let property = load_property(spec)?;
             let cases = crate::verify::cases_of(&net, &property).map_err(|e| {
-                CliError::BadInput(format!("{} does not fit {}: {e}", spec.display(), args.model.display()))
+                CliError::BadInput(format!(
+                    "{} does not fit {}: {e}",
+                    spec.display(),
+                    args.model.display()
+                ))
             })?;
             if cases.is_empty() {
                 return Err(CliError::file(spec, "the property has no input box"));
@@ -119,8 +150,17 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     }
     // Over several boxes (a VNN-LIB disjunction of inputs): the hull of the per-box bounds.
     let n_out = per_box[0].0.len();
-    let lower: Vec<f64> = (0..n_out).map(|j| per_box.iter().map(|b| b.0[j]).fold(f64::INFINITY, f64::min)).collect();
-    let upper: Vec<f64> = (0..n_out).map(|j| per_box.iter().map(|b| b.1[j]).fold(f64::NEG_INFINITY, f64::max)).collect();
+    let lower: Vec<f64> = (0..n_out)
+        .map(|j| per_box.iter().map(|b| b.0[j]).fold(f64::INFINITY, f64::min))
+        .collect();
+    let upper: Vec<f64> = (0..n_out)
+        .map(|j| {
+            per_box
+                .iter()
+                .map(|b| b.1[j])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
     let time_s = start.elapsed().as_secs_f64();
     let method = match args.method {
         BoundMethodArg::Ibp => "ibp",
@@ -128,7 +168,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         BoundMethodArg::AlphaCrown => "alpha-crown",
     };
     let to_stdout = args.json.as_deref().is_some_and(|p| p.as_os_str() == "-");
-    let out: &mut dyn std::io::Write = if to_stdout { &mut std::io::stderr() } else { &mut std::io::stdout() };
+    let out: &mut dyn std::io::Write = if to_stdout {
+        &mut std::io::stderr()
+    } else {
+        &mut std::io::stdout()
+    };
     for j in 0..n_out {
         let _ = writeln!(out, "y{j}: [{:.9}, {:.9}]", lower[j], upper[j]);
     }
@@ -142,7 +186,10 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
             "time_s": time_s,
         });
         if per_box.len() > 1 {
-            value["cases"] = per_box.iter().map(|(l, u)| json!({"lower": l, "upper": u})).collect();
+            value["cases"] = per_box
+                .iter()
+                .map(|(l, u)| json!({"lower": l, "upper": u}))
+                .collect();
         }
         report::write_json(path, &value)?;
     }

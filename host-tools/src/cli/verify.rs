@@ -83,7 +83,9 @@ pub fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
         return None;
     }
     let pb = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {bar:40} {percent}% {msg}",
+    ) {
         pb.set_style(style);
     }
     Some(pb)
@@ -97,7 +99,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let net = load_model(&args.model)?;
     let property = load_property(&args.spec)?;
     let cases = verify::cases_of(&net, &property).map_err(|e| {
-        CliError::BadInput(format!("{} does not fit {}: {e}", args.spec.display(), args.model.display()))
+        CliError::BadInput(format!(
+            "{} does not fit {}: {e}",
+            args.spec.display(),
+            args.model.display()
+        ))
     })?;
     let options = Options {
         method: args.method.into(),
@@ -125,9 +131,17 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     });
     let summary = match &report.verdict {
         Verdict::Holds => format!("holds ({} branches, {:.3} s)", s.branches, s.time_s),
-        Verdict::Violated { counterexample, output, case } => {
-            value["counterexample"] = json!({ "input": counterexample, "output": output, "case": case });
-            format!("violated: counterexample input {counterexample:?} output {output:?} ({:.3} s)", s.time_s)
+        Verdict::Violated {
+            counterexample,
+            output,
+            case,
+        } => {
+            value["counterexample"] =
+                json!({ "input": counterexample, "output": output, "case": case });
+            format!(
+                "violated: counterexample input {counterexample:?} output {output:?} ({:.3} s)",
+                s.time_s
+            )
         }
         Verdict::Unknown { reason } => {
             value["reason"] = json!(reason);

@@ -160,9 +160,9 @@ pub fn to_onnx_bytes(net: &Network, input_shape: Option<&[usize]>) -> Result<Vec
         format!("{base}_{counter}")
     };
     let flatten = |nodes: &mut Vec<pb::NodeProto>,
-                       current: &mut String,
-                       shape: &mut Vec<usize>,
-                       name: String| {
+                   current: &mut String,
+                   shape: &mut Vec<usize>,
+                   name: String| {
         let n: usize = shape[1..].iter().product();
         nodes.push(node(
             "Flatten",

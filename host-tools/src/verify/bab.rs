@@ -35,7 +35,12 @@ pub trait BoundEngine: Sync {
     /// Method name, for reports.
     fn name(&self) -> &'static str;
     /// Sound lower bounds of `rows[k]·f(x)` for `x` in `[lower, upper]`.
-    fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String>;
+    fn spec_lower(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+    ) -> Result<SpecLower, String>;
     /// [`Self::spec_lower`] given sound bounds `prior` of the layer inputs over a box
     /// containing this one (entries may be empty); engines may intersect with them.
     fn spec_lower_within(
@@ -71,14 +76,29 @@ impl BoundEngine for IbpEngine<'_> {
         "ibp"
     }
 
-    fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
+    fn spec_lower(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+    ) -> Result<SpecLower, String> {
         let b = rounding::interval_bounds(self.net, lower, upper);
         let (l, u) = b.last().ok_or("empty bounds")?;
         let lower = rows
             .iter()
-            .map(|r| r.iter().enumerate().map(|(j, &c)| if c >= 0.0 { c * l[j] } else { c * u[j] }).sum())
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .map(|(j, &c)| if c >= 0.0 { c * l[j] } else { c * u[j] })
+                    .sum()
+            })
             .collect();
-        Ok(SpecLower { lower, coeffs: None, consts: None, layer_bounds: b })
+        Ok(SpecLower {
+            lower,
+            coeffs: None,
+            consts: None,
+            layer_bounds: b,
+        })
     }
 }
 
@@ -115,7 +135,12 @@ impl BoundEngine for LinearEngine<'_> {
         }
     }
 
-    fn spec_lower(&self, lower: &[f64], upper: &[f64], rows: &[Vec<f64>]) -> Result<SpecLower, String> {
+    fn spec_lower(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+    ) -> Result<SpecLower, String> {
         self.spec_lower_within(lower, upper, rows, None)
     }
 
@@ -134,8 +159,15 @@ impl BoundEngine for LinearEngine<'_> {
         let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
         let out = chain.output_dim();
         let spec: Vec<f64> = (0..out).map(|j| if j == 0 { 1.0 } else { 0.0 }).collect();
-        let b = chain.linear_bounds_within(&input, &spec, 1, self.method, prior).ok()?;
-        Some(b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect())
+        let b = chain
+            .linear_bounds_within(&input, &spec, 1, self.method, prior)
+            .ok()?;
+        Some(
+            b.layer_bounds
+                .into_iter()
+                .map(|bb| (bb.lower, bb.upper))
+                .collect(),
+        )
     }
 
     fn spec_lower_within(
@@ -148,15 +180,36 @@ impl BoundEngine for LinearEngine<'_> {
         let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
         let spec = rows.concat();
         let b = match &self.chain {
-            Some(chain) => chain.linear_bounds_within(&input, &spec, rows.len(), self.method, prior),
-            None => {
-                bounds::linear_bounds(self.net, 0, self.net.layers.len(), &input, Some(&spec), rows.len(), self.method)
+            Some(chain) => {
+                chain.linear_bounds_within(&input, &spec, rows.len(), self.method, prior)
             }
+            None => bounds::linear_bounds(
+                self.net,
+                0,
+                self.net.layers.len(),
+                &input,
+                Some(&spec),
+                rows.len(),
+                self.method,
+            ),
         }
         .map_err(|e| e.to_string())?;
-        let coeffs = b.a_lower.chunks(b.cols.max(1)).map(<[f64]>::to_vec).collect();
-        let layer_bounds = b.layer_bounds.into_iter().map(|bb| (bb.lower, bb.upper)).collect();
-        Ok(SpecLower { lower: b.lower, coeffs: Some(coeffs), consts: Some(b.c_lower), layer_bounds })
+        let coeffs = b
+            .a_lower
+            .chunks(b.cols.max(1))
+            .map(<[f64]>::to_vec)
+            .collect();
+        let layer_bounds = b
+            .layer_bounds
+            .into_iter()
+            .map(|bb| (bb.lower, bb.upper))
+            .collect();
+        Ok(SpecLower {
+            lower: b.lower,
+            coeffs: Some(coeffs),
+            consts: Some(b.c_lower),
+            layer_bounds,
+        })
     }
 }
 
@@ -217,13 +270,21 @@ pub struct Falsifier {
 impl Falsifier {
     /// A falsifier continuing from [`sample_cases`]' starts.
     pub fn new(rng: rand_chacha::ChaCha8Rng, starts: Vec<Vec<Vec<f64>>>) -> Self {
-        Self { rng, starts, next: 0, round: 0 }
+        Self {
+            rng,
+            starts,
+            next: 0,
+            round: 0,
+        }
     }
 
     /// One PGD attempt on the next (case, conjunction); a confirmed counterexample or `None`.
     pub fn step(&mut self, net: &Network, cnet: &CandleNet, cases: &[Case]) -> Option<Verdict> {
-        let pairs: Vec<(usize, usize)> =
-            cases.iter().enumerate().flat_map(|(ci, c)| (0..c.unsafe_set.len()).map(move |k| (ci, k))).collect();
+        let pairs: Vec<(usize, usize)> = cases
+            .iter()
+            .enumerate()
+            .flat_map(|(ci, c)| (0..c.unsafe_set.len()).map(move |k| (ci, k)))
+            .collect();
         if pairs.is_empty() {
             return None;
         }
@@ -233,26 +294,44 @@ impl Falsifier {
         let pts: Vec<Vec<f64>> = if self.round == 0 {
             self.starts.get(idx).cloned().unwrap_or_default()
         } else {
-            (0..32).map(|_| falsify::random_point(&mut self.rng, &case.lower, &case.upper)).collect()
+            (0..32)
+                .map(|_| falsify::random_point(&mut self.rng, &case.lower, &case.upper))
+                .collect()
         };
         self.next += 1;
         if self.next.is_multiple_of(pairs.len()) {
             self.round += 1;
         }
-        let a = falsify::pgd(cnet, net, &case.lower, &case.upper, &case.unsafe_set[k], &pts, 100).ok()?;
+        let a = falsify::pgd(
+            cnet,
+            net,
+            &case.lower,
+            &case.upper,
+            &case.unsafe_set[k],
+            &pts,
+            100,
+        )
+        .ok()?;
         a.found.map(|(x, y)| violated(x, y, ci))
     }
 }
 
 /// Sampling then PGD on every case and conjunction until `deadline`. Returns a violated
 /// verdict with a forward-pass-confirmed counterexample, or `None`.
-pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant) -> Option<Verdict> {
+pub fn falsify_cases(
+    net: &Network,
+    cases: &[Case],
+    seed: u64,
+    deadline: Instant,
+) -> Option<Verdict> {
     let mut rng = falsify::rng(seed);
     let starts = match sample_cases(net, cases, &mut rng) {
         Ok(v) => return Some(v),
         Err(starts) => starts,
     };
-    let Ok(cnet) = CandleNet::new(net) else { return None };
+    let Ok(cnet) = CandleNet::new(net) else {
+        return None;
+    };
     let mut f = Falsifier::new(rng, starts);
     let pairs: usize = cases.iter().map(|c| c.unsafe_set.len()).sum();
     for _ in 0..64 * pairs.max(1) {
@@ -267,7 +346,11 @@ pub fn falsify_cases(net: &Network, cases: &[Case], seed: u64, deadline: Instant
 }
 
 fn violated(counterexample: Vec<f64>, output: Vec<f64>, case: usize) -> Verdict {
-    Verdict::Violated { counterexample, output, case }
+    Verdict::Violated {
+        counterexample,
+        output,
+        case,
+    }
 }
 
 /// An open sub-box and the conjunctions not yet excluded on it.
@@ -300,7 +383,10 @@ impl PartialOrd for Domain {
 impl Ord for Domain {
     /// Max-heap order: the smallest priority, then the deepest, is the greatest.
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        other.priority.total_cmp(&self.priority).then(self.depth.cmp(&other.depth))
+        other
+            .priority
+            .total_cmp(&self.priority)
+            .then(self.depth.cmp(&other.depth))
     }
 }
 
@@ -321,12 +407,30 @@ enum Outcome {
 /// root's intermediate bounds contain the sub-box's), so a sub-box whose gap clears it
 /// needs no error bound of its own.
 fn root_errors(net: &Network, case: &Case, engine: &dyn BoundEngine) -> Option<Vec<Vec<f64>>> {
-    let rows: Vec<Vec<f64>> = case.unsafe_set.iter().flat_map(|c| c.rows.iter().cloned()).collect();
+    let rows: Vec<Vec<f64>> = case
+        .unsafe_set
+        .iter()
+        .flat_map(|c| c.rows.iter().cloned())
+        .collect();
     let b = engine.spec_lower(&case.lower, &case.upper, &rows).ok()?;
-    let layer_bounds = engine.tight_layer_bounds(&case.lower, &case.upper, None).unwrap_or(b.layer_bounds);
-    let flat = row_errors(net, &layer_bounds, &case.lower, &case.upper, &rows, case.unsafe_set.iter().flat_map(|c| c.rhs.iter().copied()));
+    let layer_bounds = engine
+        .tight_layer_bounds(&case.lower, &case.upper, None)
+        .unwrap_or(b.layer_bounds);
+    let flat = row_errors(
+        net,
+        &layer_bounds,
+        &case.lower,
+        &case.upper,
+        &rows,
+        case.unsafe_set.iter().flat_map(|c| c.rhs.iter().copied()),
+    );
     let mut it = flat.into_iter();
-    Some(case.unsafe_set.iter().map(|c| it.by_ref().take(c.rows.len()).collect()).collect())
+    Some(
+        case.unsafe_set
+            .iter()
+            .map(|c| it.by_ref().take(c.rows.len()).collect())
+            .collect(),
+    )
 }
 
 /// The margin each row `c·y - rhs` must clear on a box with the given layer bounds: the
@@ -341,14 +445,21 @@ fn row_errors(
     rhs: impl Iterator<Item = f64>,
 ) -> Vec<f64> {
     match rounding::spec_error_bounds(net, layer_bounds, rows) {
-        Some(v) => v.iter().zip(rhs).map(|(e, b)| e + 1e-9 * (1.0 + b.abs())).collect(),
+        Some(v) => v
+            .iter()
+            .zip(rhs)
+            .map(|(e, b)| e + 1e-9 * (1.0 + b.abs()))
+            .collect(),
         None => {
             let err = if layer_bounds.len() == net.layers.len() + 1 {
                 rounding::f32_error_bound_from(net, layer_bounds)
             } else {
                 rounding::f32_error_bound(net, lower, upper)
             };
-            rows.iter().zip(rhs).map(|(r, b)| required_margin(r, b, &err)).collect()
+            rows.iter()
+                .zip(rhs)
+                .map(|(r, b)| required_margin(r, b, &err))
+                .collect()
         }
     }
 }
@@ -393,7 +504,11 @@ pub fn branch_and_bound(
     for (ci, case) in cases.iter().enumerate() {
         let root_err = root_errors(net, case, engine);
         if let Some(e) = &root_err {
-            stats.f32_error_bound = e.iter().flatten().copied().fold(stats.f32_error_bound, f64::max);
+            stats.f32_error_bound = e
+                .iter()
+                .flatten()
+                .copied()
+                .fold(stats.f32_error_bound, f64::max);
         }
         let open = AtomicU64::new(1);
         let ctx = Ctx {
@@ -458,7 +573,8 @@ pub fn branch_and_bound(
                 match outcome {
                     Outcome::Done(gap) => {
                         if gap.is_finite() {
-                            stats.min_certified_margin = Some(stats.min_certified_margin.map_or(gap, |m| m.min(gap)));
+                            stats.min_certified_margin =
+                                Some(stats.min_certified_margin.map_or(gap, |m| m.min(gap)));
                         }
                         done_fraction += (log_volume(&d.lower, &d.upper) - total_volume).exp();
                         if let Some(pb) = &options.progress {
@@ -474,7 +590,10 @@ pub fn branch_and_bound(
                             stack.push(b);
                         } else {
                             undecided.get_or_insert_with(|| {
-                                format!("{} bounds do not exclude the unsafe set on case {ci}", engine.name())
+                                format!(
+                                    "{} bounds do not exclude the unsafe set on case {ci}",
+                                    engine.name()
+                                )
                             });
                         }
                     }
@@ -493,7 +612,11 @@ pub fn branch_and_bound(
 
 /// Log of the box volume, counting degenerate dimensions as width 1 (they never split).
 fn log_volume(lower: &[f64], upper: &[f64]) -> f64 {
-    lower.iter().zip(upper).map(|(l, u)| if u > l { (u - l).ln() } else { 0.0 }).sum()
+    lower
+        .iter()
+        .zip(upper)
+        .map(|(l, u)| if u > l { (u - l).ln() } else { 0.0 })
+        .sum()
 }
 
 /// Required margin for constraint `row·y - rhs` given the f32 error bound `err`.
@@ -526,7 +649,9 @@ fn combined_gap(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64]) -> O
                 *gi += lam * ai;
             }
         }
-        let x: Vec<f64> = (0..n).map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] }).collect();
+        let x: Vec<f64> = (0..n)
+            .map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] })
+            .collect();
         for i in 0..n {
             value += g[i] * x[i];
             slack += g[i].abs() * x[i].abs();
@@ -538,7 +663,10 @@ fn combined_gap(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64]) -> O
         }
         // Supergradient: s_k = l_k(x*) - e_k at the minimising corner; raise the weights of
         // the constraints that are hardest to meet there.
-        let s: Vec<f64> = lines.iter().map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e).collect();
+        let s: Vec<f64> = lines
+            .iter()
+            .map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e)
+            .collect();
         let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         if scale == 0.0 || !scale.is_finite() {
             break;
@@ -563,7 +691,12 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             owner.push((ci, k));
         }
     }
-    let bounds = match ctx.engine.spec_lower_within(&d.lower, &d.upper, &rows, d.prior.as_deref().map(Vec::as_slice)) {
+    let bounds = match ctx.engine.spec_lower_within(
+        &d.lower,
+        &d.upper,
+        &rows,
+        d.prior.as_deref().map(Vec::as_slice),
+    ) {
         Ok(b) => b,
         Err(e) => return Outcome::Stuck(format!("{} failed: {e}", ctx.engine.name())),
     };
@@ -601,7 +734,14 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
                         {
                             let prior = d.prior.as_deref().map(Vec::as_slice);
                             let tight = ctx.engine.tight_layer_bounds(&d.lower, &d.upper, prior);
-                            row_errors(net, tight.as_deref().unwrap_or(&bounds.layer_bounds), &d.lower, &d.upper, &rows, rhs)
+                            row_errors(
+                                net,
+                                tight.as_deref().unwrap_or(&bounds.layer_bounds),
+                                &d.lower,
+                                &d.upper,
+                                &rows,
+                                rhs,
+                            )
                         }
                     });
                     gap > e[r] + f64_slack
@@ -622,10 +762,18 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
                         let e = local_err.get_or_insert_with(|| {
                             let rhs = owner.iter().map(|&(c, k)| case.unsafe_set[c].rhs[k]);
                             {
-                            let prior = d.prior.as_deref().map(Vec::as_slice);
-                            let tight = ctx.engine.tight_layer_bounds(&d.lower, &d.upper, prior);
-                            row_errors(net, tight.as_deref().unwrap_or(&bounds.layer_bounds), &d.lower, &d.upper, &rows, rhs)
-                        }
+                                let prior = d.prior.as_deref().map(Vec::as_slice);
+                                let tight =
+                                    ctx.engine.tight_layer_bounds(&d.lower, &d.upper, prior);
+                                row_errors(
+                                    net,
+                                    tight.as_deref().unwrap_or(&bounds.layer_bounds),
+                                    &d.lower,
+                                    &d.upper,
+                                    &rows,
+                                    rhs,
+                                )
+                            }
                         });
                         rs.iter().map(|&r| e[r]).collect()
                     }
@@ -635,7 +783,11 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
                     .zip(&errs)
                     .map(|(&r, &e)| {
                         let k = owner[r].1;
-                        (a[r].as_slice(), c[r] - conj.rhs[k], e + 1e-9 * (c[r].abs() + conj.rhs[k].abs()))
+                        (
+                            a[r].as_slice(),
+                            c[r] - conj.rhs[k],
+                            e + 1e-9 * (c[r].abs() + conj.rhs[k].abs()),
+                        )
                     })
                     .collect();
                 if let Some(g) = combined_gap(&lines, &d.lower, &d.upper) {
@@ -675,7 +827,11 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             }
         }
         if bounds.coeffs.is_some() {
-            candidates.push((0..n).map(|i| if dir[i] > 0.0 { d.lower[i] } else { d.upper[i] }).collect());
+            candidates.push(
+                (0..n)
+                    .map(|i| if dir[i] > 0.0 { d.lower[i] } else { d.upper[i] })
+                    .collect(),
+            );
         }
     }
     for &ci in &remaining {
@@ -695,7 +851,8 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
                 if let Ok(p) = falsify::pgd(cnet, net, &d.lower, &d.upper, conj, &starts, 12) {
                     a = p;
                 }
-                ctx.pgd_nanos.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                ctx.pgd_nanos
+                    .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
             }
         }
         if let Some((x, y)) = a.found {
@@ -707,7 +864,13 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     let widths: Vec<f64> = d.lower.iter().zip(&d.upper).map(|(l, u)| u - l).collect();
     let have_scores = bounds.coeffs.is_some() && score.iter().any(|&s| s > 0.0);
     let best_dim = (0..n).filter(|&i| widths[i] > 0.0).max_by(|&i, &j| {
-        let key = |k: usize| if have_scores { widths[k] * score[k] } else { widths[k] };
+        let key = |k: usize| {
+            if have_scores {
+                widths[k] * score[k]
+            } else {
+                widths[k]
+            }
+        };
         key(i).total_cmp(&key(j))
     });
     let Some(dim) = best_dim else {
@@ -719,7 +882,8 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     }
     // Keep the ReLU input bounds for the children (a few KB), unless the open list is
     // already long enough for that memory to matter.
-    let prior = (ctx.open.load(Ordering::Relaxed) < 100_000 && bounds.layer_bounds.len() == net.layers.len() + 1)
+    let prior = (ctx.open.load(Ordering::Relaxed) < 100_000
+        && bounds.layer_bounds.len() == net.layers.len() + 1)
         .then(|| {
             let keep = |k: usize| matches!(net.layers.get(k), Some(crate::model::Layer::Relu));
             std::sync::Arc::new(
@@ -727,7 +891,13 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
                     .layer_bounds
                     .into_iter()
                     .enumerate()
-                    .map(|(k, (l, u))| if keep(k) { bounds::BoxBounds::new(l, u) } else { bounds::BoxBounds::new(vec![], vec![]) })
+                    .map(|(k, (l, u))| {
+                        if keep(k) {
+                            bounds::BoxBounds::new(l, u)
+                        } else {
+                            bounds::BoxBounds::new(vec![], vec![])
+                        }
+                    })
                     .collect(),
             )
         });
@@ -761,29 +931,58 @@ mod tests {
             let n = 3;
             let k = rng.random_range(2..5);
             let lower: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..0.0)).collect();
-            let upper: Vec<f64> = lower.iter().map(|l| l + rng.random_range(0.1..1.0)).collect();
-            let coeffs: Vec<Vec<f64>> = (0..k).map(|_| (0..n).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
-            let lines: Vec<(&[f64], f64, f64)> =
-                coeffs.iter().map(|a| (a.as_slice(), rng.random_range(-0.5..1.5), rng.random_range(0.0..0.01))).collect();
-            let Some(g) = combined_gap(&lines, &lower, &upper) else { continue };
+            let upper: Vec<f64> = lower
+                .iter()
+                .map(|l| l + rng.random_range(0.1..1.0))
+                .collect();
+            let coeffs: Vec<Vec<f64>> = (0..k)
+                .map(|_| (0..n).map(|_| rng.random_range(-1.0..1.0)).collect())
+                .collect();
+            let lines: Vec<(&[f64], f64, f64)> = coeffs
+                .iter()
+                .map(|a| {
+                    (
+                        a.as_slice(),
+                        rng.random_range(-0.5..1.5),
+                        rng.random_range(0.0..0.01),
+                    )
+                })
+                .collect();
+            let Some(g) = combined_gap(&lines, &lower, &upper) else {
+                continue;
+            };
             assert!(g > 0.0);
             claims += 1;
             for _ in 0..500 {
-                let x: Vec<f64> = lower.iter().zip(&upper).map(|(&l, &u)| rng.random_range(l..=u)).collect();
+                let x: Vec<f64> = lower
+                    .iter()
+                    .zip(&upper)
+                    .map(|(&l, &u)| rng.random_range(l..=u))
+                    .collect();
                 let worst = lines
                     .iter()
                     .map(|(a, b, e)| a.iter().zip(&x).map(|(a, x)| a * x).sum::<f64>() + b - e)
                     .fold(f64::NEG_INFINITY, f64::max);
-                assert!(worst > 0.0, "x {x:?} meets every line although the combined gap is {g}");
+                assert!(
+                    worst > 0.0,
+                    "x {x:?} meets every line although the combined gap is {g}"
+                );
             }
             let single = lines.iter().any(|(a, b, e)| {
-                let min: f64 = a.iter().enumerate().map(|(i, &ai)| (ai * lower[i]).min(ai * upper[i])).sum();
+                let min: f64 = a
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &ai)| (ai * lower[i]).min(ai * upper[i]))
+                    .sum();
                 min + b - e > 0.0
             });
             if !single {
                 beyond_single += 1;
             }
         }
-        assert!(claims > 100 && beyond_single > 10, "claims {claims}, beyond single lines {beyond_single}");
+        assert!(
+            claims > 100 && beyond_single > 10,
+            "claims {claims}, beyond single lines {beyond_single}"
+        );
     }
 }

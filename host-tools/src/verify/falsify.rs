@@ -26,10 +26,23 @@ pub struct CandleNet {
 #[derive(Debug)]
 enum CandleLayer {
     /// `x W^T + b`, `w_t` is `in x out`.
-    Dense { w_t: Tensor, b: Tensor },
+    Dense {
+        w_t: Tensor,
+        b: Tensor,
+    },
     /// Convolution with explicit (possibly asymmetric) zero padding.
-    Conv { w: Tensor, b: Tensor, pad: [usize; 4], stride: (usize, usize) },
-    Pool { max: bool, kernel: (usize, usize), stride: (usize, usize), pad: [usize; 4] },
+    Conv {
+        w: Tensor,
+        b: Tensor,
+        pad: [usize; 4],
+        stride: (usize, usize),
+    },
+    Pool {
+        max: bool,
+        kernel: (usize, usize),
+        stride: (usize, usize),
+        pad: [usize; 4],
+    },
     Act(Layer),
     Flatten,
 }
@@ -42,11 +55,17 @@ impl CandleNet {
         for layer in &net.layers {
             layers.push(match layer {
                 Layer::Dense(d) => CandleLayer::Dense {
-                    w_t: Tensor::from_vec(d.weight.clone(), (d.out_dim, d.in_dim), &dev)?.t()?.contiguous()?,
+                    w_t: Tensor::from_vec(d.weight.clone(), (d.out_dim, d.in_dim), &dev)?
+                        .t()?
+                        .contiguous()?,
                     b: Tensor::from_vec(d.bias.clone(), (1, d.out_dim), &dev)?,
                 },
                 Layer::Conv2d(c) => CandleLayer::Conv {
-                    w: Tensor::from_vec(c.weight.clone(), (c.out_channels, c.in_channels, c.kernel_h, c.kernel_w), &dev)?,
+                    w: Tensor::from_vec(
+                        c.weight.clone(),
+                        (c.out_channels, c.in_channels, c.kernel_h, c.kernel_w),
+                        &dev,
+                    )?,
                     b: Tensor::from_vec(c.bias.clone(), (1, c.out_channels, 1, 1), &dev)?,
                     pad: [c.pad_top, c.pad_bottom, c.pad_left, c.pad_right],
                     stride: (c.stride_h, c.stride_w),
@@ -61,7 +80,10 @@ impl CandleNet {
                 act => CandleLayer::Act(act.clone()),
             });
         }
-        Ok(Self { input_shape: net.input_shape.clone(), layers })
+        Ok(Self {
+            input_shape: net.input_shape.clone(),
+            layers,
+        })
     }
 
     /// Outputs `[batch, n_out]` for inputs `[batch, n_in]` (flattened rows).
@@ -72,9 +94,13 @@ impl CandleNet {
         let mut v = x.reshape(shape)?;
         for layer in &self.layers {
             v = match layer {
-                CandleLayer::Dense { w_t, b } => v.flatten_from(1)?.matmul(w_t)?.broadcast_add(b)?,
+                CandleLayer::Dense { w_t, b } => {
+                    v.flatten_from(1)?.matmul(w_t)?.broadcast_add(b)?
+                }
                 CandleLayer::Conv { w, b, pad, stride } => {
-                    let p = v.pad_with_zeros(2, pad[0], pad[1])?.pad_with_zeros(3, pad[2], pad[3])?;
+                    let p = v
+                        .pad_with_zeros(2, pad[0], pad[1])?
+                        .pad_with_zeros(3, pad[2], pad[3])?;
                     if stride.0 == stride.1 {
                         p.conv2d(w, 0, stride.0, 1, 1)?.broadcast_add(b)?
                     } else {
@@ -83,14 +109,27 @@ impl CandleNet {
                         subsample(&full, *stride)?
                     }
                 }
-                CandleLayer::Pool { max, kernel, stride, pad } => {
-                    let p = v.pad_with_zeros(2, pad[0], pad[1])?.pad_with_zeros(3, pad[2], pad[3])?;
-                    if *max { p.max_pool2d_with_stride(*kernel, *stride)? } else { p.avg_pool2d_with_stride(*kernel, *stride)? }
+                CandleLayer::Pool {
+                    max,
+                    kernel,
+                    stride,
+                    pad,
+                } => {
+                    let p = v
+                        .pad_with_zeros(2, pad[0], pad[1])?
+                        .pad_with_zeros(3, pad[2], pad[3])?;
+                    if *max {
+                        p.max_pool2d_with_stride(*kernel, *stride)?
+                    } else {
+                        p.avg_pool2d_with_stride(*kernel, *stride)?
+                    }
                 }
                 CandleLayer::Flatten => v.flatten_from(1)?,
                 CandleLayer::Act(act) => match act {
                     Layer::Relu => v.relu()?,
-                    Layer::LeakyRelu { alpha } => (v.relu()? - v.neg()?.relu()?.affine(*alpha, 0.0)?)?,
+                    Layer::LeakyRelu { alpha } => {
+                        (v.relu()? - v.neg()?.relu()?.affine(*alpha, 0.0)?)?
+                    }
                     Layer::Sigmoid => v.neg()?.exp()?.affine(1.0, 1.0)?.recip()?,
                     Layer::Tanh => v.tanh()?,
                     Layer::Gelu => v.gelu_erf()?,
@@ -114,21 +153,36 @@ fn subsample(t: &Tensor, (sh, sw): (usize, usize)) -> candle_core::Result<Tensor
 
 /// A seeded random point of the box.
 pub fn random_point(rng: &mut ChaCha8Rng, lower: &[f64], upper: &[f64]) -> Vec<f64> {
-    lower.iter().zip(upper).map(|(&l, &u)| if u > l { rng.random_range(l..=u) } else { l }).collect()
+    lower
+        .iter()
+        .zip(upper)
+        .map(|(&l, &u)| if u > l { rng.random_range(l..=u) } else { l })
+        .collect()
 }
 
 /// The box centre.
 pub fn centre(lower: &[f64], upper: &[f64]) -> Vec<f64> {
-    lower.iter().zip(upper).map(|(l, u)| 0.5 * (l + u)).collect()
+    lower
+        .iter()
+        .zip(upper)
+        .map(|(l, u)| 0.5 * (l + u))
+        .collect()
 }
 
 /// Candidate points of a box: centre, corners (all of them up to 2^10, random ones
 /// beyond), and `n_random` uniform samples.
-pub fn sample_points(rng: &mut ChaCha8Rng, lower: &[f64], upper: &[f64], n_random: usize) -> Vec<Vec<f64>> {
+pub fn sample_points(
+    rng: &mut ChaCha8Rng,
+    lower: &[f64],
+    upper: &[f64],
+    n_random: usize,
+) -> Vec<Vec<f64>> {
     let n = lower.len();
     let mut pts = vec![centre(lower, upper)];
     let corner = |bits: &dyn Fn(usize) -> bool| -> Vec<f64> {
-        (0..n).map(|i| if bits(i) { upper[i] } else { lower[i] }).collect()
+        (0..n)
+            .map(|i| if bits(i) { upper[i] } else { lower[i] })
+            .collect()
     };
     if n <= 10 {
         for mask in 0..(1usize << n) {
@@ -158,7 +212,11 @@ pub struct Attempt {
 /// Evaluate `points` with the f64 forward pass; returns the best (smallest margin) and a
 /// confirmed counterexample if any point satisfies the conjunction.
 pub fn check_points(net: &Network, conj: &Conj, points: &[Vec<f64>]) -> Attempt {
-    let mut best = Attempt { found: None, best_margin: f64::INFINITY, best_input: Vec::new() };
+    let mut best = Attempt {
+        found: None,
+        best_margin: f64::INFINITY,
+        best_input: Vec::new(),
+    };
     for x in points {
         let y = net.forward(x);
         let m = conj.worst_margin(&y);
@@ -193,7 +251,9 @@ pub fn pgd(
         return Ok(best);
     }
     let m = conj.rows[0].len();
-    let c_t = Tensor::from_vec(conj.rows.concat(), (k, m), &dev)?.t()?.contiguous()?;
+    let c_t = Tensor::from_vec(conj.rows.concat(), (k, m), &dev)?
+        .t()?
+        .contiguous()?;
     let rhs = Tensor::from_vec(conj.rhs.clone(), (1, k), &dev)?;
     let mut x: Vec<f64> = starts.concat();
     let width: Vec<f64> = lower.iter().zip(upper).map(|(l, u)| u - l).collect();
@@ -203,14 +263,22 @@ pub fn pgd(
         let margins = y.matmul(&c_t)?.broadcast_sub(&rhs)?;
         let loss = margins.max_keepdim(1)?.sum_all()?;
         let grads = loss.backward()?;
-        let Some(grad) = grads.get(xv.as_tensor()) else { break };
+        let Some(grad) = grads.get(xv.as_tensor()) else {
+            break;
+        };
         let grad: Vec<f64> = grad.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
         // Step size decays from 10% to 0.01% of the box width: unsafe regions can be thin.
         let t = step as f64 / steps as f64;
         let frac = 0.1 * (1.0 - t) * (1.0 - t) + 1e-4;
         for (idx, (xi, gi)) in x.iter_mut().zip(&grad).enumerate() {
             let d = idx % n;
-            let s = if *gi > 0.0 { -1.0 } else if *gi < 0.0 { 1.0 } else { 0.0 };
+            let s = if *gi > 0.0 {
+                -1.0
+            } else if *gi < 0.0 {
+                1.0
+            } else {
+                0.0
+            };
             *xi = (*xi + s * frac * width[d]).clamp(lower[d], upper[d]);
         }
         if step % 10 == 9 || step + 1 == steps {

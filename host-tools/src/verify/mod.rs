@@ -75,7 +75,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { method: Method::Complete, timeout: Duration::from_secs(60), threads: None, seed: 0, progress: None }
+        Self {
+            method: Method::Complete,
+            timeout: Duration::from_secs(60),
+            threads: None,
+            seed: 0,
+            progress: None,
+        }
     }
 }
 
@@ -143,7 +149,9 @@ pub struct Report {
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum VerifyError {
     /// The property's variable counts do not match the network.
-    #[error("the property has {prop_in} inputs and {prop_out} outputs, the network {net_in} and {net_out}")]
+    #[error(
+        "the property has {prop_in} inputs and {prop_out} outputs, the network {net_in} and {net_out}"
+    )]
     Mismatch {
         /// Property inputs.
         prop_in: usize,
@@ -200,17 +208,31 @@ pub struct Case {
 pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyError> {
     let (net_in, net_out) = (net.input_dim(), net.output_dim());
     if property.n_inputs != net_in || property.n_outputs != net_out {
-        return Err(VerifyError::Mismatch { prop_in: property.n_inputs, prop_out: property.n_outputs, net_in, net_out });
+        return Err(VerifyError::Mismatch {
+            prop_in: property.n_inputs,
+            prop_out: property.n_outputs,
+            net_in,
+            net_out,
+        });
     }
     let mut cases = Vec::new();
     for (i, c) in property.cases.iter().enumerate() {
         let bad = |problem: String| VerifyError::BadCase { case: i, problem };
         let (lower, upper) = (c.input.lower.clone(), c.input.upper.clone());
         if lower.len() != net_in || upper.len() != net_in {
-            return Err(bad(format!("box has {}/{} bounds, expected {net_in}", lower.len(), upper.len())));
+            return Err(bad(format!(
+                "box has {}/{} bounds, expected {net_in}",
+                lower.len(),
+                upper.len()
+            )));
         }
-        if let Some(j) = (0..net_in).find(|&j| !(lower[j] <= upper[j]) || !lower[j].is_finite() || !upper[j].is_finite()) {
-            return Err(bad(format!("input {j}: interval [{}, {}] is empty or not finite", lower[j], upper[j])));
+        if let Some(j) = (0..net_in)
+            .find(|&j| !(lower[j] <= upper[j]) || !lower[j].is_finite() || !upper[j].is_finite())
+        {
+            return Err(bad(format!(
+                "input {j}: interval [{}, {}] is empty or not finite",
+                lower[j], upper[j]
+            )));
         }
         let mut unsafe_set = Vec::new();
         for conj in &c.unsafe_set {
@@ -218,14 +240,21 @@ pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyE
             let mut rhs = Vec::new();
             for lc in &conj.constraints {
                 if lc.coeffs.len() != net_out {
-                    return Err(bad(format!("a constraint has {} coefficients, expected {net_out}", lc.coeffs.len())));
+                    return Err(bad(format!(
+                        "a constraint has {} coefficients, expected {net_out}",
+                        lc.coeffs.len()
+                    )));
                 }
                 rows.push(lc.coeffs.clone());
                 rhs.push(lc.rhs);
             }
             unsafe_set.push(Conj { rows, rhs });
         }
-        cases.push(Case { lower, upper, unsafe_set });
+        cases.push(Case {
+            lower,
+            upper,
+            unsafe_set,
+        });
     }
     Ok(cases)
 }
@@ -239,14 +268,19 @@ pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyE
 /// write the environment exists (e.g. first thing in `main`).
 pub unsafe fn cache_thread_count(threads: Option<usize>) {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let n =
+            threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         // SAFETY: the caller guarantees that no other thread exists.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.max(1).to_string()) };
     }
 }
 
 /// Decide `property` on `net` (see the module docs for the procedure and its guarantees).
-pub fn verify(net: &Network, property: &Property, options: &Options) -> Result<Report, VerifyError> {
+pub fn verify(
+    net: &Network,
+    property: &Property,
+    options: &Options,
+) -> Result<Report, VerifyError> {
     let cases = cases_of(net, property)?;
     Ok(verify_cases(net, &cases, options))
 }
@@ -259,7 +293,10 @@ pub fn verify(net: &Network, property: &Property, options: &Options) -> Result<R
 /// `options.threads` workers.
 pub fn verify_cases(net: &Network, cases: &[Case], options: &Options) -> Report {
     let run = || verify_in_pool(net, cases, options);
-    match rayon::ThreadPoolBuilder::new().num_threads(options.threads.unwrap_or(0)).build() {
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(options.threads.unwrap_or(0))
+        .build()
+    {
         Ok(pool) => pool.install(run),
         Err(_) => run(),
     }
@@ -289,8 +326,16 @@ fn verify_in_pool(net: &Network, cases: &[Case], options: &Options) -> Report {
 
     // 2./3. Bounds, then branch and bound (with PGD in turn).
     let complete = options.method == Method::Complete;
-    let verdict =
-        bab::branch_and_bound(net, cases, engine.as_ref(), complete, deadline, options, &mut stats, Some(&mut falsifier));
+    let verdict = bab::branch_and_bound(
+        net,
+        cases,
+        engine.as_ref(),
+        complete,
+        deadline,
+        options,
+        &mut stats,
+        Some(&mut falsifier),
+    );
     // Incomplete methods still get a short PGD search before answering "unknown".
     let verdict = match verdict {
         Verdict::Unknown { reason } if !complete => {
@@ -312,23 +357,52 @@ mod tests {
 
     /// `y = relu(x0 - x1) - relu(x1 - x0) = x0 - x1` on R^2, and `y2 = relu(x0) + relu(x1)`.
     fn small_net() -> Network {
-        let d1 = Dense::new(2, 4, vec![1.0, -1.0, -1.0, 1.0, 1.0, 0.0, 0.0, 1.0], vec![0.0; 4]).unwrap();
-        let d2 = Dense::new(4, 2, vec![1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0], vec![0.0; 2]).unwrap();
-        Network::new(vec![2], vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)]).unwrap()
+        let d1 = Dense::new(
+            2,
+            4,
+            vec![1.0, -1.0, -1.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+            vec![0.0; 4],
+        )
+        .unwrap();
+        let d2 = Dense::new(
+            4,
+            2,
+            vec![1.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+            vec![0.0; 2],
+        )
+        .unwrap();
+        Network::new(
+            vec![2],
+            vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)],
+        )
+        .unwrap()
     }
 
     fn case(rows: Vec<Vec<f64>>, rhs: Vec<f64>) -> Vec<Case> {
-        vec![Case { lower: vec![-1.0, -1.0], upper: vec![1.0, 1.0], unsafe_set: vec![Conj { rows, rhs }] }]
+        vec![Case {
+            lower: vec![-1.0, -1.0],
+            upper: vec![1.0, 1.0],
+            unsafe_set: vec![Conj { rows, rhs }],
+        }]
     }
 
     fn opts(method: Method) -> Options {
-        Options { method, timeout: Duration::from_secs(20), threads: Some(2), ..Options::default() }
+        Options {
+            method,
+            timeout: Duration::from_secs(20),
+            threads: Some(2),
+            ..Options::default()
+        }
     }
 
     #[test]
     fn holds_when_unsafe_set_is_out_of_reach() {
         // y0 = x0 - x1 <= 2 on the box, so y0 >= 2.5 (-y0 <= -2.5) is unreachable.
-        let r = verify_cases(&small_net(), &case(vec![vec![-1.0, 0.0]], vec![-2.5]), &opts(Method::Complete));
+        let r = verify_cases(
+            &small_net(),
+            &case(vec![vec![-1.0, 0.0]], vec![-2.5]),
+            &opts(Method::Complete),
+        );
         assert_eq!(r.verdict, Verdict::Holds, "{r:?}");
         assert!(r.stats.min_certified_margin.is_some_and(|m| m > 0.0));
     }
@@ -339,7 +413,14 @@ mod tests {
         let cases = case(vec![vec![-1.0, 0.0], vec![0.0, 1.0]], vec![-1.9, 2.1]);
         let net = small_net();
         let r = verify_cases(&net, &cases, &opts(Method::Complete));
-        let Verdict::Violated { counterexample, output, case } = r.verdict else { panic!("{r:?}") };
+        let Verdict::Violated {
+            counterexample,
+            output,
+            case,
+        } = r.verdict
+        else {
+            panic!("{r:?}")
+        };
         assert_eq!(case, 0);
         assert_eq!(net.forward(&counterexample), output);
         assert!(cases[0].unsafe_set[0].worst_margin(&output) <= 0.0);

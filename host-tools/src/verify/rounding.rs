@@ -68,7 +68,11 @@ const GELU_LIPSCHITZ: f64 = 1.13;
 /// `γ_n = n u / (1 - n u)` for f32.
 pub fn gamma(n: usize) -> f64 {
     let nu = n as f64 * U32;
-    if nu >= 1.0 { f64::INFINITY } else { nu / (1.0 - nu) }
+    if nu >= 1.0 {
+        f64::INFINITY
+    } else {
+        nu / (1.0 - nu)
+    }
 }
 
 /// `g_n = (1 + u) γ_n + u`: the factor of the rounding terms of a dense or conv layer.
@@ -88,7 +92,13 @@ pub fn interval_bounds(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<(Vec<
                 let (mid, rad) = mid_rad(l, u);
                 let c = d.apply(&mid);
                 let r: Vec<f64> = (0..d.out_dim)
-                    .map(|o| d.row(o).iter().zip(&rad).map(|(w, r)| w.abs() * r).sum::<f64>())
+                    .map(|o| {
+                        d.row(o)
+                            .iter()
+                            .zip(&rad)
+                            .map(|(w, r)| w.abs() * r)
+                            .sum::<f64>()
+                    })
                     .collect();
                 widen(&c, &r)
             }
@@ -99,7 +109,9 @@ pub fn interval_bounds(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<(Vec<
                 widen(&c, &r)
             }
             // Monotone (non-decreasing) maps: apply to both ends.
-            Layer::AvgPool2d(_) | Layer::MaxPool2d(_) | Layer::Flatten => (layer.apply(l), layer.apply(u)),
+            Layer::AvgPool2d(_) | Layer::MaxPool2d(_) | Layer::Flatten => {
+                (layer.apply(l), layer.apply(u))
+            }
             Layer::Relu | Layer::LeakyRelu { .. } | Layer::Sigmoid | Layer::Tanh => {
                 (layer.apply(l), layer.apply(u))
             }
@@ -111,10 +123,18 @@ pub fn interval_bounds(net: &Network, lower: &[f64], upper: &[f64]) -> Vec<(Vec<
                     .iter()
                     .zip(u)
                     .map(|(&a, &b)| {
-                        if a <= ARGMIN && ARGMIN <= b { -0.17 } else { layer.activate(a).min(layer.activate(b)) }
+                        if a <= ARGMIN && ARGMIN <= b {
+                            -0.17
+                        } else {
+                            layer.activate(a).min(layer.activate(b))
+                        }
                     })
                     .collect();
-                let hi = l.iter().zip(u).map(|(&a, &b)| layer.activate(a).max(layer.activate(b))).collect();
+                let hi = l
+                    .iter()
+                    .zip(u)
+                    .map(|(&a, &b)| layer.activate(a).max(layer.activate(b)))
+                    .collect();
                 (lo, hi)
             }
         };
@@ -132,12 +152,19 @@ fn mid_rad(l: &[f64], u: &[f64]) -> (Vec<f64>, Vec<f64>) {
 /// `[c - r, c + r]`, widened by a relative 1e-12 for the f64 rounding of the IBP itself.
 fn widen(c: &[f64], r: &[f64]) -> (Vec<f64>, Vec<f64>) {
     let pad = |c: f64, r: f64| r + 1e-12 * (c.abs() + r);
-    (c.iter().zip(r).map(|(&c, &r)| c - pad(c, r)).collect(), c.iter().zip(r).map(|(&c, &r)| c + pad(c, r)).collect())
+    (
+        c.iter().zip(r).map(|(&c, &r)| c - pad(c, r)).collect(),
+        c.iter().zip(r).map(|(&c, &r)| c + pad(c, r)).collect(),
+    )
 }
 
 /// The convolution with `|W|` and no bias.
 fn abs_conv(conv: &Conv2d) -> Conv2d {
-    Conv2d { weight: conv.weight.iter().map(|w| w.abs()).collect(), bias: vec![0.0; conv.bias.len()], ..conv.clone() }
+    Conv2d {
+        weight: conv.weight.iter().map(|w| w.abs()).collect(),
+        bias: vec![0.0; conv.bias.len()],
+        ..conv.clone()
+    }
 }
 
 /// Element-wise bound on `|f̂(x) - f(x)|` over the box, where `f̂` is the network evaluated
@@ -177,15 +204,25 @@ pub fn f32_error_bound_from(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)]) -> V
                 let me: Vec<f64> = m.iter().zip(&err).map(|(m, e)| m + e).collect();
                 let mag = abs.apply(&me);
                 let bias_of = |i: usize| conv.bias[i / (conv.out_h() * conv.out_w())].abs();
-                (0..prop.len()).map(|i| prop[i] + gn * (mag[i] + bias_of(i))).collect()
+                (0..prop.len())
+                    .map(|i| prop[i] + gn * (mag[i] + bias_of(i)))
+                    .collect()
             }
             Layer::Relu | Layer::Flatten => err,
-            Layer::LeakyRelu { alpha } => err.iter().zip(&m).map(|(e, m)| e + U32 * alpha * (m + e)).collect(),
+            Layer::LeakyRelu { alpha } => err
+                .iter()
+                .zip(&m)
+                .map(|(e, m)| e + U32 * alpha * (m + e))
+                .collect(),
             Layer::MaxPool2d(p) => pool_max(p, &err),
             Layer::AvgPool2d(p) => {
                 let k = p.kernel_h * p.kernel_w;
                 let me: Vec<f64> = m.iter().zip(&err).map(|(m, e)| m + e).collect();
-                pool_max(p, &err).iter().zip(pool_max(p, &me)).map(|(e, me)| e + g(k) * me).collect()
+                pool_max(p, &err)
+                    .iter()
+                    .zip(pool_max(p, &me))
+                    .map(|(e, me)| e + g(k) * me)
+                    .collect()
             }
             Layer::Sigmoid | Layer::Tanh | Layer::Gelu => {
                 let lip = match layer {
@@ -217,7 +254,11 @@ pub fn f32_error_bound_from(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)]) -> V
 /// `Σ_k J_k δ_k + J_0 e_0` with `J_k = W_L S ... S W_{k+1}` (S the diagonal slopes), and
 /// `|c·J_k δ_k| <= |c J_k| |δ_k|`, where `c J_k` is bounded by backward interval
 /// propagation of the row `c` (exact through `W`, an interval through unknown slopes).
-pub fn spec_error_bounds(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)], rows: &[Vec<f64>]) -> Option<Vec<f64>> {
+pub fn spec_error_bounds(
+    net: &Network,
+    bounds: &[(Vec<f64>, Vec<f64>)],
+    rows: &[Vec<f64>],
+) -> Option<Vec<f64>> {
     if bounds.len() != net.layers.len() + 1 {
         return None;
     }
@@ -278,7 +319,12 @@ pub fn spec_error_bounds(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)], rows: &
         for (layer, step) in net.layers.iter().zip(&steps).rev() {
             match (layer, step) {
                 (Layer::Dense(d), Step::Dense(local)) => {
-                    total += lo.iter().zip(&hi).zip(local).map(|((a, b), l)| a.abs().max(b.abs()) * l).sum::<f64>();
+                    total += lo
+                        .iter()
+                        .zip(&hi)
+                        .zip(local)
+                        .map(|((a, b), l)| a.abs().max(b.abs()) * l)
+                        .sum::<f64>();
                     let (mut nlo, mut nhi) = (vec![0.0; d.in_dim], vec![0.0; d.in_dim]);
                     for o in 0..d.out_dim {
                         let (mid, rad) = (0.5 * (lo[o] + hi[o]), 0.5 * (hi[o] - lo[o]));
@@ -307,7 +353,12 @@ pub fn spec_error_bounds(net: &Network, bounds: &[(Vec<f64>, Vec<f64>)], rows: &
                 _ => {}
             }
         }
-        total += lo.iter().zip(&hi).zip(&e0).map(|((a, b), e)| a.abs().max(b.abs()) * e).sum::<f64>();
+        total += lo
+            .iter()
+            .zip(&hi)
+            .zip(&e0)
+            .map(|((a, b), e)| a.abs().max(b.abs()) * e)
+            .sum::<f64>();
         out.push(total * SLACK);
     }
     Some(out)
@@ -334,14 +385,26 @@ pub fn forward_f32(net: &Network, x: &[f64]) -> Vec<f32> {
     for layer in &net.layers {
         v = match layer {
             Layer::Dense(d) => (0..d.out_dim)
-                .map(|o| d.row(o).iter().zip(&v).fold(d.bias[o] as f32, |acc, (&w, &a)| acc + (w as f32) * a))
+                .map(|o| {
+                    d.row(o)
+                        .iter()
+                        .zip(&v)
+                        .fold(d.bias[o] as f32, |acc, (&w, &a)| acc + (w as f32) * a)
+                })
                 .collect(),
             Layer::Relu => v.iter().map(|&a| a.max(0.0)).collect(),
-            Layer::LeakyRelu { alpha } => v.iter().map(|&a| if a >= 0.0 { a } else { *alpha as f32 * a }).collect(),
+            Layer::LeakyRelu { alpha } => v
+                .iter()
+                .map(|&a| if a >= 0.0 { a } else { *alpha as f32 * a })
+                .collect(),
             Layer::Sigmoid => v.iter().map(|&a| 1.0 / (1.0 + (-a).exp())).collect(),
             Layer::Tanh => v.iter().map(|&a| a.tanh()).collect(),
             // Other layers: evaluate in f64 and round (exact ops or not needed by the tests).
-            other => other.apply(&v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>()).iter().map(|&a| a as f32).collect(),
+            other => other
+                .apply(&v.iter().map(|&a| f64::from(a)).collect::<Vec<_>>())
+                .iter()
+                .map(|&a| a as f32)
+                .collect(),
         };
     }
     v
@@ -356,7 +419,9 @@ mod tests {
     fn random_net(rng: &mut rand_chacha::ChaCha8Rng, dims: &[usize], act: Layer) -> Network {
         let mut layers = Vec::new();
         for (i, w) in dims.windows(2).enumerate() {
-            let weight = (0..w[0] * w[1]).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let weight = (0..w[0] * w[1])
+                .map(|_| rng.random_range(-1.0..1.0))
+                .collect();
             let bias = (0..w[1]).map(|_| rng.random_range(-1.0..1.0)).collect();
             layers.push(Layer::Dense(Dense::new(w[0], w[1], weight, bias).unwrap()));
             if i + 2 < dims.len() {
@@ -369,17 +434,31 @@ mod tests {
     #[test]
     fn interval_bounds_contain_sampled_activations() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for act in [Layer::Relu, Layer::Tanh, Layer::Sigmoid, Layer::Gelu, Layer::LeakyRelu { alpha: 0.1 }] {
+        for act in [
+            Layer::Relu,
+            Layer::Tanh,
+            Layer::Sigmoid,
+            Layer::Gelu,
+            Layer::LeakyRelu { alpha: 0.1 },
+        ] {
             let net = random_net(&mut rng, &[4, 8, 8, 3], act);
             let (lo, hi) = (vec![-1.0, -0.5, 0.0, 0.2], vec![0.5, 0.5, 1.0, 0.3]);
             let b = interval_bounds(&net, &lo, &hi);
             for _ in 0..500 {
-                let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| rng.random_range(l..=h)).collect();
+                let x: Vec<f64> = lo
+                    .iter()
+                    .zip(&hi)
+                    .map(|(&l, &h)| rng.random_range(l..=h))
+                    .collect();
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);
                     for (j, a) in v.iter().enumerate() {
-                        assert!(b[k + 1].0[j] <= *a && *a <= b[k + 1].1[j], "layer {k} {}", layer.kind());
+                        assert!(
+                            b[k + 1].0[j] <= *a && *a <= b[k + 1].1[j],
+                            "layer {k} {}",
+                            layer.kind()
+                        );
                     }
                 }
             }
@@ -395,27 +474,49 @@ mod tests {
             let bound = f32_error_bound(&net, &lo, &hi);
             let mut worst: f64 = 0.0;
             for _ in 0..2000 {
-                let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| rng.random_range(l..=h)).collect();
+                let x: Vec<f64> = lo
+                    .iter()
+                    .zip(&hi)
+                    .map(|(&l, &h)| rng.random_range(l..=h))
+                    .collect();
                 let exact = net.forward(&x);
                 let dev = forward_f32(&net, &x);
                 for j in 0..exact.len() {
                     let err = (f64::from(dev[j]) - exact[j]).abs();
-                    assert!(err <= bound[j], "output {j}: error {err} > bound {}", bound[j]);
+                    assert!(
+                        err <= bound[j],
+                        "output {j}: error {err} > bound {}",
+                        bound[j]
+                    );
                     worst = worst.max(err / bound[j]);
                 }
             }
             // The spec-row form (output rows and a random row) covers the same errors.
-            let mut rows: Vec<Vec<f64>> = (0..5).map(|j| (0..5).map(|k| f64::from(u8::from(j == k))).collect()).collect();
+            let mut rows: Vec<Vec<f64>> = (0..5)
+                .map(|j| (0..5).map(|k| f64::from(u8::from(j == k))).collect())
+                .collect();
             rows.push((0..5).map(|_| rng.random_range(-1.0..1.0)).collect());
             let spec = matches!(net.layers[1], Layer::Relu)
                 .then(|| spec_error_bounds(&net, &interval_bounds(&net, &lo, &hi), &rows).unwrap());
             if let Some(spec) = &spec {
                 for _ in 0..2000 {
-                    let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| rng.random_range(l..=h)).collect();
+                    let x: Vec<f64> = lo
+                        .iter()
+                        .zip(&hi)
+                        .map(|(&l, &h)| rng.random_range(l..=h))
+                        .collect();
                     let (exact, dev) = (net.forward(&x), forward_f32(&net, &x));
                     for (r, row) in rows.iter().enumerate() {
-                        let err: f64 = row.iter().enumerate().map(|(j, c)| c * (f64::from(dev[j]) - exact[j])).sum();
-                        assert!(err.abs() <= spec[r], "row {r}: error {err} > bound {}", spec[r]);
+                        let err: f64 = row
+                            .iter()
+                            .enumerate()
+                            .map(|(j, c)| c * (f64::from(dev[j]) - exact[j]))
+                            .sum();
+                        assert!(
+                            err.abs() <= spec[r],
+                            "row {r}: error {err} > bound {}",
+                            spec[r]
+                        );
                     }
                 }
                 for j in 0..5 {
@@ -423,7 +524,10 @@ mod tests {
                 }
             }
             // The bound is sound but should not be absurdly loose either.
-            assert!(worst > 1e-5, "bound looser than expected: worst ratio {worst}");
+            assert!(
+                worst > 1e-5,
+                "bound looser than expected: worst ratio {worst}"
+            );
         }
     }
 }
