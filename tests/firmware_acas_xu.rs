@@ -46,49 +46,7 @@ const SAMPLES: [[f64; 5]; 12] = [
 
 /// The archive, or why it could not be built (tests share one build).
 fn archive() -> &'static Result<PathBuf, String> {
-    static ARCHIVE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    ARCHIVE.get_or_init(build_archive)
-}
-
-/// `cargo build -p prorepair-ffi --profile min-size`; the path of libprorepair.a from
-/// cargo's JSON messages (so any target directory setting is honoured).
-fn build_archive() -> Result<PathBuf, String> {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(ROOT)
-        .args([
-            "build",
-            "-p",
-            "prorepair-ffi",
-            "--profile",
-            "min-size",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if !output.status.success() {
-        return Err(format!(
-            "cargo build -p prorepair-ffi failed: {}",
-            output.status
-        ));
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    for line in stdout.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] != "compiler-artifact" {
-            continue;
-        }
-        let files = message["filenames"].as_array().into_iter().flatten();
-        for file in files.filter_map(|f| f.as_str()) {
-            if file.ends_with("libprorepair.a") {
-                return Ok(PathBuf::from(file));
-            }
-        }
-    }
-    Err("cargo reported no libprorepair.a".into())
+    prorepair_tests::firmware_archive()
 }
 
 /// True when `program --version` runs.

@@ -20,41 +20,9 @@ use prorepair_host::repair::{self, RepairProperty};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn archive() -> PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
-        .current_dir(ROOT)
-        .args([
-            "build",
-            "-p",
-            "prorepair-ffi",
-            "--profile",
-            "min-size",
-            "--message-format=json-render-diagnostics",
-        ])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cargo build -p prorepair-ffi failed"
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    for line in stdout.lines() {
-        let Ok(m) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        for f in m["filenames"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f.as_str())
-        {
-            if f.ends_with("libprorepair.a") {
-                return PathBuf::from(f);
-            }
-        }
-    }
-    panic!("cargo reported no libprorepair.a");
+    prorepair_tests::firmware_archive()
+        .clone()
+        .expect("libprorepair.a builds")
 }
 
 fn have_gcc() -> bool {
