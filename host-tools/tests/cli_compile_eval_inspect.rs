@@ -2,7 +2,6 @@
 //! blobs, missing files and malformed CSV exit 2 naming the file, writing nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use prorepair_host::compile::AlignedBlob;
 use prorepair_host::require_data;
@@ -11,27 +10,11 @@ use prorepair_host::testing::acasxu_nnet;
 /// The exact arena of every ACAS Xu network: two ping-pong buffers of 50 f32.
 const ACASXU_ARENA_BYTES: usize = 400;
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prorepair-host"))
-        .args(args)
-        .output()
-        .expect("run prorepair-host")
-}
+mod common;
+use common::{host, s, stderr};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_compile_eval_inspect-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::scratch("cli_compile_eval_inspect", name)
 }
 
 /// Compile ACAS Xu N1,1 (`.nnet`) into `dir`; returns (model, blob path).

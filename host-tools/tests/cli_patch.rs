@@ -5,7 +5,6 @@
 //! tract adapter must all give the same repaired model; bad patches exit 2 naming the file.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use prorepair_host::compile::{AlignedBlob, compile};
 use prorepair_host::import::onnx::TractModel;
@@ -13,26 +12,11 @@ use prorepair_host::model::{Layer, Network};
 use prorepair_host::require_data;
 use prorepair_host::testing::acasxu_onnx;
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_prorepair-host"))
-        .args(args)
-        .output()
-        .expect("run prorepair-host")
-}
+mod common;
+use common::{host, s, stderr};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli_patch-{name}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
+    common::scratch("cli_patch", name)
 }
 
 /// The base network with a deterministic change to its last two Dense layers.
