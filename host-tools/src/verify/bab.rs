@@ -363,6 +363,9 @@ struct Domain {
     /// The parent's bounds of the ReLU inputs (sound on this sub-box too), shared by the
     /// two children; other entries empty.
     prior: Option<std::sync::Arc<Vec<bounds::BoxBounds>>>,
+    /// This box's own bounds of the rows of `active`, when the parent already computed
+    /// them while choosing its split (see [`choose_split`]).
+    pre: Option<std::sync::Arc<SpecLower>>,
     /// The parent's worst open gap (`min` over open conjunctions of the best `lower - rhs`
     /// of their constraints): the most negative is explored first, where a counterexample
     /// is most likely; for a proof the order does not change the work.
@@ -529,9 +532,30 @@ pub fn branch_and_bound(
             active: (0..case.unsafe_set.len()).collect(),
             depth: 0,
             prior: None,
+            pre: None,
             priority: f64::NEG_INFINITY,
         }]);
+        let trace = std::env::var_os("PRB_TRACE").is_some();
+        let mut tr_dims = vec![0u64; case.lower.len()];
+        let mut tr_depth = vec![0u64; 64];
+        let mut tr_done_gap_min = f64::INFINITY;
+        let tr_start = Instant::now();
+        let tr_branches0 = stats.branches;
         while !stack.is_empty() {
+            if trace && (Instant::now() >= deadline) {
+                let worst = stack.iter().map(|d| d.priority).fold(f64::INFINITY, f64::min);
+                let best = stack.iter().map(|d| d.priority).fold(f64::NEG_INFINITY, f64::max);
+                let mut dh = vec![0u64; 64];
+                for d in stack.iter() { dh[d.depth.min(63)] += 1; }
+                let minw: Vec<f64> = (0..case.lower.len()).map(|i| stack.iter().map(|d| d.upper[i]-d.lower[i]).fold(f64::INFINITY, f64::min)).collect();
+                eprintln!("TRACE case {ci}: branches {} in {:.2}s ({:.1} us/branch), open {}, root_err {:?}, open gap worst {worst:.3e} best {best:.3e}, done min gap {tr_done_gap_min:.3e}\n split dims {tr_dims:?}\n depth hist (processed) {:?}\n open depth hist {:?}\n open min widths {minw:?}",
+                    stats.branches - tr_branches0, tr_start.elapsed().as_secs_f64(),
+                    1e6 * tr_start.elapsed().as_secs_f64() / (stats.branches - tr_branches0).max(1) as f64,
+                    stack.len(), root_err, &tr_depth[..tr_depth.iter().rposition(|&c| c>0).map_or(0,|p|p+1)], &dh[..dh.iter().rposition(|&c| c>0).map_or(0,|p|p+1)]);
+                let mut v: Vec<&Domain> = stack.iter().collect();
+                v.sort_by(|a,b| a.priority.total_cmp(&b.priority));
+                for d in v.iter().take(3) { eprintln!("  open: prio {:.4e} depth {} lo {:?} hi {:?}", d.priority, d.depth, d.lower, d.upper); }
+            }
             if Instant::now() >= deadline {
                 return Verdict::Unknown {
                     reason: format!(
@@ -568,6 +592,16 @@ pub fn branch_and_bound(
                 })
                 .collect();
             for (d, outcome) in results {
+                if trace {
+                    tr_depth[d.depth.min(63)] += 1;
+                    match &outcome {
+                        Outcome::Split(ch) => {
+                            if let Some(i) = (0..d.lower.len()).find(|&i| ch.0.upper[i] != d.upper[i]) { tr_dims[i] += 1; }
+                        }
+                        Outcome::Done(g) => tr_done_gap_min = tr_done_gap_min.min(*g),
+                        _ => {}
+                    }
+                }
                 stats.branches += 1;
                 stats.max_depth = stats.max_depth.max(d.depth);
                 match outcome {
@@ -691,14 +725,17 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             owner.push((ci, k));
         }
     }
-    let bounds = match ctx.engine.spec_lower_within(
-        &d.lower,
-        &d.upper,
-        &rows,
-        d.prior.as_deref().map(Vec::as_slice),
-    ) {
-        Ok(b) => b,
-        Err(e) => return Outcome::Stuck(format!("{} failed: {e}", ctx.engine.name())),
+    let bounds: std::sync::Arc<SpecLower> = match &d.pre {
+        Some(b) if b.lower.len() == rows.len() => b.clone(),
+        _ => match ctx.engine.spec_lower_within(
+            &d.lower,
+            &d.upper,
+            &rows,
+            d.prior.as_deref().map(Vec::as_slice),
+        ) {
+            Ok(b) => std::sync::Arc::new(b),
+            Err(e) => return Outcome::Stuck(format!("{} failed: {e}", ctx.engine.name())),
+        },
     };
     // The sub-box's own rounding-error bounds, computed only when a gap clears zero but
     // not the root's (looser, equally sound) bound.
@@ -860,26 +897,6 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
         }
     }
 
-    // Split the dimension with the largest refine score (Eq. 9), or the widest.
-    let widths: Vec<f64> = d.lower.iter().zip(&d.upper).map(|(l, u)| u - l).collect();
-    let have_scores = bounds.coeffs.is_some() && score.iter().any(|&s| s > 0.0);
-    let best_dim = (0..n).filter(|&i| widths[i] > 0.0).max_by(|&i, &j| {
-        let key = |k: usize| {
-            if have_scores {
-                widths[k] * score[k]
-            } else {
-                widths[k]
-            }
-        };
-        key(i).total_cmp(&key(j))
-    });
-    let Some(dim) = best_dim else {
-        return Outcome::Stuck("a point box could not be decided".into());
-    };
-    let mid = 0.5 * (d.lower[dim] + d.upper[dim]);
-    if !(mid > d.lower[dim] && mid < d.upper[dim]) {
-        return Outcome::Stuck("sub-box too small to split further".into());
-    }
     // Keep the ReLU input bounds for the children (a few KB), unless the open list is
     // already long enough for that memory to matter.
     let prior = (ctx.open.load(Ordering::Relaxed) < 100_000
@@ -889,31 +906,253 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
             std::sync::Arc::new(
                 bounds
                     .layer_bounds
-                    .into_iter()
+                    .iter()
                     .enumerate()
                     .map(|(k, (l, u))| {
                         if keep(k) {
-                            bounds::BoxBounds::new(l, u)
+                            bounds::BoxBounds::new(l.clone(), u.clone())
                         } else {
                             bounds::BoxBounds::new(vec![], vec![])
                         }
                     })
-                    .collect(),
+                    .collect::<Vec<_>>(),
             )
         });
+    let child_rows: Vec<Vec<f64>> = owner
+        .iter()
+        .zip(&rows)
+        .filter(|((ci, _), _)| remaining.contains(ci))
+        .map(|(_, r)| r.clone())
+        .collect();
+    let child_owner: Vec<(usize, usize)> = owner
+        .iter()
+        .copied()
+        .filter(|(ci, _)| remaining.contains(ci))
+        .collect();
+    let widths: Vec<f64> = d.lower.iter().zip(&d.upper).map(|(l, u)| u - l).collect();
+    let smear: Vec<f64> = if bounds.coeffs.is_some() && score.iter().any(|&s| s > 0.0) {
+        (0..n).map(|i| widths[i] * score[i]).collect()
+    } else {
+        widths.clone()
+    };
+    let Some(split) = choose_split(
+        ctx,
+        d,
+        &bounds,
+        &smear,
+        &child_rows,
+        &child_owner,
+        prior.as_deref().map(Vec::as_slice),
+    ) else {
+        return Outcome::Stuck("sub-box too small to split further".into());
+    };
     let mut left = Domain {
         lower: d.lower.clone(),
         upper: d.upper.clone(),
         active: remaining,
         depth: d.depth + 1,
         prior,
+        pre: None,
         priority: worst_open,
     };
     let mut right = left.clone();
-    left.upper[dim] = mid;
-    right.lower[dim] = mid;
+    left.upper[split.dim] = split.mid;
+    right.lower[split.dim] = split.mid;
+    if let Some((l, r)) = split.children {
+        left.priority = open_gap_of(&l, &child_owner, case, &left.lower, &left.upper);
+        right.priority = open_gap_of(&r, &child_owner, case, &right.lower, &right.upper);
+        left.pre = Some(std::sync::Arc::new(l));
+        right.pre = Some(std::sync::Arc::new(r));
+    }
     Outcome::Split(Box::new((left, right)))
 }
+
+/// `min` over the open conjunctions of a lower bound on `min_x max_k (c_k·f(x) - rhs_k)`
+/// on the box (the best single row, improved for several rows by a few steps of the
+/// dual ascent of [`combined_gap`] without margins): positive when every conjunction is
+/// (nearly) excluded, the most negative where the most work remains.
+fn open_gap_of(
+    b: &SpecLower,
+    owner: &[(usize, usize)],
+    case: &Case,
+    lower: &[f64],
+    upper: &[f64],
+) -> f64 {
+    let mut worst = f64::INFINITY;
+    let mut seen: Vec<usize> = Vec::new();
+    for &(ci, _) in owner {
+        if seen.contains(&ci) {
+            continue;
+        }
+        seen.push(ci);
+        let rs: Vec<usize> = (0..owner.len()).filter(|&r| owner[r].0 == ci).collect();
+        let conj = &case.unsafe_set[ci];
+        let mut v = rs
+            .iter()
+            .map(|&r| b.lower[r] - conj.rhs[owner[r].1])
+            .fold(f64::NEG_INFINITY, f64::max);
+        if let (Some(a), Some(c)) = (&b.coeffs, &b.consts)
+            && rs.len() >= 2
+            && v <= 0.0
+        {
+            let lines: Vec<(&[f64], f64, f64)> = rs
+                .iter()
+                .map(|&r| (a[r].as_slice(), c[r] - conj.rhs[owner[r].1], 0.0))
+                .collect();
+            v = v.max(dual_value(&lines, lower, upper, 20));
+        }
+        worst = worst.min(if v.is_nan() { f64::NEG_INFINITY } else { v });
+    }
+    worst
+}
+
+/// The best value `min_x Σ λ_k (l_k(x) - e_k)` found by `iters` steps of the
+/// exponentiated-gradient ascent of [`combined_gap`] (a lower bound of
+/// `min_x max_k (l_k(x) - e_k)` for every `λ` on the simplex). For ranking only: no
+/// rounding slack.
+fn dual_value(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64], iters: usize) -> f64 {
+    let k = lines.len();
+    let n = lower.len();
+    let mut lambda = vec![1.0 / k as f64; k];
+    let mut best = f64::NEG_INFINITY;
+    let mut g = vec![0.0; n];
+    for _ in 0..iters {
+        g.iter_mut().for_each(|v| *v = 0.0);
+        let mut value = 0.0;
+        for (lam, (a, b, e)) in lambda.iter().zip(lines) {
+            value += lam * (b - e);
+            for (gi, ai) in g.iter_mut().zip(a.iter()) {
+                *gi += lam * ai;
+            }
+        }
+        let x: Vec<f64> = (0..n)
+            .map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] })
+            .collect();
+        value += g.iter().zip(&x).map(|(gi, xi)| gi * xi).sum::<f64>();
+        best = best.max(value);
+        let s: Vec<f64> = lines
+            .iter()
+            .map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e)
+            .collect();
+        let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if scale == 0.0 || !scale.is_finite() {
+            break;
+        }
+        let mut total = 0.0;
+        for (lam, sk) in lambda.iter_mut().zip(&s) {
+            *lam *= (0.5 * sk / scale).exp();
+            total += *lam;
+        }
+        lambda.iter_mut().for_each(|l| *l /= total);
+    }
+    best
+}
+
+/// A chosen split: bisect `dim` at `mid`; `children` are the two halves' bounds when
+/// they were computed to choose it.
+struct Split {
+    dim: usize,
+    mid: f64,
+    children: Option<(SpecLower, SpecLower)>,
+}
+
+/// Input dimensions at most this many are all tried as split candidates; larger inputs
+/// try the [`SPLIT_CANDIDATES`] best by smear.
+const SPLIT_TRY_ALL: usize = 8;
+const SPLIT_CANDIDATES: usize = 4;
+
+/// Choose the dimension to bisect by bounding both halves of each candidate dimension
+/// (every dimension of a small input, else the best few by smear, `width x |linear
+/// coefficient|`) and keeping the split whose halves leave the least open gap: the sum of
+/// the halves' negative gaps, then the larger summed gap. Smear alone misses the
+/// dimensions whose effect is hidden in the relaxation offsets rather than the linear
+/// coefficients (ACAS Xu property 1 kept boxes of full width in the heading angle open
+/// for ever). The chosen halves' bounds are kept, so they are not computed twice.
+fn choose_split(
+    ctx: &Ctx<'_>,
+    d: &Domain,
+    parent: &SpecLower,
+    smear: &[f64],
+    rows: &[Vec<f64>],
+    owner: &[(usize, usize)],
+    prior: Option<&[bounds::BoxBounds]>,
+) -> Option<Split> {
+    let n = d.lower.len();
+    let case = ctx.case;
+    let splittable = |i: usize| {
+        let mid = 0.5 * (d.lower[i] + d.upper[i]);
+        mid > d.lower[i] && mid < d.upper[i]
+    };
+    let mut dims: Vec<usize> = (0..n).filter(|&i| splittable(i)).collect();
+    dims.sort_by(|&a, &b| smear[b].total_cmp(&smear[a]));
+    let smear_dim = *dims.first()?;
+    let by_smear = Split {
+        dim: smear_dim,
+        mid: 0.5 * (d.lower[smear_dim] + d.upper[smear_dim]),
+        children: None,
+    };
+    // Width relative to the case box: a dimension already far thinner than the others
+    // is not a candidate (bisecting it again only chases rounding noise in the bounds).
+    let rel = |i: usize| {
+        let w = case.upper[i] - case.lower[i];
+        if w > 0.0 {
+            (d.upper[i] - d.lower[i]) / w
+        } else {
+            0.0
+        }
+    };
+    let widest = dims.iter().map(|&i| rel(i)).fold(0.0f64, f64::max);
+    dims.retain(|&i| rel(i) >= 1e-3 * widest);
+    if n > SPLIT_TRY_ALL {
+        dims.truncate(SPLIT_CANDIDATES);
+    }
+    let base = open_gap_of(parent, owner, case, &d.lower, &d.upper);
+    // A box whose conjunctions all have positive gaps waits only for the f32 margin,
+    // which shrinks with the magnitudes along the most influential dimension: smear.
+    if dims.len() < 2 || rows.is_empty() || !CHILD_SPLIT || base >= 0.0 {
+        return Some(by_smear);
+    }
+    #[allow(clippy::type_complexity)]
+    let evaluated: Vec<(usize, f64, (f64, f64), SpecLower, SpecLower)> = dims
+        .par_iter()
+        .filter_map(|&dim| {
+            let mid = 0.5 * (d.lower[dim] + d.upper[dim]);
+            let (mut lu, mut rl) = (d.upper.clone(), d.lower.clone());
+            lu[dim] = mid;
+            rl[dim] = mid;
+            let l = ctx.engine.spec_lower_within(&d.lower, &lu, rows, prior).ok()?;
+            let r = ctx.engine.spec_lower_within(&rl, &d.upper, rows, prior).ok()?;
+            let gl = open_gap_of(&l, owner, case, &d.lower, &lu);
+            let gr = open_gap_of(&r, owner, case, &rl, &d.upper);
+            let key = (gl.min(0.0) + gr.min(0.0), gl + gr);
+            Some((dim, mid, key, l, r))
+        })
+        .collect();
+    let best = evaluated
+        .iter()
+        .enumerate()
+        .max_by(|(_, a), (_, b)| a.2.0.total_cmp(&b.2.0).then(a.2.1.total_cmp(&b.2.1)))?
+        .0;
+    // No split improves the open gap noticeably (a plateau of the relaxation): smear.
+    let improvement = evaluated[best].2.0 - 2.0 * base;
+    let pick = if improvement > 0.01 * base.abs() {
+        best
+    } else {
+        match evaluated.iter().position(|e| e.0 == smear_dim) {
+            Some(p) => p,
+            None => return Some(by_smear),
+        }
+    };
+    let (dim, mid, _, l, r) = evaluated.into_iter().nth(pick)?;
+    Some(Split {
+        dim,
+        mid,
+        children: Some((l, r)),
+    })
+}
+
+/// Choose splits by bounding the halves (see [`choose_split`]); false: smear only.
+const CHILD_SPLIT: bool = true;
 
 #[cfg(test)]
 mod tests {
