@@ -27,6 +27,8 @@ pub mod bab;
 pub mod falsify;
 pub mod rounding;
 
+pub use bab::leaf_holds;
+
 use std::time::{Duration, Instant};
 
 use crate::model::Network;
@@ -324,18 +326,39 @@ fn verify_in_pool(net: &Network, cases: &[Case], options: &Options) -> Report {
     let mut falsifier = bab::Falsifier::new(rng, starts);
     stats.falsification_s = start.elapsed().as_secs_f64();
 
-    // 2./3. Bounds, then branch and bound (with PGD in turn).
+    // 2./3. Bounds, then branch and bound (with PGD in turn): first splitting by bounding
+    // the halves, then, if undecided after 30% of the budget, afresh by smear (see
+    // bab::SplitRule: each decides instances the other does not within the budget).
     let complete = options.method == Method::Complete;
-    let verdict = bab::branch_and_bound(
+    let first_deadline = if complete {
+        start + options.timeout.mul_f64(0.3)
+    } else {
+        deadline
+    };
+    let mut verdict = bab::branch_and_bound_with(
         net,
         cases,
         engine.as_ref(),
         complete,
-        deadline,
+        first_deadline,
         options,
         &mut stats,
         Some(&mut falsifier),
+        bab::SplitRule::Halves,
     );
+    if complete && matches!(verdict, Verdict::Unknown { .. }) && Instant::now() < deadline {
+        verdict = bab::branch_and_bound_with(
+            net,
+            cases,
+            engine.as_ref(),
+            complete,
+            deadline,
+            options,
+            &mut stats,
+            Some(&mut falsifier),
+            bab::SplitRule::Smear,
+        );
+    }
     // Incomplete methods still get a short PGD search before answering "unknown".
     let verdict = match verdict {
         Verdict::Unknown { reason } if !complete => {
