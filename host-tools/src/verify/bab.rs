@@ -545,6 +545,75 @@ struct Ctx<'a> {
     open: &'a AtomicU64,
 }
 
+/// Branch-and-bound diagnostics on stderr when `PROREPAIR_TRACE` is set, printed when a
+/// case times out: split dimensions, depths, the open sub-boxes' gaps and widths.
+struct Trace {
+    start: Instant,
+    branches0: u64,
+    split_dims: Vec<u64>,
+    depths: Vec<u64>,
+    min_done_gap: f64,
+}
+
+impl Trace {
+    fn from_env(n: usize, branches0: u64) -> Option<Self> {
+        std::env::var_os("PROREPAIR_TRACE").map(|_| Self {
+            start: Instant::now(),
+            branches0,
+            split_dims: vec![0; n],
+            depths: Vec::new(),
+            min_done_gap: f64::INFINITY,
+        })
+    }
+
+    fn record(&mut self, d: &Domain, outcome: &Outcome) {
+        if self.depths.len() <= d.depth {
+            self.depths.resize(d.depth + 1, 0);
+        }
+        self.depths[d.depth] += 1;
+        match outcome {
+            Outcome::Split(ch) => {
+                if let Some(i) = (0..d.lower.len()).find(|&i| ch.0.upper[i] != d.upper[i]) {
+                    self.split_dims[i] += 1;
+                }
+            }
+            Outcome::Done(g) => self.min_done_gap = self.min_done_gap.min(*g),
+            _ => {}
+        }
+    }
+
+    fn report(
+        &self,
+        ci: usize,
+        open: &std::collections::BinaryHeap<Domain>,
+        branches: u64,
+        root_err: Option<&[Vec<f64>]>,
+    ) {
+        let n = branches - self.branches0;
+        let t = self.start.elapsed().as_secs_f64();
+        let gaps = open.iter().map(|d| d.priority);
+        let worst = gaps.clone().fold(f64::INFINITY, f64::min);
+        let best = gaps.fold(f64::NEG_INFINITY, f64::max);
+        let min_widths: Vec<f64> = (0..self.split_dims.len())
+            .map(|i| {
+                open.iter()
+                    .map(|d| d.upper[i] - d.lower[i])
+                    .fold(f64::INFINITY, f64::min)
+            })
+            .collect();
+        eprintln!(
+            "trace case {ci}: {n} branches in {t:.2} s ({:.0} us each), {} open (gaps {worst:.3e} ..= {best:.3e}), \
+             smallest certified gap {:.3e}, root f32 margins {root_err:?}\n  split dims {:?}\n  \
+             branches per depth {:?}\n  smallest open widths {min_widths:?}",
+            1e6 * t / n.max(1) as f64,
+            open.len(),
+            self.min_done_gap,
+            self.split_dims,
+            self.depths,
+        );
+    }
+}
+
 /// Branch and bound over every case (`complete = false`: one bound pass per case box).
 /// PGD rounds ([`Falsifier`]) are interleaved while they take less than a tenth of the
 /// elapsed time.
@@ -626,26 +695,12 @@ pub fn branch_and_bound_with(
             pre: None,
             priority: f64::NEG_INFINITY,
         }]);
-        let trace = std::env::var_os("PRB_TRACE").is_some();
-        let mut tr_dims = vec![0u64; case.lower.len()];
-        let mut tr_depth = vec![0u64; 64];
-        let mut tr_done_gap_min = f64::INFINITY;
-        let tr_start = Instant::now();
-        let tr_branches0 = stats.branches;
+        let mut trace = Trace::from_env(case.lower.len(), stats.branches);
         while !stack.is_empty() {
-            if trace && (Instant::now() >= deadline) {
-                let worst = stack.iter().map(|d| d.priority).fold(f64::INFINITY, f64::min);
-                let best = stack.iter().map(|d| d.priority).fold(f64::NEG_INFINITY, f64::max);
-                let mut dh = vec![0u64; 64];
-                for d in stack.iter() { dh[d.depth.min(63)] += 1; }
-                let minw: Vec<f64> = (0..case.lower.len()).map(|i| stack.iter().map(|d| d.upper[i]-d.lower[i]).fold(f64::INFINITY, f64::min)).collect();
-                eprintln!("TRACE case {ci}: branches {} in {:.2}s ({:.1} us/branch), open {}, root_err {:?}, open gap worst {worst:.3e} best {best:.3e}, done min gap {tr_done_gap_min:.3e}\n split dims {tr_dims:?}\n depth hist (processed) {:?}\n open depth hist {:?}\n open min widths {minw:?}",
-                    stats.branches - tr_branches0, tr_start.elapsed().as_secs_f64(),
-                    1e6 * tr_start.elapsed().as_secs_f64() / (stats.branches - tr_branches0).max(1) as f64,
-                    stack.len(), root_err, &tr_depth[..tr_depth.iter().rposition(|&c| c>0).map_or(0,|p|p+1)], &dh[..dh.iter().rposition(|&c| c>0).map_or(0,|p|p+1)]);
-                let mut v: Vec<&Domain> = stack.iter().collect();
-                v.sort_by(|a,b| a.priority.total_cmp(&b.priority));
-                for d in v.iter().take(3) { eprintln!("  open: prio {:.4e} depth {} lo {:?} hi {:?}", d.priority, d.depth, d.lower, d.upper); }
+            if Instant::now() >= deadline
+                && let Some(t) = &trace
+            {
+                t.report(ci, &stack, stats.branches, root_err.as_deref());
             }
             if Instant::now() >= deadline {
                 return Verdict::Unknown {
@@ -683,15 +738,8 @@ pub fn branch_and_bound_with(
                 })
                 .collect();
             for (d, outcome) in results {
-                if trace {
-                    tr_depth[d.depth.min(63)] += 1;
-                    match &outcome {
-                        Outcome::Split(ch) => {
-                            if let Some(i) = (0..d.lower.len()).find(|&i| ch.0.upper[i] != d.upper[i]) { tr_dims[i] += 1; }
-                        }
-                        Outcome::Done(g) => tr_done_gap_min = tr_done_gap_min.min(*g),
-                        _ => {}
-                    }
+                if let Some(t) = &mut trace {
+                    t.record(&d, &outcome);
                 }
                 stats.branches += 1;
                 stats.max_depth = stats.max_depth.max(d.depth);
