@@ -476,7 +476,10 @@ fn row_errors(
 pub fn leaf_holds(net: &Network, case: &Case, lower: &[f64], upper: &[f64]) -> bool {
     if lower.len() != net.input_dim()
         || upper.len() != lower.len()
-        || lower.iter().zip(upper).any(|(l, u)| !(l <= u) || !l.is_finite() || !u.is_finite())
+        || lower
+            .iter()
+            .zip(upper)
+            .any(|(l, u)| !l.is_finite() || !u.is_finite() || l > u)
     {
         return false;
     }
@@ -1275,7 +1278,10 @@ fn choose_split(
             0.0
         }
     };
-    let widest_dim = dims.iter().copied().max_by(|&a, &b| rel(a).total_cmp(&rel(b)));
+    let widest_dim = dims
+        .iter()
+        .copied()
+        .max_by(|&a, &b| rel(a).total_cmp(&rel(b)));
     // Smear never splits a dimension whose influence hides in the relaxation offsets:
     // once it is far wider (relative to the case box) than smear's pick, take it.
     if let Some(w) = widest_dim
@@ -1306,19 +1312,37 @@ fn choose_split(
     let base = open_gap_of(parent, owner, case, &d.lower, &d.upper);
     // A box whose conjunctions all have positive gaps waits only for the f32 margin,
     // which shrinks with the magnitudes along the most influential dimension: smear.
-    if dims.len() < 2 || rows.is_empty() || !CHILD_SPLIT || base >= 0.0 || ctx.split == SplitRule::Smear {
+    if dims.len() < 2
+        || rows.is_empty()
+        || !CHILD_SPLIT
+        || base >= 0.0
+        || ctx.split == SplitRule::Smear
+    {
         return Some(by_smear);
     }
     #[allow(clippy::type_complexity)]
-    let evaluated: Vec<(usize, f64, (f64, f64), SpecLower, SpecLower, Option<(Vec<f64>, Vec<f64>)>)> = dims
+    let evaluated: Vec<(
+        usize,
+        f64,
+        (f64, f64),
+        SpecLower,
+        SpecLower,
+        Option<(Vec<f64>, Vec<f64>)>,
+    )> = dims
         .par_iter()
         .filter_map(|&dim| {
             let mid = 0.5 * (d.lower[dim] + d.upper[dim]);
             let (mut lu, mut rl) = (d.upper.clone(), d.lower.clone());
             lu[dim] = mid;
             rl[dim] = mid;
-            let l = ctx.engine.spec_lower_within(&d.lower, &lu, rows, prior).ok()?;
-            let r = ctx.engine.spec_lower_within(&rl, &d.upper, rows, prior).ok()?;
+            let l = ctx
+                .engine
+                .spec_lower_within(&d.lower, &lu, rows, prior)
+                .ok()?;
+            let r = ctx
+                .engine
+                .spec_lower_within(&rl, &d.upper, rows, prior)
+                .ok()?;
             let gl = open_gap_of(&l, owner, case, &d.lower, &lu);
             let gr = open_gap_of(&r, owner, case, &rl, &d.upper);
             let key = (gl.min(0.0) + gr.min(0.0), gl + gr);

@@ -229,7 +229,7 @@ pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyE
             )));
         }
         if let Some(j) = (0..net_in)
-            .find(|&j| !(lower[j] <= upper[j]) || !lower[j].is_finite() || !upper[j].is_finite())
+            .find(|&j| !lower[j].is_finite() || !upper[j].is_finite() || lower[j] > upper[j])
         {
             return Err(bad(format!(
                 "input {j}: interval [{}, {}] is empty or not finite",
