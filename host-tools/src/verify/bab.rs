@@ -1250,6 +1250,8 @@ const SPLIT_CANDIDATES: usize = 3;
 /// dimensions whose effect is hidden in the relaxation offsets rather than the linear
 /// coefficients (ACAS Xu property 1 kept boxes of full width in the heading angle open
 /// for ever). The chosen halves' bounds are kept, so they are not computed twice.
+/// Smear decides instead under [`SplitRule::Smear`], on boxes whose gaps are all positive
+/// (they only wait for the f32 margin), and when no candidate improves the gap by 1%.
 fn choose_split(
     ctx: &Ctx<'_>,
     d: &Domain,
@@ -1312,12 +1314,7 @@ fn choose_split(
     let base = open_gap_of(parent, owner, case, &d.lower, &d.upper);
     // A box whose conjunctions all have positive gaps waits only for the f32 margin,
     // which shrinks with the magnitudes along the most influential dimension: smear.
-    if dims.len() < 2
-        || rows.is_empty()
-        || !CHILD_SPLIT
-        || base >= 0.0
-        || ctx.split == SplitRule::Smear
-    {
+    if dims.len() < 2 || rows.is_empty() || base >= 0.0 || ctx.split == SplitRule::Smear {
         return Some(by_smear);
     }
     #[allow(clippy::type_complexity)]
@@ -1382,9 +1379,6 @@ fn choose_split(
         counterexample: None,
     })
 }
-
-/// Choose splits by bounding the halves (see [`choose_split`]); false: smear only.
-const CHILD_SPLIT: bool = true;
 
 /// See [`choose_split`]: smear gives way to a dimension this many times wider.
 const SMEAR_WIDTH_GUARD: f64 = 16.0;

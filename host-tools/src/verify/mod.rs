@@ -10,11 +10,14 @@
 //!    unsafe set, the spec rows `c_k` are bounded directly (CROWN bounds `c_k·y`, not
 //!    `y`). The conjunction is excluded on a box if some `min c_k·y - rhs_k` exceeds the
 //!    required margin.
-//! 3. **Branch and bound** ([`bab`]): input splitting on the dimension with the largest
-//!    refine score (ProRepair Eq. 9: width times the summed `|linear coefficient|` of the
-//!    not-yet-excluded constraints), falsification on every sub-box (centre and the
-//!    minimiser of the linear lower bound), in parallel with rayon. A sub-box is done only
-//!    on a sound bound.
+//! 3. **Branch and bound** ([`bab`]): input splitting, best-first on the most negative
+//!    gap. For the first 30% of the budget the split dimension is chosen by bounding both
+//!    halves of every candidate dimension ([`bab::SplitRule::Halves`]); if undecided, the
+//!    search restarts with the largest refine score ([`bab::SplitRule::Smear`], ProRepair
+//!    Eq. 9: width times the summed `|linear coefficient|` of the not-yet-excluded
+//!    constraints). Falsification on every sub-box (centre and the minimisers of the linear
+//!    lower bounds, also of every evaluated half), in parallel with rayon. A sub-box is
+//!    done only on a sound bound ([`leaf_holds`] is that test on its own).
 //!
 //! "Holds" additionally requires every certified margin `min c_k·y - rhs_k` to exceed a
 //! sound bound on the f32 rounding error of `c_k·y` in the device evaluation on that
