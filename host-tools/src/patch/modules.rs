@@ -250,3 +250,46 @@ pub fn to_onnx(
     to_onnx_bytes_with_modules(base, input_shape, &list)
         .map_err(|e: ExportError| PatchError::Mismatch(format!("ONNX export: {e}")))
 }
+
+/// The tract adapter for kind-2 patches: load the base ONNX model, check and read the
+/// patch through the core, build base + indicator + modules as one ONNX graph
+/// ([`to_onnx`], keeping the model's declared input shape) and hand it to tract.
+pub fn load_tract(
+    onnx_path: &std::path::Path,
+    patch: &[u8],
+    patch_name: &str,
+) -> Result<super::tract::PatchedTract, super::tract::TractPatchError> {
+    use super::tract::{PatchedTract, TractPatchError};
+    use tract_onnx::prelude::*;
+    let base = crate::import::onnx::load(onnx_path)?;
+    let modules = read(&base, patch).map_err(|source| TractPatchError::Patch {
+        patch: patch_name.to_string(),
+        source,
+    })?;
+    let shape = crate::export::onnx::declared_input_shape(onnx_path);
+    let bytes = to_onnx(&base, &modules, shape.as_deref())
+        .map_err(|e| TractPatchError::Tract(format!("exporting the patched graph: {e}")))?;
+    let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .and_then(|m| m.into_typed())
+        .map_err(fail)?;
+    let input = model.input_outlets().map_err(fail)?.first().copied();
+    let input = input.ok_or_else(|| TractPatchError::Tract("the model has no input".into()))?;
+    let input_shape = model
+        .outlet_fact(input)
+        .map_err(fail)?
+        .shape
+        .as_concrete()
+        .map(<[usize]>::to_vec)
+        .ok_or_else(|| TractPatchError::Tract("symbolic input shape".into()))?;
+    let plan = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(fail)?;
+    Ok(PatchedTract {
+        plan,
+        input_shape,
+        network: base,
+    })
+}
