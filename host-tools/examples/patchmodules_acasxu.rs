@@ -138,11 +138,14 @@ fn main() {
     }
 }
 
-/// Size of the emitted patch, once the format supports modules.
+/// Size of the emitted kind-2 patch (the module, its box, the sub-boxes as verified
+/// regions).
 fn patch_size(
-    _net: &prorepair_host::Network,
-    _m: &patchmodules::PatchModules,
-    _o: &patchmodules::ModuleOutcome,
+    net: &prorepair_host::Network,
+    m: &patchmodules::PatchModules,
+    o: &patchmodules::ModuleOutcome,
 ) -> Option<usize> {
-    None
+    prorepair_host::patch::modules::emit(net, m, 1, &o.partition)
+        .ok()
+        .map(|e| e.bytes.len())
 }
