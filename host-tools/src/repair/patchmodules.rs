@@ -20,13 +20,14 @@
 //! largest gradient-times-width score `|d lower_k / d x_d| * width_d` (the CROWN
 //! coefficient of the chosen row), and training resumes.
 //!
-//! Why the final check is separate: L* = 0 uses the sum of two independent bounds and
-//! f64 arithmetic. The claim "holds" comes only from [`super::leaf_holds`] (the verifier's
-//! own leaf test: CROWN plus the f32 rounding bound) applied to [`combined_network`], one
-//! straight-line network that computes `N(x) + P(x)` exactly (in real arithmetic) on the
-//! case box, with the module weights already rounded to f32 as the patch stores them.
-//! The combined graph performs the device's sums plus a few exact shifts, so its f32
-//! rounding bound covers the device's separate evaluation of `N`, `P` and their sum.
+//! Why the final check is separate: L* = 0 is judged in f64 on the trained (f64)
+//! weights. The claim "holds" for a sub-box comes only from `sum_check`, on the module
+//! weights rounded to f32 as the patch stores them: the base's CROWN lower bound of each
+//! row, plus the module's interval lower bound, must exceed the right-hand side by the
+//! device's f32 rounding bound of the base row (`verify::rounding`, as verify's leaf test
+//! uses), of the module (same derivation, `module_f32_error`) and of the final f32
+//! addition. [`combined_network`] (one straight-line network equal to `N + P` on the box)
+//! lets `verify` re-check a repair independently (the ACAS Xu test and example do).
 //!
 //! Options not in the paper's property-guided core:
 //! - [`Indicator::Label`] / [`Indicator::LabelPair`] (untargeted / targeted label
@@ -189,8 +190,14 @@ pub struct ModuleOptions {
     pub epochs: usize,
     /// Adam learning rate.
     pub learning_rate: f64,
-    /// Margin every excluded row must clear in the loss (above the f32 rounding bound).
+    /// Margin every excluded row must clear in the loss, at first; a sub-box whose loss is
+    /// 0 but which fails the sound check (the f32 rounding bound exceeds the margin) gets
+    /// four times its margin in the next round.
     pub margin: f64,
+    /// Scale the learning rate to the initial violation: `max(learning_rate, worst
+    /// initial hinge / 100)`, so that bound gaps of tens (MNIST at r = 0.1) do not need
+    /// thousands of Adam steps.
+    pub auto_learning_rate: bool,
     /// Sub-boxes bisected per module and round at most (the paper's `K`).
     pub refine_per_round: usize,
     /// Rounds per module (the paper's `M`).
@@ -210,6 +217,7 @@ impl Default for ModuleOptions {
             epochs: 300,
             learning_rate: 0.01,
             margin: 1e-4,
+            auto_learning_rate: false,
             refine_per_round: 256,
             max_rounds: 60,
             max_sub_boxes: 20_000,
@@ -394,6 +402,13 @@ struct SubBox {
     base_lower: Vec<f64>,
     /// CROWN lower-bound coefficients (row-major `rows x n`), for the refine score.
     coeffs: Vec<f64>,
+    /// Margin the loss asks of this sub-box beyond `base_err` (raised when the sound
+    /// check needs more).
+    margin: f64,
+    /// Bound on the f32 rounding error of every unsafe row `c_k . N(x)` on the device.
+    base_err: Vec<f64>,
+    /// Bound on `|N(x)|` per output on the device (exact bound plus rounding error).
+    base_abs: Vec<f64>,
 }
 
 fn sub_box(
@@ -411,11 +426,102 @@ fn sub_box(
         Some(c) => c.into_iter().flatten().collect(),
         None => vec![0.0; rows.len() * n],
     };
+    // Device rounding of the base network on this sub-box, as verify's leaf test.
+    let bounds = if b.layer_bounds.len() == base.layers.len() + 1 {
+        b.layer_bounds
+    } else {
+        verify::rounding::interval_bounds(base, &lower, &upper)
+    };
+    let elem_err = verify::rounding::f32_error_bound_from(base, &bounds);
+    let base_err = verify::rounding::spec_error_bounds(base, &bounds, rows).unwrap_or_else(|| {
+        rows.iter()
+            .map(|r| r.iter().zip(&elem_err).map(|(c, e)| c.abs() * e).sum())
+            .collect()
+    });
+    let (out_lo, out_hi) = bounds.last().cloned().unwrap_or_default();
+    let base_abs = out_lo
+        .iter()
+        .zip(&out_hi)
+        .zip(&elem_err)
+        .map(|((l, u), e)| l.abs().max(u.abs()) + e)
+        .collect();
     Ok(SubBox {
         lower,
         upper,
         base_lower: b.lower,
         coeffs,
+        margin: 0.0,
+        base_err,
+        base_abs,
+    })
+}
+
+/// Bound on the device's f32 rounding error of every module output over a box (inputs
+/// rounded to f32 too), and bounds on `|P(x)|`: per dense layer
+/// `e' = |W| e + g (|W| (M + e) + |b|)` with `g = (1 + u) gamma_{n+1} + u` and `M` the
+/// interval magnitude of the layer input (verify::rounding's derivation; any summation
+/// order, FMA or not); ReLU does not increase the error.
+fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    use verify::rounding::{U32, gamma};
+    let mut lo = lower.to_vec();
+    let mut hi = upper.to_vec();
+    let mut e: Vec<f64> = lo.iter().zip(&hi).map(|(l, u)| U32 * l.abs().max(u.abs())).collect();
+    for (i, d) in m.layers.iter().enumerate() {
+        let g = (1.0 + U32) * gamma(d.in_dim + 1) + U32;
+        let mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, u)| l.abs().max(u.abs())).collect();
+        let mut ne = vec![0.0; d.out_dim];
+        for (o, ne) in ne.iter_mut().enumerate() {
+            let row = d.row(o);
+            let prop: f64 = row.iter().zip(&e).map(|(w, e)| w.abs() * e).sum();
+            let local: f64 = row.iter().zip(mag.iter().zip(&e)).map(|(w, (m, e))| w.abs() * (m + e)).sum();
+            *ne = prop + g * (local + d.bias[o].abs());
+        }
+        let single = Module {
+            layers: vec![d.clone()],
+        };
+        let (mut nl, mut nh) = single.interval(&lo, &hi);
+        if i + 1 < m.layers.len() {
+            nl.iter_mut().for_each(|v| *v = v.max(0.0));
+            nh.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+        lo = nl;
+        hi = nh;
+        e = ne;
+    }
+    let abs = lo.iter().zip(&hi).zip(&e).map(|((l, u), e)| l.abs().max(u.abs()) + e).collect();
+    (e, abs)
+}
+
+/// The sound per-sub-box check of base + module: for every unsafe conjunction, one row
+/// `c` with `lower(c.N) + lower(c.P) - rhs` above the device rounding bound of `c.N`, of
+/// `c.P` and of their f32 sum, plus an f64 slack. `lower(c.N)` is CROWN's (with the IBP
+/// intersection), `lower(c.P)` interval arithmetic on the f32 module weights.
+fn sum_check(b: &SubBox, module: &Module, case: &Case, rows: &[Vec<f64>], rhs: &[f64]) -> bool {
+    use verify::rounding::U32;
+    let (mlo, mhi) = module.interval(&b.lower, &b.upper);
+    let (merr, mabs) = module_f32_error(module, &b.lower, &b.upper);
+    let mut r = 0;
+    case.unsafe_set.iter().all(|conj| {
+        let mut excluded = false;
+        for _ in 0..conj.rows.len() {
+            let c = &rows[r];
+            let mod_lower: f64 = c
+                .iter()
+                .zip(mlo.iter().zip(&mhi))
+                .map(|(&cv, (&l, &h))| if cv >= 0.0 { cv * l } else { cv * h })
+                .sum();
+            let mod_err: f64 = c.iter().zip(&merr).map(|(cv, e)| cv.abs() * e).sum();
+            let add_err: f64 = c
+                .iter()
+                .zip(b.base_abs.iter().zip(&mabs))
+                .map(|(cv, (a, m))| cv.abs() * U32 * (a + m) * (1.0 + U32))
+                .sum();
+            let gap = b.base_lower[r] + mod_lower - rhs[r];
+            let slack = 1e-9 * (1.0 + b.base_lower[r].abs() + mod_lower.abs() + rhs[r].abs());
+            excluded |= gap.is_finite() && gap > b.base_err[r] + mod_err + add_err + slack;
+            r += 1;
+        }
+        excluded
     })
 }
 
@@ -504,10 +610,14 @@ fn loss_per_box(
     total_lower: &Tensor,
     rhs: &Tensor,
     ranges: &[std::ops::Range<usize>],
-    margin: f64,
+    margin: &Tensor,
 ) -> candle_core::Result<Tensor> {
-    // hinge_k = relu(rhs_k + margin - lower_k)
-    let hinge = (total_lower.broadcast_sub(rhs)? - margin)?.neg()?.relu()?;
+    // hinge_k = relu(rhs_k + margin_k - lower_k); `margin` is `S x rows`.
+    let hinge = total_lower
+        .broadcast_sub(rhs)?
+        .broadcast_sub(margin)?
+        .neg()?
+        .relu()?;
     let mut parts = Vec::new();
     for r in ranges {
         parts.push(hinge.narrow(1, r.start, r.len())?.min(1)?);
@@ -557,26 +667,32 @@ pub fn repair_modules(
             }
         }
     }
+    // Modules are independent (disjoint boxes): repaired in parallel.
+    let results: Vec<(Module, ModuleOutcome)> = cases
+        .par_iter()
+        .enumerate()
+        .map(|(i, (name, case))| {
+            let case_start = Instant::now();
+            let mut dims = vec![n];
+            dims.extend(&options.hidden);
+            dims.push(n_out);
+            let (module, mut outcome) = repair_case(
+                base,
+                name,
+                case,
+                &boxes[i],
+                &dims,
+                options.seed.wrapping_add(i as u64),
+                options,
+                deadline,
+            )?;
+            outcome.time_s = case_start.elapsed().as_secs_f64();
+            Ok((module, outcome))
+        })
+        .collect::<Result<_, RepairError>>()?;
     let mut entries = Vec::new();
     let mut outcomes = Vec::new();
-    for (i, (name, case)) in cases.iter().enumerate() {
-        let case_start = Instant::now();
-        let domain = boxes[i].clone();
-        let mut dims = vec![n];
-        dims.extend(&options.hidden);
-        dims.push(n_out);
-        let (module, outcome) = repair_case(
-            base,
-            name,
-            case,
-            &domain,
-            &dims,
-            options.seed.wrapping_add(i as u64),
-            options,
-            deadline,
-        )?;
-        let mut outcome = outcome;
-        outcome.time_s = case_start.elapsed().as_secs_f64();
+    for ((module, outcome), domain) in results.into_iter().zip(boxes) {
         entries.push((Indicator::Box(domain), module));
         outcomes.push(outcome);
     }
@@ -621,12 +737,30 @@ fn repair_case(
     let rhs = Tensor::from_vec(rhs_v, (1, n_rows), &dev).map_err(candle)?;
 
     let mut subs = vec![sub_box(base, &rows, domain.lower.clone(), domain.upper.clone())?];
+    subs[0].margin = options.margin;
     let tm = TrainModule::new(dims, seed, &dev)?;
     let vars: Vec<Var> = tm.weights.iter().chain(&tm.biases).cloned().collect();
+    let mut lr = options.learning_rate;
+    if options.auto_learning_rate {
+        let lo = Tensor::from_vec(domain.lower.clone(), (1, n), &dev).map_err(candle)?;
+        let hi = Tensor::from_vec(domain.upper.clone(), (1, n), &dev).map_err(candle)?;
+        let m: Vec<f64> = tm
+            .spec_lower(&lo, &hi, &c, &c_abs)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(candle)?;
+        let worst = m
+            .iter()
+            .zip(&subs[0].base_lower)
+            .zip(&rhs_vec(case))
+            .map(|((m, b), r)| r - (m + b))
+            .fold(0.0f64, f64::max);
+        lr = lr.max(worst / 100.0);
+    }
     let mut opt = AdamW::new(
         vars,
         ParamsAdamW {
-            lr: options.learning_rate,
+            lr,
             weight_decay: 0.0,
             ..Default::default()
         },
@@ -649,11 +783,20 @@ fn repair_case(
             &dev,
         )
         .map_err(candle)?;
+        // Per sub-box and row: the base's device rounding bound plus the sub-box margin.
+        let margins = Tensor::from_vec(
+            subs.iter()
+                .flat_map(|b| b.base_err.iter().map(move |e| e + b.margin))
+                .collect(),
+            (s, n_rows),
+            &dev,
+        )
+        .map_err(candle)?;
         let mut per_box: Vec<f64> = Vec::new();
         for _ in 0..options.epochs.max(1) {
             let total = (&base_lower + tm.spec_lower(&lo, &hi, &c, &c_abs).map_err(candle)?)
                 .map_err(candle)?;
-            let lb = loss_per_box(&total, &rhs, &ranges, options.margin).map_err(candle)?;
+            let lb = loss_per_box(&total, &rhs, &ranges, &margins).map_err(candle)?;
             per_box = lb.to_vec1::<f64>().map_err(candle)?;
             loss_now = per_box.iter().sum();
             if loss_now == 0.0 || Instant::now() > deadline {
@@ -662,19 +805,22 @@ fn repair_case(
             let l = lb.sum_all().map_err(candle)?;
             opt.backward_step(&l).map_err(candle)?;
         }
+        let t_train = Instant::now();
         // Sound check of every sub-box on the f32-rounded module.
         let module = tm.to_module()?;
-        let combined = combined_network(base, &module, domain)?;
+        let rhs_all = rhs_vec(case);
         proven = subs
             .par_iter()
-            .map(|b| super::leaf_holds(&combined, case, &b.lower, &b.upper))
+            .map(|b| sum_check(b, &module, case, &rows, &rhs_all))
             .collect();
         let open: Vec<usize> = (0..subs.len()).filter(|&i| !proven[i]).collect();
         if trace {
             eprintln!(
-                "[modules] {name} round {rounds}: {} sub-boxes, {} open, L* {loss_now:.3e}",
+                "[modules] {name} round {rounds}: {} sub-boxes, {} open, L* {loss_now:.3e}, check {:.2} s, margin max {:.1e}",
                 subs.len(),
-                open.len()
+                open.len(),
+                t_train.elapsed().as_secs_f64(),
+                subs.iter().map(|b| b.margin).fold(0.0, f64::max)
             );
         }
         if open.is_empty()
@@ -694,6 +840,17 @@ fn repair_case(
                 partition: subs.iter().map(|b| (b.lower.clone(), b.upper.clone())).collect(),
             };
             return Ok((module, outcome));
+        }
+        // Open sub-boxes whose loss is already 0 only miss the rounding margin: ask more
+        // of them next round instead of splitting them.
+        let (zero, open): (Vec<usize>, Vec<usize>) = open
+            .into_iter()
+            .partition(|&i| per_box.get(i).is_some_and(|&l| l == 0.0));
+        for &i in &zero {
+            subs[i].margin *= 4.0;
+        }
+        if open.is_empty() {
+            continue;
         }
         // Refinement (Algorithm 1, lines 14-19): the worst open sub-boxes are bisected.
         let mut order = open;
@@ -717,12 +874,17 @@ fn repair_case(
             u1[d] = mid;
             let mut l2 = b.lower.clone();
             l2[d] = mid;
-            halves.push((b.lower.clone(), u1));
-            halves.push((l2, b.upper.clone()));
+            halves.push((b.lower.clone(), u1, b.margin));
+            halves.push((l2, b.upper.clone(), b.margin));
         }
         let new: Vec<SubBox> = halves
             .into_par_iter()
-            .map(|(l, u)| sub_box(base, &rows, l, u))
+            .map(|(l, u, m)| {
+                sub_box(base, &rows, l, u).map(|mut b| {
+                    b.margin = m;
+                    b
+                })
+            })
             .collect::<Result<_, _>>()?;
         let mut keep: Vec<SubBox> = Vec::with_capacity(subs.len() + new.len());
         for (i, b) in subs.into_iter().enumerate() {
