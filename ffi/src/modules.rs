@@ -178,7 +178,10 @@ pub unsafe extern "C" fn pr_modules_load(
         let ram_span = span(ram.cast_const(), needed);
         if overlaps(ram_span, span(blob.as_ptr(), blob.len()))
             || overlaps(ram_span, span(patch, patch_len))
-            || overlaps(ram_span, span(out.cast_const().cast::<u8>(), PR_MODULES_SIZE))
+            || overlaps(
+                ram_span,
+                span(out.cast_const().cast::<u8>(), PR_MODULES_SIZE),
+            )
         {
             return PR_OVERLAPPING_BUFFERS;
         }
@@ -198,7 +201,10 @@ pub unsafe extern "C" fn pr_modules_load(
                 // SAFETY: `out` is non-null, aligned, writable for PR_MODULES_SIZE bytes;
                 // the model fits at word 1 (const assertions). Tag written last.
                 unsafe {
-                    words.add(1).cast::<ModulesModel<'static, 'static>>().write(mm);
+                    words
+                        .add(1)
+                        .cast::<ModulesModel<'static, 'static>>()
+                        .write(mm);
                     words.write(LOADED_TAG);
                 }
                 PR_OK
@@ -214,7 +220,10 @@ pub unsafe extern "C" fn pr_modules_load(
 /// # Safety
 /// `m` is NULL or an initialised `pr_modules`; `out` is NULL or writable.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn pr_modules_arena_bytes(m: *const pr_modules, out: *mut usize) -> pr_status {
+pub unsafe extern "C" fn pr_modules_arena_bytes(
+    m: *const pr_modules,
+    out: *mut usize,
+) -> pr_status {
     guard(PR_PANIC, || {
         if out.is_null() {
             return PR_NULL_POINTER;

@@ -47,13 +47,19 @@ fn main() {
     let net = import::load(&onnx).expect("import");
     let prop = Property::from_vnnlib(&spec).expect("spec");
     let cases = verify::cases_of(&net, &prop).expect("fits");
-    let named: Vec<_> = cases.into_iter().map(|c| ("prop_2".to_string(), c)).collect();
+    let named: Vec<_> = cases
+        .into_iter()
+        .map(|c| ("prop_2".to_string(), c))
+        .collect();
     let options = ModuleOptions {
         timeout: Duration::from_secs(120),
         ..Default::default()
     };
     let r = patchmodules::repair_modules(&net, &named, &options).expect("repair");
-    assert!(r.all_hold(), "the repair must hold before it is benchmarked");
+    assert!(
+        r.all_hold(),
+        "the repair must hold before it is benchmarked"
+    );
     let emitted = patch::modules::emit(&net, &r.modules, 1, &[]).expect("emit");
     let blob = AlignedBlob::new(&compile(&net).expect("compile"));
     let model = blob.model().expect("blob");
@@ -70,11 +76,18 @@ fn main() {
         .map(|(l, u)| (0.5 * (l + u)) as f32)
         .collect();
     let outside: Vec<f32> = vec![0.1, 0.2, -0.3, 0.05, -0.1];
-    assert!(!Indicator::Box(b.clone()).fires(&outside.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), &[]));
+    assert!(!Indicator::Box(b.clone()).fires(
+        &outside.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        &[]
+    ));
 
     let mut arena = vec![0f32; mm.required_arena_len()];
     let mut out = vec![0f32; 5];
-    println!("kernels: {}; module params {}", kernels::best().isa, r.modules.parameter_count());
+    println!(
+        "kernels: {}; module params {}",
+        kernels::best().isa,
+        r.modules.parameter_count()
+    );
     println!(
         "{:<34} {:>10} {:>12} {:>12} {:>9} {:>9}",
         "ACAS Xu N2,1 (batch 1)", "base", "+mod in box", "+mod outside", "in/base", "out/base"
@@ -91,13 +104,24 @@ fn main() {
     let mi = calibrate(2e6, || mod_call(&inside, &mut arena, &mut out));
     let (mut base, mut inb, mut outb) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..31 {
-        base.push(time_per_call(bi, || base_call(&inside, &mut arena, &mut out)));
-        inb.push(time_per_call(mi, || mod_call(&inside, &mut arena, &mut out)));
-        outb.push(time_per_call(mi, || mod_call(&outside, &mut arena, &mut out)));
+        base.push(time_per_call(bi, || {
+            base_call(&inside, &mut arena, &mut out)
+        }));
+        inb.push(time_per_call(mi, || {
+            mod_call(&inside, &mut arena, &mut out)
+        }));
+        outb.push(time_per_call(mi, || {
+            mod_call(&outside, &mut arena, &mut out)
+        }));
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     for (kind, b0, b1, b2) in [
-        ("median", median(base.clone()), median(inb.clone()), median(outb.clone())),
+        (
+            "median",
+            median(base.clone()),
+            median(inb.clone()),
+            median(outb.clone()),
+        ),
         ("best", best(&base), best(&inb), best(&outb)),
     ] {
         println!(

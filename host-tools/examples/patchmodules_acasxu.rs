@@ -78,8 +78,10 @@ fn main() {
         // `verify` on the in-box network, through ONNX and back.
         let comb = patchmodules::combined_network(&net, module, domain).expect("combined");
         let verdict = (|| -> Result<&'static str, String> {
-            let bytes = export::onnx::to_onnx_bytes(&comb, Some(&[1, 1, 1, 5])).map_err(|e| e.to_string())?;
-            let path = std::env::temp_dir().join(format!("pm_acas_{a}_{b}_{}.onnx", std::process::id()));
+            let bytes = export::onnx::to_onnx_bytes(&comb, Some(&[1, 1, 1, 5]))
+                .map_err(|e| e.to_string())?;
+            let path =
+                std::env::temp_dir().join(format!("pm_acas_{a}_{b}_{}.onnx", std::process::id()));
             std::fs::write(&path, bytes).map_err(|e| e.to_string())?;
             let back = import::load(&path).map_err(|e| e.to_string())?;
             let _ = std::fs::remove_file(&path);

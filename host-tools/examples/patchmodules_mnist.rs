@@ -29,13 +29,19 @@ use prorepair_host::verify::{Case, Conj};
 use prorepair_host::{Network, import, testing};
 
 fn gunzip(path: &std::path::Path) -> Vec<u8> {
-    let out = Command::new("gzip").arg("-dc").arg(path).output().expect("gzip -dc");
+    let out = Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .expect("gzip -dc");
     assert!(out.status.success(), "gzip -dc {}", path.display());
     out.stdout
 }
 
 fn argmax(y: &[f64]) -> usize {
-    (0..y.len()).max_by(|&a, &b| y[a].total_cmp(&y[b])).unwrap_or(0)
+    (0..y.len())
+        .max_by(|&a, &b| y[a].total_cmp(&y[b]))
+        .unwrap_or(0)
 }
 
 /// The robustness case of `x` with label `l0` at radius `r`.
@@ -60,6 +66,7 @@ fn case(x: &[f64], l0: usize, r: f64, classes: usize) -> Case {
 }
 
 /// PGD toward `target` within the case box on `net`; a confirmed adversarial input.
+#[allow(clippy::too_many_arguments)]
 fn attack(
     cnet: &CandleNet,
     net: &Network,
@@ -72,7 +79,10 @@ fn attack(
 ) -> Option<Vec<f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for &t in targets {
-        let conj = c.unsafe_set.iter().find(|k| k.rows[0][t] == -1.0 && k.rows[0][l0] == 1.0)?;
+        let conj = c
+            .unsafe_set
+            .iter()
+            .find(|k| k.rows[0][t] == -1.0 && k.rows[0][l0] == 1.0)?;
         let starts: Vec<Vec<f64>> = (0..restarts)
             .map(|_| {
                 c.lower
@@ -127,14 +137,17 @@ fn pgd_patched(
         let other = y.broadcast_add(&mask)?.max_keepdim(1)?;
         let loss = (y.matmul(&pick)? - other)?.sum_all()?;
         let grads = loss.backward()?;
-        let Some(g) = grads.get(xv.as_tensor()) else { break };
+        let Some(g) = grads.get(xv.as_tensor()) else {
+            break;
+        };
         let g: Vec<f64> = g.flatten_all()?.to_vec1()?;
         let t = step as f64 / steps as f64;
         let frac = 0.1 * (1.0 - t) * (1.0 - t) + 1e-4;
         for (idx, (xi, gi)) in x.iter_mut().zip(&g).enumerate() {
             let d = idx % n;
             let w = c.upper[d] - c.lower[d];
-            *xi = (*xi - gi.signum() * frac * w * f64::from(*gi != 0.0)).clamp(c.lower[d], c.upper[d]);
+            *xi = (*xi - gi.signum() * frac * w * f64::from(*gi != 0.0))
+                .clamp(c.lower[d], c.upper[d]);
         }
     }
     Ok(x.chunks(n).map(<[f64]>::to_vec).collect())
@@ -176,7 +189,11 @@ fn main() {
         test.iter().filter(|(x, l)| argmax(&f(x)) == *l).count() as f64 / test.len() as f64
     };
     let acc0 = accuracy(&|x| net.forward(x));
-    println!("mnist_relu_3_100: test accuracy {:.2}% on {} images; module hidden {hidden:?}", 100.0 * acc0, test.len());
+    println!(
+        "mnist_relu_3_100: test accuracy {:.2}% on {} images; module hidden {hidden:?}",
+        100.0 * acc0,
+        test.len()
+    );
     let cnet = CandleNet::new(&net).expect("candle net");
     println!(
         "| r | properties | repaired (proven) | time (s) | sub-boxes | module params | accuracy before | after | drawdown | PGD (20 restarts) adversarial in repaired boxes |"
@@ -202,7 +219,11 @@ fn main() {
                 props.push((i, c));
             }
         }
-        eprintln!("r = {r}: {} adversarial examples found in {:.1} s", props.len(), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "r = {r}: {} adversarial examples found in {:.1} s",
+            props.len(),
+            t0.elapsed().as_secs_f64()
+        );
         for &n in &counts {
             let chosen = &props[..n.min(props.len())];
             let named: Vec<(String, Case)> = chosen
@@ -224,12 +245,17 @@ fn main() {
             };
             let proven = rep.outcomes.iter().filter(|o| o.status == "holds").count();
             let subs: usize = rep.outcomes.iter().map(|o| o.sub_boxes).sum();
-            eprintln!("r = {r}, {n} properties: repair {:.1} s, {proven} proven", rep.time_s);
+            eprintln!(
+                "r = {r}, {n} properties: repair {:.1} s, {proven} proven",
+                rep.time_s
+            );
             let acc1 = accuracy(&|x| rep.modules.eval(&net, x));
             // PGD against the repaired network inside every repaired box (its in-box
             // network is the combined one); confirmed on the host evaluation.
             let mut broken = 0;
-            for (k, ((idx, c), (ind, module))) in chosen.iter().zip(&rep.modules.entries).enumerate() {
+            for (k, ((idx, c), (ind, module))) in
+                chosen.iter().zip(&rep.modules.entries).enumerate()
+            {
                 if !matches!(ind, Indicator::Box(_)) {
                     continue;
                 }
@@ -251,8 +277,12 @@ fn main() {
                 .expect("module network");
                 let cmod = CandleNet::new(&mnet).expect("candle");
                 let l0 = argmax(&net.forward(&test[*idx].0));
-                let points = pgd_patched(&cnet, &cmod, c, l0, 20, 100, 1000 + k as u64).expect("pgd");
-                if points.iter().any(|x| argmax(&rep.modules.eval(&net, x)) != l0) {
+                let points =
+                    pgd_patched(&cnet, &cmod, c, l0, 20, 100, 1000 + k as u64).expect("pgd");
+                if points
+                    .iter()
+                    .any(|x| argmax(&rep.modules.eval(&net, x)) != l0)
+                {
                     broken += 1;
                 }
             }

@@ -46,7 +46,10 @@ fn repair_with_patch_modules_then_apply() {
 
     let out = host(&["apply", s(&model), s(&patch), "--onnx-out", s(&again)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(std::fs::read(&onnx).unwrap(), std::fs::read(&again).unwrap());
+    assert_eq!(
+        std::fs::read(&onnx).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
 
     let mut bad = bytes.clone();
     let last = bad.len() - 80;

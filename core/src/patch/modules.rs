@@ -170,7 +170,12 @@ impl ModuleRecord<'_> {
 }
 
 /// Decode and check the record at `at` (ending at or before `end`); `validate` also checks every value (off for records of an already validated patch: evaluation walks them every time).
-fn module_at(bytes: &[u8], at: usize, end: usize, validate: bool) -> Result<ModuleRecord<'_>, Error> {
+fn module_at(
+    bytes: &[u8],
+    at: usize,
+    end: usize,
+    validate: bool,
+) -> Result<ModuleRecord<'_>, Error> {
     let region = bytes.get(..end).ok_or(Error::BadPatchModule)?;
     let indicator = read_u16(region, at)
         .and_then(IndicatorKind::from_word)
@@ -192,7 +197,9 @@ fn module_at(bytes: &[u8], at: usize, end: usize, validate: bool) -> Result<Modu
         return Err(Error::BadPatchModule);
     }
     let mut dims = [0usize; MAX_MODULE_LAYERS + 1];
-    let mut p = at.checked_add(MODULE_RECORD_HEADER).ok_or(Error::Overflow)?;
+    let mut p = at
+        .checked_add(MODULE_RECORD_HEADER)
+        .ok_or(Error::Overflow)?;
     for d in dims.iter_mut().take(layer_count + 1) {
         *d = read_u32(region, p).ok_or(Error::BadPatchModule)? as usize;
         if *d == 0 {
@@ -227,11 +234,13 @@ fn module_at(bytes: &[u8], at: usize, end: usize, validate: bool) -> Result<Modu
         .checked_mul(4)
         .and_then(|v| v.checked_add(box_end))
         .ok_or(Error::Overflow)?;
-    let params = region.get(box_end..params_end).ok_or(Error::BadPatchModule)?;
+    let params = region
+        .get(box_end..params_end)
+        .ok_or(Error::BadPatchModule)?;
     if validate
         && params
-        .chunks_exact(4)
-        .any(|c| !f32::from_bits(u32_at(c, 0)).is_finite())
+            .chunks_exact(4)
+            .any(|c| !f32::from_bits(u32_at(c, 0)).is_finite())
     {
         return Err(Error::NonFiniteParameter);
     }
@@ -513,7 +522,11 @@ pub struct ModulesModel<'m, 'p> {
 impl<'m, 'p> ModulesModel<'m, 'p> {
     /// Bind `patch` to `model` ([`ModulePatch::check_binding`]) and copy the boxes and
     /// module weights into `ram` (at least [`ModulePatch::required_ram_len`] values).
-    pub fn new(model: &Model<'m>, patch: &ModulePatch<'p>, ram: &'m mut [f32]) -> Result<Self, Error> {
+    pub fn new(
+        model: &Model<'m>,
+        patch: &ModulePatch<'p>,
+        ram: &'m mut [f32],
+    ) -> Result<Self, Error> {
         patch.check_binding(model)?;
         let ram = ram
             .get_mut(..patch.required_ram_len())
@@ -540,7 +553,8 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
                 let panel_len = dense_panel_len(i, o).ok_or(Error::Overflow)?;
                 for row in 0..o {
                     for col in 0..i {
-                        let slot = d + (row / DENSE_PANEL) * DENSE_PANEL * i
+                        let slot = d
+                            + (row / DENSE_PANEL) * DENSE_PANEL * i
                             + col * DENSE_PANEL
                             + row % DENSE_PANEL;
                         *dst.get_mut(slot).ok_or(Error::Overflow)? =
@@ -590,12 +604,22 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
     }
 
     /// Evaluate base + modules with the fastest kernels.
-    pub fn evaluate(&self, input: &[f32], arena: &mut [f32], output: &mut [f32]) -> Result<(), Error> {
+    pub fn evaluate(
+        &self,
+        input: &[f32],
+        arena: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
         self.evaluate_with(kernels::best(), input, arena, output)
     }
 
     /// [`ModulesModel::evaluate`] with an arena given as bytes (4-byte aligned).
-    pub fn evaluate_bytes(&self, input: &[f32], arena: &mut [u8], output: &mut [f32]) -> Result<(), Error> {
+    pub fn evaluate_bytes(
+        &self,
+        input: &[f32],
+        arena: &mut [u8],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
         let usable = arena.len() / 4 * 4;
         let arena = arena.get_mut(..usable).ok_or(Error::ArenaTooSmall)?;
         let arena: &mut [f32] =
@@ -618,7 +642,8 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         let (base_arena, rest) = arena
             .split_at_mut_checked(self.model.required_arena_len())
             .ok_or(Error::ArenaTooSmall)?;
-        self.model.evaluate_with(kernels, input, base_arena, output)?;
+        self.model
+            .evaluate_with(kernels, input, base_arena, output)?;
         let (base_out, rest) = rest
             .split_at_mut_checked(output.len())
             .ok_or(Error::ArenaTooSmall)?;
@@ -711,6 +736,9 @@ fn top_two(y: &[f32]) -> Option<(usize, usize)> {
     }
     let (s, sv) = second?;
     let fv = *y.get(first)?;
-    let strict = fv > sv && y.iter().enumerate().all(|(i, &v)| i == first || i == s || sv > v);
+    let strict = fv > sv
+        && y.iter()
+            .enumerate()
+            .all(|(i, &v)| i == first || i == s || sv > v);
     strict.then_some((first, s))
 }

@@ -20,7 +20,11 @@ use crate::repair::patchmodules::{self, ModuleOptions};
 use crate::verify::{self, Case};
 
 /// Run the patch-modules strategy on already-parsed properties.
-pub(crate) fn run(args: &Args, net: &Network, properties: &[RepairProperty]) -> Result<Outcome, CliError> {
+pub(crate) fn run(
+    args: &Args,
+    net: &Network,
+    properties: &[RepairProperty],
+) -> Result<Outcome, CliError> {
     let start = Instant::now();
     let budget = Duration::from_secs_f64(args.timeout);
     // 1. Which properties are violated (or undecided) before?
@@ -54,12 +58,13 @@ pub(crate) fn run(args: &Args, net: &Network, properties: &[RepairProperty]) -> 
     let outcome = if todo.is_empty() {
         None
     } else {
-        Some(patchmodules::repair_modules(net, &todo, &options).map_err(|e| match e {
-            crate::repair::RepairError::Property { .. } | crate::repair::RepairError::Unsupported(_) => {
-                CliError::BadInput(e.to_string())
-            }
-            other => CliError::Internal(other.to_string()),
-        })?)
+        Some(
+            patchmodules::repair_modules(net, &todo, &options).map_err(|e| match e {
+                crate::repair::RepairError::Property { .. }
+                | crate::repair::RepairError::Unsupported(_) => CliError::BadInput(e.to_string()),
+                other => CliError::Internal(other.to_string()),
+            })?,
+        )
     };
     let all_hold = outcome.as_ref().is_none_or(|o| o.all_hold());
     let mut props = Vec::new();
@@ -69,11 +74,12 @@ pub(crate) fn run(args: &Args, net: &Network, properties: &[RepairProperty]) -> 
             .flat_map(|o| &o.outcomes)
             .filter(|o| o.name == p.name || o.name.starts_with(&format!("{}#", p.name)))
             .collect();
-        let status = if *b == "holds" || (!cases.is_empty() && cases.iter().all(|c| c.status == "holds")) {
-            "holds"
-        } else {
-            "unknown"
-        };
+        let status =
+            if *b == "holds" || (!cases.is_empty() && cases.iter().all(|c| c.status == "holds")) {
+                "holds"
+            } else {
+                "unknown"
+            };
         props.push(json!({
             "name": p.name,
             "status": status,

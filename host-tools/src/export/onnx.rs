@@ -342,10 +342,11 @@ pub fn to_onnx_bytes_with_modules(
     modules: &[OnnxModule<'_>],
 ) -> Result<Vec<u8>, ExportError> {
     let bytes = to_onnx_bytes(net, input_shape)?;
-    let mut model = pb::ModelProto::decode(bytes.as_slice()).map_err(|_| ExportError::Unsupported {
-        index: 0,
-        kind: "re-decoding the exported graph",
-    })?;
+    let mut model =
+        pb::ModelProto::decode(bytes.as_slice()).map_err(|_| ExportError::Unsupported {
+            index: 0,
+            kind: "re-decoding the exported graph",
+        })?;
     let Some(graph) = model.graph.as_mut() else {
         return Ok(bytes);
     };
@@ -358,7 +359,13 @@ pub fn to_onnx_bytes_with_modules(
     }
     let nodes = &mut graph.node;
     let init = &mut graph.initializer;
-    nodes.push(node("Flatten", "pm_x".into(), vec!["input".into()], "pm_x", vec![int("axis", 1)]));
+    nodes.push(node(
+        "Flatten",
+        "pm_x".into(),
+        vec!["input".into()],
+        "pm_x",
+        vec![int("axis", 1)],
+    ));
     let mut current = "pm_base".to_string();
     for (i, m) in modules.iter().enumerate() {
         if m.lower.len() != n || m.upper.len() != n {
@@ -371,10 +378,34 @@ pub fn to_onnx_bytes_with_modules(
         let p = |s: &str| format!("pm{i}_{s}");
         init.push(float_tensor(&p("lower"), &[1, n], m.lower));
         init.push(float_tensor(&p("upper"), &[1, n], m.upper));
-        nodes.push(node("GreaterOrEqual", p("ge"), vec!["pm_x".into(), p("lower")], &p("ge"), vec![]));
-        nodes.push(node("LessOrEqual", p("le"), vec!["pm_x".into(), p("upper")], &p("le"), vec![]));
-        nodes.push(node("And", p("and"), vec![p("ge"), p("le")], &p("and"), vec![]));
-        nodes.push(node("Cast", p("andf"), vec![p("and")], &p("andf"), vec![int("to", FLOAT as i64)]));
+        nodes.push(node(
+            "GreaterOrEqual",
+            p("ge"),
+            vec!["pm_x".into(), p("lower")],
+            &p("ge"),
+            vec![],
+        ));
+        nodes.push(node(
+            "LessOrEqual",
+            p("le"),
+            vec!["pm_x".into(), p("upper")],
+            &p("le"),
+            vec![],
+        ));
+        nodes.push(node(
+            "And",
+            p("and"),
+            vec![p("ge"), p("le")],
+            &p("and"),
+            vec![],
+        ));
+        nodes.push(node(
+            "Cast",
+            p("andf"),
+            vec![p("and")],
+            &p("andf"),
+            vec![int("to", FLOAT as i64)],
+        ));
         nodes.push(node(
             "ReduceMin",
             p("all"),
@@ -391,10 +422,20 @@ pub fn to_onnx_bytes_with_modules(
         ));
         let mut h = "pm_x".to_string();
         for (k, d) in m.layers.iter().enumerate() {
-            let (w, b, out) = (p(&format!("w{k}")), p(&format!("b{k}")), p(&format!("dense{k}")));
+            let (w, b, out) = (
+                p(&format!("w{k}")),
+                p(&format!("b{k}")),
+                p(&format!("dense{k}")),
+            );
             init.push(float_tensor(&w, &[d.out_dim, d.in_dim], &d.weight));
             init.push(float_tensor(&b, &[d.out_dim], &d.bias));
-            nodes.push(node("Gemm", out.clone(), vec![h, w, b], &out, vec![int("transB", 1)]));
+            nodes.push(node(
+                "Gemm",
+                out.clone(),
+                vec![h, w, b],
+                &out,
+                vec![int("transB", 1)],
+            ));
             h = out;
             if k + 1 < m.layers.len() {
                 let r = p(&format!("relu{k}"));
@@ -402,12 +443,30 @@ pub fn to_onnx_bytes_with_modules(
                 h = r;
             }
         }
-        nodes.push(node("Add", p("sum"), vec![current.clone(), h], &p("sum"), vec![]));
+        nodes.push(node(
+            "Add",
+            p("sum"),
+            vec![current.clone(), h],
+            &p("sum"),
+            vec![],
+        ));
         let next = p("out");
-        nodes.push(node("Where", next.clone(), vec![p("cond"), p("sum"), current], &next, vec![]));
+        nodes.push(node(
+            "Where",
+            next.clone(),
+            vec![p("cond"), p("sum"), current],
+            &next,
+            vec![],
+        ));
         current = next;
     }
-    nodes.push(node("Identity", "output".into(), vec![current], "output", vec![]));
+    nodes.push(node(
+        "Identity",
+        "output".into(),
+        vec![current],
+        "output",
+        vec![],
+    ));
     graph.output = vec![value_info("output", &[1, n_out])];
     Ok(model.encode_to_vec())
 }

@@ -273,12 +273,20 @@ fn candle(e: candle_core::Error) -> RepairError {
 /// Round `v` to f32 toward -inf / +inf (the indicator box must contain the property box).
 fn f32_down(v: f64) -> f64 {
     let f = v as f32;
-    if (f as f64) <= v { f as f64 } else { f.next_down() as f64 }
+    if (f as f64) <= v {
+        f as f64
+    } else {
+        f.next_down() as f64
+    }
 }
 
 fn f32_up(v: f64) -> f64 {
     let f = v as f32;
-    if (f as f64) >= v { f as f64 } else { f.next_up() as f64 }
+    if (f as f64) >= v {
+        f as f64
+    } else {
+        f.next_up() as f64
+    }
 }
 
 /// The straight-line network computing `N(x) + P(x)` on `domain` (exact in real
@@ -322,7 +330,12 @@ pub fn combined_network(
         }
         for o in 0..d.out_dim {
             let row = n + o;
-            b[row] = d.bias[o] - if last { olo[o] } else { 0.0 };
+            let shift = if last {
+                olo.get(o).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            b[row] = d.bias[o] - shift;
             for (jj, &wv) in d.row(o).iter().enumerate() {
                 // The module reads x: in stage 1 the first layer reads x itself, later
                 // layers read the hidden track.
@@ -330,9 +343,9 @@ pub fn combined_network(
                 w[row * in_w + col] = wv;
             }
         }
-        layers.push(Layer::Dense(Dense::new(in_w, out_w, w, b).map_err(
-            RepairError::Unsupported,
-        )?));
+        layers.push(Layer::Dense(
+            Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
+        ));
         layers.push(Layer::Relu);
         width_h = d.out_dim;
     }
@@ -465,15 +478,27 @@ fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec<f64>, Vec<
     use verify::rounding::{U32, gamma};
     let mut lo = lower.to_vec();
     let mut hi = upper.to_vec();
-    let mut e: Vec<f64> = lo.iter().zip(&hi).map(|(l, u)| U32 * l.abs().max(u.abs())).collect();
+    let mut e: Vec<f64> = lo
+        .iter()
+        .zip(&hi)
+        .map(|(l, u)| U32 * l.abs().max(u.abs()))
+        .collect();
     for (i, d) in m.layers.iter().enumerate() {
         let g = (1.0 + U32) * gamma(d.in_dim + 1) + U32;
-        let mag: Vec<f64> = lo.iter().zip(&hi).map(|(l, u)| l.abs().max(u.abs())).collect();
+        let mag: Vec<f64> = lo
+            .iter()
+            .zip(&hi)
+            .map(|(l, u)| l.abs().max(u.abs()))
+            .collect();
         let mut ne = vec![0.0; d.out_dim];
         for (o, ne) in ne.iter_mut().enumerate() {
             let row = d.row(o);
             let prop: f64 = row.iter().zip(&e).map(|(w, e)| w.abs() * e).sum();
-            let local: f64 = row.iter().zip(mag.iter().zip(&e)).map(|(w, (m, e))| w.abs() * (m + e)).sum();
+            let local: f64 = row
+                .iter()
+                .zip(mag.iter().zip(&e))
+                .map(|(w, (m, e))| w.abs() * (m + e))
+                .sum();
             *ne = prop + g * (local + d.bias[o].abs());
         }
         let single = Module {
@@ -488,7 +513,12 @@ fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec<f64>, Vec<
         hi = nh;
         e = ne;
     }
-    let abs = lo.iter().zip(&hi).zip(&e).map(|((l, u), e)| l.abs().max(u.abs()) + e).collect();
+    let abs = lo
+        .iter()
+        .zip(&hi)
+        .zip(&e)
+        .map(|((l, u), e)| l.abs().max(u.abs()) + e)
+        .collect();
     (e, abs)
 }
 
@@ -552,13 +582,21 @@ impl TrainModule {
     }
 
     /// Interval lower bounds of `C P(x)` over each box: `S x rows`.
-    fn spec_lower(&self, lo: &Tensor, hi: &Tensor, c: &Tensor, c_abs: &Tensor) -> candle_core::Result<Tensor> {
+    fn spec_lower(
+        &self,
+        lo: &Tensor,
+        hi: &Tensor,
+        c: &Tensor,
+        c_abs: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let mut mid = ((lo + hi)? * 0.5)?;
         let mut rad = ((hi - lo)? * 0.5)?;
         let k = self.weights.len();
         for i in 0..k {
             let w = self.weights[i].as_tensor();
-            mid = mid.matmul(&w.t()?)?.broadcast_add(self.biases[i].as_tensor())?;
+            mid = mid
+                .matmul(&w.t()?)?
+                .broadcast_add(self.biases[i].as_tensor())?;
             rad = rad.matmul(&w.abs()?.t()?)?;
             if i + 1 < k {
                 let l = (&mid - &rad)?.relu()?;
@@ -647,7 +685,11 @@ pub fn repair_modules(
         })
         .collect();
     for (i, (name, c)) in cases.iter().enumerate() {
-        if c.lower.len() != n || c.unsafe_set.iter().any(|k| k.rows.iter().any(|r| r.len() != n_out)) {
+        if c.lower.len() != n
+            || c.unsafe_set
+                .iter()
+                .any(|k| k.rows.iter().any(|r| r.len() != n_out))
+        {
             return Err(RepairError::Property {
                 property: name.clone(),
                 problem: format!("does not fit the network ({n} inputs, {n_out} outputs)"),
@@ -655,7 +697,8 @@ pub fn repair_modules(
         }
         for (j, other) in boxes.iter().enumerate().take(i) {
             let b = &boxes[i];
-            let overlap = (0..n).all(|d| b.lower[d] <= other.upper[d] && other.lower[d] <= b.upper[d]);
+            let overlap =
+                (0..n).all(|d| b.lower[d] <= other.upper[d] && other.lower[d] <= b.upper[d]);
             if overlap {
                 return Err(RepairError::Property {
                     property: name.clone(),
@@ -722,7 +765,11 @@ fn repair_case(
         .iter()
         .flat_map(|c| c.rows.iter().cloned())
         .collect();
-    let rhs_v: Vec<f64> = case.unsafe_set.iter().flat_map(|c| c.rhs.iter().copied()).collect();
+    let rhs_v: Vec<f64> = case
+        .unsafe_set
+        .iter()
+        .flat_map(|c| c.rhs.iter().copied())
+        .collect();
     let n_rows = rows.len();
     let ranges = conj_ranges(case);
     if n_rows == 0 || ranges.iter().any(|r| r.is_empty()) {
@@ -732,11 +779,17 @@ fn repair_case(
         });
     }
     let c_flat: Vec<f64> = rows.iter().flatten().copied().collect();
-    let c = Tensor::from_vec(c_flat.clone(), (n_rows, dims[dims.len() - 1]), &dev).map_err(candle)?;
+    let c =
+        Tensor::from_vec(c_flat.clone(), (n_rows, dims[dims.len() - 1]), &dev).map_err(candle)?;
     let c_abs = c.abs().map_err(candle)?;
     let rhs = Tensor::from_vec(rhs_v, (1, n_rows), &dev).map_err(candle)?;
 
-    let mut subs = vec![sub_box(base, &rows, domain.lower.clone(), domain.upper.clone())?];
+    let mut subs = vec![sub_box(
+        base,
+        &rows,
+        domain.lower.clone(),
+        domain.upper.clone(),
+    )?];
     subs[0].margin = options.margin;
     let tm = TrainModule::new(dims, seed, &dev)?;
     let vars: Vec<Var> = tm.weights.iter().chain(&tm.biases).cloned().collect();
@@ -773,10 +826,18 @@ fn repair_case(
         rounds += 1;
         // Training (Algorithm 2) on every sub-box of this module.
         let s = subs.len();
-        let lo = Tensor::from_vec(subs.iter().flat_map(|b| b.lower.clone()).collect(), (s, n), &dev)
-            .map_err(candle)?;
-        let hi = Tensor::from_vec(subs.iter().flat_map(|b| b.upper.clone()).collect(), (s, n), &dev)
-            .map_err(candle)?;
+        let lo = Tensor::from_vec(
+            subs.iter().flat_map(|b| b.lower.clone()).collect(),
+            (s, n),
+            &dev,
+        )
+        .map_err(candle)?;
+        let hi = Tensor::from_vec(
+            subs.iter().flat_map(|b| b.upper.clone()).collect(),
+            (s, n),
+            &dev,
+        )
+        .map_err(candle)?;
         let base_lower = Tensor::from_vec(
             subs.iter().flat_map(|b| b.base_lower.clone()).collect(),
             (s, n_rows),
@@ -837,7 +898,10 @@ fn repair_case(
                 rounds,
                 loss: loss_now,
                 time_s: 0.0,
-                partition: subs.iter().map(|b| (b.lower.clone(), b.upper.clone())).collect(),
+                partition: subs
+                    .iter()
+                    .map(|b| (b.lower.clone(), b.upper.clone()))
+                    .collect(),
             };
             return Ok((module, outcome));
         }
@@ -898,7 +962,10 @@ fn repair_case(
 }
 
 fn rhs_vec(case: &Case) -> Vec<f64> {
-    case.unsafe_set.iter().flat_map(|c| c.rhs.iter().copied()).collect()
+    case.unsafe_set
+        .iter()
+        .flat_map(|c| c.rhs.iter().copied())
+        .collect()
 }
 
 /// The gradient-times-width score: for each conjunction, the row whose bound is closest
@@ -926,13 +993,14 @@ fn bisect_dimension(
                         .map(|(&cv, (&l, &h))| if cv >= 0.0 { cv * l } else { cv * h })
                         .sum::<f64>()
                 };
-                (b.base_lower[x] + row_m(x) - rhs[x]).total_cmp(&(b.base_lower[y] + row_m(y) - rhs[y]))
+                (b.base_lower[x] + row_m(x) - rhs[x])
+                    .total_cmp(&(b.base_lower[y] + row_m(y) - rhs[y]))
             })
             .unwrap_or(r.start);
-        for d in 0..n {
+        for (d, sc) in score.iter_mut().enumerate() {
             let w = b.upper[d] - b.lower[d];
             let a = b.coeffs.get(best * n + d).copied().unwrap_or(0.0);
-            score[d] += a.abs() * w;
+            *sc += a.abs() * w;
         }
     }
     // A dimension of zero width can never be split.
@@ -970,7 +1038,13 @@ mod tests {
     fn tiny_module() -> Module {
         Module {
             layers: vec![
-                Dense::new(2, 3, vec![1.0, -2.0, 0.5, 0.5, -1.0, 1.0], vec![0.1, -0.2, 0.3]).unwrap(),
+                Dense::new(
+                    2,
+                    3,
+                    vec![1.0, -2.0, 0.5, 0.5, -1.0, 1.0],
+                    vec![0.1, -0.2, 0.3],
+                )
+                .unwrap(),
                 Dense::new(3, 2, vec![1.0, 0.0, -1.0, 0.5, 2.0, 1.0], vec![0.0, 1.0]).unwrap(),
             ],
         }

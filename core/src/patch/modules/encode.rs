@@ -4,7 +4,9 @@
 
 use super::{IndicatorKind, MAX_MODULE_LAYERS, MAX_MODULES, MODULES_KIND};
 use crate::model::Model;
-use crate::patch::{PATCH_FORMAT_VERSION, PATCH_HEADER_SIZE, PATCH_MAGIC, SIGNATURE_SIZE, SignatureKind};
+use crate::patch::{
+    PATCH_FORMAT_VERSION, PATCH_HEADER_SIZE, PATCH_MAGIC, SIGNATURE_SIZE, SignatureKind,
+};
 use crate::{Error, format};
 
 /// The indicator of one module to encode.
@@ -113,12 +115,12 @@ pub fn write(
     }
     let dim = base.input_len();
     if !regions.len().is_multiple_of(2 * dim.max(1))
-        || regions
-            .chunks_exact(2 * dim.max(1))
-            .any(|r| {
-                let (l, u) = r.split_at(dim);
-                l.iter().zip(u).any(|(l, u)| !(l.is_finite() && u.is_finite() && l <= u))
-            })
+        || regions.chunks_exact(2 * dim.max(1)).any(|r| {
+            let (l, u) = r.split_at(dim);
+            l.iter()
+                .zip(u)
+                .any(|(l, u)| !(l.is_finite() && u.is_finite() && l <= u))
+        })
     {
         return Err(Error::BadPatchRegion);
     }
@@ -138,7 +140,11 @@ pub fn write(
     w.word(base.as_bytes().len())?;
     w.word(total - PATCH_HEADER_SIZE - SIGNATURE_SIZE)?;
     w.word(modules.len())?;
-    let region_count = if dim == 0 { 0 } else { regions.len() / (2 * dim) };
+    let region_count = if dim == 0 {
+        0
+    } else {
+        regions.len() / (2 * dim)
+    };
     w.word(region_count)?;
     w.word(if region_count == 0 { 0 } else { dim })?;
     w.at = PATCH_HEADER_SIZE;
