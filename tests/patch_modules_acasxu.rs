@@ -160,6 +160,15 @@ fn n21_prop2_repaired_with_a_patch_module() {
                     .any(|c| c.worst_margin(&host) <= 0.0),
                 "unsafe at {x:?}"
             );
+            // The device's f32 outputs (what the proof's rounding bounds cover) too.
+            let dev64: Vec<f64> = dev.iter().map(|&v| f64::from(v)).collect();
+            assert!(
+                !cases[0]
+                    .unsafe_set
+                    .iter()
+                    .any(|c| c.worst_margin(&dev64) <= 0.0),
+                "device output unsafe at {x:?}"
+            );
             for ((h, t), d) in host.iter().zip(&g).zip(dev) {
                 assert!(
                     (h - f64::from(*t)).abs() < 1e-4 && (h - f64::from(*d)).abs() < 1e-4,
