@@ -14,7 +14,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use prorepair_host::compile::{c_array, compile};
 use prorepair_host::import::nnet::{self, NnetNormalization};
