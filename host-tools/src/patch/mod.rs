@@ -9,6 +9,7 @@
 //! the host accepts exactly the patches a device accepts, and reads the patched
 //! parameters back from the core's patched model.
 
+pub mod sign;
 pub mod tract;
 
 use prorepair_core::patch::encode::PatchWriter;
@@ -71,8 +72,11 @@ pub struct PatchInfo {
     pub base_sha256: String,
     /// Length of the base model blob.
     pub base_blob_bytes: usize,
-    /// "none" (format v1; a later issue adds Ed25519).
+    /// "none" or "ed25519".
     pub signature: &'static str,
+    /// The signer's public key (hex) that the signature verifies under; `None` when
+    /// unsigned or not checked (`inspect --key`).
+    pub signer: Option<String>,
     /// Device RAM the patched layers need.
     pub ram_bytes: usize,
     /// The changed layers.
@@ -100,7 +104,8 @@ pub fn inspect(bytes: &[u8]) -> Result<PatchInfo, PatchError> {
         sequence: patch.sequence(),
         base_sha256: hex(&patch.base_sha256()),
         base_blob_bytes: patch.base_len(),
-        signature: "none",
+        signature: patch.signature_kind().name(),
+        signer: None,
         ram_bytes: patch.required_ram_bytes(),
         layers: patch
             .layers()
