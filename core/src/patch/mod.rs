@@ -114,7 +114,7 @@ pub const PUBLIC_KEY_SIZE: usize = 32;
 
 /// CRC-32 of a patch: bytes 0..12 then 16..len with the trailing signature field taken
 /// as zero (the signature covers the CRC, so the CRC cannot cover the signature).
-pub(crate) fn patch_crc(bytes: &[u8]) -> u32 {
+pub fn patch_crc(bytes: &[u8]) -> u32 {
     let mut digest = format::CRC32.digest();
     let signed = bytes.get(..signed_len(bytes.len())).unwrap_or(&[]);
     digest.update(signed.get(..format::CRC_FIELD.start).unwrap_or(&[]));
