@@ -34,6 +34,16 @@
 #define PR_MAX_MONITOR_ROWS 16
 
 /**
+ * `choice` of `pr_guard_init`: the advisory is the lowest score (ACAS Xu).
+ */
+#define PR_CHOICE_LOWEST 0
+
+/**
+ * `choice` of `pr_guard_init`: the advisory is the highest score (classifiers).
+ */
+#define PR_CHOICE_HIGHEST 1
+
+/**
  * Size in bytes of `pr_model` on every target (C: `sizeof(pr_model)`).
  */
 #define PR_MODEL_SIZE 256
@@ -469,8 +479,8 @@ extern "C" {
  *   every row satisfies `c . y <= d` (the property's unsafe set, as VNN-LIB states it)
  *   or an output is not finite. Kept by reference: valid while the guard is used.
  * - `fallback`: the advisory answered when the monitor trips (an output index).
- * - `choice`: a `pr_choice` value: the advisory otherwise (lowest or highest output);
- *   any other value gives `PR_BAD_MONITOR`.
+ * - `choice`: `PR_CHOICE_LOWEST` or `PR_CHOICE_HIGHEST`: the advisory otherwise (the
+ *   lowest or highest output); any other value gives `PR_BAD_MONITOR`.
  *
  * Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER`, `PR_MODEL_NOT_LOADED`,
  * `PR_BAD_MONITOR`, `PR_STALE_PATCH`, `PR_WRONG_BASE_MODEL`, or the patch's error.

@@ -28,15 +28,10 @@ pub struct pr_guard {
     _opaque: [u64; 64],
 }
 
-/// Which output is the advisory.
-#[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum pr_choice {
-    /// The lowest score (ACAS Xu).
-    PR_CHOICE_LOWEST = 0,
-    /// The highest score (classifiers).
-    PR_CHOICE_HIGHEST = 1,
-}
+/// `choice` of `pr_guard_init`: the advisory is the lowest score (ACAS Xu).
+pub const PR_CHOICE_LOWEST: u32 = 0;
+/// `choice` of `pr_guard_init`: the advisory is the highest score (classifiers).
+pub const PR_CHOICE_HIGHEST: u32 = 1;
 
 /// What the guard decided for one input (filled by `pr_guard_run`).
 #[repr(C)]
@@ -86,8 +81,8 @@ const _: () = {
 ///   every row satisfies `c . y <= d` (the property's unsafe set, as VNN-LIB states it)
 ///   or an output is not finite. Kept by reference: valid while the guard is used.
 /// - `fallback`: the advisory answered when the monitor trips (an output index).
-/// - `choice`: a `pr_choice` value: the advisory otherwise (lowest or highest output);
-///   any other value gives `PR_BAD_MONITOR`.
+/// - `choice`: `PR_CHOICE_LOWEST` or `PR_CHOICE_HIGHEST`: the advisory otherwise (the
+///   lowest or highest output); any other value gives `PR_BAD_MONITOR`.
 ///
 /// Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER`, `PR_MODEL_NOT_LOADED`,
 /// `PR_BAD_MONITOR`, `PR_STALE_PATCH`, `PR_WRONG_BASE_MODEL`, or the patch's error.
@@ -146,10 +141,10 @@ pub unsafe extern "C" fn pr_guard_init(
                 Err(e) => return e.into(),
             }
         };
-        // A plain integer from C: an out-of-range enum value would be undefined in Rust.
+        // A plain integer from C (an out-of-range C enum value would be undefined in Rust).
         let choice = match choice {
-            c if c == pr_choice::PR_CHOICE_HIGHEST as u32 => Choice::Highest,
-            c if c == pr_choice::PR_CHOICE_LOWEST as u32 => Choice::Lowest,
+            PR_CHOICE_HIGHEST => Choice::Highest,
+            PR_CHOICE_LOWEST => Choice::Lowest,
             _ => return PR_BAD_MONITOR,
         };
         match Guard::new(model, patch, monitor, choice) {

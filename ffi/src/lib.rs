@@ -61,8 +61,8 @@ mod patch;
 mod status;
 
 pub use guard::{
-    PR_GUARD_SIZE, PR_MAX_MONITOR_ROWS, pr_choice, pr_counters, pr_decision, pr_guard,
-    pr_guard_counters, pr_guard_init, pr_guard_run,
+    PR_CHOICE_HIGHEST, PR_CHOICE_LOWEST, PR_GUARD_SIZE, PR_MAX_MONITOR_ROWS, pr_counters,
+    pr_decision, pr_guard, pr_guard_counters, pr_guard_init, pr_guard_run,
 };
 pub use model::{
     PR_MODEL_ALIGN, PR_MODEL_SIZE, pr_model, pr_model_arena_bytes, pr_model_evaluate,
