@@ -187,7 +187,7 @@ pub struct Records {
 }
 
 impl Records {
-    /// Read both copies; a failed read counts as an invalid copy.
+    /// Read both copies; a failed read counts as an invalid copy (boot: best effort).
     pub fn read<S: Storage + ?Sized>(storage: &mut S) -> Records {
         let mut read = |area| {
             let mut buf = [0u8; RECORD_SIZE];
@@ -198,6 +198,21 @@ impl Records {
             a: read(Area::RecordA),
             b: read(Area::RecordB),
         }
+    }
+
+    /// Read both copies; a failed read is an error (install must not mistake an
+    /// unreadable newest record for a missing one: it would overwrite it and let an
+    /// older commit win).
+    pub fn read_strict<S: Storage + ?Sized>(storage: &mut S) -> Result<Records, Error> {
+        let mut read = |area| {
+            let mut buf = [0u8; RECORD_SIZE];
+            storage.read(area, 0, &mut buf)?;
+            Ok(Record::decode(&buf))
+        };
+        Ok(Records {
+            a: read(Area::RecordA)?,
+            b: read(Area::RecordB)?,
+        })
     }
 
     /// The valid copies, newest first, with the area each lives in.
@@ -272,7 +287,7 @@ pub fn install<S: Storage + ?Sized>(
     public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
     patch: &[u8],
 ) -> Result<Record, Error> {
-    let records = Records::read(storage);
+    let records = Records::read_strict(storage)?;
     let parsed = verify_patch(patch, base, public_key, records.counter())?;
     if patch.len() > storage.slot_capacity() {
         return Err(Error::SlotTooSmall);
