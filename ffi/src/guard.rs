@@ -57,6 +57,13 @@ pub struct pr_counters {
     pub monitor_trips: u32,
 }
 
+impl pr_guard {
+    /// Zeroed storage, not yet initialised (what a C static or `{0}` gives).
+    pub const fn unloaded() -> Self {
+        pr_guard { _opaque: [0; 64] }
+    }
+}
+
 /// Word 0 of an initialised `pr_guard` ("PRGUARD1").
 const GUARD_TAG: u64 = u64::from_le_bytes(*b"PRGUARD1");
 

@@ -3,5 +3,6 @@
 
 mod api;
 mod header;
+mod ota_guard;
 mod patch;
 mod support;
