@@ -2,8 +2,9 @@
 //! signed with a fresh Ed25519 key, installed through the core's A/B protocol
 //! (`prorepair_core::ota`) on a simulated NOR flash.
 //!
-//! - Tamper: every single-byte change (two masks per byte; with and without a fixed-up
-//!   CRC) and every truncation of the signed patch is refused, as are a patch for
+//! - Tamper: every single-bit flip and whole-byte flip of every byte; the bit-0 and
+//!   whole-byte flips again with a fixed-up CRC (so only the signature can stop them);
+//!   every truncation of the signed patch is refused, as are a patch for
 //!   another model, an older or replayed sequence number, a wrong key and an unsigned
 //!   patch; storage is untouched byte for byte and the running model's outputs stay
 //!   identical.
@@ -318,10 +319,18 @@ fn every_byte_change_and_truncation_of_a_signed_patch_is_refused() {
     let mut by_signature = 0usize;
     let mut by_crc = 0usize;
     for i in 0..good.len() {
+        // Every single-bit flip and the whole-byte flip, as received.
+        for bit in 0..8 {
+            let mut bad = good.clone();
+            bad[i] ^= 1 << bit;
+            if assert_refused(f, &mut flash, &bad) == Error::CrcMismatch {
+                by_crc += 1;
+            }
+        }
         for mask in [0x01u8, 0xFF] {
             let mut bad = good.clone();
             bad[i] ^= mask;
-            if assert_refused(f, &mut flash, &bad) == Error::CrcMismatch {
+            if mask == 0xFF && assert_refused(f, &mut flash, &bad) == Error::CrcMismatch {
                 by_crc += 1;
             }
             // The same change with the CRC fixed up: a forger's first try. Bytes
@@ -343,8 +352,9 @@ fn every_byte_change_and_truncation_of_a_signed_patch_is_refused() {
     longer.push(0);
     assert_refused(f, &mut flash, &longer);
     eprintln!(
-        "{} bytes x 2 masks: {by_crc} refused by the CRC; with the CRC fixed up, \
-         {by_signature} refused by the signature (the rest by structure checks first)",
+        "{} bytes x 9 flips (8 bits, whole byte): {by_crc} refused by the CRC; 2 flips with \
+         the CRC fixed up: {by_signature} refused by the signature (the rest by structure \
+         checks first)",
         good.len()
     );
     // Payload bytes with a fixed CRC get past every structural check: only the
@@ -370,6 +380,7 @@ fn another_model_older_sequence_wrong_key_and_unsigned_are_refused() {
     // Sequence 3 (fresh), signed by someone else.
     wrongly_signed.copy_from_slice(&f.signed[2]);
     wrongly_signed[18..20].copy_from_slice(&0u16.to_le_bytes());
+    wrongly_signed[76..84].fill(0); // the signer's key id
     let n = wrongly_signed.len();
     wrongly_signed[n - 64..].fill(0);
     let fixed = prorepair_core::patch::patch_crc(&wrongly_signed).to_le_bytes();

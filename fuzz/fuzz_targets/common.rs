@@ -80,7 +80,8 @@ pub fn unsigned_patch(base: &Model<'_>, shift: f32, sequence: u32) -> Vec<u8> {
 pub fn signed_patch(base: &Model<'_>, shift: f32, sequence: u32) -> Vec<u8> {
     let mut p = unsigned_patch(base, shift, sequence);
     let kp = keypair();
-    seal_ed25519(&mut p, |m| kp.sign(m).to_bytes()).unwrap();
+    let public = kp.public.compressed.to_bytes();
+    seal_ed25519(&mut p, &public, |m| kp.sign(m).to_bytes()).unwrap();
     p
 }
 

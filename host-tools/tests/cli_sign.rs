@@ -64,11 +64,23 @@ fn keygen_sign_inspect_and_eval_with_a_key() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(text.contains("signature     ed25519"), "{text}");
     assert!(text.contains("not checked"), "{text}");
+    let fingerprint = {
+        let mut k = [0u8; 32];
+        for (i, b) in k.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&key_hex[2 * i..2 * i + 2], 16).unwrap();
+        }
+        prorepair_host::patch::sign::fingerprint(&k)
+    };
+    assert!(
+        text.contains(&format!("signer        key {fingerprint}")),
+        "{text}"
+    );
     let o = host(&["inspect", s(&signed), "--key", s(&public), "--json", "-"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let info: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(info["signature"], "ed25519");
-    assert_eq!(info["signer"], key_hex.as_str());
+    assert_eq!(info["signer"], fingerprint.as_str());
+    assert_eq!(info["verified_with"], key_hex.as_str());
     let other = dir.join("other.key");
     assert!(host(&["keygen", "--out", s(&other)]).status.success());
     let other_pub = dir.join("other.key.pub");

@@ -26,7 +26,10 @@
 //!  68  region_count     u32, verified input boxes (may be 0)
 //!  72  region_dim       u32, values per box corner (the model's input length; 0 iff
 //!                       region_count is 0)
-//!  76  reserved         20 bytes of 0
+//!  76  signer_key_id    8 bytes: signature_kind 1: the first 8 bytes of SHA-256 of
+//!                       the signer's public key ([`key_id`]; names the signer, for
+//!                       reports and a fast wrong-key refusal); signature_kind 0: zero
+//!  84  reserved         12 bytes of 0
 //! Payload (payload_len bytes)
 //!   layer_count records, layer indices strictly ascending, each:
 //!     0  layer_index  u32 (index in the base blob's layer table; Dense or Conv2d)
@@ -111,6 +114,18 @@ impl SignatureKind {
 
 /// Size of an Ed25519 public key in bytes.
 pub const PUBLIC_KEY_SIZE: usize = 32;
+
+/// Where a signed patch names its signer's key ([`key_id`]).
+pub const KEY_ID_FIELD: core::ops::Range<usize> = 76..84;
+
+/// The 8-byte id of a public key: the first 8 bytes of its SHA-256.
+pub fn key_id(public_key: &[u8; PUBLIC_KEY_SIZE]) -> [u8; 8] {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(public_key).into();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    id
+}
 
 /// CRC-32 of a patch: bytes 0..12 then 16..len with the trailing signature field taken
 /// as zero (the signature covers the CRC, so the CRC cannot cover the signature).
@@ -324,8 +339,12 @@ impl<'a> Patch<'a> {
             Some(1) => SignatureKind::Ed25519,
             _ => return Err(Error::UnsupportedSignature),
         };
+        let reserved_start = match signature_kind {
+            SignatureKind::None => KEY_ID_FIELD.start,
+            SignatureKind::Ed25519 => KEY_ID_FIELD.end,
+        };
         if bytes
-            .get(76..PATCH_HEADER_SIZE)
+            .get(reserved_start..PATCH_HEADER_SIZE)
             .is_none_or(|r| r.iter().any(|&b| b != 0))
         {
             return Err(Error::NonZeroReserved);
@@ -417,6 +436,17 @@ impl<'a> Patch<'a> {
         self.signature_kind
     }
 
+    /// The id of the key that signed the patch ([`key_id`]), `None` when unsigned. Not
+    /// proof of anything by itself: [`Patch::check_signature`] is.
+    pub fn signer_key_id(&self) -> Option<[u8; 8]> {
+        if self.signature_kind != SignatureKind::Ed25519 {
+            return None;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(self.bytes.get(KEY_ID_FIELD)?);
+        Some(id)
+    }
+
     /// The 64-byte signature field (all zero for an unsigned patch).
     pub fn signature(&self) -> [u8; SIGNATURE_SIZE] {
         let mut out = [0u8; SIGNATURE_SIZE];
@@ -441,7 +471,12 @@ impl<'a> Patch<'a> {
         if self.signature_kind != SignatureKind::Ed25519 {
             return Err(Error::UnsignedPatch);
         }
+        let key_bytes = key;
         let key = salty::PublicKey::try_from(key).map_err(|_| Error::BadPublicKey)?;
+        // Named for another key: refused without the (slow) curve arithmetic.
+        if self.signer_key_id() != Some(key_id(key_bytes)) {
+            return Err(Error::BadSignature);
+        }
         let raw = self.signature();
         // Only canonical S (below 2^253; the group order is about 2^252): refuses
         // malleated copies of a valid signature with S + L.

@@ -121,7 +121,7 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
                 format!("signature check with {} failed: {e}", key_path.display()),
             )
         })?;
-        info.signer = Some(crate::patch::sign::key_hex(&key));
+        info.verified_with = Some(crate::patch::sign::key_hex(&key));
     }
     // The binding check, when asked: the same checks the device makes.
     let binding = match &args.model {
@@ -164,14 +164,12 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
     let _ = writeln!(text, "base sha256   {}", info.base_sha256);
     let _ = writeln!(text, "base bytes    {}", info.base_blob_bytes);
     let _ = writeln!(text, "signature     {}", info.signature);
-    match (&info.signer, info.signature) {
-        (Some(signer), _) => {
-            let _ = writeln!(text, "signer        {signer} (verified)");
-        }
-        (None, "none") => {}
-        (None, _) => {
-            let _ = writeln!(text, "signer        not checked (give --key KEY.pub)");
-        }
+    if let Some(signer) = &info.signer {
+        let check = match (&info.verified_with, &args.key) {
+            (Some(_), Some(path)) => format!("signature verified with {}", path.display()),
+            _ => "signature not checked: give --key KEY.pub".to_string(),
+        };
+        let _ = writeln!(text, "signer        key {signer} ({check})");
     }
     let _ = writeln!(text, "device RAM    {} bytes", info.ram_bytes);
     let _ = writeln!(text, "layers        {} changed", info.layers.len());

@@ -26,10 +26,10 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let public = sign::write_keypair(&args.out, &key, args.force)
         .map_err(|e| CliError::BadInput(e.to_string()))?;
     eprintln!(
-        "wrote {} (secret) and {} (public key {})",
+        "wrote {} (secret) and {} (public key, fingerprint {})",
         args.out.display(),
         public.display(),
-        sign::key_hex(&key.verifying_key().to_bytes())
+        sign::fingerprint(&key.verifying_key().to_bytes())
     );
     Ok(Outcome::Ok)
 }

@@ -74,9 +74,13 @@ pub struct PatchInfo {
     pub base_blob_bytes: usize,
     /// "none" or "ed25519".
     pub signature: &'static str,
-    /// The signer's public key (hex) that the signature verifies under; `None` when
-    /// unsigned or not checked (`inspect --key`).
+    /// The signer's key fingerprint the patch names (16 hex digits,
+    /// [`sign::fingerprint`]); `None` when unsigned. Claimed, not proven: see
+    /// `verified_with`.
     pub signer: Option<String>,
+    /// The public key (hex) the signature was checked and verified with
+    /// (`inspect --key`); `None` when not checked.
+    pub verified_with: Option<String>,
     /// Device RAM the patched layers need.
     pub ram_bytes: usize,
     /// The changed layers.
@@ -105,7 +109,8 @@ pub fn inspect(bytes: &[u8]) -> Result<PatchInfo, PatchError> {
         base_sha256: hex(&patch.base_sha256()),
         base_blob_bytes: patch.base_len(),
         signature: patch.signature_kind().name(),
-        signer: None,
+        signer: patch.signer_key_id().map(|id| hex(&id)),
+        verified_with: None,
         ram_bytes: patch.required_ram_bytes(),
         layers: patch
             .layers()

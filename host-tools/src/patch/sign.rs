@@ -12,7 +12,8 @@
 //! key through `SigningKey::from_bytes` (RFC 8032). A device holds the 32 public-key
 //! bytes; the signature over a patch is made by the core's encoder
 //! ([`prorepair_core::patch::encode::seal_ed25519`]), so host and device agree on what is
-//! signed. The signer is shown as its full public key in hex (no second hash needed).
+//! signed. A signed patch names its signer by the key's fingerprint (the first 8 bytes
+//! of its SHA-256, [`fingerprint`]); only the signature check proves it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,9 +49,15 @@ fn file_error(path: &Path, problem: impl std::fmt::Display) -> SignError {
     }
 }
 
-/// Lowercase hex of a public key (how `inspect` names the signer).
+/// Lowercase hex of a public key.
 pub fn key_hex(key: &[u8; PUBLIC_KEY_SIZE]) -> String {
     super::hex(key)
+}
+
+/// The key's fingerprint as patches carry it: 16 hex digits of its SHA-256
+/// ([`prorepair_core::patch::key_id`]); `inspect` names a patch's signer by it.
+pub fn fingerprint(key: &[u8; PUBLIC_KEY_SIZE]) -> String {
+    super::hex(&prorepair_core::patch::key_id(key))
 }
 
 /// A fresh signing key from the operating system's entropy.
@@ -179,7 +186,8 @@ pub fn read_public(path: &Path) -> Result<[u8; PUBLIC_KEY_SIZE], SignError> {
 /// Sign the unsigned patch `bytes` in place with `key` (signature kind 1, Ed25519 over
 /// every byte before the signature field, CRC recomputed).
 pub fn sign_patch(bytes: &mut [u8], key: &SigningKey) -> Result<(), SignError> {
-    prorepair_core::patch::encode::seal_ed25519(bytes, |msg| key.sign(msg).to_bytes())?;
+    let public = key.verifying_key().to_bytes();
+    prorepair_core::patch::encode::seal_ed25519(bytes, &public, |msg| key.sign(msg).to_bytes())?;
     Ok(())
 }
 
