@@ -29,6 +29,12 @@
 //! base model; a slot is used only if its patch passes every check again (signature
 //! included). It never fails: the base model is the last resort.
 //!
+//! Limits: the anti-rollback counter is as trustworthy as the storage holding the
+//! records (someone who can erase both record areas resets it; a device that must
+//! resist that keeps the counter in OTP or a hardware monotonic counter as well). An
+//! install always writes the slot the newest record does not use, so while it runs the
+//! fallback is the newest commit alone (the older one may be overwritten).
+//!
 //! No allocation, no panics: every storage access is bounds-checked by the storage.
 
 use crate::Error;
