@@ -24,6 +24,26 @@
 #include <stdint.h>
 
 /**
+ * Size in bytes of `pr_guard` on every target (C: `sizeof(pr_guard)`).
+ */
+#define PR_GUARD_SIZE 512
+
+/**
+ * Most rows of an output monitor.
+ */
+#define PR_MAX_MONITOR_ROWS 16
+
+/**
+ * `choice` of `pr_guard_init`: the advisory is the lowest score (ACAS Xu).
+ */
+#define PR_CHOICE_LOWEST 0
+
+/**
+ * `choice` of `pr_guard_init`: the advisory is the highest score (classifiers).
+ */
+#define PR_CHOICE_HIGHEST 1
+
+/**
  * Size in bytes of `pr_model` on every target (C: `sizeof(pr_model)`).
  */
 #define PR_MODEL_SIZE 256
@@ -39,12 +59,23 @@
 #define PR_MODULES_SIZE 512
 
 /**
+ * Size of an Ed25519 public key in bytes (the `public_key` arguments).
+ */
+#define PR_PUBLIC_KEY_SIZE 32
+
+/**
+ * Size in bytes of one commit record copy (each record area holds at least this).
+ */
+#define PR_OTA_RECORD_SIZE 32
+
+/**
  * The result of every `pr_*` function: `PR_OK` (0) or the one error that occurred.
  *
  * Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
  * `pr_model_load`; the header errors 10..=17 and 26, 27 also for an invalid patch),
  * 40..=49 evaluation arguments, 50..=69 an invalid or unbindable patch (from
- * `pr_model_apply_patch`), 70..=79 a patch-modules patch (`pr_modules_load`), 99 an unexpected internal error.
+ * `pr_model_apply_patch`), 70..=79 a patch-modules patch (`pr_modules_load`), 80..=89 signatures, OTA storage and the runtime guard
+ * (`pr_ota_*`, `pr_guard_*`), 99 an unexpected internal error.
  */
 typedef enum pr_status {
   /**
@@ -230,10 +261,105 @@ typedef enum pr_status {
    */
   PR_PATCH_MODULE_MISMATCH = 71,
   /**
+   * The device holds a public key and the patch is unsigned.
+   */
+  PR_UNSIGNED_PATCH = 80,
+  /**
+   * The patch's signature does not verify under the device's public key.
+   */
+  PR_BAD_SIGNATURE = 81,
+  /**
+   * The given public key is not a valid Ed25519 public key.
+   */
+  PR_BAD_PUBLIC_KEY = 82,
+  /**
+   * A storage callback (read, erase, write) failed.
+   */
+  PR_STORAGE_FAILURE = 83,
+  /**
+   * The patch is larger than an OTA slot.
+   */
+  PR_SLOT_TOO_SMALL = 84,
+  /**
+   * A slot read back after writing differs from what was written.
+   */
+  PR_WRITE_VERIFY_FAILED = 85,
+  /**
+   * The guard's output monitor is malformed (row length, count, values, fallback).
+   */
+  PR_BAD_MONITOR = 86,
+  /**
    * The device core reported an error this version of the C API does not name.
    */
   PR_INTERNAL_ERROR = 99,
 } pr_status;
+
+/**
+ * A storage area, as passed to the `pr_storage` callbacks.
+ */
+typedef enum pr_area {
+  /**
+   * Patch slot A (`slot_capacity` bytes).
+   */
+  PR_AREA_SLOT_A = 0,
+  /**
+   * Patch slot B (`slot_capacity` bytes).
+   */
+  PR_AREA_SLOT_B = 1,
+  /**
+   * Commit record copy A (at least `PR_OTA_RECORD_SIZE` bytes).
+   */
+  PR_AREA_RECORD_A = 2,
+  /**
+   * Commit record copy B (at least `PR_OTA_RECORD_SIZE` bytes).
+   */
+  PR_AREA_RECORD_B = 3,
+} pr_area;
+
+/**
+ * What `pr_ota_boot` booted.
+ */
+typedef enum pr_boot_source {
+  /**
+   * The base model: nothing committed.
+   */
+  PR_BOOT_BASE = 0,
+  /**
+   * The patch in slot A, as committed.
+   */
+  PR_BOOT_SLOT_A = 1,
+  /**
+   * The patch in slot B, as committed.
+   */
+  PR_BOOT_SLOT_B = 2,
+  /**
+   * The newest commit failed its checks; the previous one (slot A) runs.
+   */
+  PR_BOOT_FALLBACK_SLOT_A = 3,
+  /**
+   * The newest commit failed its checks; the previous one (slot B) runs.
+   */
+  PR_BOOT_FALLBACK_SLOT_B = 4,
+  /**
+   * No committed patch passed its checks: the base model runs.
+   */
+  PR_BOOT_FALLBACK_BASE = 5,
+} pr_boot_source;
+
+/**
+ * A runtime guard: opaque storage owned by the caller, filled by `pr_guard_init`.
+ *
+ * Holds a copy of the model (which keeps referring to its blob and patch RAM), and
+ * refers to the patch bytes and the monitor rows given to `pr_guard_init`: all of them
+ * must stay valid and unmodified while the guard is used. No destructor, no heap. A
+ * zeroed `pr_guard` is reported as `PR_MODEL_NOT_LOADED`.
+ */
+typedef struct pr_guard {
+  /**
+   * Opaque: a tag word, then the guard. Do not read or write.
+   */
+  uint64_t _opaque[64];
+} pr_guard;
 
 /**
  * A loaded model: opaque storage owned by the caller, filled by `pr_model_load`.
@@ -254,6 +380,42 @@ typedef struct pr_model {
 } pr_model;
 
 /**
+ * What the guard decided for one input (filled by `pr_guard_run`).
+ */
+typedef struct pr_decision {
+  /**
+   * 1 when the input lies in a region the patch's proof covers, else 0 (flagged).
+   */
+  uint32_t inside;
+  /**
+   * 1 when the output monitor tripped (then `advisory` is the fallback), else 0.
+   */
+  uint32_t tripped;
+  /**
+   * The advisory to act on (an output index).
+   */
+  uint32_t advisory;
+} pr_decision;
+
+/**
+ * The guard's counters (saturating).
+ */
+typedef struct pr_counters {
+  /**
+   * Inputs inside a verified region.
+   */
+  uint32_t inside;
+  /**
+   * Inputs outside every verified region.
+   */
+  uint32_t outside;
+  /**
+   * Outputs the monitor caught.
+   */
+  uint32_t monitor_trips;
+} pr_counters;
+
+/**
  * A base model with a patch-modules patch: opaque storage owned by the caller, filled
  * by `pr_modules_load`. No destructor, no heap. It refers to the base model's blob, the
  * patch bytes and the module RAM given to `pr_modules_load`: all three must stay valid
@@ -266,9 +428,132 @@ typedef struct pr_modules {
   uint64_t _opaque[64];
 } pr_modules;
 
+/**
+ * The device's persistent storage for OTA patches, as callbacks (e.g. flash sectors).
+ *
+ * Owned by the caller and borrowed for each call. The library calls `read`, `erase`
+ * and `write` with `ctx` as first argument, only during `pr_ota_install` and
+ * `pr_ota_boot`, never concurrently, with `offset + len` within the area. A callback
+ * that fails (e.g. power loss, flash error) returns non-zero: the call then returns
+ * `PR_STORAGE_FAILURE` and the protocol guarantees that the next boot still finds the
+ * previously committed model.
+ */
+typedef struct pr_storage {
+  /**
+   * Passed to every callback unchanged.
+   */
+  void *ctx;
+  /**
+   * Bytes each patch slot holds.
+   */
+  size_t slot_capacity;
+  /**
+   * `read(ctx, area, offset, buf, len)`: read `len` bytes of `area` at `offset` into
+   * `buf`; return 0 on success.
+   */
+  int (*read)(void*, enum pr_area, size_t, uint8_t*, size_t);
+  /**
+   * `erase(ctx, area)`: erase the whole `area`; return 0 on success.
+   */
+  int (*erase)(void*, enum pr_area);
+  /**
+   * `write(ctx, area, offset, data, len)`: write `len` bytes from `data` to the erased
+   * `area` at `offset`; return 0 on success.
+   */
+  int (*write)(void*, enum pr_area, size_t, const uint8_t*, size_t);
+} pr_storage;
+
+/**
+ * Details of a boot (filled by `pr_ota_boot`).
+ */
+typedef struct pr_boot_info {
+  /**
+   * Where the running model came from.
+   */
+  enum pr_boot_source source;
+  /**
+   * Sequence number of the running patch (0: base model).
+   */
+  uint32_t sequence;
+  /**
+   * The anti-rollback counter in storage (highest sequence ever committed).
+   */
+  uint32_t counter;
+  /**
+   * Bytes of the running patch at the start of `patch_buf` (0: base model); pass
+   * them to `pr_guard_init` for the verified regions.
+   */
+  size_t patch_len;
+} pr_boot_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Initialise a guard for `model`.
+ *
+ * - `out`: caller storage, written only on `PR_OK`.
+ * - `model`: borrowed for the call; the guard keeps a copy (so the model's blob and
+ *   patch RAM must outlive the guard).
+ * - `patch`, `patch_len`: the patch `model` runs (e.g. the first `patch_len` bytes of
+ *   `pr_ota_boot`'s `patch_buf`), or NULL/0 for an unpatched model (every input is
+ *   then flagged as outside). It must be the applied one (`PR_STALE_PATCH` otherwise)
+ *   and stay valid and unmodified while the guard is used.
+ * - `monitor_rows`, `monitor_len`: NULL/0 for no monitor, or `monitor_len` floats: 1 to
+ *   16 rows of (output count + 1) values `c_0 .. c_{n-1}, d`; the monitor trips when
+ *   every row satisfies `c . y <= d` (the property's unsafe set, as VNN-LIB states it)
+ *   or an output is not finite. Kept by reference: valid while the guard is used.
+ * - `fallback`: the advisory answered when the monitor trips (an output index).
+ * - `choice`: `PR_CHOICE_LOWEST` or `PR_CHOICE_HIGHEST`: the advisory otherwise (the
+ *   lowest or highest output); any other value gives `PR_BAD_MONITOR`.
+ *
+ * Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER`, `PR_MODEL_NOT_LOADED`,
+ * `PR_BAD_MONITOR`, `PR_STALE_PATCH`, `PR_WRONG_BASE_MODEL`, or the patch's error.
+ *
+ * # Safety
+ * `out` NULL or writable `pr_guard` storage; `model` NULL or an initialised
+ * `pr_model`; `patch` NULL or readable for `patch_len` bytes and `monitor_rows` NULL
+ * or readable for `monitor_len` floats, both outliving the guard.
+ */
+enum pr_status pr_guard_init(struct pr_guard *out,
+                             const struct pr_model *model,
+                             const uint8_t *patch,
+                             size_t patch_len,
+                             const float *monitor_rows,
+                             size_t monitor_len,
+                             uint32_t fallback,
+                             uint32_t choice);
+
+/**
+ * Run one input through the guard: evaluate the model into `output`, check the
+ * verified regions and the monitor, update the counters, and fill `*out`.
+ *
+ * Arguments as for `pr_model_evaluate` (same lengths, alignment and overlap rules,
+ * same errors); `out` is written on `PR_OK` only; the counters change on `PR_OK`
+ * only. Not reentrant for one guard (it updates the counters).
+ *
+ * # Safety
+ * `g` NULL or a `pr_guard` initialised by `pr_guard_init` whose model, patch and
+ * monitor are still valid, not used by another thread during the call; the buffers
+ * as for `pr_model_evaluate`; `out` NULL or writable.
+ */
+enum pr_status pr_guard_run(struct pr_guard *g,
+                            const float *input,
+                            size_t input_len,
+                            uint8_t *arena,
+                            size_t arena_len,
+                            float *output,
+                            size_t output_len,
+                            struct pr_decision *out);
+
+/**
+ * `*out` = the guard's counters.
+ *
+ * # Safety
+ * `g` NULL or an initialised `pr_guard`; `out` NULL or writable.
+ */
+enum pr_status pr_guard_counters(const struct pr_guard *g, struct pr_counters *out);
 
 /**
  * Validate a model blob in place and fill `*out` with the loaded model.
@@ -446,6 +731,75 @@ enum pr_status pr_modules_evaluate(const struct pr_modules *m,
                                    size_t output_len);
 
 /**
+ * Install a patch over the air, power-fail safe.
+ *
+ * Verifies the patch completely before touching storage: CRC and structure, the
+ * Ed25519 signature under `public_key` (when given: unsigned patches are then refused
+ * with `PR_UNSIGNED_PATCH`, wrongly signed ones with `PR_BAD_SIGNATURE`), the binding to
+ * `model`'s base blob (SHA-256, layers, shapes), a sequence number above the stored
+ * anti-rollback counter (`PR_STALE_PATCH`), and the slot size. Then writes the inactive
+ * slot, reads it back, and commits by writing the older of the two commit records. On
+ * any error the committed model is unchanged; a storage failure may leave the inactive
+ * slot or the older record half written, which `pr_ota_boot` ignores. The running
+ * `*model` is not changed: the new patch runs after `pr_ota_boot`.
+ *
+ * - `model`: borrowed, a loaded (possibly patched) `pr_model`; its base blob is used.
+ * - `storage`: borrowed; its callbacks are called during the call only.
+ * - `public_key`: NULL (accept unsigned patches: for development only) or 32 bytes,
+ *   borrowed for the call.
+ * - `patch`: `patch_len` bytes, any alignment, borrowed for the call (copied to storage).
+ * - `out_counter`: NULL or written on `PR_OK` with the new anti-rollback counter.
+ *
+ * # Safety
+ * `model` is NULL or an initialised `pr_model` whose blob is still valid; `storage` is
+ * NULL or a valid `pr_storage` whose callbacks honour its contract; `public_key` is NULL
+ * or readable for 32 bytes; `patch` is NULL or readable for `patch_len` bytes;
+ * `out_counter` is NULL or writable.
+ */
+enum pr_status pr_ota_install(const struct pr_model *model,
+                              const struct pr_storage *storage,
+                              const uint8_t *public_key,
+                              const uint8_t *patch,
+                              size_t patch_len,
+                              uint32_t *out_counter);
+
+/**
+ * Boot: pick the committed patch and verify it again, else the previous commit, else
+ * the base model; fill `*out_model` with the model to run.
+ *
+ * A slot runs only if its patch passes every check again (CRC, structure, signature
+ * under `public_key`, binding to the base blob, the commit record's length and CRC,
+ * and fits `patch_buf` and `ram`). This function does not fail on storage contents:
+ * with `PR_OK` the device always has a verified model (the base one at worst); only
+ * bad arguments give an error.
+ *
+ * - `base`: borrowed, a loaded `pr_model` (its base blob is used).
+ * - `storage`, `public_key`: as for `pr_ota_install`.
+ * - `patch_buf`: `patch_buf_len` caller bytes that receive the running patch; the
+ *   guard (`pr_guard_init`) reads its verified regions from there, so keep it valid
+ *   and unmodified while the guard is used.
+ * - `ram`: `ram_len` bytes, 4-byte aligned, for the patched layers (at least the
+ *   patch's `pr_patch_ram_bytes`); must stay valid and unmodified while `*out_model`
+ *   (or a copy) is used. Must not overlap `patch_buf`, the blob or `*out_model`.
+ * - `out_model`, `out_info`: written on `PR_OK` only. `out_model` may be `base`.
+ *
+ * # Safety
+ * `base` is NULL or an initialised `pr_model` whose blob is still valid; `storage` is
+ * NULL or a valid `pr_storage`; `public_key` NULL or 32 readable bytes; `patch_buf`
+ * NULL or writable for `patch_buf_len` bytes and `ram` NULL or writable for `ram_len`
+ * bytes, both outliving the booted model; `out_model` and `out_info` NULL or writable.
+ */
+enum pr_status pr_ota_boot(const struct pr_model *base,
+                           const struct pr_storage *storage,
+                           const uint8_t *public_key,
+                           uint8_t *patch_buf,
+                           size_t patch_buf_len,
+                           uint8_t *ram,
+                           size_t ram_len,
+                           struct pr_model *out_model,
+                           struct pr_boot_info *out_info);
+
+/**
  * `*out` = the exact number of RAM bytes `pr_model_apply_patch` needs for this patch
  * (the patched layers' parameters). Validates the patch on its own (header, CRC,
  * records, regions); the binding to a model is checked by `pr_model_apply_patch`.
@@ -537,4 +891,5 @@ static_assert(sizeof(pr_model) == PR_MODEL_SIZE, "pr_model size");
 #elif defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L
 _Static_assert(sizeof(pr_model) == PR_MODEL_SIZE, "pr_model size");
 _Static_assert(_Alignof(pr_model) == PR_MODEL_ALIGN, "pr_model alignment");
+_Static_assert(sizeof(pr_guard) == PR_GUARD_SIZE, "pr_guard size");
 #endif

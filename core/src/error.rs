@@ -106,6 +106,21 @@ pub enum Error {
     PatchRamTooSmall,
     /// The caller RAM for the patched layers given as bytes is not 4-byte aligned.
     MisalignedPatchRam,
+    /// A device configured with a public key was given an unsigned patch.
+    UnsignedPatch,
+    /// The patch's Ed25519 signature does not verify under the device's public key
+    /// (wrong key, or any byte of the patch changed after signing).
+    BadSignature,
+    /// The configured public key is not a valid Ed25519 public key.
+    BadPublicKey,
+    /// A storage operation (read, erase or write of a slot or commit record) failed.
+    StorageFailure,
+    /// The patch is larger than an OTA slot.
+    SlotTooSmall,
+    /// A slot read back after writing differs from what was written.
+    WriteVerifyFailed,
+    /// The runtime guard's output monitor is malformed (row length, non-finite value).
+    BadMonitor,
 }
 
 impl Error {
@@ -159,6 +174,13 @@ impl Error {
             }
             Error::PatchRamTooSmall => "patch RAM too small",
             Error::MisalignedPatchRam => "misaligned patch RAM: must be 4-byte aligned",
+            Error::UnsignedPatch => "unsigned patch: this device accepts only signed patches",
+            Error::BadSignature => "bad signature: the patch is not signed by the device's key",
+            Error::BadPublicKey => "the configured public key is not a valid Ed25519 key",
+            Error::StorageFailure => "storage operation failed",
+            Error::SlotTooSmall => "the patch does not fit in an OTA slot",
+            Error::WriteVerifyFailed => "the slot read back differs from what was written",
+            Error::BadMonitor => "malformed output monitor",
         }
     }
 }

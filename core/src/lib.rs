@@ -10,6 +10,9 @@
 //!   bound to its base blob by SHA-256 and applied by [`Model::with_patch`] with the
 //!   patched layers' parameters in caller RAM ([`Patch::required_ram_bytes`]); the
 //!   encoder is [`patch::encode`] (feature `encode`).
+//! - [`ota`]: power-fail-safe A/B installation of (Ed25519-signed) patches with an
+//!   anti-rollback counter, and verified boot; [`guard`]: the runtime guard (verified
+//!   regions, output monitor, fallback advisory, counters).
 //! - [`kernels`]: scalar reference kernels and SIMD ones (AVX2+FMA, NEON), picked by
 //!   CPU features.
 //!
@@ -53,9 +56,11 @@ compile_error!(
 
 pub mod error;
 pub mod format;
+pub mod guard;
 pub mod kernels;
 mod layers;
 pub mod model;
+pub mod ota;
 pub mod patch;
 
 pub use error::Error;

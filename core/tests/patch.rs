@@ -146,11 +146,8 @@ fn apply(base: &Aligned, patch: &[u8]) -> Result<Vec<Vec<f32>>, Error> {
 }
 
 fn fix_crc(b: &mut [u8]) {
-    let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
-    let mut d = crc.digest();
-    d.update(&b[..12]);
-    d.update(&b[16..]);
-    let v = d.finalize();
+    // Bytes 0..12 and 16.. with the trailing 64-byte signature field taken as zero.
+    let v = prorepair_core::patch::patch_crc(b);
     b[12..16].copy_from_slice(&v.to_le_bytes());
 }
 
@@ -369,8 +366,21 @@ fn header_damage_gives_its_error() {
         Err(Error::UnknownPatchKind)
     );
     assert_eq!(
-        load(&edited(&p, |p| p[18] = 1)),
+        load(&edited(&p, |p| p[18] = 2)),
         Err(Error::UnsupportedSignature)
+    );
+    // Kind 1 (Ed25519) parses; its all-zero signature verifies under no key.
+    let claimed = edited(&p, |p| p[18] = 1);
+    let parsed = Patch::from_bytes(&claimed).unwrap();
+    assert_eq!(parsed.check_signature(None), Ok(()));
+    let key = salty::Keypair::from(&[3u8; 32])
+        .public
+        .compressed
+        .to_bytes();
+    assert_eq!(parsed.check_signature(Some(&key)), Err(Error::BadSignature));
+    assert_eq!(
+        Patch::from_bytes(&p).unwrap().check_signature(Some(&key)),
+        Err(Error::UnsignedPatch)
     );
     let last = p.len() - 1;
     assert_eq!(
@@ -580,10 +590,13 @@ proptest! {
         let bit = bit % (8 * p.len());
         p[bit / 8] ^= 1 << (bit % 8);
         // Unless it hits the CRC field itself or the header's magic/version/size/length
-        // (checked before the CRC), a flip is a CRC mismatch.
+        // (checked before the CRC), a flip is a CRC mismatch; the CRC takes the
+        // signature field as zero, so a flip there is a signature in an unsigned patch.
         let r = apply(&base, &p);
         prop_assert!(r.is_err());
-        if !(0..16).contains(&(bit / 8)) {
+        if bit / 8 >= p.len() - 64 {
+            prop_assert_eq!(r.unwrap_err(), Error::UnsupportedSignature);
+        } else if !(0..16).contains(&(bit / 8)) {
             prop_assert_eq!(r.unwrap_err(), Error::CrcMismatch);
         }
     }

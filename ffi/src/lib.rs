@@ -15,6 +15,11 @@
 //!   layers into that RAM and switches the model to the patched one; a rejected patch
 //!   returns its status and the old model keeps running.
 //!
+//! - OTA ([`pr_ota_install`], [`pr_ota_boot`]): signed patches installed through caller
+//!   storage callbacks ([`pr_storage`]) with A/B slots, an atomic commit and an
+//!   anti-rollback counter; boot picks a verified model. The guard ([`pr_guard`],
+//!   [`pr_guard_run`]): verified regions, output monitor, fallback advisory, counters.
+//!
 //! Rules shared by every function: null pointers give `PR_NULL_POINTER`;
 //! out-parameters are written only on `PR_OK`, never on failure; nothing allocates;
 //! nothing unwinds into C.
@@ -49,11 +54,17 @@
 #![allow(non_camel_case_types)]
 
 mod boundary;
+mod guard;
 mod model;
 mod modules;
+mod ota;
 mod patch;
 mod status;
 
+pub use guard::{
+    PR_CHOICE_HIGHEST, PR_CHOICE_LOWEST, PR_GUARD_SIZE, PR_MAX_MONITOR_ROWS, pr_counters,
+    pr_decision, pr_guard, pr_guard_counters, pr_guard_init, pr_guard_run,
+};
 pub use model::{
     PR_MODEL_ALIGN, PR_MODEL_SIZE, pr_model, pr_model_arena_bytes, pr_model_evaluate,
     pr_model_input_len, pr_model_load, pr_model_output_len, pr_model_parameter_count,
@@ -61,6 +72,10 @@ pub use model::{
 pub use modules::{
     PR_MODULES_SIZE, pr_modules, pr_modules_arena_bytes, pr_modules_evaluate, pr_modules_load,
     pr_modules_ram_bytes,
+};
+pub use ota::{
+    PR_OTA_RECORD_SIZE, PR_PUBLIC_KEY_SIZE, pr_area, pr_boot_info, pr_boot_source, pr_ota_boot,
+    pr_ota_install, pr_storage,
 };
 pub use patch::{pr_model_apply_patch, pr_model_patch_sequence, pr_patch_ram_bytes};
 pub use status::{pr_status, pr_status_str, pr_version};

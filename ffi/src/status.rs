@@ -11,7 +11,8 @@ use crate::boundary::guard;
 /// Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
 /// `pr_model_load`; the header errors 10..=17 and 26, 27 also for an invalid patch),
 /// 40..=49 evaluation arguments, 50..=69 an invalid or unbindable patch (from
-/// `pr_model_apply_patch`), 70..=79 a patch-modules patch (`pr_modules_load`), 99 an unexpected internal error.
+/// `pr_model_apply_patch`), 70..=79 a patch-modules patch (`pr_modules_load`), 80..=89 signatures, OTA storage and the runtime guard
+/// (`pr_ota_*`, `pr_guard_*`), 99 an unexpected internal error.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum pr_status {
@@ -107,6 +108,20 @@ pub enum pr_status {
     PR_BAD_PATCH_MODULE = 70,
     /// A patch module does not fit the base model (input or output length, label).
     PR_PATCH_MODULE_MISMATCH = 71,
+    /// The device holds a public key and the patch is unsigned.
+    PR_UNSIGNED_PATCH = 80,
+    /// The patch's signature does not verify under the device's public key.
+    PR_BAD_SIGNATURE = 81,
+    /// The given public key is not a valid Ed25519 public key.
+    PR_BAD_PUBLIC_KEY = 82,
+    /// A storage callback (read, erase, write) failed.
+    PR_STORAGE_FAILURE = 83,
+    /// The patch is larger than an OTA slot.
+    PR_SLOT_TOO_SMALL = 84,
+    /// A slot read back after writing differs from what was written.
+    PR_WRITE_VERIFY_FAILED = 85,
+    /// The guard's output monitor is malformed (row length, count, values, fallback).
+    PR_BAD_MONITOR = 86,
     /// The device core reported an error this version of the C API does not name.
     PR_INTERNAL_ERROR = 99,
 }
@@ -154,6 +169,13 @@ impl From<Error> for pr_status {
             Error::MisalignedPatchRam => PR_MISALIGNED_PATCH_RAM,
             Error::BadPatchModule => PR_BAD_PATCH_MODULE,
             Error::PatchModuleMismatch => PR_PATCH_MODULE_MISMATCH,
+            Error::UnsignedPatch => PR_UNSIGNED_PATCH,
+            Error::BadSignature => PR_BAD_SIGNATURE,
+            Error::BadPublicKey => PR_BAD_PUBLIC_KEY,
+            Error::StorageFailure => PR_STORAGE_FAILURE,
+            Error::SlotTooSmall => PR_SLOT_TOO_SMALL,
+            Error::WriteVerifyFailed => PR_WRITE_VERIFY_FAILED,
+            Error::BadMonitor => PR_BAD_MONITOR,
             // `Error` is non_exhaustive: a variant added to the core after this table.
             _ => PR_INTERNAL_ERROR,
         }
@@ -162,7 +184,7 @@ impl From<Error> for pr_status {
 
 impl pr_status {
     /// Every status, in value order (tests and `pr_status_str`).
-    pub const ALL: [pr_status; 46] = {
+    pub const ALL: [pr_status; 53] = {
         use pr_status::*;
         [
             PR_OK,
@@ -210,6 +232,13 @@ impl pr_status {
             PR_MISALIGNED_PATCH_RAM,
             PR_BAD_PATCH_MODULE,
             PR_PATCH_MODULE_MISMATCH,
+            PR_UNSIGNED_PATCH,
+            PR_BAD_SIGNATURE,
+            PR_BAD_PUBLIC_KEY,
+            PR_STORAGE_FAILURE,
+            PR_SLOT_TOO_SMALL,
+            PR_WRITE_VERIFY_FAILED,
+            PR_BAD_MONITOR,
             PR_INTERNAL_ERROR,
         ]
     };
@@ -274,6 +303,13 @@ impl pr_status {
             PR_MISALIGNED_PATCH_RAM => c"misaligned patch RAM: must be 4-byte aligned",
             PR_BAD_PATCH_MODULE => c"malformed patch module record",
             PR_PATCH_MODULE_MISMATCH => c"a patch module does not fit the base model",
+            PR_UNSIGNED_PATCH => c"unsigned patch: this device accepts only signed patches",
+            PR_BAD_SIGNATURE => c"bad signature: the patch is not signed by the device's key",
+            PR_BAD_PUBLIC_KEY => c"the configured public key is not a valid Ed25519 key",
+            PR_STORAGE_FAILURE => c"storage operation failed",
+            PR_SLOT_TOO_SMALL => c"the patch does not fit in an OTA slot",
+            PR_WRITE_VERIFY_FAILED => c"the slot read back differs from what was written",
+            PR_BAD_MONITOR => c"malformed output monitor",
             PR_INTERNAL_ERROR => {
                 c"internal error: the device core reported an error this API does not name"
             }

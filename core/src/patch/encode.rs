@@ -270,13 +270,48 @@ impl<'m> PatchWriter<'m> {
         for v in self.regions {
             w.put(&v.to_le_bytes())?;
         }
-        let crc = format::blob_crc(w.out);
+        let crc = super::patch_crc(w.out);
         w.out
             .get_mut(format::CRC_FIELD)
             .ok_or(Error::BufferTooSmall)?
             .copy_from_slice(&crc.to_le_bytes());
         Ok(self.encoded_len)
     }
+}
+
+/// Turn the unsigned patch in `patch` (as [`PatchWriter::write`] made it) into an
+/// Ed25519-signed one by the holder of `public_key`: set signature_kind 1 and the
+/// signer's key id, recompute the CRC, then store `sign(bytes before the signature
+/// field)` in the signature field. The signer is a closure so that the host keeps its
+/// secret key in its own crypto library.
+pub fn seal_ed25519(
+    patch: &mut [u8],
+    public_key: &[u8; super::PUBLIC_KEY_SIZE],
+    sign: impl FnOnce(&[u8]) -> [u8; SIGNATURE_SIZE],
+) -> Result<(), Error> {
+    // Validates the unsigned patch first: only well-formed patches get signed.
+    let parsed = super::Patch::from_bytes(patch)?;
+    if parsed.signature_kind() != SignatureKind::None {
+        return Err(Error::UnsupportedSignature);
+    }
+    let kind = patch.get_mut(18..20).ok_or(Error::Truncated)?;
+    kind.copy_from_slice(&(SignatureKind::Ed25519 as u16).to_le_bytes());
+    patch
+        .get_mut(super::KEY_ID_FIELD)
+        .ok_or(Error::Truncated)?
+        .copy_from_slice(&super::key_id(public_key));
+    let crc = super::patch_crc(patch);
+    patch
+        .get_mut(format::CRC_FIELD)
+        .ok_or(Error::Truncated)?
+        .copy_from_slice(&crc.to_le_bytes());
+    let split = patch
+        .len()
+        .checked_sub(SIGNATURE_SIZE)
+        .ok_or(Error::Truncated)?;
+    let (signed, field) = patch.split_at_mut(split);
+    field.copy_from_slice(&sign(signed));
+    Ok(())
 }
 
 /// Sequential bounds-checked little-endian writes.

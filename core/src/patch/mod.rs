@@ -11,9 +11,12 @@
 //!   4  format_version   u16 = 1
 //!   6  header_size      u16 = 96
 //!   8  total_len        u32, the patch's exact length
-//!  12  crc32            u32, CRC-32 (ISO-HDLC) of bytes 0..12 then 16..total_len
+//!  12  crc32            u32, CRC-32 (ISO-HDLC) of bytes 0..12 then 16..total_len,
+//!                       the signature field taken as all zero (so the signature can
+//!                       cover the CRC)
 //!  16  kind             u16, 1 = weight delta
-//!  18  signature_kind   u16, 0 = none (the signature field is then all zero)
+//!  18  signature_kind   u16, 0 = none (the signature field is then all zero),
+//!                       1 = Ed25519 (RFC 8032) over bytes 0..total_len-64
 //!  20  sequence         u32 >= 1, monotonic: a device refuses a patch whose sequence
 //!                       is not above the one it runs
 //!  24  base_sha256      32 bytes, SHA-256 of the exact base model blob
@@ -23,7 +26,10 @@
 //!  68  region_count     u32, verified input boxes (may be 0)
 //!  72  region_dim       u32, values per box corner (the model's input length; 0 iff
 //!                       region_count is 0)
-//!  76  reserved         20 bytes of 0
+//!  76  signer_key_id    8 bytes: signature_kind 1: the first 8 bytes of SHA-256 of
+//!                       the signer's public key ([`key_id`]; names the signer, for
+//!                       reports and a fast wrong-key refusal); signature_kind 0: zero
+//!  84  reserved         12 bytes of 0
 //! Payload (payload_len bytes)
 //!   layer_count records, layer indices strictly ascending, each:
 //!     0  layer_index  u32 (index in the base blob's layer table; Dense or Conv2d)
@@ -40,8 +46,9 @@
 //!                i / 32 set = value i changed; exactly entry_count bits set, none
 //!                past value_count), then the entry_count new values in index order
 //!   region_count x (region_dim f32 lower, region_dim f32 upper), lower <= upper
-//! Signature (64 bytes): room for an Ed25519 signature over every byte before it;
-//!   with signature_kind 0 it is all zero.
+//! Signature (64 bytes): the Ed25519 signature (R then S) over every byte before it;
+//!   with signature_kind 0 it is all zero. [`Patch::check_signature`] verifies it with
+//!   the device's 32-byte public key; a device holding a key refuses unsigned patches.
 //! ```
 //!
 //! The encoder picks, per layer, the smallest of full (16 + 4 n bytes), sparse
@@ -95,6 +102,44 @@ impl PatchKind {
 pub enum SignatureKind {
     /// Unsigned: the 64-byte signature field is all zero.
     None = 0,
+    /// Ed25519 over every byte before the signature field.
+    Ed25519 = 1,
+}
+
+impl SignatureKind {
+    /// Short name, for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SignatureKind::None => "none",
+            SignatureKind::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// Size of an Ed25519 public key in bytes.
+pub const PUBLIC_KEY_SIZE: usize = 32;
+
+/// Where a signed patch names its signer's key ([`key_id`]).
+pub const KEY_ID_FIELD: core::ops::Range<usize> = 76..84;
+
+/// The 8-byte id of a public key: the first 8 bytes of its SHA-256.
+pub fn key_id(public_key: &[u8; PUBLIC_KEY_SIZE]) -> [u8; 8] {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(public_key).into();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+    id
+}
+
+/// CRC-32 of a patch: bytes 0..12 then 16..len with the trailing signature field taken
+/// as zero (the signature covers the CRC, so the CRC cannot cover the signature).
+pub fn patch_crc(bytes: &[u8]) -> u32 {
+    let mut digest = format::CRC32.digest();
+    let signed = bytes.get(..signed_len(bytes.len())).unwrap_or(&[]);
+    digest.update(signed.get(..format::CRC_FIELD.start).unwrap_or(&[]));
+    digest.update(signed.get(format::CRC_FIELD.end..).unwrap_or(&[]));
+    digest.update(&[0u8; SIGNATURE_SIZE]);
+    digest.finalize()
 }
 
 /// How a layer record stores its values.
@@ -246,6 +291,7 @@ pub struct Patch<'a> {
     region_dim: usize,
     regions_start: usize,
     ram_values: usize,
+    signature_kind: SignatureKind,
 }
 
 /// Bytes of the header and payload (what the signature covers) for `total_len`.
@@ -280,21 +326,29 @@ impl<'a> Patch<'a> {
         if total_len != bytes.len() {
             return Err(Error::LengthMismatch);
         }
-        if read_u32(bytes, format::CRC_FIELD.start) != Some(format::blob_crc(bytes)) {
+        if read_u32(bytes, format::CRC_FIELD.start) != Some(patch_crc(bytes)) {
             return Err(Error::CrcMismatch);
         }
         if read_u16(bytes, 16) != Some(PatchKind::WeightDelta as u16) {
             return Err(Error::UnknownPatchKind);
         }
-        if read_u16(bytes, 18) != Some(SignatureKind::None as u16)
-            || bytes
-                .get(signed_len(total_len)..)
-                .is_none_or(|s| s.iter().any(|&b| b != 0))
-        {
-            return Err(Error::UnsupportedSignature);
-        }
+        let signature_kind = match read_u16(bytes, 18) {
+            Some(0)
+                if bytes
+                    .get(signed_len(total_len)..)
+                    .is_some_and(|s| s.iter().all(|&b| b == 0)) =>
+            {
+                SignatureKind::None
+            }
+            Some(1) => SignatureKind::Ed25519,
+            _ => return Err(Error::UnsupportedSignature),
+        };
+        let reserved_start = match signature_kind {
+            SignatureKind::None => KEY_ID_FIELD.start,
+            SignatureKind::Ed25519 => KEY_ID_FIELD.end,
+        };
         if bytes
-            .get(76..PATCH_HEADER_SIZE)
+            .get(reserved_start..PATCH_HEADER_SIZE)
             .is_none_or(|r| r.iter().any(|&b| b != 0))
         {
             return Err(Error::NonZeroReserved);
@@ -328,6 +382,7 @@ impl<'a> Patch<'a> {
             region_dim,
             regions_start: 0,
             ram_values: 0,
+            signature_kind,
         };
         // Walk the records: each one checked on its own, indices ascending.
         let payload_end = signed_len(total_len);
@@ -380,9 +435,61 @@ impl<'a> Patch<'a> {
         PatchKind::WeightDelta
     }
 
-    /// The signature kind (format v1 reads only [`SignatureKind::None`]).
+    /// The signature kind.
     pub fn signature_kind(&self) -> SignatureKind {
-        SignatureKind::None
+        self.signature_kind
+    }
+
+    /// The id of the key that signed the patch ([`key_id`]), `None` when unsigned. Not
+    /// proof of anything by itself: [`Patch::check_signature`] is.
+    pub fn signer_key_id(&self) -> Option<[u8; 8]> {
+        if self.signature_kind != SignatureKind::Ed25519 {
+            return None;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(self.bytes.get(KEY_ID_FIELD)?);
+        Some(id)
+    }
+
+    /// The 64-byte signature field (all zero for an unsigned patch).
+    pub fn signature(&self) -> [u8; SIGNATURE_SIZE] {
+        let mut out = [0u8; SIGNATURE_SIZE];
+        if let Some(field) = self.bytes.get(signed_len(self.bytes.len())..)
+            && field.len() == SIGNATURE_SIZE
+        {
+            out.copy_from_slice(field);
+        }
+        out
+    }
+
+    /// Check the patch's signature against the device's policy: with `public_key`
+    /// `None` every structurally valid patch passes (an unkeyed device); with a key the
+    /// patch must be Ed25519-signed ([`Error::UnsignedPatch`] otherwise) and its
+    /// signature must verify over every byte before the signature field
+    /// ([`Error::BadSignature`]). A key that is not a curve point gives
+    /// [`Error::BadPublicKey`].
+    pub fn check_signature(&self, public_key: Option<&[u8; PUBLIC_KEY_SIZE]>) -> Result<(), Error> {
+        let Some(key) = public_key else {
+            return Ok(());
+        };
+        if self.signature_kind != SignatureKind::Ed25519 {
+            return Err(Error::UnsignedPatch);
+        }
+        let key_bytes = key;
+        let key = salty::PublicKey::try_from(key).map_err(|_| Error::BadPublicKey)?;
+        // Named for another key: refused without the (slow) curve arithmetic.
+        if self.signer_key_id() != Some(key_id(key_bytes)) {
+            return Err(Error::BadSignature);
+        }
+        let raw = self.signature();
+        // Only canonical S (below 2^253; the group order is about 2^252): refuses
+        // malleated copies of a valid signature with S + L.
+        if raw.last().is_none_or(|&b| b & 0xE0 != 0) {
+            return Err(Error::BadSignature);
+        }
+        let signature = salty::Signature::from(&raw);
+        key.verify(self.signed_bytes(), &signature)
+            .map_err(|_| Error::BadSignature)
     }
 
     /// The monotonic sequence number.

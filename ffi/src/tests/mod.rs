@@ -4,5 +4,6 @@
 mod api;
 mod header;
 mod modules;
+mod ota_guard;
 mod patch;
 mod support;

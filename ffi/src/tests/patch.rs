@@ -11,7 +11,7 @@ use crate::pr_status::*;
 use crate::*;
 
 /// The repaired twin of `mlp_blob`: the last layer's weights and one bias changed.
-fn repaired_mlp_blob() -> Vec<u8> {
+pub(super) fn repaired_mlp_blob() -> Vec<u8> {
     let w1: Vec<f32> = (0..35)
         .map(|i| ((i * 13 % 11) as f32 - 5.0) / 7.0)
         .collect();
@@ -36,7 +36,7 @@ fn repaired_mlp_blob() -> Vec<u8> {
     )
 }
 
-fn make_patch(base: &Aligned, repaired: &Aligned, sequence: u32) -> Vec<u8> {
+pub(super) fn make_patch(base: &Aligned, repaired: &Aligned, sequence: u32) -> Vec<u8> {
     let (b, r) = (core_model(base), core_model(repaired));
     let regions = [-1.0f32, -1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
     let writer = PatchWriter::new(&b, &r, sequence, &regions).unwrap();

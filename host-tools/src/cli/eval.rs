@@ -27,6 +27,11 @@ pub struct Args {
     /// layers in RAM, as on the device), to an ONNX / .nnet model through `apply`.
     #[arg(long, value_name = "PATCH")]
     pub patch: Option<PathBuf>,
+    /// With a model blob and --patch: act as a device holding this public key (KEY.pub):
+    /// the patch is applied only after every device check (signature under the key,
+    /// base-model SHA-256, layers, shapes, sequence).
+    #[arg(long, value_name = "KEY.pub", requires = "patch")]
+    pub key: Option<PathBuf>,
 }
 
 /// True when `bytes` start with the model-blob magic.
@@ -138,8 +143,17 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
             None => base,
             Some(path) => {
                 let patch_bytes = read_file(path)?;
-                let patch = prorepair_core::Patch::from_bytes(&patch_bytes)
-                    .map_err(|e| CliError::file(path, format!("invalid patch: {e}")))?;
+                let patch = match &args.key {
+                    // The device's own acceptance check (the core's OTA verifier).
+                    Some(key_path) => {
+                        let key = crate::patch::sign::read_public(key_path)
+                            .map_err(|e| CliError::BadInput(e.to_string()))?;
+                        prorepair_core::ota::verify_patch(&patch_bytes, &base, Some(&key), 0)
+                            .map_err(|e| CliError::file(path, format!("refused: {e}")))?
+                    }
+                    None => prorepair_core::Patch::from_bytes(&patch_bytes)
+                        .map_err(|e| CliError::file(path, format!("invalid patch: {e}")))?,
+                };
                 crate::patch::apply_to_blob(&base, &patch, &mut ram)
                     .map_err(|e| CliError::file(path, format!("refused: {e}")))?
             }
@@ -163,6 +177,15 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         let mut net =
             crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
         if let Some(patch) = &args.patch {
+            if let Some(key_path) = &args.key {
+                // The signature as a device checks it; `apply` checks the binding.
+                let key = crate::patch::sign::read_public(key_path)
+                    .map_err(|e| CliError::BadInput(e.to_string()))?;
+                let bytes = read_file(patch)?;
+                prorepair_core::Patch::from_bytes(&bytes)
+                    .and_then(|p| p.check_signature(Some(&key)))
+                    .map_err(|e| CliError::file(patch, format!("refused: {e}")))?;
+            }
             net = super::apply::patched_network(&net, patch)?;
         }
         let rows = read_rows(&args.inputs, net.input_dim())?;

@@ -16,6 +16,10 @@ pub struct Args {
     /// shapes, through the device core); exit 2 when it does not.
     #[arg(long, value_name = "MODEL.bin")]
     pub model: Option<PathBuf>,
+    /// With a patch: check its Ed25519 signature with this public key (KEY.pub from
+    /// `keygen`), as a device holding the key does; exit 2 when it fails.
+    #[arg(long, value_name = "KEY.pub")]
+    pub key: Option<PathBuf>,
     /// Write the description as JSON to this file (`-` for stdout) instead of text.
     #[arg(long, value_name = "OUT")]
     pub json: Option<PathBuf>,
@@ -103,8 +107,22 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
 
 /// `inspect PATCH [--model MODEL.bin]`.
 fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
-    let info = crate::patch::inspect(bytes)
+    let mut info = crate::patch::inspect(bytes)
         .map_err(|e| CliError::file(&args.file, format!("invalid patch: {e}")))?;
+    // The signature check, when asked: the device core's own check.
+    if let Some(key_path) = &args.key {
+        let key = crate::patch::sign::read_public(key_path)
+            .map_err(|e| CliError::BadInput(e.to_string()))?;
+        let patch =
+            prorepair_core::Patch::from_bytes(bytes).map_err(|e| CliError::file(&args.file, e))?;
+        patch.check_signature(Some(&key)).map_err(|e| {
+            CliError::file(
+                &args.file,
+                format!("signature check with {} failed: {e}", key_path.display()),
+            )
+        })?;
+        info.verified_with = Some(crate::patch::sign::key_hex(&key));
+    }
     // The binding check, when asked: the same checks the device makes.
     let binding = match &args.model {
         None => None,
@@ -146,6 +164,13 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
     let _ = writeln!(text, "base sha256   {}", info.base_sha256);
     let _ = writeln!(text, "base bytes    {}", info.base_blob_bytes);
     let _ = writeln!(text, "signature     {}", info.signature);
+    if let Some(signer) = &info.signer {
+        let check = match (&info.verified_with, &args.key) {
+            (Some(_), Some(path)) => format!("signature verified with {}", path.display()),
+            _ => "signature not checked: give --key KEY.pub".to_string(),
+        };
+        let _ = writeln!(text, "signer        key {signer} ({check})");
+    }
     let _ = writeln!(text, "device RAM    {} bytes", info.ram_bytes);
     let _ = writeln!(text, "layers        {} changed", info.layers.len());
     for l in &info.layers {

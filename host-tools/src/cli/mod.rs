@@ -15,6 +15,7 @@ mod compile;
 pub mod demo;
 mod eval;
 mod inspect;
+mod keygen;
 mod repair;
 mod repair_modules;
 pub mod report;
@@ -89,6 +90,8 @@ enum Command {
     Repair(repair::Args),
     /// Apply a weight-delta patch to its base model and write the repaired ONNX.
     Apply(apply::Args),
+    /// Make an Ed25519 key pair for signing patches (KEY, mode 0600, and KEY.pub).
+    Keygen(keygen::Args),
 }
 
 /// Parse arguments, run, and map the result to the documented exit code.
@@ -114,6 +117,7 @@ pub fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::Repair(a) => repair::run(a),
         Command::Apply(a) => apply::run(a),
+        Command::Keygen(a) => keygen::run(a),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::from(EXIT_OK),

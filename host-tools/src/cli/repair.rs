@@ -45,6 +45,10 @@ pub struct Args {
     /// Sequence number of the patch (devices refuse one not above the applied one).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub sequence: u32,
+    /// Sign the patch with this secret key (from `keygen`; Ed25519 over every byte
+    /// before the signature field).
+    #[arg(long, value_name = "KEY", requires = "out")]
+    pub sign: Option<PathBuf>,
     /// Write the repaired network as ONNX (keeping the model's input shape); only
     /// written when every property is proven.
     #[arg(long)]
@@ -146,6 +150,13 @@ fn map_repair_error(e: RepairError) -> CliError {
 
 /// Run `repair`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
+    // The signing key is read first: a bad key fails before a long repair.
+    let signer = match &args.sign {
+        Some(path) => Some(
+            crate::patch::sign::read_secret(path).map_err(|e| CliError::BadInput(e.to_string()))?,
+        ),
+        None => None,
+    };
     let net = crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
     let mut properties = Vec::new();
     for path in &args.spec {
@@ -255,9 +266,13 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
                     .flat_map(|p| &p.cases)
                     .map(|c| (c.lower.clone(), c.upper.clone()))
                     .collect();
-                let emitted =
+                let mut emitted =
                     crate::patch::emit(&net, &outcome.network, args.sequence, &regions)
                         .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
+                if let Some(key) = &signer {
+                    crate::patch::sign::sign_patch(&mut emitted.bytes, key)
+                        .map_err(|e| CliError::Internal(e.to_string()))?;
+                }
                 let share = emitted.bytes.len() as f64 / emitted.base_blob.len() as f64;
                 value["patch_size_bytes"] = json!(emitted.bytes.len());
                 value["patch"] = json!({

@@ -10,6 +10,7 @@
 //! parameters back from the core's patched model.
 
 pub mod modules;
+pub mod sign;
 pub mod tract;
 
 use prorepair_core::patch::encode::PatchWriter;
@@ -72,8 +73,15 @@ pub struct PatchInfo {
     pub base_sha256: String,
     /// Length of the base model blob.
     pub base_blob_bytes: usize,
-    /// "none" (format v1; a later issue adds Ed25519).
+    /// "none" or "ed25519".
     pub signature: &'static str,
+    /// The signer's key fingerprint the patch names (16 hex digits,
+    /// [`sign::fingerprint`]); `None` when unsigned. Claimed, not proven: see
+    /// `verified_with`.
+    pub signer: Option<String>,
+    /// The public key (hex) the signature was checked and verified with
+    /// (`inspect --key`); `None` when not checked.
+    pub verified_with: Option<String>,
     /// Device RAM the patched layers need.
     pub ram_bytes: usize,
     /// The changed layers.
@@ -101,7 +109,9 @@ pub fn inspect(bytes: &[u8]) -> Result<PatchInfo, PatchError> {
         sequence: patch.sequence(),
         base_sha256: hex(&patch.base_sha256()),
         base_blob_bytes: patch.base_len(),
-        signature: "none",
+        signature: patch.signature_kind().name(),
+        signer: patch.signer_key_id().map(|id| hex(&id)),
+        verified_with: None,
         ram_bytes: patch.required_ram_bytes(),
         layers: patch
             .layers()

@@ -1,0 +1,287 @@
+//! The ACAS Xu guard controller in C (`firmware-examples/acas_guard/main.c`), built with
+//! gcc -Wall -Wextra -Werror under ASan/UBSan (and run under valgrind when installed)
+//! against the no_std `libprorepair.a`: a controller loop with the runtime guard that
+//! receives the vendor-signed patch of the PROVEN repair of ACAS Xu N2,1 for property 2
+//! in the middle of operation (a tampered and an unsigned copy refused, a power loss
+//! during the install, reboot into the old model, retry, reboot into the new one).
+//!
+//! Every printed step is checked against the device core in Rust: the outputs bit for
+//! bit (base model before the update, patched after), the region flag against
+//! `Patch::covers`, the monitor against property 2's unsafe set, the advisory.
+//!
+//! Skips (with a message) when gcc or the ACAS Xu data are absent.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use prorepair_core::Patch;
+use prorepair_host::compile::{AlignedBlob, c_array};
+use prorepair_host::patch::sign;
+use prorepair_host::repair::{self, RepairProperty};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const OTA_STEP: usize = 12;
+const FALLBACK: u32 = 1;
+
+fn have(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+struct Step {
+    seq: u32,
+    inside: bool,
+    tripped: bool,
+    advisory: u32,
+    y: [f32; 5],
+}
+
+fn parse_steps(stdout: &str) -> Vec<Step> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("step "))
+        .map(|l| {
+            let (head, values) = l.split_once(':').unwrap();
+            let h: Vec<u32> = head
+                .split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            let y: Vec<f32> = values
+                .split_whitespace()
+                .map(|v| v.parse().unwrap())
+                .collect();
+            Step {
+                seq: h[1],
+                inside: h[2] == 1,
+                tripped: h[3] == 1,
+                advisory: h[4],
+                y: y.try_into().unwrap(),
+            }
+        })
+        .collect()
+}
+
+fn argmin(y: &[f32; 5]) -> u32 {
+    let mut best = 0;
+    for j in 1..5 {
+        if y[j] < y[best] {
+            best = j;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn c_controller_guards_and_takes_a_signed_ota_patch_mid_flight() {
+    if !have("gcc") {
+        eprintln!("SKIP: gcc is not installed");
+        return;
+    }
+    let onnx = prorepair_host::require_data!(&prorepair_host::testing::acasxu_onnx(2, 1));
+    let spec = prorepair_host::require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
+    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
+    let outcome = repair::repair(
+        &net,
+        std::slice::from_ref(&rp),
+        &repair::RepairOptions::default(),
+    )
+    .unwrap();
+    assert!(outcome.verified, "N2,1 prop_2 not repaired");
+    let regions: Vec<_> = rp
+        .cases
+        .iter()
+        .map(|c| (c.lower.clone(), c.upper.clone()))
+        .collect();
+    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &regions).unwrap();
+    let key = sign::generate().unwrap();
+    let unsigned = emitted.bytes.clone();
+    let mut signed = unsigned.clone();
+    sign::sign_patch(&mut signed, &key).unwrap();
+    // A forger's copy: one payload value changed, CRC fixed up, signature kept.
+    // (The first byte from the middle on whose change passes every structural check.)
+    let public = key.verifying_key().to_bytes();
+    let tampered = (signed.len() / 2..signed.len() - 64)
+        .map(|at| {
+            let mut t = signed.clone();
+            t[at] ^= 0x01;
+            let crc = prorepair_core::patch::patch_crc(&t).to_le_bytes();
+            t[12..16].copy_from_slice(&crc);
+            t
+        })
+        .find(|t| {
+            Patch::from_bytes(t).and_then(|p| p.check_signature(Some(&public)))
+                == Err(prorepair_core::Error::BadSignature)
+        })
+        .expect("a payload byte to tamper with");
+
+    // Inputs: a grid over the property-2 box (inside) with points outside in between.
+    let (lo, up) = &regions[0];
+    let mut rows: Vec<[f32; 5]> = Vec::new();
+    for k in 0..32u32 {
+        if k % 4 == 3 {
+            rows.push(std::array::from_fn(|i| {
+                ((((k * 5 + i as u32) as f32) * 0.618).fract() - 0.5) * 0.9
+            }));
+        } else {
+            rows.push(std::array::from_fn(|i| {
+                let t = [0.02, 0.5, 0.98][((k / 3u32.pow(i as u32 % 3)) % 3) as usize];
+                (lo[i] + t * (up[i] - lo[i])) as f32
+            }));
+        }
+    }
+
+    let archive = prorepair_tests::firmware_archive()
+        .clone()
+        .expect("libprorepair.a builds");
+    let dir = archive
+        .parent()
+        .unwrap()
+        .join("firmware-examples/acas_guard");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in [
+        ("base_model", &emitted.base_blob),
+        ("patch_signed", &signed),
+        ("patch_tampered", &tampered),
+        ("patch_unsigned", &unsigned),
+        ("public_key", &public.to_vec()),
+    ] {
+        std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
+    }
+    let mut text = format!(
+        "#define N_STEPS {}\n#define OTA_STEP {OTA_STEP}\nstatic const float inputs[N_STEPS][5] = {{\n",
+        rows.len()
+    );
+    for r in &rows {
+        let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
+        text.push_str(&format!("    {{{}}},\n", v.join(", ")));
+    }
+    text.push_str("};\n");
+    std::fs::write(dir.join("inputs.h"), text).unwrap();
+
+    let build = |exe: &Path, sanitize: bool| {
+        let mut cmd = Command::new("gcc");
+        cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"]);
+        if sanitize {
+            cmd.args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]);
+        }
+        let output = cmd
+            .arg("-I")
+            .arg(Path::new(ROOT).join("include"))
+            .arg("-I")
+            .arg(&dir)
+            .arg(Path::new(ROOT).join("firmware-examples/acas_guard/main.c"))
+            .arg("-o")
+            .arg(exe)
+            .arg("-L")
+            .arg(archive.parent().unwrap())
+            .arg("-lprorepair")
+            .output()
+            .expect("gcc runs");
+        assert!(
+            output.status.success(),
+            "gcc: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let exe = dir.join("acas_guard");
+    build(&exe, true);
+    let run = Command::new(&exe).output().expect("the C program runs");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "C program failed: {}\n{stdout}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.contains("\nok\n"), "{stdout}");
+    assert!(stdout.contains("power lost at write step"), "{stdout}");
+    // Boots: base, base again after the torn install (0 = PR_BOOT_BASE), then slot A.
+    let boots: Vec<&str> = stdout.lines().filter(|l| l.starts_with("boot ")).collect();
+    assert_eq!(
+        boots,
+        [
+            "boot source 0 sequence 0 counter 0",
+            "boot source 0 sequence 0 counter 0",
+            "boot source 1 sequence 1 counter 1"
+        ],
+        "{stdout}"
+    );
+
+    // Every step against the core.
+    let steps = parse_steps(&stdout);
+    assert_eq!(steps.len(), rows.len());
+    let blob = AlignedBlob::new(&emitted.base_blob);
+    let base = blob.model().unwrap();
+    let patch = Patch::from_bytes(&signed).unwrap();
+    let mut ram = vec![0.0f32; patch.required_ram_len()];
+    let patched = base.with_patch(&patch, &mut ram).unwrap();
+    let mut arena = vec![0.0f32; base.required_arena_len()];
+    let (mut trips_before, mut trips_after, mut inside_after) = (0, 0, 0);
+    for (k, (x, s)) in rows.iter().zip(&steps).enumerate() {
+        let after = k >= OTA_STEP;
+        let model = if after { &patched } else { &base };
+        // The firmware archive is no_std, so it runs the scalar kernels: compare with
+        // those bit for bit.
+        let mut want = [0.0f32; 5];
+        model
+            .evaluate_with(prorepair_core::kernels::generic(), x, &mut arena, &mut want)
+            .unwrap();
+        assert_eq!(s.y.map(f32::to_bits), want.map(f32::to_bits), "step {k}");
+        assert_eq!(s.seq, u32::from(after), "step {k}");
+        // Before the update nothing is verified: every input is flagged.
+        assert_eq!(s.inside, after && patch.covers(x), "step {k}");
+        let unsafe_ = (1..5).all(|j| want[j] <= want[0]);
+        assert_eq!(s.tripped, unsafe_, "step {k}");
+        let advisory = if unsafe_ { FALLBACK } else { argmin(&want) };
+        assert_eq!(s.advisory, advisory, "step {k}");
+        if after && s.inside {
+            inside_after += 1;
+            assert!(
+                !s.tripped,
+                "step {k}: monitor tripped inside the proven box"
+            );
+        }
+        match (after, s.tripped) {
+            (false, true) => trips_before += 1,
+            (true, true) => trips_after += 1,
+            _ => {}
+        }
+    }
+    assert!(
+        trips_before > 0,
+        "the base model never violated property 2 here"
+    );
+    assert!(inside_after > 0);
+    let after_steps = rows.len() - OTA_STEP;
+    assert!(
+        stdout.contains(&format!(
+            "counters inside {inside_after} outside {} trips {trips_after}",
+            after_steps - inside_after
+        )),
+        "{stdout}"
+    );
+
+    // The same program under valgrind (no sanitizers), when installed.
+    if have("valgrind") {
+        let plain = dir.join("acas_guard_plain");
+        build(&plain, false);
+        let out = Command::new("valgrind")
+            .args(["--error-exitcode=3", "--leak-check=full", "-q"])
+            .arg(&plain)
+            .output()
+            .expect("valgrind runs");
+        assert!(
+            out.status.success(),
+            "valgrind: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), stdout);
+    } else {
+        eprintln!("valgrind not installed: ran under ASan/UBSan only");
+    }
+}
