@@ -26,8 +26,15 @@ pub struct Args {
     pub model: PathBuf,
     /// The properties to repair (VNN-LIB; each states an unsafe set). Properties that
     /// already hold are kept holding.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "points", num_args = 1..)]
     pub spec: Vec<PathBuf>,
+    /// Point properties instead of `--spec`: CSV rows `inputs..., label` (gzip or plain),
+    /// or IDX images with `--labels` (see `repair::points`).
+    #[arg(long, conflicts_with = "spec", value_name = "FILE")]
+    pub points: Option<PathBuf>,
+    /// IDX label file for IDX images given to `--points`.
+    #[arg(long, requires = "points", value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// Split f = f_c o f_e: `auto`, or K for f_e = layers[..K] (layers of the host IR).
     #[arg(long, default_value = "auto", value_parser = parse_split)]
     pub split_layer: SplitLayer,
@@ -118,7 +125,7 @@ fn read_box(path: &Path, n: usize) -> Result<BoxBounds, CliError> {
     Ok(BoxBounds::new(rows[0].clone(), rows[1].clone()))
 }
 
-fn map_repair_error(e: RepairError) -> CliError {
+pub(super) fn map_repair_error(e: RepairError) -> CliError {
     match e {
         RepairError::SplitLayer(_) | RepairError::Property { .. } | RepairError::Unsupported(_) => {
             CliError::BadInput(e.to_string())
@@ -130,6 +137,9 @@ fn map_repair_error(e: RepairError) -> CliError {
 /// Run `repair`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     let net = crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+    if args.points.is_some() {
+        return super::repair_points::run(&args, &net);
+    }
     let mut properties = Vec::new();
     for path in &args.spec {
         let p = crate::spec::Property::from_vnnlib(path).map_err(|e| {

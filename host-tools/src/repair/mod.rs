@@ -41,6 +41,7 @@
 //! margin (default 0.02) buys that margin; see BENCHMARKS.md (Repair) for the figures.
 
 pub mod desired;
+pub mod points;
 pub mod pointwise;
 pub mod regionwise;
 

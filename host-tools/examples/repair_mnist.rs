@@ -1,0 +1,115 @@
+//! ProRepair's MNIST tasks (Section 6.2): the evaluation harness behind the
+//! "Repair (MNIST)" tables of BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run -p prorepair-host --example repair_mnist -- corruption [NET] [KIND...]
+//!     NET: relu_3_100 (default) | relu_9_100 | relu_9_200; KIND: fog, brightness, ...
+//! cargo run -p prorepair-host --example repair_mnist -- adversarial [K...] [--tasks N]
+//! ```
+//!
+//! Corruption: repair set = 100 misclassified corrupted images from test indices 0-999,
+//! generalisation = the misclassified corrupted images from 1000-9999; reported: points
+//! proven, clean test accuracy before/after, generalisation, time of the repair.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use prorepair_host::repair::points::{self, PointOptions};
+use prorepair_host::tasks::{self, corrupt::Corruption, mnist};
+
+fn data(rel: &str) -> PathBuf {
+    prorepair_host::testing::data_path(rel).unwrap_or_else(|| {
+        eprintln!("../shared/data is absent");
+        std::process::exit(2)
+    })
+}
+
+fn net_path(name: &str) -> PathBuf {
+    data(&format!("mnist/nets/mnist_{name}.onnx"))
+}
+
+/// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
+/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`).
+fn tuned(mut o: PointOptions) -> PointOptions {
+    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    if let Some(v) = get("PR_CHANGE") { o.change_fraction = v; }
+    if let Some(v) = get("PR_OUTPUT_WEIGHT") { o.output_weight = v; }
+    if let Some(v) = get("PR_FIDELITY_WEIGHT") { o.fidelity_weight = v; }
+    if let Some(v) = get("PR_LR") { o.learning_rate = v; }
+    if let Some(v) = get("PR_LAYERS") { o.trainable_layers = v as usize; }
+    if let Some(v) = get("PR_STEPS") { o.repair_steps = v as usize; }
+    if let Some(v) = get("PR_MARGIN") { o.anchor_margin = v; }
+    if let Some(v) = get("PR_FIDELITY_N") { o.fidelity_inputs.truncate(v as usize); }
+    o
+}
+
+fn corruption(args: &[String]) {
+    let net_name = args.first().map_or("relu_3_100", String::as_str);
+    let kinds: Vec<Corruption> = if args.len() > 1 {
+        args[1..]
+            .iter()
+            .map(|k| Corruption::from_name(k).unwrap_or_else(|| panic!("unknown kind {k}")))
+            .collect()
+    } else {
+        Corruption::ALL.to_vec()
+    };
+    let net = prorepair_host::import::load(&net_path(net_name)).expect("network");
+    let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
+    let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
+    let acc0 = mnist::accuracy(&net, &test);
+    println!("network mnist_{net_name}: clean test accuracy {:.2}%", 100.0 * acc0);
+    println!(
+        "| kind | repair set | proven | acc. before | acc. after | drop | generalisation (n) | changed | time (s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let (mut drops, mut gens, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    for kind in kinds {
+        let t0 = Instant::now();
+        let task = tasks::corruption_task(&net, &test, kind, 100, 2024);
+        let build = t0.elapsed().as_secs_f64();
+        let options = tuned(PointOptions {
+            fidelity_inputs: tasks::every(&train, 10),
+            ..PointOptions::default()
+        });
+        let out = points::repair_points(&net, &task.repair, &options).expect("repair");
+        let proven = out.after.iter().filter(|&&b| b).count();
+        let acc1 = mnist::accuracy(&out.network, &test);
+        let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
+        println!(
+            "| {} | {} | {}/{} | {:.2}% | {:.2}% | {:.2}% | {:.1}% ({}) | {} | {:.2} |",
+            kind.name(),
+            task.repair.len(),
+            proven,
+            task.repair.len(),
+            100.0 * acc0,
+            100.0 * acc1,
+            100.0 * (acc0 - acc1),
+            100.0 * generalisation,
+            task.generalisation.len(),
+            out.changed_parameters,
+            out.time_s
+        );
+        eprintln!("  ({}: task built in {build:.1} s, {} rounds, {} steps)", kind.name(), out.rounds, out.steps);
+        drops.push(acc0 - acc1);
+        gens.push(generalisation);
+        times.push(out.time_s);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "| mean | | | | | {:.2}% | {:.1}% | | {:.2} |",
+        100.0 * mean(&drops),
+        100.0 * mean(&gens),
+        mean(&times)
+    );
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("corruption") => corruption(&args[1..]),
+        _ => {
+            eprintln!("usage: repair_mnist corruption [NET] [KIND...]");
+            std::process::exit(2);
+        }
+    }
+}
