@@ -25,7 +25,11 @@ fn data(rel: &str) -> PathBuf {
 }
 
 fn net_path(name: &str) -> PathBuf {
-    data(&format!("mnist/nets/mnist_{name}.onnx"))
+    if name.ends_with(".onnx") {
+        data(&format!("mnist/nets/{name}"))
+    } else {
+        data(&format!("mnist/nets/mnist_{name}.onnx"))
+    }
 }
 
 /// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
@@ -73,6 +77,18 @@ fn corruption(args: &[String]) {
         });
         let out = points::repair_points(&net, &task.repair, &options).expect("repair");
         let proven = out.after.iter().filter(|&&b| b).count();
+        if std::env::var_os("PR_DEBUG").is_some() {
+            for (p, ok) in task.repair.iter().zip(&out.after) {
+                if !ok {
+                    let y = out.network.forward(&p.x);
+                    eprintln!("  failing: label {} y {:?} proof gap {:e}", p.label, y, points::point_margin(&out.network, p));
+                }
+            }
+            if let Some(p) = task.repair.first() {
+                eprintln!("  rounding margin of the first point: {:e}", points::rounding_margin(&net, p));
+            }
+            eprintln!("  layers: {:?}, split {}", out.network.layers.iter().map(|l| l.kind()).collect::<Vec<_>>(), out.split_layer);
+        }
         let acc1 = mnist::accuracy(&out.network, &test);
         let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
         println!(
