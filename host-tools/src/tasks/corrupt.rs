@@ -111,7 +111,7 @@ impl Corruption {
                 out
             }
             Corruption::ShotNoise => {
-                let lam = 6.0;
+                let lam = 2.5;
                 img.iter()
                     .map(|&p| poisson(&mut rng, p * lam) as f64 / lam)
                     .collect()
