@@ -36,14 +36,30 @@ fn net_path(name: &str) -> PathBuf {
 /// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`).
 fn tuned(mut o: PointOptions) -> PointOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
-    if let Some(v) = get("PR_CHANGE") { o.change_fraction = v; }
-    if let Some(v) = get("PR_OUTPUT_WEIGHT") { o.output_weight = v; }
-    if let Some(v) = get("PR_FIDELITY_WEIGHT") { o.fidelity_weight = v; }
-    if let Some(v) = get("PR_LR") { o.learning_rate = v; }
-    if let Some(v) = get("PR_LAYERS") { o.trainable_layers = v as usize; }
-    if let Some(v) = get("PR_STEPS") { o.repair_steps = v as usize; }
-    if let Some(v) = get("PR_MARGIN") { o.anchor_margin = v; }
-    if let Some(v) = get("PR_FIDELITY_N") { o.fidelity_inputs.truncate(v as usize); }
+    if let Some(v) = get("PR_CHANGE") {
+        o.change_fraction = v;
+    }
+    if let Some(v) = get("PR_OUTPUT_WEIGHT") {
+        o.output_weight = v;
+    }
+    if let Some(v) = get("PR_FIDELITY_WEIGHT") {
+        o.fidelity_weight = v;
+    }
+    if let Some(v) = get("PR_LR") {
+        o.learning_rate = v;
+    }
+    if let Some(v) = get("PR_LAYERS") {
+        o.trainable_layers = v as usize;
+    }
+    if let Some(v) = get("PR_STEPS") {
+        o.repair_steps = v as usize;
+    }
+    if let Some(v) = get("PR_MARGIN") {
+        o.anchor_margin = v;
+    }
+    if let Some(v) = get("PR_FIDELITY_N") {
+        o.fidelity_inputs.truncate(v as usize);
+    }
     o
 }
 
@@ -61,7 +77,10 @@ fn corruption(args: &[String]) {
     let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
     let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
     let acc0 = mnist::accuracy(&net, &test);
-    println!("network mnist_{net_name}: clean test accuracy {:.2}%", 100.0 * acc0);
+    println!(
+        "network mnist_{net_name}: clean test accuracy {:.2}%",
+        100.0 * acc0
+    );
     println!(
         "| kind | repair set | proven | acc. before | acc. after | drop | generalisation (n) | changed | time (s) |"
     );
@@ -81,13 +100,29 @@ fn corruption(args: &[String]) {
             for (p, ok) in task.repair.iter().zip(&out.after) {
                 if !ok {
                     let y = out.network.forward(&p.x);
-                    eprintln!("  failing: label {} y {:?} proof gap {:e}", p.label, y, points::point_margin(&out.network, p));
+                    eprintln!(
+                        "  failing: label {} y {:?} proof gap {:e}",
+                        p.label,
+                        y,
+                        points::point_margin(&out.network, p)
+                    );
                 }
             }
             if let Some(p) = task.repair.first() {
-                eprintln!("  rounding margin of the first point: {:e}", points::rounding_margin(&net, p));
+                eprintln!(
+                    "  rounding margin of the first point: {:e}",
+                    points::rounding_margin(&net, p)
+                );
             }
-            eprintln!("  layers: {:?}, split {}", out.network.layers.iter().map(|l| l.kind()).collect::<Vec<_>>(), out.split_layer);
+            eprintln!(
+                "  layers: {:?}, split {}",
+                out.network
+                    .layers
+                    .iter()
+                    .map(|l| l.kind())
+                    .collect::<Vec<_>>(),
+                out.split_layer
+            );
         }
         let acc1 = mnist::accuracy(&out.network, &test);
         let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
@@ -105,7 +140,12 @@ fn corruption(args: &[String]) {
             out.changed_parameters,
             out.time_s
         );
-        eprintln!("  ({}: task built in {build:.1} s, {} rounds, {} steps)", kind.name(), out.rounds, out.steps);
+        eprintln!(
+            "  ({}: task built in {build:.1} s, {} rounds, {} steps)",
+            kind.name(),
+            out.rounds,
+            out.steps
+        );
         drops.push(acc0 - acc1);
         gens.push(generalisation);
         times.push(out.time_s);
@@ -119,12 +159,119 @@ fn corruption(args: &[String]) {
     );
 }
 
+/// Adversarial region repair (Section 6.2.3): for each of the first `tasks` correctly
+/// classified test images, the box over its first `k` non-zero pixels at radius `r`
+/// (clipped to [0, 1]; the other pixels fixed) must keep the label; each box is repaired
+/// alone by the region-wise `repair::repair`.
+fn adversarial(args: &[String]) {
+    use prorepair_host::repair::{self, RepairOptions, RepairProperty};
+    use prorepair_host::verify::{Case, Conj};
+    let mut tasks_n = 50;
+    let mut timeout = 10.0;
+    let mut settings: Vec<(usize, f64)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tasks" => tasks_n = it.next().and_then(|v| v.parse().ok()).expect("--tasks N"),
+            "--timeout" => timeout = it.next().and_then(|v| v.parse().ok()).expect("--timeout S"),
+            k => {
+                let k: usize = k.parse().expect("k");
+                settings.push((k, if k >= 784 { 1e-3 } else { 0.1 }));
+            }
+        }
+    }
+    if settings.is_empty() {
+        settings = vec![(16, 0.1), (50, 0.1), (100, 0.1), (784, 1e-3)];
+    }
+    let net = prorepair_host::import::load(&net_path("relu_3_100")).expect("network");
+    let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
+    let acc0 = mnist::accuracy(&net, &test);
+    println!(
+        "| k | r | tasks | skipped: held before | repaired and proven | not proven | mean time of repairs (s) | max time (s) | mean accuracy drop |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (k, r) in settings {
+        let (mut held, mut proven, mut open) = (0, 0, 0);
+        let (mut times, mut drops) = (Vec::new(), Vec::new());
+        // Tasks are boxes that are not proven robust before (the sound checker runs
+        // inside `repair`); the ones that hold are counted and skipped, scanning at most
+        // the first 2000 correctly classified images.
+        let chosen = (0..test.len())
+            .filter(|&i| mnist::argmax(&net.forward(&test.images[i])) == test.labels[i])
+            .take(2000);
+        for i in chosen {
+            if proven + open >= tasks_n {
+                break;
+            }
+            let x = &test.images[i];
+            let label = test.labels[i];
+            let (mut lower, mut upper) = (x.clone(), x.clone());
+            for j in (0..x.len()).filter(|&j| x[j] != 0.0).take(k) {
+                lower[j] = (x[j] - r).max(0.0);
+                upper[j] = (x[j] + r).min(1.0);
+            }
+            let unsafe_set = (0..10)
+                .filter(|&j| j != label)
+                .map(|j| {
+                    let mut row = vec![0.0; 10];
+                    row[label] = 1.0;
+                    row[j] = -1.0;
+                    Conj {
+                        rows: vec![row],
+                        rhs: vec![0.0],
+                    }
+                })
+                .collect();
+            let prop = RepairProperty {
+                name: format!("image {i}, k {k}, r {r}"),
+                cases: vec![Case {
+                    lower,
+                    upper,
+                    unsafe_set,
+                }],
+            };
+            let options = RepairOptions {
+                timeout: std::time::Duration::from_secs_f64(timeout),
+                ..RepairOptions::default()
+            };
+            let out = repair::repair(&net, &[prop], &options).expect("repair");
+            let p = &out.properties[0];
+            if !p.repaired && p.after == "holds" {
+                held += 1;
+                continue;
+            }
+            times.push(out.time_s);
+            if out.verified {
+                proven += 1;
+                drops.push(acc0 - mnist::accuracy(&out.network, &test));
+            } else {
+                open += 1;
+            }
+            eprintln!(
+                "  image {i}: before {}, after {}, {:.2} s",
+                p.before, p.after, out.time_s
+            );
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "| {k} | {r} | {} | {held} | {proven} | {open} | {:.2} | {:.2} | {:.2}% |",
+            proven + open,
+            mean(&times),
+            times.iter().copied().fold(0.0, f64::max),
+            100.0 * mean(&drops)
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("corruption") => corruption(&args[1..]),
+        Some("adversarial") => adversarial(&args[1..]),
         _ => {
-            eprintln!("usage: repair_mnist corruption [NET] [KIND...]");
+            eprintln!(
+                "usage: repair_mnist corruption [NET] [KIND...] | adversarial [K...] [--tasks N] [--timeout S]"
+            );
             std::process::exit(2);
         }
     }

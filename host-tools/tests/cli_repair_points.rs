@@ -34,7 +34,12 @@ fn repairs_points_and_the_patched_model_classifies_them() {
     let mut inputs = String::new();
     let mut labels = Vec::new();
     let clean = (0..4).map(|i| (test.images[i].clone(), test.labels[i]));
-    for (x, l) in task.repair.iter().map(|p| (p.x.clone(), p.label)).chain(clean) {
+    for (x, l) in task
+        .repair
+        .iter()
+        .map(|p| (p.x.clone(), p.label))
+        .chain(clean)
+    {
         writeln!(csv, "{},{l}", row(&x)).unwrap();
         writeln!(inputs, "{}", row(&x)).unwrap();
         labels.push(l);
@@ -100,7 +105,12 @@ fn malformed_point_files_exit_2_naming_file_and_line() {
         assert_eq!(o.status.code(), Some(2), "{name}: {e}");
         assert!(e.contains(name) && e.contains(want), "{name}: {e}");
     }
-    let o = host(&["repair", s(&net_path), "--points", s(&work.join("absent.csv"))]);
+    let o = host(&[
+        "repair",
+        s(&net_path),
+        "--points",
+        s(&work.join("absent.csv")),
+    ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("absent.csv"));
 }

@@ -149,7 +149,8 @@ pub fn read_points_csv(path: &Path) -> Result<Vec<Point>, String> {
     let raw = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
     let bytes =
         crate::tasks::gzip::decompress(&raw).map_err(|e| format!("{}: {e}", path.display()))?;
-    let text = String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
     let mut points = Vec::new();
     let mut width = None;
     for (i, line) in text.lines().enumerate() {
@@ -318,7 +319,11 @@ pub fn repair_points(
     // learning rate per step, so a large mask for a handful of points costs accuracy.
     let failing_before = before.iter().filter(|&&b| !b).count();
     let parameter_budget = (((total_parameters as f64) * options.change_fraction).floor() as usize)
-        .min(options.parameters_per_point.saturating_mul(failing_before.max(1)));
+        .min(
+            options
+                .parameters_per_point
+                .saturating_mul(failing_before.max(1)),
+        );
     let mut outcome = PointOutcome {
         network: net.clone(),
         verified: before.iter().all(|&b| b),
@@ -425,15 +430,21 @@ pub fn repair_points(
             Instant::now() >= deadline
                 || active.iter().all(|a| {
                     let h = n.forward_range(&a.x, 0, split);
-                    h.iter().zip(&a.h_star).all(|(v, c)| (v - c).abs() <= radius) || {
-                        let y = n.forward_range(&h, split, n.layers.len());
-                        a.constraints.iter().all(|c| c.value(&y) >= a.margin)
-                    }
+                    h.iter()
+                        .zip(&a.h_star)
+                        .all(|(v, c)| (v - c).abs() <= radius)
+                        || {
+                            let y = n.forward_range(&h, split, n.layers.len());
+                            a.constraints.iter().all(|c| c.value(&y) >= a.margin)
+                        }
                 })
         })?;
         outcome.steps += steps;
         current = trainer.network(net)?;
-        outcome.after = points.par_iter().map(|p| point_holds(&current, p)).collect();
+        outcome.after = points
+            .par_iter()
+            .map(|p| point_holds(&current, p))
+            .collect();
         if trace {
             eprintln!(
                 "points round {}: {} anchors, {steps} steps, {}/{} hold, {} changed, {:.2} s",
@@ -474,7 +485,13 @@ mod tests {
         let p = scratch("ok.csv", "# x1, x2, label\n0.5, 1, 2\n\n0, -1e-3, 0\n");
         let pts = read_points_csv(&p).unwrap();
         assert_eq!(pts.len(), 2);
-        assert_eq!(pts[0], Point { x: vec![0.5, 1.0], label: 2 });
+        assert_eq!(
+            pts[0],
+            Point {
+                x: vec![0.5, 1.0],
+                label: 2
+            }
+        );
         for (name, text, want) in [
             ("nan.csv", "0.5, 1, 2\n0.1, nan, 1\n", "line 2"),
             ("word.csv", "0.5, x, 2\n", "`x`"),
@@ -526,7 +543,11 @@ mod tests {
             assert!(!out.verified && out.after.iter().all(|&b| !b));
             return;
         }
-        assert!(out.verified, "{} of {n} hold", out.after.iter().filter(|&&b| b).count());
+        assert!(
+            out.verified,
+            "{} of {n} hold",
+            out.after.iter().filter(|&&b| b).count()
+        );
         for p in &task.repair {
             assert!(point_holds(&out.network, p));
             assert!(point_margin(&out.network, p) > 0.0);
@@ -553,6 +574,12 @@ mod tests {
         assert!(rounding_margin(&net, &Point { x, label: 0 }) > MAX_ROUNDING_MARGIN);
         // A larger mask: the sigmoid features move less per parameter. No accuracy
         // bound here: this repair costs 11.6% clean accuracy (a known gap, BENCHMARKS.md).
-        repair_fog_points("mnist/nets/ffnnSIGMOID__Point_6x200.onnx", 5, 1.0, false, 3000);
+        repair_fog_points(
+            "mnist/nets/ffnnSIGMOID__Point_6x200.onnx",
+            5,
+            1.0,
+            false,
+            3000,
+        );
     }
 }

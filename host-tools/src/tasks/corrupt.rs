@@ -67,7 +67,8 @@ impl Corruption {
 
     /// The corrupted image (784 values in [0, 1]); `seed` fixes the random choices.
     pub fn apply(self, img: &[f64], seed: u64) -> Vec<f64> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self as u64);
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ self as u64);
         let sign = |rng: &mut ChaCha8Rng| if rng.random::<bool>() { 1.0 } else { -1.0 };
         let out: Vec<f64> = match self {
             Corruption::Fog => {
@@ -81,7 +82,11 @@ impl Corruption {
                 (0..SIDE * SIDE)
                     .map(|i| {
                         let c = i % SIDE;
-                        if (c0..c0 + w).contains(&c) { 1.0 - img[i] } else { img[i] }
+                        if (c0..c0 + w).contains(&c) {
+                            1.0 - img[i]
+                        } else {
+                            img[i]
+                        }
                     })
                     .collect()
             }
@@ -92,7 +97,11 @@ impl Corruption {
                 let amp: f64 = rng.random_range(4.0..8.0);
                 let mut pts = vec![(2.0, y)];
                 for k in 1..=segs {
-                    y = if k % 2 == 1 { (y + amp).min(26.0) } else { (y - amp).max(1.0) };
+                    y = if k % 2 == 1 {
+                        (y + amp).min(26.0)
+                    } else {
+                        (y - amp).max(1.0)
+                    };
                     pts.push((2.0 + 24.0 * k as f64 / segs as f64, y));
                 }
                 for w in pts.windows(2) {
@@ -201,7 +210,9 @@ mod tests {
 
     #[test]
     fn deterministic_in_range_and_different() {
-        let img: Vec<f64> = (0..784).map(|i| if (i / 28) % 7 == 3 { 1.0 } else { 0.0 }).collect();
+        let img: Vec<f64> = (0..784)
+            .map(|i| if (i / 28) % 7 == 3 { 1.0 } else { 0.0 })
+            .collect();
         for k in Corruption::ALL {
             let a = k.apply(&img, 5);
             assert_eq!(a, k.apply(&img, 5), "{}", k.name());

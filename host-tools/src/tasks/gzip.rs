@@ -120,8 +120,8 @@ impl Huffman {
 }
 
 const LEN_BASE: [u16; 29] = [
-    3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115,
-    131, 163, 195, 227, 258,
+    3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
+    163, 195, 227, 258,
 ];
 const LEN_EXTRA: [u8; 29] = [
     0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
@@ -137,7 +137,11 @@ const DIST_EXTRA: [u8; 30] = [
 
 /// Inflate one raw DEFLATE stream into `out`; returns the bytes of `data` consumed.
 fn inflate(data: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
-    let mut b = Bits { data, pos: 0, bit: 0 };
+    let mut b = Bits {
+        data,
+        pos: 0,
+        bit: 0,
+    };
     loop {
         let last = b.get(1)?;
         match b.get(2)? {
@@ -152,7 +156,10 @@ fn inflate(data: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
                     return Err("stored block length check failed".into());
                 }
                 b.pos += 4;
-                out.extend_from_slice(data.get(b.pos..b.pos + len).ok_or("truncated stored block")?);
+                out.extend_from_slice(
+                    data.get(b.pos..b.pos + len)
+                        .ok_or("truncated stored block")?,
+                );
                 b.pos += len;
             }
             1 => {
@@ -165,8 +172,9 @@ fn inflate(data: &[u8], out: &mut Vec<u8>) -> Result<usize, String> {
                 let hlit = b.get(5)? as usize + 257;
                 let hdist = b.get(5)? as usize + 1;
                 let hclen = b.get(4)? as usize + 4;
-                const ORDER: [usize; 19] =
-                    [16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15];
+                const ORDER: [usize; 19] = [
+                    16, 17, 18, 0, 8, 7, 9, 6, 10, 5, 11, 4, 12, 3, 13, 2, 14, 1, 15,
+                ];
                 let mut cl = [0u8; 19];
                 for &o in &ORDER[..hclen] {
                     cl[o] = b.get(3)? as u8;

@@ -42,7 +42,11 @@ pub fn read_idx_images(path: &Path) -> Result<Vec<Vec<f64>>, String> {
     if b.len() < 16 || be32(&b, 0) != 0x803 {
         return Err(bad("not an IDX3 ubyte image file (magic 0x00000803)"));
     }
-    let (n, rows, cols) = (be32(&b, 4) as usize, be32(&b, 8) as usize, be32(&b, 12) as usize);
+    let (n, rows, cols) = (
+        be32(&b, 4) as usize,
+        be32(&b, 8) as usize,
+        be32(&b, 12) as usize,
+    );
     let size = rows * cols;
     if b.len() != 16 + n * size {
         return Err(bad(&format!(
@@ -115,7 +119,11 @@ pub fn read_csv_255(path: &Path) -> Result<Dataset, String> {
             continue;
         };
         if !(0.0..10.0).contains(&label) || label.fract() != 0.0 {
-            return Err(format!("{}: line {}: label {label} is not 0..9", path.display(), i + 1));
+            return Err(format!(
+                "{}: line {}: label {label} is not 0..9",
+                path.display(),
+                i + 1
+            ));
         }
         d.images.push(px.iter().map(|p| p / 255.0).collect());
         d.labels.push(label as usize);
@@ -154,7 +162,10 @@ mod tests {
         assert_eq!(&d.labels[..4], &[7, 2, 1, 0]);
         assert!(d.images.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
         let counts = (0..10).map(|c| d.labels.iter().filter(|&&l| l == c).count());
-        assert_eq!(counts.collect::<Vec<_>>(), [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]);
+        assert_eq!(
+            counts.collect::<Vec<_>>(),
+            [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+        );
     }
 
     #[test]
@@ -162,7 +173,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("prorepair-mnist-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("bad.idx");
-        std::fs::write(&p, [0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2]).unwrap();
+        std::fs::write(
+            &p,
+            [0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 28, 0, 0, 0, 28, 1, 2],
+        )
+        .unwrap();
         let e = read_idx_images(&p).unwrap_err();
         assert!(e.contains("bad.idx") && e.contains("2 images"), "{e}");
         let c = dir.join("bad.csv");
