@@ -1,4 +1,4 @@
-//! `prorepair-host repair MODEL --spec SPEC.vnnlib... [--split-layer K|auto] [--radius R]
+//! `prorepair-host repair MODEL (--spec SPEC.vnnlib... | --points FILE [--labels L.idx]) [--split-layer K|auto] [--radius R]
 //! [--timeout SECS] [--onnx-out REPAIRED.onnx] [--report OUT.json]`.
 //!
 //! ProRepair region-wise repair ([`crate::repair`]). Exit 0 only when the sound checker
@@ -8,6 +8,7 @@
 //! as ONNX (`--onnx-out`); every output is prepared before any is written, and each is
 //! written to a temporary file and renamed, so no partial file is ever left. The
 //! `--strategy` option of the design comes with the patch-module repair (a later issue).
+//! With `--points`, point-wise repair of input/label pairs instead (`repair_points.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
