@@ -388,3 +388,32 @@ fn single_byte_corruptions_never_panic() {
         }
     }
 }
+
+#[test]
+fn module_patches_are_signed_and_checked_like_weight_deltas() {
+    let blob = base();
+    let model = Model::from_bytes(blob.bytes()).unwrap();
+    let mut bytes = patch_bytes(&model, false);
+    let kp = salty::Keypair::from(&[7u8; 32]);
+    let public = kp.public.compressed.to_bytes();
+    // Unsigned: an unkeyed device accepts it, a keyed one refuses it.
+    let unsigned = ModulePatch::from_bytes(&bytes).unwrap();
+    assert_eq!(unsigned.check_signature(None), Ok(()));
+    assert_eq!(unsigned.check_signature(Some(&public)), Err(Error::UnsignedPatch));
+    prorepair_core::patch::encode::seal_ed25519(&mut bytes, &public, |m| kp.sign(m).to_bytes())
+        .unwrap();
+    let signed = ModulePatch::from_bytes(&bytes).unwrap();
+    assert_eq!(signed.check_signature(Some(&public)), Ok(()));
+    assert!(signed.signer_key_id().is_some());
+    let other = salty::Keypair::from(&[8u8; 32]).public.compressed.to_bytes();
+    assert_eq!(signed.check_signature(Some(&other)), Err(Error::BadSignature));
+    // A changed module weight is caught by the CRC, and with the CRC fixed up by the
+    // signature.
+    let mut tampered = bytes.clone();
+    tampered[PATCH_HEADER_SIZE + 40] ^= 0x01;
+    assert_eq!(ModulePatch::from_bytes(&tampered).err(), Some(Error::CrcMismatch));
+    let crc = prorepair_core::patch::patch_crc(&tampered);
+    tampered[12..16].copy_from_slice(&crc.to_le_bytes());
+    let parsed = ModulePatch::from_bytes(&tampered).unwrap();
+    assert_eq!(parsed.check_signature(Some(&public)), Err(Error::BadSignature));
+}

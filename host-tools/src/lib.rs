@@ -14,6 +14,7 @@ pub mod model;
 pub mod patch;
 pub mod repair;
 pub mod spec;
+pub mod tasks;
 #[doc(hidden)]
 pub mod testing;
 pub mod verify;

@@ -290,8 +290,13 @@ pub fn seal_ed25519(
     sign: impl FnOnce(&[u8]) -> [u8; SIGNATURE_SIZE],
 ) -> Result<(), Error> {
     // Validates the unsigned patch first: only well-formed patches get signed.
-    let parsed = super::Patch::from_bytes(patch)?;
-    if parsed.signature_kind() != SignatureKind::None {
+    let signature_kind = match super::modules::patch_kind_word(patch) {
+        Some(super::modules::MODULES_KIND) => {
+            super::modules::ModulePatch::from_bytes(patch)?.signature_kind()
+        }
+        _ => super::Patch::from_bytes(patch)?.signature_kind(),
+    };
+    if signature_kind != SignatureKind::None {
         return Err(Error::UnsupportedSignature);
     }
     let kind = patch.get_mut(18..20).ok_or(Error::Truncated)?;

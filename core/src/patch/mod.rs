@@ -299,6 +299,139 @@ fn signed_len(total_len: usize) -> usize {
     total_len.saturating_sub(SIGNATURE_SIZE)
 }
 
+/// The fields every patch kind shares, from a header that passed [`parse_header`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub(crate) signature_kind: SignatureKind,
+    pub(crate) sequence: u32,
+    pub(crate) base_sha256: [u8; 32],
+    pub(crate) base_len: usize,
+}
+
+/// Check the header all patch kinds share, in this order: length, magic, version,
+/// header size, total length, CRC, `kind`, signature kind and field, reserved bytes,
+/// payload length. One parser for every kind, so signing and the CRC rule cannot drift
+/// apart between them.
+pub(crate) fn parse_header(bytes: &[u8], kind: u16) -> Result<Header, Error> {
+    if bytes.len() < PATCH_HEADER_SIZE {
+        return Err(Error::Truncated);
+    }
+    if bytes.get(..4) != Some(&PATCH_MAGIC[..]) {
+        return Err(Error::BadMagic);
+    }
+    if read_u16(bytes, 4) != Some(PATCH_FORMAT_VERSION) {
+        return Err(Error::UnsupportedVersion);
+    }
+    if read_u16(bytes, 6).map(usize::from) != Some(PATCH_HEADER_SIZE) {
+        return Err(Error::BadHeaderSize);
+    }
+    let word = |at: usize| read_u32(bytes, at).map_or(0, |w| w as usize);
+    let total_len = word(8);
+    if total_len > bytes.len() || total_len < PATCH_HEADER_SIZE + SIGNATURE_SIZE {
+        return Err(Error::Truncated);
+    }
+    if total_len != bytes.len() {
+        return Err(Error::LengthMismatch);
+    }
+    if read_u32(bytes, format::CRC_FIELD.start) != Some(patch_crc(bytes)) {
+        return Err(Error::CrcMismatch);
+    }
+    if read_u16(bytes, 16) != Some(kind) {
+        return Err(Error::UnknownPatchKind);
+    }
+    let signature_kind = match read_u16(bytes, 18) {
+        Some(0)
+            if bytes
+                .get(signed_len(total_len)..)
+                .is_some_and(|s| s.iter().all(|&b| b == 0)) =>
+        {
+            SignatureKind::None
+        }
+        Some(1) => SignatureKind::Ed25519,
+        _ => return Err(Error::UnsupportedSignature),
+    };
+    let reserved_start = match signature_kind {
+        SignatureKind::None => KEY_ID_FIELD.start,
+        SignatureKind::Ed25519 => KEY_ID_FIELD.end,
+    };
+    if bytes
+        .get(reserved_start..PATCH_HEADER_SIZE)
+        .is_none_or(|r| r.iter().any(|&b| b != 0))
+    {
+        return Err(Error::NonZeroReserved);
+    }
+    let mut base_sha256 = [0u8; 32];
+    base_sha256.copy_from_slice(bytes.get(24..56).ok_or(Error::Truncated)?);
+    let payload_len = word(60);
+    if PATCH_HEADER_SIZE
+        .checked_add(payload_len)
+        .and_then(|n| n.checked_add(SIGNATURE_SIZE))
+        != Some(total_len)
+    {
+        return Err(Error::BadPatchPayload);
+    }
+    Ok(Header {
+        signature_kind,
+        sequence: read_u32(bytes, 20).unwrap_or(0),
+        base_sha256,
+        base_len: word(56),
+    })
+}
+
+/// The signer's key id of a header-checked patch, `None` when unsigned.
+pub(crate) fn signer_key_id(bytes: &[u8], signature_kind: SignatureKind) -> Option<[u8; 8]> {
+    if signature_kind != SignatureKind::Ed25519 {
+        return None;
+    }
+    let mut id = [0u8; 8];
+    id.copy_from_slice(bytes.get(KEY_ID_FIELD)?);
+    Some(id)
+}
+
+/// The 64-byte signature field of a header-checked patch (all zero when unsigned).
+pub(crate) fn signature_field(bytes: &[u8]) -> [u8; SIGNATURE_SIZE] {
+    let mut out = [0u8; SIGNATURE_SIZE];
+    if let Some(field) = bytes.get(signed_len(bytes.len())..)
+        && field.len() == SIGNATURE_SIZE
+    {
+        out.copy_from_slice(field);
+    }
+    out
+}
+
+/// The device's signature policy over a header-checked patch of any kind: with
+/// `public_key` `None` every patch passes (an unkeyed device); with a key the patch must
+/// be Ed25519-signed ([`Error::UnsignedPatch`]) by that key over every byte before the
+/// signature field ([`Error::BadSignature`]); a key that is not a curve point gives
+/// [`Error::BadPublicKey`].
+pub(crate) fn check_signature(
+    bytes: &[u8],
+    signature_kind: SignatureKind,
+    public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+) -> Result<(), Error> {
+    let Some(key_bytes) = public_key else {
+        return Ok(());
+    };
+    if signature_kind != SignatureKind::Ed25519 {
+        return Err(Error::UnsignedPatch);
+    }
+    let key = salty::PublicKey::try_from(key_bytes).map_err(|_| Error::BadPublicKey)?;
+    // Named for another key: refused without the (slow) curve arithmetic.
+    if signer_key_id(bytes, signature_kind) != Some(key_id(key_bytes)) {
+        return Err(Error::BadSignature);
+    }
+    let raw = signature_field(bytes);
+    // Only canonical S (below 2^253; the group order is about 2^252): refuses
+    // malleated copies of a valid signature with S + L.
+    if raw.last().is_none_or(|&b| b & 0xE0 != 0) {
+        return Err(Error::BadSignature);
+    }
+    let signature = salty::Signature::from(&raw);
+    let signed = bytes.get(..signed_len(bytes.len())).unwrap_or(&[]);
+    key.verify(signed, &signature)
+        .map_err(|_| Error::BadSignature)
+}
+
 impl<'a> Patch<'a> {
     /// Validate `bytes` completely as a patch (header, CRC, every record, every region).
     ///
@@ -306,64 +439,14 @@ impl<'a> Patch<'a> {
     /// signature kind and field, reserved bytes, payload length, layer count, records,
     /// regions.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
-        if bytes.len() < PATCH_HEADER_SIZE {
-            return Err(Error::Truncated);
-        }
-        if bytes.get(..4) != Some(&PATCH_MAGIC[..]) {
-            return Err(Error::BadMagic);
-        }
-        if read_u16(bytes, 4) != Some(PATCH_FORMAT_VERSION) {
-            return Err(Error::UnsupportedVersion);
-        }
-        if read_u16(bytes, 6).map(usize::from) != Some(PATCH_HEADER_SIZE) {
-            return Err(Error::BadHeaderSize);
-        }
+        let Header {
+            signature_kind,
+            sequence,
+            base_sha256,
+            base_len,
+        } = parse_header(bytes, PatchKind::WeightDelta as u16)?;
+        let total_len = bytes.len();
         let word = |at: usize| read_u32(bytes, at).map_or(0, |w| w as usize);
-        let total_len = word(8);
-        if total_len > bytes.len() || total_len < PATCH_HEADER_SIZE + SIGNATURE_SIZE {
-            return Err(Error::Truncated);
-        }
-        if total_len != bytes.len() {
-            return Err(Error::LengthMismatch);
-        }
-        if read_u32(bytes, format::CRC_FIELD.start) != Some(patch_crc(bytes)) {
-            return Err(Error::CrcMismatch);
-        }
-        if read_u16(bytes, 16) != Some(PatchKind::WeightDelta as u16) {
-            return Err(Error::UnknownPatchKind);
-        }
-        let signature_kind = match read_u16(bytes, 18) {
-            Some(0)
-                if bytes
-                    .get(signed_len(total_len)..)
-                    .is_some_and(|s| s.iter().all(|&b| b == 0)) =>
-            {
-                SignatureKind::None
-            }
-            Some(1) => SignatureKind::Ed25519,
-            _ => return Err(Error::UnsupportedSignature),
-        };
-        let reserved_start = match signature_kind {
-            SignatureKind::None => KEY_ID_FIELD.start,
-            SignatureKind::Ed25519 => KEY_ID_FIELD.end,
-        };
-        if bytes
-            .get(reserved_start..PATCH_HEADER_SIZE)
-            .is_none_or(|r| r.iter().any(|&b| b != 0))
-        {
-            return Err(Error::NonZeroReserved);
-        }
-        let sequence = read_u32(bytes, 20).unwrap_or(0);
-        let mut base_sha256 = [0u8; 32];
-        base_sha256.copy_from_slice(bytes.get(24..56).ok_or(Error::Truncated)?);
-        let payload_len = word(60);
-        if PATCH_HEADER_SIZE
-            .checked_add(payload_len)
-            .and_then(|n| n.checked_add(SIGNATURE_SIZE))
-            != Some(total_len)
-        {
-            return Err(Error::BadPatchPayload);
-        }
         let layer_count = word(64);
         if !(1..=MAX_PATCH_LAYERS).contains(&layer_count) {
             return Err(Error::BadPatchLayerCount);
@@ -376,7 +459,7 @@ impl<'a> Patch<'a> {
             bytes,
             sequence,
             base_sha256,
-            base_len: word(56),
+            base_len,
             layer_count,
             region_count,
             region_dim,
@@ -443,23 +526,12 @@ impl<'a> Patch<'a> {
     /// The id of the key that signed the patch ([`key_id`]), `None` when unsigned. Not
     /// proof of anything by itself: [`Patch::check_signature`] is.
     pub fn signer_key_id(&self) -> Option<[u8; 8]> {
-        if self.signature_kind != SignatureKind::Ed25519 {
-            return None;
-        }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(self.bytes.get(KEY_ID_FIELD)?);
-        Some(id)
+        signer_key_id(self.bytes, self.signature_kind)
     }
 
     /// The 64-byte signature field (all zero for an unsigned patch).
     pub fn signature(&self) -> [u8; SIGNATURE_SIZE] {
-        let mut out = [0u8; SIGNATURE_SIZE];
-        if let Some(field) = self.bytes.get(signed_len(self.bytes.len())..)
-            && field.len() == SIGNATURE_SIZE
-        {
-            out.copy_from_slice(field);
-        }
-        out
+        signature_field(self.bytes)
     }
 
     /// Check the patch's signature against the device's policy: with `public_key`
@@ -469,27 +541,7 @@ impl<'a> Patch<'a> {
     /// ([`Error::BadSignature`]). A key that is not a curve point gives
     /// [`Error::BadPublicKey`].
     pub fn check_signature(&self, public_key: Option<&[u8; PUBLIC_KEY_SIZE]>) -> Result<(), Error> {
-        let Some(key) = public_key else {
-            return Ok(());
-        };
-        if self.signature_kind != SignatureKind::Ed25519 {
-            return Err(Error::UnsignedPatch);
-        }
-        let key_bytes = key;
-        let key = salty::PublicKey::try_from(key).map_err(|_| Error::BadPublicKey)?;
-        // Named for another key: refused without the (slow) curve arithmetic.
-        if self.signer_key_id() != Some(key_id(key_bytes)) {
-            return Err(Error::BadSignature);
-        }
-        let raw = self.signature();
-        // Only canonical S (below 2^253; the group order is about 2^252): refuses
-        // malleated copies of a valid signature with S + L.
-        if raw.last().is_none_or(|&b| b & 0xE0 != 0) {
-            return Err(Error::BadSignature);
-        }
-        let signature = salty::Signature::from(&raw);
-        key.verify(self.signed_bytes(), &signature)
-            .map_err(|_| Error::BadSignature)
+        check_signature(self.bytes, self.signature_kind, public_key)
     }
 
     /// The monotonic sequence number.

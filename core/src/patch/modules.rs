@@ -10,7 +10,7 @@
 //!  64  module_count     u32 in 1..=MAX_MODULES
 //!  68  region_count     u32, verified input boxes (as kind 1)
 //!  72  region_dim       u32 (as kind 1)
-//!  76  reserved         20 bytes of 0
+//!  76  key_id / reserved as kind 1 (signer key id when signed, then zeros)
 //! Payload
 //!   module_count records, each:
 //!     0  indicator     u16: 1 = input box, 2 = label (argmax of N(x) is label0),
@@ -33,9 +33,9 @@
 #[cfg(feature = "encode")]
 pub mod encode;
 
-use super::{PATCH_FORMAT_VERSION, PATCH_HEADER_SIZE, PATCH_MAGIC, SIGNATURE_SIZE, SignatureKind};
+use super::{PATCH_HEADER_SIZE, PATCH_MAGIC, PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SignatureKind};
 use crate::Error;
-use crate::format::{self, DENSE_PANEL, dense_panel_len, read_u16, read_u32};
+use crate::format::{DENSE_PANEL, dense_panel_len, read_u16, read_u32};
 use crate::kernels::{self, Kernels};
 use crate::model::Model;
 
@@ -271,6 +271,7 @@ pub struct ModulePatch<'a> {
     regions_start: usize,
     ram_values: usize,
     max_width: usize,
+    signature_kind: SignatureKind,
 }
 
 /// The kind word of a patch's header, if the bytes are long enough to hold one.
@@ -287,56 +288,10 @@ impl<'a> ModulePatch<'a> {
     /// kind, signature, reserved, payload length), then the module count, every module
     /// record, every region.
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
-        if bytes.len() < PATCH_HEADER_SIZE {
-            return Err(Error::Truncated);
-        }
-        if bytes.get(..4) != Some(&PATCH_MAGIC[..]) {
-            return Err(Error::BadMagic);
-        }
-        if read_u16(bytes, 4) != Some(PATCH_FORMAT_VERSION) {
-            return Err(Error::UnsupportedVersion);
-        }
-        if read_u16(bytes, 6).map(usize::from) != Some(PATCH_HEADER_SIZE) {
-            return Err(Error::BadHeaderSize);
-        }
+        let header = super::parse_header(bytes, MODULES_KIND)?;
+        let total_len = bytes.len();
         let word = |at: usize| read_u32(bytes, at).map_or(0, |w| w as usize);
-        let total_len = word(8);
-        if total_len > bytes.len() || total_len < PATCH_HEADER_SIZE + SIGNATURE_SIZE {
-            return Err(Error::Truncated);
-        }
-        if total_len != bytes.len() {
-            return Err(Error::LengthMismatch);
-        }
-        if read_u32(bytes, format::CRC_FIELD.start) != Some(format::blob_crc(bytes)) {
-            return Err(Error::CrcMismatch);
-        }
-        if read_u16(bytes, 16) != Some(MODULES_KIND) {
-            return Err(Error::UnknownPatchKind);
-        }
         let signed = total_len - SIGNATURE_SIZE;
-        if read_u16(bytes, 18) != Some(SignatureKind::None as u16)
-            || bytes
-                .get(signed..)
-                .is_none_or(|s| s.iter().any(|&b| b != 0))
-        {
-            return Err(Error::UnsupportedSignature);
-        }
-        if bytes
-            .get(76..PATCH_HEADER_SIZE)
-            .is_none_or(|r| r.iter().any(|&b| b != 0))
-        {
-            return Err(Error::NonZeroReserved);
-        }
-        let mut base_sha256 = [0u8; 32];
-        base_sha256.copy_from_slice(bytes.get(24..56).ok_or(Error::Truncated)?);
-        let payload_len = word(60);
-        if PATCH_HEADER_SIZE
-            .checked_add(payload_len)
-            .and_then(|n| n.checked_add(SIGNATURE_SIZE))
-            != Some(total_len)
-        {
-            return Err(Error::BadPatchPayload);
-        }
         let module_count = word(64);
         if !(1..=MAX_MODULES).contains(&module_count) {
             return Err(Error::BadPatchModule);
@@ -366,9 +321,10 @@ impl<'a> ModulePatch<'a> {
         ram_values.checked_mul(4).ok_or(Error::Overflow)?;
         let patch = ModulePatch {
             bytes,
-            sequence: read_u32(bytes, 20).unwrap_or(0),
-            base_sha256,
-            base_len: word(56),
+            sequence: header.sequence,
+            base_sha256: header.base_sha256,
+            base_len: header.base_len,
+            signature_kind: header.signature_kind,
             module_count,
             region_count,
             region_dim,
@@ -406,6 +362,23 @@ impl<'a> ModulePatch<'a> {
     /// Length of the base model blob.
     pub fn base_len(&self) -> usize {
         self.base_len
+    }
+
+    /// The signature kind.
+    pub fn signature_kind(&self) -> SignatureKind {
+        self.signature_kind
+    }
+
+    /// The id of the key that signed the patch, `None` when unsigned (not proof by
+    /// itself: [`ModulePatch::check_signature`] is).
+    pub fn signer_key_id(&self) -> Option<[u8; 8]> {
+        super::signer_key_id(self.bytes, self.signature_kind)
+    }
+
+    /// The device's signature policy, exactly as for weight-delta patches
+    /// ([`super::Patch::check_signature`]).
+    pub fn check_signature(&self, public_key: Option<&[u8; PUBLIC_KEY_SIZE]>) -> Result<(), Error> {
+        super::check_signature(self.bytes, self.signature_kind, public_key)
     }
 
     /// The bytes the signature covers.

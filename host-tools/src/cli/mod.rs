@@ -18,6 +18,7 @@ mod inspect;
 mod keygen;
 mod repair;
 mod repair_modules;
+mod repair_points;
 pub mod report;
 mod verify;
 

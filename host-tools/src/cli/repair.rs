@@ -1,4 +1,4 @@
-//! `prorepair-host repair MODEL --spec SPEC.vnnlib... [--split-layer K|auto] [--radius R]
+//! `prorepair-host repair MODEL (--spec SPEC.vnnlib... | --points FILE [--labels L.idx]) [--split-layer K|auto] [--radius R]
 //! [--timeout SECS] [--onnx-out REPAIRED.onnx] [--report OUT.json]`.
 //!
 //! ProRepair region-wise repair ([`crate::repair`]). Exit 0 only when the sound checker
@@ -8,6 +8,7 @@
 //! as ONNX (`--onnx-out`); every output is prepared before any is written, and each is
 //! written to a temporary file and renamed, so no partial file is ever left. The
 //! `--strategy patch-modules` runs [`super::repair_modules`] instead.
+//! With `--points`, point-wise repair of input/label pairs instead (`repair_points.rs`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,8 +27,15 @@ pub struct Args {
     pub model: PathBuf,
     /// The properties to repair (VNN-LIB; each states an unsafe set). Properties that
     /// already hold are kept holding.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, required_unless_present = "points", num_args = 1..)]
     pub spec: Vec<PathBuf>,
+    /// Point properties instead of `--spec`: CSV rows `inputs..., label` (gzip or plain),
+    /// or IDX images with `--labels` (see `repair::points`).
+    #[arg(long, conflicts_with = "spec", value_name = "FILE")]
+    pub points: Option<PathBuf>,
+    /// IDX label file for IDX images given to `--points`.
+    #[arg(long, requires = "points", value_name = "FILE")]
+    pub labels: Option<PathBuf>,
     /// Split f = f_c o f_e: `auto`, or K for f_e = layers[..K] (layers of the host IR).
     #[arg(long, default_value = "auto", value_parser = parse_split)]
     pub split_layer: SplitLayer,
@@ -139,7 +147,7 @@ fn read_box(path: &Path, n: usize) -> Result<BoxBounds, CliError> {
     Ok(BoxBounds::new(rows[0].clone(), rows[1].clone()))
 }
 
-fn map_repair_error(e: RepairError) -> CliError {
+pub(super) fn map_repair_error(e: RepairError) -> CliError {
     match e {
         RepairError::SplitLayer(_) | RepairError::Property { .. } | RepairError::Unsupported(_) => {
             CliError::BadInput(e.to_string())
@@ -158,6 +166,9 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         None => None,
     };
     let net = crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+    if args.points.is_some() {
+        return super::repair_points::run(&args, &net, signer.as_ref());
+    }
     let mut properties = Vec::new();
     for path in &args.spec {
         let p = crate::spec::Property::from_vnnlib(path).map_err(|e| {
@@ -194,7 +205,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         }
     }
     if args.strategy == Strategy::PatchModules {
-        return super::repair_modules::run(&args, &net, &properties);
+        return super::repair_modules::run(&args, &net, &properties, signer.as_ref());
     }
     let options = RepairOptions {
         split_layer: SplitLayer::Layer(split),

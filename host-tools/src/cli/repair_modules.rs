@@ -24,6 +24,7 @@ pub(crate) fn run(
     args: &Args,
     net: &Network,
     properties: &[RepairProperty],
+    signer: Option<&ed25519_dalek::SigningKey>,
 ) -> Result<Outcome, CliError> {
     let start = Instant::now();
     let budget = Duration::from_secs_f64(args.timeout);
@@ -112,8 +113,12 @@ pub(crate) fn run(
                 .flat_map(|o| &o.outcomes)
                 .flat_map(|o| o.partition.iter().cloned())
                 .collect();
-            let emitted = crate::patch::modules::emit(net, m, args.sequence, &regions)
+            let mut emitted = crate::patch::modules::emit(net, m, args.sequence, &regions)
                 .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
+            if let Some(key) = signer {
+                crate::patch::sign::sign_patch(&mut emitted.bytes, key)
+                    .map_err(|e| CliError::Internal(e.to_string()))?;
+            }
             value["patch_size_bytes"] = json!(emitted.bytes.len());
             value["patch"] = json!({
                 "file": out.display().to_string(),

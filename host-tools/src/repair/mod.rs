@@ -42,6 +42,7 @@
 
 pub mod desired;
 pub mod patchmodules;
+pub mod points;
 pub mod pointwise;
 pub mod regionwise;
 

@@ -1,0 +1,278 @@
+//! ProRepair's MNIST tasks (Section 6.2): the evaluation harness behind the
+//! "Repair (MNIST)" tables of BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run -p prorepair-host --example repair_mnist -- corruption [NET] [KIND...]
+//!     NET: relu_3_100 (default) | relu_9_100 | relu_9_200; KIND: fog, brightness, ...
+//! cargo run -p prorepair-host --example repair_mnist -- adversarial [K...] [--tasks N]
+//! ```
+//!
+//! Corruption: repair set = 100 misclassified corrupted images from test indices 0-999,
+//! generalisation = the misclassified corrupted images from 1000-9999; reported: points
+//! proven, clean test accuracy before/after, generalisation, time of the repair.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use prorepair_host::repair::points::{self, PointOptions};
+use prorepair_host::tasks::{self, corrupt::Corruption, mnist};
+
+fn data(rel: &str) -> PathBuf {
+    prorepair_host::testing::data_path(rel).unwrap_or_else(|| {
+        eprintln!("../shared/data is absent");
+        std::process::exit(2)
+    })
+}
+
+fn net_path(name: &str) -> PathBuf {
+    if name.ends_with(".onnx") {
+        data(&format!("mnist/nets/{name}"))
+    } else {
+        data(&format!("mnist/nets/mnist_{name}.onnx"))
+    }
+}
+
+/// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
+/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`).
+fn tuned(mut o: PointOptions) -> PointOptions {
+    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
+    if let Some(v) = get("PR_CHANGE") {
+        o.change_fraction = v;
+    }
+    if let Some(v) = get("PR_OUTPUT_WEIGHT") {
+        o.output_weight = v;
+    }
+    if let Some(v) = get("PR_FIDELITY_WEIGHT") {
+        o.fidelity_weight = v;
+    }
+    if let Some(v) = get("PR_LR") {
+        o.learning_rate = v;
+    }
+    if let Some(v) = get("PR_LAYERS") {
+        o.trainable_layers = v as usize;
+    }
+    if let Some(v) = get("PR_STEPS") {
+        o.repair_steps = v as usize;
+    }
+    if let Some(v) = get("PR_MARGIN") {
+        o.anchor_margin = v;
+    }
+    if let Some(v) = get("PR_FIDELITY_N") {
+        o.fidelity_inputs.truncate(v as usize);
+    }
+    o
+}
+
+fn corruption(args: &[String]) {
+    let net_name = args.first().map_or("relu_3_100", String::as_str);
+    let kinds: Vec<Corruption> = if args.len() > 1 {
+        args[1..]
+            .iter()
+            .map(|k| Corruption::from_name(k).unwrap_or_else(|| panic!("unknown kind {k}")))
+            .collect()
+    } else {
+        Corruption::ALL.to_vec()
+    };
+    let net = prorepair_host::import::load(&net_path(net_name)).expect("network");
+    let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
+    let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
+    let acc0 = mnist::accuracy(&net, &test);
+    println!(
+        "network mnist_{net_name}: clean test accuracy {:.2}%",
+        100.0 * acc0
+    );
+    println!(
+        "| kind | repair set | proven | acc. before | acc. after | drop | generalisation (n) | changed | time (s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let (mut drops, mut gens, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    for kind in kinds {
+        let t0 = Instant::now();
+        let task = tasks::corruption_task(&net, &test, kind, 100, 2024);
+        let build = t0.elapsed().as_secs_f64();
+        let options = tuned(PointOptions {
+            fidelity_inputs: tasks::every(&train, 10),
+            ..PointOptions::default()
+        });
+        let out = points::repair_points(&net, &task.repair, &options).expect("repair");
+        let proven = out.after.iter().filter(|&&b| b).count();
+        if std::env::var_os("PR_DEBUG").is_some() {
+            for (p, ok) in task.repair.iter().zip(&out.after) {
+                if !ok {
+                    let y = out.network.forward(&p.x);
+                    eprintln!(
+                        "  failing: label {} y {:?} proof gap {:e}",
+                        p.label,
+                        y,
+                        points::point_margin(&out.network, p)
+                    );
+                }
+            }
+            if let Some(p) = task.repair.first() {
+                eprintln!(
+                    "  rounding margin of the first point: {:e}",
+                    points::rounding_margin(&net, p)
+                );
+            }
+            eprintln!(
+                "  layers: {:?}, split {}",
+                out.network
+                    .layers
+                    .iter()
+                    .map(|l| l.kind())
+                    .collect::<Vec<_>>(),
+                out.split_layer
+            );
+        }
+        let acc1 = mnist::accuracy(&out.network, &test);
+        let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
+        println!(
+            "| {} | {} | {}/{} | {:.2}% | {:.2}% | {:.2}% | {:.1}% ({}) | {} | {:.2} |",
+            kind.name(),
+            task.repair.len(),
+            proven,
+            task.repair.len(),
+            100.0 * acc0,
+            100.0 * acc1,
+            100.0 * (acc0 - acc1),
+            100.0 * generalisation,
+            task.generalisation.len(),
+            out.changed_parameters,
+            out.time_s
+        );
+        eprintln!(
+            "  ({}: task built in {build:.1} s, {} rounds, {} steps)",
+            kind.name(),
+            out.rounds,
+            out.steps
+        );
+        drops.push(acc0 - acc1);
+        gens.push(generalisation);
+        times.push(out.time_s);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "| mean | | | | | {:.2}% | {:.1}% | | {:.2} |",
+        100.0 * mean(&drops),
+        100.0 * mean(&gens),
+        mean(&times)
+    );
+}
+
+/// Adversarial region repair (Section 6.2.3): for each of the first `tasks` correctly
+/// classified test images, the box over its first `k` non-zero pixels at radius `r`
+/// (clipped to [0, 1]; the other pixels fixed) must keep the label; each box is repaired
+/// alone by the region-wise `repair::repair`.
+fn adversarial(args: &[String]) {
+    use prorepair_host::repair::{self, RepairOptions, RepairProperty};
+    use prorepair_host::verify::{Case, Conj};
+    let mut tasks_n = 50;
+    let mut timeout = 10.0;
+    let mut settings: Vec<(usize, f64)> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--tasks" => tasks_n = it.next().and_then(|v| v.parse().ok()).expect("--tasks N"),
+            "--timeout" => timeout = it.next().and_then(|v| v.parse().ok()).expect("--timeout S"),
+            k => {
+                let k: usize = k.parse().expect("k");
+                settings.push((k, if k >= 784 { 1e-3 } else { 0.1 }));
+            }
+        }
+    }
+    if settings.is_empty() {
+        settings = vec![(16, 0.1), (50, 0.1), (100, 0.1), (784, 1e-3)];
+    }
+    let net = prorepair_host::import::load(&net_path("relu_3_100")).expect("network");
+    let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
+    let acc0 = mnist::accuracy(&net, &test);
+    println!(
+        "| k | r | tasks | skipped: held before | repaired and proven | not proven | mean time of repairs (s) | max time (s) | mean accuracy drop |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (k, r) in settings {
+        let (mut held, mut proven, mut open) = (0, 0, 0);
+        let (mut times, mut drops) = (Vec::new(), Vec::new());
+        // Tasks are boxes that are not proven robust before (the sound checker runs
+        // inside `repair`); the ones that hold are counted and skipped, scanning at most
+        // the first 2000 correctly classified images.
+        let chosen = (0..test.len())
+            .filter(|&i| mnist::argmax(&net.forward(&test.images[i])) == test.labels[i])
+            .take(2000);
+        for i in chosen {
+            if proven + open >= tasks_n {
+                break;
+            }
+            let x = &test.images[i];
+            let label = test.labels[i];
+            let (mut lower, mut upper) = (x.clone(), x.clone());
+            for j in (0..x.len()).filter(|&j| x[j] != 0.0).take(k) {
+                lower[j] = (x[j] - r).max(0.0);
+                upper[j] = (x[j] + r).min(1.0);
+            }
+            let unsafe_set = (0..10)
+                .filter(|&j| j != label)
+                .map(|j| {
+                    let mut row = vec![0.0; 10];
+                    row[label] = 1.0;
+                    row[j] = -1.0;
+                    Conj {
+                        rows: vec![row],
+                        rhs: vec![0.0],
+                    }
+                })
+                .collect();
+            let prop = RepairProperty {
+                name: format!("image {i}, k {k}, r {r}"),
+                cases: vec![Case {
+                    lower,
+                    upper,
+                    unsafe_set,
+                }],
+            };
+            let options = RepairOptions {
+                timeout: std::time::Duration::from_secs_f64(timeout),
+                ..RepairOptions::default()
+            };
+            let out = repair::repair(&net, &[prop], &options).expect("repair");
+            let p = &out.properties[0];
+            if !p.repaired && p.after == "holds" {
+                held += 1;
+                continue;
+            }
+            times.push(out.time_s);
+            if out.verified {
+                proven += 1;
+                drops.push(acc0 - mnist::accuracy(&out.network, &test));
+            } else {
+                open += 1;
+            }
+            eprintln!(
+                "  image {i}: before {}, after {}, {:.2} s",
+                p.before, p.after, out.time_s
+            );
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "| {k} | {r} | {} | {held} | {proven} | {open} | {:.2} | {:.2} | {:.2}% |",
+            proven + open,
+            mean(&times),
+            times.iter().copied().fold(0.0, f64::max),
+            100.0 * mean(&drops)
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("corruption") => corruption(&args[1..]),
+        Some("adversarial") => adversarial(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: repair_mnist corruption [NET] [KIND...] | adversarial [K...] [--tasks N] [--timeout S]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
