@@ -69,6 +69,21 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_OUTW") {
         o.output_weight = v;
     }
+    if let Some(v) = get("PROREPAIR_COMPLETE") {
+        o.complete_check = v != 0.0;
+    }
+    if let Some(v) = get("PROREPAIR_GLOBAL_MARGIN") {
+        o.global_margin = v;
+    }
+    if let Some(v) = get("PROREPAIR_GLOBAL_REL") {
+        o.global_margin_relative = v;
+    }
+    if let Some(v) = get("PROREPAIR_GROWTH") {
+        o.global_margin_growth = v;
+    }
+    if let Some(v) = get("PROREPAIR_COMPLETE_BUDGET") {
+        o.complete_budget = Duration::from_secs_f64(v);
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }
@@ -83,6 +98,14 @@ fn main() {
         eprintln!("SKIP: ../shared/data is absent");
         return;
     };
+    if which == "demo" {
+        demo();
+        return;
+    }
+    if which == "probe" {
+        probe(&data, args.get(3).map_or("1,1", String::as_str));
+        return;
+    }
     if which == "n29" {
         n29(&data, timeout);
         return;
@@ -223,4 +246,117 @@ fn n29(data: &std::path::Path, timeout: f64) {
         }
         Err(e) => println!("N2,9: error: {e}"),
     }
+}
+
+/// `probe A,B`: the sampled minimum of the prop_2 desired score `max_j (y_j - y_0)` over
+/// the box and how `verify` fares on the network as it is (for calibrating margins).
+fn probe(data: &std::path::Path, ab: &str) {
+    use prorepair_host::verify;
+    let (a, b) = ab.split_once(',').expect("A,B");
+    let (a, b): (u32, u32) = (a.parse().expect("A"), b.parse().expect("B"));
+    let net = import::load(&data.join(testing::acasxu_onnx(a, b))).expect("import");
+    let spec = Property::from_vnnlib(&data.join("acasxu/vnnlib/prop_2.vnnlib")).expect("spec");
+    let rp = RepairProperty::from_spec("prop_2", &spec, &net).expect("fits");
+    let c = &rp.cases[0];
+    let pts = repair::sample_outside(
+        &BoxBounds::new(c.lower.clone(), c.upper.clone()),
+        &[],
+        100_000,
+        1,
+    );
+    let mut scores: Vec<f64> = pts
+        .iter()
+        .map(|x| {
+            let y = net.forward(x);
+            (1..5)
+                .map(|j| y[j] - y[0])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    let spread: Vec<f64> = pts
+        .iter()
+        .take(2000)
+        .map(|x| {
+            let y = net.forward(x);
+            y.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+                - y.iter().cloned().fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    println!(
+        "N{a},{b}: score min {:.4}, 0.1% {:.4}, 1% {:.4}, median {:.4}; mean output spread {:.4}",
+        scores[0],
+        scores[100],
+        scores[1000],
+        scores[50_000],
+        spread.iter().sum::<f64>() / spread.len() as f64
+    );
+    // Lift every non-COC output by delta: the min score rises by exactly delta, so this
+    // shows how branch and bound's effort falls with the margin.
+    for delta in [0.0, 0.01, 0.02, 0.05, 0.1] {
+        let mut n2 = net.clone();
+        if let Some(prorepair_host::model::Layer::Dense(d)) = n2.layers.last_mut() {
+            for j in 1..5 {
+                d.bias[j] += delta - scores[0].min(0.0);
+            }
+        }
+        let r = verify::verify_cases(
+            &n2,
+            &rp.cases,
+            &verify::Options {
+                timeout: Duration::from_secs(10),
+                ..verify::Options::default()
+            },
+        );
+        println!(
+            "N{a},{b} lifted to min score {:.3}: verify {} in {:.2} s, {} branches",
+            scores[0].max(0.0) + delta,
+            r.verdict.status(),
+            r.stats.time_s,
+            r.stats.branches
+        );
+    }
+    let r = verify::verify_cases(
+        &net,
+        &rp.cases,
+        &verify::Options {
+            timeout: Duration::from_secs(20),
+            ..verify::Options::default()
+        },
+    );
+    println!(
+        "N{a},{b}: verify {} in {:.2} s, {} branches",
+        r.verdict.status(),
+        r.stats.time_s,
+        r.stats.branches
+    );
+}
+
+/// `demo`: the built-in demo controller repaired with the default options (plus the
+/// tuning overrides), to compare with the demo's own settings.
+fn demo() {
+    use prorepair_host::cli::demo;
+    let net = demo::builtin_controller().expect("controller");
+    let property = prorepair_host::spec::vnnlib::parse_str(
+        &demo::property_vnnlib(),
+        std::path::Path::new("demo.vnnlib"),
+    )
+    .expect("property");
+    let rp = RepairProperty::from_spec("demo", &property, &net).expect("fits");
+    let options = RepairOptions {
+        fidelity_domain: Some(BoxBounds::new(vec![-1.0; 5], vec![1.0; 5])),
+        fidelity_eval_samples: 2000,
+        timeout: Duration::from_secs(40),
+        ..tuned(RepairOptions::default())
+    };
+    let out = repair::repair(&net, &[rp], &options).expect("repair");
+    println!(
+        "demo: verified {} in {:.2} s, {} rounds, {} sub-properties, {} changed, fidelity {:.4}",
+        out.verified,
+        out.time_s,
+        out.rounds,
+        out.subproperties,
+        out.changed_parameters,
+        out.fidelity.argmin_agreement
+    );
 }
