@@ -134,9 +134,9 @@ fn main() {
         jobs.retain(|&(_, a, b)| format!("{a},{b}") == *only);
     }
     println!(
-        "| property | network | status | sub-properties | rounds | time (s) | changed params | fidelity (advisory) |"
+        "| property | network | status | sub-properties | rounds | time (s) | changed params | patch bytes (% of blob) | fidelity (advisory) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut times: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut repaired: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let mut changed: Vec<usize> = Vec::new();
@@ -156,7 +156,7 @@ fn main() {
         };
         let entry = repaired.entry(prop).or_default();
         entry.1 += 1;
-        match repair::repair(&net, &[rp], &options) {
+        match repair::repair(&net, std::slice::from_ref(&rp), &options) {
             Ok(out) => {
                 let status = if out.verified {
                     "repaired, holds"
@@ -169,8 +169,23 @@ fn main() {
                     fidelity.push(out.fidelity.argmin_agreement);
                 }
                 times.entry(prop).or_default().push(out.time_s);
+                // The weight-delta patch `repair --out` would write (with the case boxes
+                // as its verified regions), against the compiled base blob.
+                let regions: Vec<(Vec<f64>, Vec<f64>)> = rp
+                    .cases
+                    .iter()
+                    .map(|c| (c.lower.clone(), c.upper.clone()))
+                    .collect();
+                let patch = match prorepair_host::patch::emit(&net, &out.network, 1, &regions) {
+                    Ok(e) => format!(
+                        "{} ({:.1}%)",
+                        e.bytes.len(),
+                        100.0 * e.bytes.len() as f64 / e.base_blob.len() as f64
+                    ),
+                    Err(e) => format!("error: {e}"),
+                };
                 println!(
-                    "| {prop} | N{a},{b} | {status} | {} | {} | {:.2} | {} | {:.2}% |",
+                    "| {prop} | N{a},{b} | {status} | {} | {} | {:.2} | {} | {patch} | {:.2}% |",
                     out.subproperties,
                     out.rounds,
                     out.time_s,
@@ -178,7 +193,7 @@ fn main() {
                     100.0 * out.fidelity.argmin_agreement
                 );
             }
-            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | |"),
+            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | | |"),
         }
         let _ = std::io::stdout().flush();
     }
@@ -236,8 +251,16 @@ fn n29(data: &std::path::Path, timeout: f64) {
                         .map_or(String::new(), |r| format!(" ({r})"))
                 );
             }
+            let regions: Vec<(Vec<f64>, Vec<f64>)> = props
+                .iter()
+                .flat_map(|p| &p.cases)
+                .map(|c| (c.lower.clone(), c.upper.clone()))
+                .collect();
+            let patch = prorepair_host::patch::emit(&net, &out.network, 1, &regions)
+                .map(|e| e.bytes.len())
+                .unwrap_or(0);
             println!(
-                "N2,9: verified {}, {:.2} s, {} changed parameters, fidelity {:.2}%",
+                "N2,9: verified {}, {:.2} s, {} changed parameters, patch {patch} bytes, fidelity {:.2}%",
                 out.verified,
                 out.time_s,
                 out.changed_parameters,

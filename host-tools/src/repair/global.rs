@@ -246,6 +246,8 @@ pub(super) fn run(
         .min(options.global_margin_relative * median)
         .max(2.0 * state.margin);
     let mut budget_scale = 1.0;
+    let region_wise_weight = trainer.output_weight;
+    trainer.output_weight = options.global_output_weight;
     let mut reports: Vec<verify::Report> = Vec::new();
     let mut rounds = 0;
     let reason = loop {
@@ -288,6 +290,7 @@ pub(super) fn run(
                 );
             }
             if reports.iter().all(|r| r.verdict == Verdict::Holds) {
+                trainer.output_weight = region_wise_weight;
                 return Ok(GlobalResult {
                     reports,
                     proven: true,
@@ -358,6 +361,7 @@ pub(super) fn run(
             target *= options.global_margin_growth;
         }
     };
+    trainer.output_weight = region_wise_weight;
     Ok(GlobalResult {
         reports,
         proven: false,
