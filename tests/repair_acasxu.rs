@@ -167,7 +167,7 @@ fn repairs_n2_1_property_2_region_wise() {
 }
 
 #[test]
-#[ignore = "N3,5 prop_2 is not yet repaired within the budget (the proof partition grows past it; see BENCHMARKS.md, Repair); run with --ignored"]
+#[ignore = "N3,5 prop_2 is not yet repaired within the budget (branch and bound does not decide the repaired network in time; BENCHMARKS.md, Repair); run with --ignored"]
 fn repairs_n3_5_property_2() {
     repair_prop2(3, 5, true);
 }

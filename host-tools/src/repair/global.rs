@@ -152,12 +152,16 @@ fn weak_points(
     let mut out = Vec::new();
     for (pi, cases, desired) in props {
         for (ci, c) in cases.iter().enumerate() {
-            let pts = sample_box(
+            let mut pts = sample_box(
                 &c.lower,
                 &c.upper,
                 samples,
                 seed ^ ((*pi as u64) << 40 | (ci as u64) << 20),
             );
+            // Corners and face centres too: a piecewise-linear network often takes its
+            // extremes on the box boundary, where uniform samples never land (verify's
+            // falsifier, which tries the corners, found violations these missed).
+            pts.extend(super::regionwise::probe_points(&c.lower, &c.upper));
             let mut scored: Vec<(f64, Vec<f64>)> = pts
                 .into_par_iter()
                 .map(|x| (score(desired, &current.forward(&x)), x))
@@ -299,13 +303,43 @@ pub(super) fn run(
                 });
             }
             let mut unknown = false;
-            for (r, (pi, _, desired)) in reports.iter().zip(&props) {
+            for (r, (pi, cases, desired)) in reports.iter().zip(&props) {
                 match &r.verdict {
-                    Verdict::Violated { counterexample, .. } => {
-                        let y = current.forward(counterexample);
-                        let cons = closest(desired, &y);
+                    Verdict::Violated {
+                        counterexample,
+                        case,
+                        ..
+                    } => {
+                        // Sampling missed this violation, so it lies in a thin sliver:
+                        // anchor its neighbourhood too (1% of the box around it), or the
+                        // next training round only moves the sliver.
+                        let mut near = vec![counterexample.clone()];
+                        if let Some(c) = cases.get(*case) {
+                            let w: Vec<f64> = c
+                                .lower
+                                .iter()
+                                .zip(&c.upper)
+                                .map(|(l, u)| 0.01 * (u - l))
+                                .collect();
+                            let lo: Vec<f64> = (0..w.len())
+                                .map(|i| (counterexample[i] - w[i]).max(c.lower[i]))
+                                .collect();
+                            let hi: Vec<f64> = (0..w.len())
+                                .map(|i| (counterexample[i] + w[i]).min(c.upper[i]))
+                                .collect();
+                            near.extend(sample_box(&lo, &hi, 64, options.seed ^ rounds as u64));
+                        }
+                        let mut weak: Vec<(f64, Vec<f64>)> = near
+                            .into_iter()
+                            .map(|x| (score(desired, &current.forward(&x)), x))
+                            .filter(|(s, _)| *s < target)
+                            .collect();
+                        weak.sort_by(|a, b| a.0.total_cmp(&b.0));
                         let _ = pi;
-                        anchor(state, current, counterexample.clone(), &cons, target)?;
+                        for (_, x) in weak.into_iter().step_by(4) {
+                            let cons = closest(desired, &current.forward(&x));
+                            anchor(state, current, x, &cons, target)?;
+                        }
                     }
                     Verdict::Unknown { .. } => unknown = true,
                     Verdict::Holds => {}
