@@ -406,3 +406,56 @@ pub(super) fn run(
 
 /// The default budget of one complete check in this phase.
 pub(super) const COMPLETE_BUDGET: Duration = Duration::from_secs(4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Dense, Layer};
+    use crate::repair::desired::Clause;
+
+    #[test]
+    fn score_is_the_worst_clause_of_its_best_alternative() {
+        let k = |c: Vec<f64>, d: f64| Constraint { c, d };
+        let desired = DesiredSet {
+            clauses: vec![
+                Clause {
+                    options: vec![k(vec![1.0, 0.0], 0.0), k(vec![0.0, 1.0], 0.0)],
+                },
+                Clause {
+                    options: vec![k(vec![-1.0, 0.0], 5.0)],
+                },
+            ],
+        };
+        // Clause 1: max(2, -1) = 2; clause 2: 5 - 2 = 3.
+        assert_eq!(score(&desired, &[2.0, -1.0]), 2.0);
+        // Clause 2 is the worst: 5 - 7 = -2.
+        assert_eq!(score(&desired, &[7.0, 0.0]), -2.0);
+        assert_eq!(closest(&desired, &[2.0, -1.0]).len(), 2);
+        assert_eq!(closest(&desired, &[2.0, -1.0])[0].c, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn pgd_descends_to_the_minimising_corner() {
+        // y = x0 - x1 on [0, 1]^2; unsafe y <= -1.5 (never reached); PGD minimises
+        // y + 1.5, whose minimum over the box is at (0, 1).
+        let d = Dense::new(2, 1, vec![1.0, -1.0], vec![0.0]).unwrap();
+        let net = Network::new(vec![2], vec![Layer::Dense(d)]).unwrap();
+        let cnet = CandleNet::new(&net).unwrap();
+        let conj = Conj {
+            rows: vec![vec![1.0]],
+            rhs: vec![-1.5],
+        };
+        let end = pgd(
+            &cnet,
+            &[conj],
+            &[0.0, 0.0],
+            &[1.0, 1.0],
+            &[vec![0.5, 0.5], vec![0.9, 0.1]],
+            60,
+        )
+        .unwrap();
+        for x in end {
+            assert!(x[0] < 1e-3 && x[1] > 1.0 - 1e-3, "{x:?}");
+        }
+    }
+}
