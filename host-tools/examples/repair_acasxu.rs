@@ -8,11 +8,14 @@
 //! markdown table (rows as they finish) and a summary.
 //!
 //! ```text
-//! cargo run --release -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29] [TIMEOUT_S] [A,B]
+//! cargo run -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29|probe|demo] [TIMEOUT_S] [A,B]
 //! ```
 //!
 //! `n29`: N2,9 repaired for properties 2 and 8 together, with 1, 3 and 4 as guards (they
-//! hold before and must still hold after).
+//! hold before and must still hold after). `probe 0 A,B`: the sampled prop_2 score of the
+//! original network and `verify`'s effort when its margin is lifted by a constant.
+//! `demo`: the built-in demo controller on the default options. Environment overrides
+//! for tuning: see `tuned`; `PROREPAIR_TRACE=1` prints every round.
 
 use std::io::Write;
 use std::time::Duration;
