@@ -34,12 +34,17 @@
 #define PR_MODEL_ALIGN 8
 
 /**
+ * Size in bytes of `pr_modules` on every target.
+ */
+#define PR_MODULES_SIZE 512
+
+/**
  * The result of every `pr_*` function: `PR_OK` (0) or the one error that occurred.
  *
  * Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
  * `pr_model_load`; the header errors 10..=17 and 26, 27 also for an invalid patch),
  * 40..=49 evaluation arguments, 50..=69 an invalid or unbindable patch (from
- * `pr_model_apply_patch`), 99 an unexpected internal error.
+ * `pr_model_apply_patch`), 70..=79 a patch-modules patch (`pr_modules_load`), 99 an unexpected internal error.
  */
 typedef enum pr_status {
   /**
@@ -217,6 +222,14 @@ typedef enum pr_status {
    */
   PR_MISALIGNED_PATCH_RAM = 60,
   /**
+   * A patch-modules record is malformed (indicator, layer count, widths, labels, box).
+   */
+  PR_BAD_PATCH_MODULE = 70,
+  /**
+   * A patch module does not fit the base model (input or output length, label).
+   */
+  PR_PATCH_MODULE_MISMATCH = 71,
+  /**
    * The device core reported an error this version of the C API does not name.
    */
   PR_INTERNAL_ERROR = 99,
@@ -239,6 +252,19 @@ typedef struct pr_model {
    */
   uint64_t _opaque[32];
 } pr_model;
+
+/**
+ * A base model with a patch-modules patch: opaque storage owned by the caller, filled
+ * by `pr_modules_load`. No destructor, no heap. It refers to the base model's blob, the
+ * patch bytes and the module RAM given to `pr_modules_load`: all three must stay valid
+ * and unmodified for as long as it is used. A zeroed one reads as not loaded.
+ */
+typedef struct pr_modules {
+  /**
+   * Opaque: a "loaded" tag, then the validated modules model. Do not touch.
+   */
+  uint64_t _opaque[64];
+} pr_modules;
 
 #ifdef __cplusplus
 extern "C" {
@@ -343,6 +369,81 @@ enum pr_status pr_model_evaluate(const struct pr_model *model,
                                  size_t arena_len,
                                  float *output,
                                  size_t output_len);
+
+/**
+ * `*out` = the RAM bytes `pr_modules_load` needs for this patch-modules patch (module
+ * weights repacked for the SIMD kernels, indicator boxes). Validates the patch alone.
+ *
+ * Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER` (`out`), or the patch's
+ * error (`PR_UNKNOWN_PATCH_KIND` for a weight-delta patch, `PR_BAD_PATCH_MODULE`, ...).
+ *
+ * # Safety
+ * `patch` is NULL or readable for `patch_len` bytes; `out` is NULL or writable.
+ */
+enum pr_status pr_modules_ram_bytes(const uint8_t *patch, size_t patch_len, size_t *out);
+
+/**
+ * Bind a patch-modules patch to a loaded base model and fill `*out`.
+ *
+ * Validates the patch completely, checks it was made for `model`'s base blob (SHA-256)
+ * and that every module fits the model, then copies the module weights into `ram`.
+ *
+ * - `model`: a loaded base `pr_model` (borrowed for the call; its blob must outlive
+ *   `*out`).
+ * - `patch`: `patch_len` bytes, any alignment; BORROWED FOR THE LIFETIME OF `*out`
+ *   (the module records are read at every evaluation).
+ * - `ram`: `ram_len` bytes, 4-byte aligned, at least `pr_modules_ram_bytes`; owned by
+ *   the caller, valid and unmodified while `*out` is used; must not overlap the blob,
+ *   the patch or `*out`.
+ * - `out`: written only on `PR_OK`. On failure `ram` may have been written only when
+ *   the status is not a validation or binding error (it never is today).
+ *
+ * Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER`, `PR_MODEL_NOT_LOADED`,
+ * `PR_OVERLAPPING_BUFFERS`, `PR_PATCH_RAM_TOO_SMALL`, `PR_MISALIGNED_PATCH_RAM`,
+ * `PR_WRONG_BASE_MODEL`, `PR_PATCH_MODULE_MISMATCH` or the patch's error.
+ *
+ * # Safety
+ * `model` is NULL or an initialised `pr_model` with a valid blob; `patch` is NULL or
+ * readable for `patch_len` bytes; `ram` is NULL or writable for `ram_len` bytes; `out`
+ * is NULL or writable `pr_modules` storage; the lifetimes above hold.
+ */
+enum pr_status pr_modules_load(const struct pr_model *model,
+                               const uint8_t *patch,
+                               size_t patch_len,
+                               uint8_t *ram,
+                               size_t ram_len,
+                               struct pr_modules *out);
+
+/**
+ * `*out` = the arena bytes `pr_modules_evaluate` needs (the base model's arena, a copy
+ * of its output and two buffers of the widest module layer).
+ *
+ * # Safety
+ * `m` is NULL or an initialised `pr_modules`; `out` is NULL or writable.
+ */
+enum pr_status pr_modules_arena_bytes(const struct pr_modules *m, size_t *out);
+
+/**
+ * Evaluate base + indicators + modules on one input: `output = N(x) + sum of the
+ * modules whose indicator fires`; where none fires, exactly the base model's output.
+ *
+ * Same buffer rules as `pr_model_evaluate`, with `pr_modules_arena_bytes` for the
+ * arena. Returns `PR_OK`, `PR_NULL_POINTER`, `PR_MODEL_NOT_LOADED`,
+ * `PR_MISALIGNED_POINTER`, `PR_INPUT_LENGTH`, `PR_OUTPUT_LENGTH`, `PR_ARENA_TOO_SMALL`,
+ * `PR_MISALIGNED_ARENA` or `PR_OVERLAPPING_BUFFERS`. No allocation.
+ *
+ * # Safety
+ * `m` is NULL or an initialised `pr_modules` whose blob, patch and RAM are valid;
+ * `input` readable for `input_len` floats; `arena` writable for `arena_len` bytes;
+ * `output` writable for `output_len` floats.
+ */
+enum pr_status pr_modules_evaluate(const struct pr_modules *m,
+                                   const float *input,
+                                   size_t input_len,
+                                   uint8_t *arena,
+                                   size_t arena_len,
+                                   float *output,
+                                   size_t output_len);
 
 /**
  * `*out` = the exact number of RAM bytes `pr_model_apply_patch` needs for this patch

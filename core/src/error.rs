@@ -94,6 +94,11 @@ pub enum Error {
     /// A verified region of a patch is invalid (lower above upper, not finite), or its
     /// dimension differs from the model's input length.
     BadPatchRegion,
+    /// A patch-modules record is malformed (indicator kind, layer count, zero width,
+    /// labels, box corners), or the module count is outside 1..=MAX_MODULES.
+    BadPatchModule,
+    /// A patch module does not fit the base model (input or output length, label).
+    PatchModuleMismatch,
     /// The patch's sequence number is not newer than the one already applied.
     StalePatch,
     /// The caller RAM for the patched layers is smaller than
@@ -147,6 +152,8 @@ impl Error {
             }
             Error::PatchShapeMismatch => "the patch's parameter count differs from the layer's",
             Error::BadPatchRegion => "bad verified region in the patch",
+            Error::BadPatchModule => "malformed patch module record",
+            Error::PatchModuleMismatch => "a patch module does not fit the base model",
             Error::StalePatch => {
                 "stale patch: its sequence number is not newer than the applied one"
             }

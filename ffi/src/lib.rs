@@ -50,12 +50,17 @@
 
 mod boundary;
 mod model;
+mod modules;
 mod patch;
 mod status;
 
 pub use model::{
     PR_MODEL_ALIGN, PR_MODEL_SIZE, pr_model, pr_model_arena_bytes, pr_model_evaluate,
     pr_model_input_len, pr_model_load, pr_model_output_len, pr_model_parameter_count,
+};
+pub use modules::{
+    PR_MODULES_SIZE, pr_modules, pr_modules_arena_bytes, pr_modules_evaluate, pr_modules_load,
+    pr_modules_ram_bytes,
 };
 pub use patch::{pr_model_apply_patch, pr_model_patch_sequence, pr_patch_ram_bytes};
 pub use status::{pr_status, pr_status_str, pr_version};

@@ -11,7 +11,7 @@ use crate::boundary::guard;
 /// Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
 /// `pr_model_load`; the header errors 10..=17 and 26, 27 also for an invalid patch),
 /// 40..=49 evaluation arguments, 50..=69 an invalid or unbindable patch (from
-/// `pr_model_apply_patch`), 99 an unexpected internal error.
+/// `pr_model_apply_patch`), 70..=79 a patch-modules patch (`pr_modules_load`), 99 an unexpected internal error.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum pr_status {
@@ -103,6 +103,10 @@ pub enum pr_status {
     PR_PATCH_RAM_TOO_SMALL = 59,
     /// The patch RAM does not start at a 4-byte aligned address.
     PR_MISALIGNED_PATCH_RAM = 60,
+    /// A patch-modules record is malformed (indicator, layer count, widths, labels, box).
+    PR_BAD_PATCH_MODULE = 70,
+    /// A patch module does not fit the base model (input or output length, label).
+    PR_PATCH_MODULE_MISMATCH = 71,
     /// The device core reported an error this version of the C API does not name.
     PR_INTERNAL_ERROR = 99,
 }
@@ -148,6 +152,8 @@ impl From<Error> for pr_status {
             Error::StalePatch => PR_STALE_PATCH,
             Error::PatchRamTooSmall => PR_PATCH_RAM_TOO_SMALL,
             Error::MisalignedPatchRam => PR_MISALIGNED_PATCH_RAM,
+            Error::BadPatchModule => PR_BAD_PATCH_MODULE,
+            Error::PatchModuleMismatch => PR_PATCH_MODULE_MISMATCH,
             // `Error` is non_exhaustive: a variant added to the core after this table.
             _ => PR_INTERNAL_ERROR,
         }
@@ -156,7 +162,7 @@ impl From<Error> for pr_status {
 
 impl pr_status {
     /// Every status, in value order (tests and `pr_status_str`).
-    pub const ALL: [pr_status; 44] = {
+    pub const ALL: [pr_status; 46] = {
         use pr_status::*;
         [
             PR_OK,
@@ -202,6 +208,8 @@ impl pr_status {
             PR_STALE_PATCH,
             PR_PATCH_RAM_TOO_SMALL,
             PR_MISALIGNED_PATCH_RAM,
+            PR_BAD_PATCH_MODULE,
+            PR_PATCH_MODULE_MISMATCH,
             PR_INTERNAL_ERROR,
         ]
     };
@@ -264,6 +272,8 @@ impl pr_status {
             PR_STALE_PATCH => c"stale patch: its sequence number is not newer than the applied one",
             PR_PATCH_RAM_TOO_SMALL => c"patch RAM too small",
             PR_MISALIGNED_PATCH_RAM => c"misaligned patch RAM: must be 4-byte aligned",
+            PR_BAD_PATCH_MODULE => c"malformed patch module record",
+            PR_PATCH_MODULE_MISMATCH => c"a patch module does not fit the base model",
             PR_INTERNAL_ERROR => {
                 c"internal error: the device core reported an error this API does not name"
             }

@@ -4,7 +4,7 @@
 //! `BENCHMARKS.md`.
 //!
 //! ```text
-//! cargo run --release -p prorepair-host --example vnncomp -- [--filter STR] [--limit N]
+//! cargo run [--release] -p prorepair-host --example vnncomp -- [--filter STR] [--limit N]
 //!     [--timeout-scale F] [--threads N] [--jobs J] [--no-write]
 //! ```
 //! `--jobs J` runs J instances at a time (each with `--threads` workers, default 1 when
@@ -168,8 +168,15 @@ fn main() {
         acas.len()
     );
     if write {
+        // The profile this binary was built with (debug assertions: the dev profile,
+        // which builds prorepair-host and its dependencies at opt-level 3).
+        let profile = if cfg!(debug_assertions) {
+            "(dev profile)"
+        } else {
+            "--release"
+        };
         let command = format!(
-            "cargo run --release -p prorepair-host --example vnncomp --{}",
+            "cargo run {profile} -p prorepair-host --example vnncomp --{}",
             args.iter().map(|a| format!(" {a}")).collect::<String>()
         );
         write_section(

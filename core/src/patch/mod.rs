@@ -50,6 +50,7 @@
 
 #[cfg(feature = "encode")]
 pub mod encode;
+pub mod modules;
 
 use crate::Error;
 use crate::format::{self, read_u16, read_u32};
@@ -74,6 +75,8 @@ pub const MAX_PATCH_LAYERS: usize = 8;
 pub enum PatchKind {
     /// Replacement or sparse delta of the repaired layers' parameters.
     WeightDelta = 1,
+    /// Indicators selecting patch modules added to the logits ([`modules`]).
+    Modules = 2,
 }
 
 impl PatchKind {
@@ -81,6 +84,7 @@ impl PatchKind {
     pub const fn name(self) -> &'static str {
         match self {
             PatchKind::WeightDelta => "weight delta",
+            PatchKind::Modules => "patch modules",
         }
     }
 }

@@ -163,7 +163,7 @@ fn statuses_have_distinct_values_and_descriptions() {
 
 /// Every variant of the core's error, by hand: `Error` is non_exhaustive, so a new
 /// variant maps to PR_INTERNAL_ERROR until it is named here and in `pr_status`.
-const CORE_ERRORS: [Error; 37] = [
+const CORE_ERRORS: [Error; 39] = [
     Error::Truncated,
     Error::BadMagic,
     Error::UnsupportedVersion,
@@ -198,6 +198,8 @@ const CORE_ERRORS: [Error; 37] = [
     Error::PatchLayerMismatch,
     Error::PatchShapeMismatch,
     Error::BadPatchRegion,
+    Error::BadPatchModule,
+    Error::PatchModuleMismatch,
     Error::StalePatch,
     Error::PatchRamTooSmall,
     Error::MisalignedPatchRam,

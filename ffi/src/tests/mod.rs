@@ -3,5 +3,6 @@
 
 mod api;
 mod header;
+mod modules;
 mod patch;
 mod support;

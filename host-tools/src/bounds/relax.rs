@@ -169,7 +169,10 @@ pub fn s_shaped(l: f64, u: f64, f: fn(f64) -> f64, df: fn(f64) -> f64) -> Scalar
             intercept: fu + EVAL_SLACK,
         },
     };
-    if !(u - l > 1e-9 * (1.0 + l.abs().max(u.abs()))) {
+    // NaN widths count as degenerate too.
+    if (u - l).partial_cmp(&(1e-9 * (1.0 + l.abs().max(u.abs()))))
+        != Some(std::cmp::Ordering::Greater)
+    {
         return flat;
     }
     let chord_slope = (fu - fl) / (u - l);
@@ -292,7 +295,10 @@ fn gelu_minus_line_range(l: f64, u: f64, slope: f64) -> (f64, f64) {
 /// certified by [`gelu_minus_line_range`], widened by [`EVAL_SLACK`].
 pub fn gelu_relaxation(l: f64, u: f64) -> ScalarRelaxation {
     let (gl, gu) = (gelu(l), gelu(u));
-    if !(u - l > 1e-9 * (1.0 + l.abs().max(u.abs()))) {
+    // NaN widths count as degenerate too.
+    if (u - l).partial_cmp(&(1e-9 * (1.0 + l.abs().max(u.abs()))))
+        != Some(std::cmp::Ordering::Greater)
+    {
         // Point interval: the value range over [l, u] is within the end values, widened
         // by what GELU's derivative (|gelu'| <= 1.13) allows over the tiny width.
         let spread = 1.2 * (u - l);

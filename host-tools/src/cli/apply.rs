@@ -35,10 +35,19 @@ pub(crate) fn patched_network(net: &Network, patch: &Path) -> Result<Network, Cl
 /// Run `apply`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     let net = crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
-    let patched = patched_network(&net, &args.patch)?;
     let shape = crate::export::onnx::declared_input_shape(&args.model);
-    let bytes = crate::export::to_onnx_bytes(&patched, shape.as_deref())
-        .map_err(|e| CliError::Internal(format!("exporting the patched network: {e}")))?;
+    let raw = read_file(&args.patch)?;
+    // A patch-modules patch (kind 2) becomes base + indicator + modules in one graph.
+    let bytes = if crate::patch::modules::is_modules_patch(&raw) {
+        let m = crate::patch::modules::read(&net, &raw)
+            .map_err(|e| CliError::file(&args.patch, format!("refused: {e}")))?;
+        crate::patch::modules::to_onnx(&net, &m, shape.as_deref())
+            .map_err(|e| CliError::Internal(format!("exporting the patched network: {e}")))?
+    } else {
+        let patched = patched_network(&net, &args.patch)?;
+        crate::export::to_onnx_bytes(&patched, shape.as_deref())
+            .map_err(|e| CliError::Internal(format!("exporting the patched network: {e}")))?
+    };
     report::write_output(&args.onnx_out, &bytes)?;
     eprintln!(
         "{}: patched model written ({} bytes)",

@@ -16,6 +16,7 @@ pub mod demo;
 mod eval;
 mod inspect;
 mod repair;
+mod repair_modules;
 pub mod report;
 mod verify;
 

@@ -7,7 +7,7 @@
 //! patch against the blob `compile` makes of MODEL (`--out`, see [`crate::patch`]) and/or
 //! as ONNX (`--onnx-out`); every output is prepared before any is written, and each is
 //! written to a temporary file and renamed, so no partial file is ever left. The
-//! `--strategy` option of the design comes with the patch-module repair (a later issue).
+//! `--strategy patch-modules` runs [`super::repair_modules`] instead.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +59,23 @@ pub struct Args {
     /// Seed of all sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// `weights`: ProRepair (changes the network's weights); `patch-modules`:
+    /// AdvRepair-style box indicators plus small MLPs added to the logits (the base
+    /// network is untouched; `--out` writes a kind-2 patch).
+    #[arg(long, value_enum, default_value = "weights")]
+    pub strategy: Strategy,
+    /// Hidden widths of each patch module, comma-separated (`--strategy patch-modules`).
+    #[arg(long, value_delimiter = ',', default_value = "8")]
+    pub module_hidden: Vec<usize>,
+}
+
+/// The repair strategy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Strategy {
+    /// ProRepair region-wise weight repair.
+    Weights,
+    /// Indicator-plus-patch modules.
+    PatchModules,
 }
 
 /// `auto` or a layer index.
@@ -164,6 +181,9 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         if !dir.is_dir() {
             return Err(CliError::file(out, "the directory does not exist"));
         }
+    }
+    if args.strategy == Strategy::PatchModules {
+        return super::repair_modules::run(&args, &net, &properties);
     }
     let options = RepairOptions {
         split_layer: SplitLayer::Layer(split),

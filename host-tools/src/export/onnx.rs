@@ -319,6 +319,158 @@ pub fn to_onnx_bytes(net: &Network, input_shape: Option<&[usize]>) -> Result<Vec
     Ok(model.encode_to_vec())
 }
 
+/// One box-indicator patch module for [`to_onnx_bytes_with_modules`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct OnnxModule<'a> {
+    /// Box lower corner (flattened input).
+    pub lower: &'a [f64],
+    /// Box upper corner.
+    pub upper: &'a [f64],
+    /// Affine layers, ReLU between them.
+    pub layers: &'a [crate::model::Dense],
+}
+
+/// `net` plus box-indicator patch modules as one ONNX graph (AdvRepair, Definition 3.2):
+/// for each module in order, `y <- Where(lower <= x <= upper, y + P(x), y)`, the
+/// indicator being `GreaterOrEqual`/`LessOrEqual`, `And`, then `ReduceMin` over the
+/// elements (as float) cast back to bool. Outside every box the graph returns the base
+/// network's output tensor itself, bit for bit. Box corners are stored as f32 exactly as
+/// given (callers pass f32-representable corners).
+pub fn to_onnx_bytes_with_modules(
+    net: &Network,
+    input_shape: Option<&[usize]>,
+    modules: &[OnnxModule<'_>],
+) -> Result<Vec<u8>, ExportError> {
+    let bytes = to_onnx_bytes(net, input_shape)?;
+    let mut model =
+        pb::ModelProto::decode(bytes.as_slice()).map_err(|_| ExportError::Unsupported {
+            index: 0,
+            kind: "re-decoding the exported graph",
+        })?;
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(bytes);
+    };
+    let n = net.input_dim();
+    let n_out = net.output_dim();
+    // The base graph's last node is the Identity naming "output": rename its output.
+    if let Some(last) = graph.node.last_mut() {
+        last.output = vec!["pm_base".into()];
+        last.name = "pm_base".into();
+    }
+    let nodes = &mut graph.node;
+    let init = &mut graph.initializer;
+    nodes.push(node(
+        "Flatten",
+        "pm_x".into(),
+        vec!["input".into()],
+        "pm_x",
+        vec![int("axis", 1)],
+    ));
+    let mut current = "pm_base".to_string();
+    for (i, m) in modules.iter().enumerate() {
+        if m.lower.len() != n || m.upper.len() != n {
+            return Err(ExportError::InputShape {
+                shape: vec![m.lower.len()],
+                got: m.lower.len(),
+                want: n,
+            });
+        }
+        let p = |s: &str| format!("pm{i}_{s}");
+        init.push(float_tensor(&p("lower"), &[1, n], m.lower));
+        init.push(float_tensor(&p("upper"), &[1, n], m.upper));
+        nodes.push(node(
+            "GreaterOrEqual",
+            p("ge"),
+            vec!["pm_x".into(), p("lower")],
+            &p("ge"),
+            vec![],
+        ));
+        nodes.push(node(
+            "LessOrEqual",
+            p("le"),
+            vec!["pm_x".into(), p("upper")],
+            &p("le"),
+            vec![],
+        ));
+        nodes.push(node(
+            "And",
+            p("and"),
+            vec![p("ge"), p("le")],
+            &p("and"),
+            vec![],
+        ));
+        nodes.push(node(
+            "Cast",
+            p("andf"),
+            vec![p("and")],
+            &p("andf"),
+            vec![int("to", FLOAT as i64)],
+        ));
+        nodes.push(node(
+            "ReduceMin",
+            p("all"),
+            vec![p("andf")],
+            &p("all"),
+            vec![ints("axes", &[1]), int("keepdims", 1)],
+        ));
+        nodes.push(node(
+            "Cast",
+            p("cond"),
+            vec![p("all")],
+            &p("cond"),
+            vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
+        ));
+        let mut h = "pm_x".to_string();
+        for (k, d) in m.layers.iter().enumerate() {
+            let (w, b, out) = (
+                p(&format!("w{k}")),
+                p(&format!("b{k}")),
+                p(&format!("dense{k}")),
+            );
+            init.push(float_tensor(&w, &[d.out_dim, d.in_dim], &d.weight));
+            init.push(float_tensor(&b, &[d.out_dim], &d.bias));
+            nodes.push(node(
+                "Gemm",
+                out.clone(),
+                vec![h, w, b],
+                &out,
+                vec![int("transB", 1)],
+            ));
+            h = out;
+            if k + 1 < m.layers.len() {
+                let r = p(&format!("relu{k}"));
+                nodes.push(node("Relu", r.clone(), vec![h], &r, vec![]));
+                h = r;
+            }
+        }
+        nodes.push(node(
+            "Add",
+            p("sum"),
+            vec![current.clone(), h],
+            &p("sum"),
+            vec![],
+        ));
+        let next = p("out");
+        nodes.push(node(
+            "Where",
+            next.clone(),
+            vec![p("cond"), p("sum"), current],
+            &next,
+            vec![],
+        ));
+        current = next;
+    }
+    nodes.push(node(
+        "Identity",
+        "output".into(),
+        vec![current],
+        "output",
+        vec![],
+    ));
+    graph.output = vec![value_info("output", &[1, n_out])];
+    Ok(model.encode_to_vec())
+}
+
 /// The input shape (batch dimension included) that an ONNX file declares for its first
 /// graph input that is not an initializer, when every dimension is a fixed number (so an
 /// exported repair keeps the original interface, e.g. ACAS Xu's `[1, 1, 1, 5]`).

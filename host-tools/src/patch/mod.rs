@@ -9,6 +9,7 @@
 //! the host accepts exactly the patches a device accepts, and reads the patched
 //! parameters back from the core's patched model.
 
+pub mod modules;
 pub mod tract;
 
 use prorepair_core::patch::encode::PatchWriter;

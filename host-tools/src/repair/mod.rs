@@ -49,6 +49,7 @@
 
 pub mod desired;
 mod global;
+pub mod patchmodules;
 pub mod pointwise;
 pub mod regionwise;
 

@@ -10,11 +10,14 @@
 //!    unsafe set, the spec rows `c_k` are bounded directly (CROWN bounds `c_k·y`, not
 //!    `y`). The conjunction is excluded on a box if some `min c_k·y - rhs_k` exceeds the
 //!    required margin.
-//! 3. **Branch and bound** ([`bab`]): input splitting on the dimension with the largest
-//!    refine score (ProRepair Eq. 9: width times the summed `|linear coefficient|` of the
-//!    not-yet-excluded constraints), falsification on every sub-box (centre and the
-//!    minimiser of the linear lower bound), in parallel with rayon. A sub-box is done only
-//!    on a sound bound.
+//! 3. **Branch and bound** ([`bab`]): input splitting, best-first on the most negative
+//!    gap. For the first 30% of the budget the split dimension is chosen by bounding both
+//!    halves of every candidate dimension ([`bab::SplitRule::Halves`]); if undecided, the
+//!    search restarts with the largest refine score ([`bab::SplitRule::Smear`], ProRepair
+//!    Eq. 9: width times the summed `|linear coefficient|` of the not-yet-excluded
+//!    constraints). Falsification on every sub-box (centre and the minimisers of the linear
+//!    lower bounds, also of every evaluated half), in parallel with rayon. A sub-box is
+//!    done only on a sound bound ([`leaf_holds`] is that test on its own).
 //!
 //! "Holds" additionally requires every certified margin `min c_k·y - rhs_k` to exceed a
 //! sound bound on the f32 rounding error of `c_k·y` in the device evaluation on that
@@ -26,6 +29,8 @@
 pub mod bab;
 pub mod falsify;
 pub mod rounding;
+
+pub use bab::leaf_holds;
 
 use std::time::{Duration, Instant};
 
@@ -227,7 +232,7 @@ pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyE
             )));
         }
         if let Some(j) = (0..net_in)
-            .find(|&j| !(lower[j] <= upper[j]) || !lower[j].is_finite() || !upper[j].is_finite())
+            .find(|&j| !lower[j].is_finite() || !upper[j].is_finite() || lower[j] > upper[j])
         {
             return Err(bad(format!(
                 "input {j}: interval [{}, {}] is empty or not finite",
@@ -324,18 +329,39 @@ fn verify_in_pool(net: &Network, cases: &[Case], options: &Options) -> Report {
     let mut falsifier = bab::Falsifier::new(rng, starts);
     stats.falsification_s = start.elapsed().as_secs_f64();
 
-    // 2./3. Bounds, then branch and bound (with PGD in turn).
+    // 2./3. Bounds, then branch and bound (with PGD in turn): first splitting by bounding
+    // the halves, then, if undecided after 30% of the budget, afresh by smear (see
+    // bab::SplitRule: each decides instances the other does not within the budget).
     let complete = options.method == Method::Complete;
-    let verdict = bab::branch_and_bound(
+    let first_deadline = if complete {
+        start + options.timeout.mul_f64(0.3)
+    } else {
+        deadline
+    };
+    let mut verdict = bab::branch_and_bound_with(
         net,
         cases,
         engine.as_ref(),
         complete,
-        deadline,
+        first_deadline,
         options,
         &mut stats,
         Some(&mut falsifier),
+        bab::SplitRule::Halves,
     );
+    if complete && matches!(verdict, Verdict::Unknown { .. }) && Instant::now() < deadline {
+        verdict = bab::branch_and_bound_with(
+            net,
+            cases,
+            engine.as_ref(),
+            complete,
+            deadline,
+            options,
+            &mut stats,
+            Some(&mut falsifier),
+            bab::SplitRule::Smear,
+        );
+    }
     // Incomplete methods still get a short PGD search before answering "unknown".
     let verdict = match verdict {
         Verdict::Unknown { reason } if !complete => {

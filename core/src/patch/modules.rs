@@ -1,0 +1,744 @@
+//! Patch kind 2, "patch modules" (AdvRepair's indicator-plus-patch modules): the base
+//! model stays untouched; small MLPs, each selected by an indicator, add their outputs to
+//! the logits. `F(x) = N(x) + sum over modules whose indicator fires of P_i(x)`, and
+//! `F(x) = N(x)` bit for bit where no indicator fires.
+//!
+//! Same 96-byte header and trailing 64-byte signature field as kind 1 (see
+//! [`crate::patch`]), with kind = 2 and these kind-specific header words:
+//!
+//! ```text
+//!  64  module_count     u32 in 1..=MAX_MODULES
+//!  68  region_count     u32, verified input boxes (as kind 1)
+//!  72  region_dim       u32 (as kind 1)
+//!  76  reserved         20 bytes of 0
+//! Payload
+//!   module_count records, each:
+//!     0  indicator     u16: 1 = input box, 2 = label (argmax of N(x) is label0),
+//!                      3 = label pair (N(x) ranks label0 first and label1 second)
+//!     2  layer_count   u16 in 1..=MAX_MODULE_LAYERS (ReLU between layers)
+//!     4  label0        u32 (0 for a box)
+//!     8  label1        u32 (0 unless a label pair; label1 != label0)
+//!    12  dims          (layer_count + 1) u32, each >= 1: the model's input length,
+//!                      the hidden widths, the model's output length
+//!        box only:     dims[0] f32 lower, then dims[0] f32 upper (finite, lower <= upper)
+//!        per layer:    out x in f32 weights (row-major), then out f32 biases (finite)
+//!   region_count x (region_dim f32 lower, region_dim f32 upper), as kind 1
+//! ```
+//!
+//! Evaluation ([`ModulesModel`]) copies the boxes and the module weights once into
+//! caller RAM ([`ModulePatch::required_ram_len`]; weights repacked panel-major for the
+//! SIMD dense kernel) and then evaluates base + indicators + modules with no allocation
+//! and no failure after the length checks.
+
+#[cfg(feature = "encode")]
+pub mod encode;
+
+use super::{PATCH_FORMAT_VERSION, PATCH_HEADER_SIZE, PATCH_MAGIC, SIGNATURE_SIZE, SignatureKind};
+use crate::Error;
+use crate::format::{self, DENSE_PANEL, dense_panel_len, read_u16, read_u32};
+use crate::kernels::{self, Kernels};
+use crate::model::Model;
+
+/// The kind word of a patch-modules patch (offset 16).
+pub const MODULES_KIND: u16 = 2;
+/// Most modules one patch may carry.
+pub const MAX_MODULES: usize = 4096;
+/// Most affine layers per module.
+pub const MAX_MODULE_LAYERS: usize = 4;
+/// Fixed part of a module record, before the dims.
+pub const MODULE_RECORD_HEADER: usize = 12;
+
+/// When a module applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum IndicatorKind {
+    /// The input lies in a box.
+    Box = 1,
+    /// The base network's argmax is `label0`.
+    Label = 2,
+    /// The base network ranks `label0` first and `label1` second.
+    LabelPair = 3,
+}
+
+impl IndicatorKind {
+    const fn from_word(w: u16) -> Option<Self> {
+        match w {
+            1 => Some(IndicatorKind::Box),
+            2 => Some(IndicatorKind::Label),
+            3 => Some(IndicatorKind::LabelPair),
+            _ => None,
+        }
+    }
+
+    /// Short name, for reports.
+    pub const fn name(self) -> &'static str {
+        match self {
+            IndicatorKind::Box => "box",
+            IndicatorKind::Label => "label",
+            IndicatorKind::LabelPair => "label pair",
+        }
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    read_u32(bytes, at).unwrap_or(0)
+}
+
+fn f32_at(bytes: &[u8], at: usize) -> f32 {
+    f32::from_bits(u32_at(bytes, at))
+}
+
+/// One validated module record.
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleRecord<'a> {
+    /// The indicator kind.
+    pub indicator: IndicatorKind,
+    /// `label0` (label indicators).
+    pub label0: usize,
+    /// `label1` (label-pair indicators).
+    pub label1: usize,
+    layer_count: usize,
+    dims: [usize; MAX_MODULE_LAYERS + 1],
+    /// Box corners (empty unless a box).
+    box_data: &'a [u8],
+    /// Weights and biases, layer by layer.
+    params: &'a [u8],
+    encoded_len: usize,
+}
+
+impl ModuleRecord<'_> {
+    /// Layer widths: input, hidden..., output.
+    pub fn dims(&self) -> &[usize] {
+        self.dims.get(..=self.layer_count).unwrap_or(&[])
+    }
+
+    /// Number of affine layers.
+    pub fn layer_count(&self) -> usize {
+        self.layer_count
+    }
+
+    /// Input length.
+    pub fn in_dim(&self) -> usize {
+        self.dims[0]
+    }
+
+    /// Output length.
+    pub fn out_dim(&self) -> usize {
+        self.dims().last().copied().unwrap_or(0)
+    }
+
+    /// Bytes of the record in the patch.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded_len
+    }
+
+    /// Weights plus biases.
+    pub fn parameter_count(&self) -> usize {
+        self.params.len() / 4
+    }
+
+    /// Box corner `j`: `(lower, upper)` (boxes only).
+    pub fn box_bounds(&self, j: usize) -> Option<(f32, f32)> {
+        if self.indicator != IndicatorKind::Box || j >= self.in_dim() {
+            return None;
+        }
+        Some((
+            f32_at(self.box_data, 4 * j),
+            f32_at(self.box_data, 4 * (self.in_dim() + j)),
+        ))
+    }
+
+    /// Parameter `k` of the concatenated (row-major weights, biases) per layer.
+    pub fn param(&self, k: usize) -> Option<f32> {
+        (k < self.parameter_count()).then(|| f32_at(self.params, 4 * k))
+    }
+
+    /// f32 values this module takes in caller RAM: box corners, then per layer the
+    /// panel-major weights and the biases.
+    pub fn ram_len(&self) -> Option<usize> {
+        let mut n = if self.indicator == IndicatorKind::Box {
+            self.in_dim().checked_mul(2)?
+        } else {
+            0
+        };
+        for w in self.dims().windows(2) {
+            let (i, o) = (*w.first()?, *w.get(1)?);
+            n = n.checked_add(dense_panel_len(i, o)?)?.checked_add(o)?;
+        }
+        Some(n)
+    }
+}
+
+/// Decode and check the record at `at` (ending at or before `end`); `validate` also checks every value (off for records of an already validated patch: evaluation walks them every time).
+fn module_at(
+    bytes: &[u8],
+    at: usize,
+    end: usize,
+    validate: bool,
+) -> Result<ModuleRecord<'_>, Error> {
+    let region = bytes.get(..end).ok_or(Error::BadPatchModule)?;
+    let indicator = read_u16(region, at)
+        .and_then(IndicatorKind::from_word)
+        .ok_or(Error::BadPatchModule)?;
+    let layer_count = read_u16(region, at.checked_add(2).ok_or(Error::Overflow)?)
+        .map(usize::from)
+        .ok_or(Error::BadPatchModule)?;
+    if !(1..=MAX_MODULE_LAYERS).contains(&layer_count) {
+        return Err(Error::BadPatchModule);
+    }
+    let label0 = read_u32(region, at + 4).ok_or(Error::BadPatchModule)? as usize;
+    let label1 = read_u32(region, at + 8).ok_or(Error::BadPatchModule)? as usize;
+    let labels_ok = match indicator {
+        IndicatorKind::Box => label0 == 0 && label1 == 0,
+        IndicatorKind::Label => label1 == 0,
+        IndicatorKind::LabelPair => label0 != label1,
+    };
+    if !labels_ok {
+        return Err(Error::BadPatchModule);
+    }
+    let mut dims = [0usize; MAX_MODULE_LAYERS + 1];
+    let mut p = at
+        .checked_add(MODULE_RECORD_HEADER)
+        .ok_or(Error::Overflow)?;
+    for d in dims.iter_mut().take(layer_count + 1) {
+        *d = read_u32(region, p).ok_or(Error::BadPatchModule)? as usize;
+        if *d == 0 {
+            return Err(Error::BadPatchModule);
+        }
+        p += 4;
+    }
+    let in_dim = dims[0];
+    let box_len = if indicator == IndicatorKind::Box {
+        in_dim.checked_mul(8).ok_or(Error::Overflow)?
+    } else {
+        0
+    };
+    let box_end = p.checked_add(box_len).ok_or(Error::Overflow)?;
+    let box_data = region.get(p..box_end).ok_or(Error::BadPatchModule)?;
+    for j in 0..if validate { in_dim.min(box_len / 8) } else { 0 } {
+        let (l, u) = (f32_at(box_data, 4 * j), f32_at(box_data, 4 * (in_dim + j)));
+        if !(l.is_finite() && u.is_finite() && l <= u) {
+            return Err(Error::BadPatchModule);
+        }
+    }
+    let mut values = 0usize;
+    for w in dims.get(..=layer_count).unwrap_or(&[]).windows(2) {
+        let &[i, o] = w else { continue };
+        values = i
+            .checked_mul(o)
+            .and_then(|v| v.checked_add(o))
+            .and_then(|v| v.checked_add(values))
+            .ok_or(Error::Overflow)?;
+    }
+    let params_end = values
+        .checked_mul(4)
+        .and_then(|v| v.checked_add(box_end))
+        .ok_or(Error::Overflow)?;
+    let params = region
+        .get(box_end..params_end)
+        .ok_or(Error::BadPatchModule)?;
+    if validate
+        && params
+            .chunks_exact(4)
+            .any(|c| !f32::from_bits(u32_at(c, 0)).is_finite())
+    {
+        return Err(Error::NonFiniteParameter);
+    }
+    let record = ModuleRecord {
+        indicator,
+        label0,
+        label1,
+        layer_count,
+        dims,
+        box_data,
+        params,
+        encoded_len: params_end - at,
+    };
+    record.ram_len().ok_or(Error::Overflow)?;
+    Ok(record)
+}
+
+/// A structurally valid patch-modules patch, borrowed from its bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ModulePatch<'a> {
+    bytes: &'a [u8],
+    sequence: u32,
+    base_sha256: [u8; 32],
+    base_len: usize,
+    module_count: usize,
+    region_count: usize,
+    region_dim: usize,
+    regions_start: usize,
+    ram_values: usize,
+    max_width: usize,
+}
+
+/// The kind word of a patch's header, if the bytes are long enough to hold one.
+pub fn patch_kind_word(bytes: &[u8]) -> Option<u16> {
+    if bytes.get(..4) != Some(&PATCH_MAGIC[..]) {
+        return None;
+    }
+    read_u16(bytes, 16)
+}
+
+impl<'a> ModulePatch<'a> {
+    /// Validate `bytes` completely as a patch-modules patch: the common header checks of
+    /// kind 1 in the same order (length, magic, version, header size, total length, CRC,
+    /// kind, signature, reserved, payload length), then the module count, every module
+    /// record, every region.
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Self, Error> {
+        if bytes.len() < PATCH_HEADER_SIZE {
+            return Err(Error::Truncated);
+        }
+        if bytes.get(..4) != Some(&PATCH_MAGIC[..]) {
+            return Err(Error::BadMagic);
+        }
+        if read_u16(bytes, 4) != Some(PATCH_FORMAT_VERSION) {
+            return Err(Error::UnsupportedVersion);
+        }
+        if read_u16(bytes, 6).map(usize::from) != Some(PATCH_HEADER_SIZE) {
+            return Err(Error::BadHeaderSize);
+        }
+        let word = |at: usize| read_u32(bytes, at).map_or(0, |w| w as usize);
+        let total_len = word(8);
+        if total_len > bytes.len() || total_len < PATCH_HEADER_SIZE + SIGNATURE_SIZE {
+            return Err(Error::Truncated);
+        }
+        if total_len != bytes.len() {
+            return Err(Error::LengthMismatch);
+        }
+        if read_u32(bytes, format::CRC_FIELD.start) != Some(format::blob_crc(bytes)) {
+            return Err(Error::CrcMismatch);
+        }
+        if read_u16(bytes, 16) != Some(MODULES_KIND) {
+            return Err(Error::UnknownPatchKind);
+        }
+        let signed = total_len - SIGNATURE_SIZE;
+        if read_u16(bytes, 18) != Some(SignatureKind::None as u16)
+            || bytes
+                .get(signed..)
+                .is_none_or(|s| s.iter().any(|&b| b != 0))
+        {
+            return Err(Error::UnsupportedSignature);
+        }
+        if bytes
+            .get(76..PATCH_HEADER_SIZE)
+            .is_none_or(|r| r.iter().any(|&b| b != 0))
+        {
+            return Err(Error::NonZeroReserved);
+        }
+        let mut base_sha256 = [0u8; 32];
+        base_sha256.copy_from_slice(bytes.get(24..56).ok_or(Error::Truncated)?);
+        let payload_len = word(60);
+        if PATCH_HEADER_SIZE
+            .checked_add(payload_len)
+            .and_then(|n| n.checked_add(SIGNATURE_SIZE))
+            != Some(total_len)
+        {
+            return Err(Error::BadPatchPayload);
+        }
+        let module_count = word(64);
+        if !(1..=MAX_MODULES).contains(&module_count) {
+            return Err(Error::BadPatchModule);
+        }
+        let (region_count, region_dim) = (word(68), word(72));
+        if (region_count == 0) != (region_dim == 0) {
+            return Err(Error::BadPatchRegion);
+        }
+        let mut at = PATCH_HEADER_SIZE;
+        let mut ram_values = 0usize;
+        let mut max_width = 0usize;
+        for _ in 0..module_count {
+            let m = module_at(bytes, at, signed, true)?;
+            ram_values = ram_values
+                .checked_add(m.ram_len().ok_or(Error::Overflow)?)
+                .ok_or(Error::Overflow)?;
+            max_width = m.dims().iter().skip(1).fold(max_width, |a, &d| a.max(d));
+            at = at.checked_add(m.encoded_len()).ok_or(Error::Overflow)?;
+        }
+        let region_bytes = region_count
+            .checked_mul(region_dim)
+            .and_then(|n| n.checked_mul(8))
+            .ok_or(Error::Overflow)?;
+        if at.checked_add(region_bytes) != Some(signed) {
+            return Err(Error::BadPatchPayload);
+        }
+        ram_values.checked_mul(4).ok_or(Error::Overflow)?;
+        let patch = ModulePatch {
+            bytes,
+            sequence: read_u32(bytes, 20).unwrap_or(0),
+            base_sha256,
+            base_len: word(56),
+            module_count,
+            region_count,
+            region_dim,
+            regions_start: at,
+            ram_values,
+            max_width,
+        };
+        for k in 0..region_count {
+            let (lo, up) = patch.region_raw(k).ok_or(Error::BadPatchRegion)?;
+            for j in 0..region_dim {
+                let (l, u) = (f32_at(lo, 4 * j), f32_at(up, 4 * j));
+                if !(l.is_finite() && u.is_finite() && l <= u) {
+                    return Err(Error::BadPatchRegion);
+                }
+            }
+        }
+        Ok(patch)
+    }
+
+    /// The patch's bytes.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// The monotonic sequence number.
+    pub fn sequence(&self) -> u32 {
+        self.sequence
+    }
+
+    /// SHA-256 of the base model blob.
+    pub fn base_sha256(&self) -> [u8; 32] {
+        self.base_sha256
+    }
+
+    /// Length of the base model blob.
+    pub fn base_len(&self) -> usize {
+        self.base_len
+    }
+
+    /// The bytes the signature covers.
+    pub fn signed_bytes(&self) -> &'a [u8] {
+        self.bytes
+            .get(..self.bytes.len().saturating_sub(SIGNATURE_SIZE))
+            .unwrap_or(&[])
+    }
+
+    /// Number of modules.
+    pub fn module_count(&self) -> usize {
+        self.module_count
+    }
+
+    /// Widest hidden or output layer over all modules.
+    pub fn max_width(&self) -> usize {
+        self.max_width
+    }
+
+    /// The module records in order.
+    pub fn modules(&self) -> impl Iterator<Item = ModuleRecord<'a>> + '_ {
+        let end = self.bytes.len().saturating_sub(SIGNATURE_SIZE);
+        let bytes = self.bytes;
+        let mut at = PATCH_HEADER_SIZE;
+        (0..self.module_count).map_while(move |_| {
+            let m = module_at(bytes, at, end, false).ok()?;
+            at = at.checked_add(m.encoded_len())?;
+            Some(m)
+        })
+    }
+
+    /// Number of verified regions.
+    pub fn region_count(&self) -> usize {
+        self.region_count
+    }
+
+    /// Values per region corner.
+    pub fn region_dim(&self) -> usize {
+        self.region_dim
+    }
+
+    /// Region `k`'s corners copied into `lower` and `upper`.
+    pub fn region(&self, k: usize, lower: &mut [f32], upper: &mut [f32]) -> Result<(), Error> {
+        let (lo, up) = self.region_raw(k).ok_or(Error::BadPatchRegion)?;
+        if lower.len() != self.region_dim || upper.len() != self.region_dim {
+            return Err(Error::InputLength);
+        }
+        for (j, (l, u)) in lower.iter_mut().zip(upper.iter_mut()).enumerate() {
+            *l = f32_at(lo, 4 * j);
+            *u = f32_at(up, 4 * j);
+        }
+        Ok(())
+    }
+
+    fn region_raw(&self, k: usize) -> Option<(&'a [u8], &'a [u8])> {
+        if k >= self.region_count {
+            return None;
+        }
+        let corner = self.region_dim.checked_mul(4)?;
+        let start = k
+            .checked_mul(corner)?
+            .checked_mul(2)?
+            .checked_add(self.regions_start)?;
+        let mid = start.checked_add(corner)?;
+        Some((
+            self.bytes.get(start..mid)?,
+            self.bytes.get(mid..mid.checked_add(corner)?)?,
+        ))
+    }
+
+    /// Caller RAM for [`ModulesModel`], in f32 values.
+    pub fn required_ram_len(&self) -> usize {
+        self.ram_values
+    }
+
+    /// Caller RAM for [`ModulesModel`], in bytes.
+    pub fn required_ram_bytes(&self) -> usize {
+        self.ram_values.saturating_mul(4)
+    }
+
+    /// Check that the patch applies to `model`: blob length and SHA-256, every module's
+    /// input and output length, every label, the regions' dimension.
+    pub fn check_binding(&self, model: &Model<'_>) -> Result<(), Error> {
+        if model.as_bytes().len() != self.base_len || model.sha256() != self.base_sha256 {
+            return Err(Error::WrongBaseModel);
+        }
+        if self.region_count > 0 && self.region_dim != model.input_len() {
+            return Err(Error::BadPatchRegion);
+        }
+        let out = model.output_len();
+        for m in self.modules() {
+            let labels_ok = match m.indicator {
+                IndicatorKind::Box => true,
+                IndicatorKind::Label => m.label0 < out,
+                IndicatorKind::LabelPair => m.label0 < out && m.label1 < out,
+            };
+            if m.in_dim() != model.input_len() || m.out_dim() != out || !labels_ok {
+                return Err(Error::PatchModuleMismatch);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A base model with a patch-modules patch applied: evaluates base + indicators +
+/// modules. Module parameters live in caller RAM.
+#[derive(Debug, Clone, Copy)]
+pub struct ModulesModel<'m, 'p> {
+    model: Model<'m>,
+    patch: ModulePatch<'p>,
+    ram: &'m [f32],
+}
+
+impl<'m, 'p> ModulesModel<'m, 'p> {
+    /// Bind `patch` to `model` ([`ModulePatch::check_binding`]) and copy the boxes and
+    /// module weights into `ram` (at least [`ModulePatch::required_ram_len`] values).
+    pub fn new(
+        model: &Model<'m>,
+        patch: &ModulePatch<'p>,
+        ram: &'m mut [f32],
+    ) -> Result<Self, Error> {
+        patch.check_binding(model)?;
+        let ram = ram
+            .get_mut(..patch.required_ram_len())
+            .ok_or(Error::PatchRamTooSmall)?;
+        ram.fill(0.0);
+        let mut at = 0usize;
+        for m in patch.modules() {
+            let len = m.ram_len().ok_or(Error::Overflow)?;
+            let end = at.checked_add(len).ok_or(Error::Overflow)?;
+            let dst = ram.get_mut(at..end).ok_or(Error::PatchRamTooSmall)?;
+            let mut d = 0usize;
+            if m.indicator == IndicatorKind::Box {
+                let n = m.in_dim();
+                for j in 0..n {
+                    let (l, u) = m.box_bounds(j).ok_or(Error::BadPatchModule)?;
+                    *dst.get_mut(j).ok_or(Error::Overflow)? = l;
+                    *dst.get_mut(n + j).ok_or(Error::Overflow)? = u;
+                }
+                d = 2 * n;
+            }
+            let mut k = 0usize;
+            for w in m.dims().windows(2) {
+                let &[i, o] = w else { continue };
+                let panel_len = dense_panel_len(i, o).ok_or(Error::Overflow)?;
+                for row in 0..o {
+                    for col in 0..i {
+                        let slot = d
+                            + (row / DENSE_PANEL) * DENSE_PANEL * i
+                            + col * DENSE_PANEL
+                            + row % DENSE_PANEL;
+                        *dst.get_mut(slot).ok_or(Error::Overflow)? =
+                            m.param(k).ok_or(Error::BadPatchModule)?;
+                        k += 1;
+                    }
+                }
+                d += panel_len;
+                for row in 0..o {
+                    *dst.get_mut(d + row).ok_or(Error::Overflow)? =
+                        m.param(k).ok_or(Error::BadPatchModule)?;
+                    k += 1;
+                }
+                d += o;
+            }
+            at = end;
+        }
+        Ok(ModulesModel {
+            model: *model,
+            patch: *patch,
+            ram,
+        })
+    }
+
+    /// The base model.
+    pub fn base(&self) -> Model<'m> {
+        self.model
+    }
+
+    /// The patch.
+    pub fn patch(&self) -> ModulePatch<'p> {
+        self.patch
+    }
+
+    /// Arena for [`ModulesModel::evaluate`]: the base model's arena, a copy of the base
+    /// output and two buffers of the widest module layer.
+    pub fn required_arena_len(&self) -> usize {
+        self.model
+            .required_arena_len()
+            .saturating_add(self.model.output_len())
+            .saturating_add(self.patch.max_width().saturating_mul(2))
+    }
+
+    /// [`ModulesModel::required_arena_len`] in bytes.
+    pub fn required_arena_bytes(&self) -> usize {
+        self.required_arena_len().saturating_mul(4)
+    }
+
+    /// Evaluate base + modules with the fastest kernels.
+    pub fn evaluate(
+        &self,
+        input: &[f32],
+        arena: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
+        self.evaluate_with(kernels::best(), input, arena, output)
+    }
+
+    /// [`ModulesModel::evaluate`] with an arena given as bytes (4-byte aligned).
+    pub fn evaluate_bytes(
+        &self,
+        input: &[f32],
+        arena: &mut [u8],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
+        let usable = arena.len() / 4 * 4;
+        let arena = arena.get_mut(..usable).ok_or(Error::ArenaTooSmall)?;
+        let arena: &mut [f32] =
+            bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
+        self.evaluate(input, arena, output)
+    }
+
+    /// [`ModulesModel::evaluate`] with an explicit kernel set. Checks the input, output
+    /// and arena lengths; cannot fail after that.
+    pub fn evaluate_with(
+        &self,
+        kernels: &Kernels,
+        input: &[f32],
+        arena: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
+        if arena.len() < self.required_arena_len() {
+            return Err(Error::ArenaTooSmall);
+        }
+        let (base_arena, rest) = arena
+            .split_at_mut_checked(self.model.required_arena_len())
+            .ok_or(Error::ArenaTooSmall)?;
+        self.model
+            .evaluate_with(kernels, input, base_arena, output)?;
+        let (base_out, rest) = rest
+            .split_at_mut_checked(output.len())
+            .ok_or(Error::ArenaTooSmall)?;
+        base_out.copy_from_slice(output);
+        let w = self.patch.max_width();
+        let (buf_a, rest) = rest.split_at_mut_checked(w).ok_or(Error::ArenaTooSmall)?;
+        let buf_b = rest.get_mut(..w).ok_or(Error::ArenaTooSmall)?;
+        let mut at = 0usize;
+        for m in self.patch.modules() {
+            let len = m.ram_len().unwrap_or(0);
+            let ram = self.ram.get(at..at.saturating_add(len)).unwrap_or(&[]);
+            at = at.saturating_add(len);
+            let n = m.in_dim();
+            let (fires, params) = match m.indicator {
+                IndicatorKind::Box => {
+                    let (lo, rest) = ram.split_at(n.min(ram.len()));
+                    let (up, params) = rest.split_at(n.min(rest.len()));
+                    let inside = input
+                        .iter()
+                        .zip(lo.iter().zip(up))
+                        .all(|(&x, (&l, &u))| l <= x && x <= u);
+                    (inside && lo.len() == n, params)
+                }
+                IndicatorKind::Label => (argmax(base_out) == Some(m.label0), ram),
+                IndicatorKind::LabelPair => (top_two(base_out) == Some((m.label0, m.label1)), ram),
+            };
+            if !fires {
+                continue;
+            }
+            // Layers alternate between the two buffers; the first reads the input.
+            let mut p = 0usize;
+            let mut in_a = false; // where the current activation is (false: input)
+            let mut cur_len = n;
+            let layers = m.layer_count();
+            for (k, dims) in m.dims().windows(2).enumerate() {
+                let &[i, o] = dims else { continue };
+                let panel_len = dense_panel_len(i, o).unwrap_or(usize::MAX);
+                let panels = params.get(p..p.saturating_add(panel_len)).unwrap_or(&[]);
+                p = p.saturating_add(panel_len);
+                let bias = params.get(p..p.saturating_add(o)).unwrap_or(&[]);
+                p = p.saturating_add(o);
+                let relu = k + 1 < layers;
+                let ok = if k == 0 {
+                    let dst = buf_a.get_mut(..o).unwrap_or(&mut []);
+                    (kernels.dense)(panels, bias, input, dst, relu)
+                } else if in_a {
+                    let src = buf_a.get(..cur_len).unwrap_or(&[]);
+                    let dst = buf_b.get_mut(..o).unwrap_or(&mut []);
+                    (kernels.dense)(panels, bias, src, dst, relu)
+                } else {
+                    let src = buf_b.get(..cur_len).unwrap_or(&[]);
+                    let dst = buf_a.get_mut(..o).unwrap_or(&mut []);
+                    (kernels.dense)(panels, bias, src, dst, relu)
+                };
+                if !ok {
+                    // Impossible for a bound patch: the RAM layout matches the dims.
+                    return Err(Error::PatchRamTooSmall);
+                }
+                in_a = k == 0 || !in_a;
+                cur_len = o;
+            }
+            let out = if in_a { &buf_a[..] } else { &buf_b[..] };
+            for (y, &v) in output.iter_mut().zip(out.get(..cur_len).unwrap_or(&[])) {
+                *y += v;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Index of the largest value (the first on ties; NaN never wins).
+fn argmax(y: &[f32]) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in y.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// `(first, second)` when the ranking's top two are strict (`y0 > y1 > every other`).
+fn top_two(y: &[f32]) -> Option<(usize, usize)> {
+    let first = argmax(y)?;
+    let mut second: Option<(usize, f32)> = None;
+    for (i, &v) in y.iter().enumerate() {
+        if i != first && !v.is_nan() && second.is_none_or(|(_, b)| v > b) {
+            second = Some((i, v));
+        }
+    }
+    let (s, sv) = second?;
+    let fv = *y.get(first)?;
+    let strict = fv > sv
+        && y.iter()
+            .enumerate()
+            .all(|(i, &v)| i == first || i == s || sv > v);
+    strict.then_some((first, s))
+}

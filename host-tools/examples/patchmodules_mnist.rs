@@ -1,0 +1,305 @@
+//! Benchmark: patch modules on mnist_relu_3_100, local robustness around PGD adversarial
+//! examples (AdvRepair's setting, property-guided), at r = 0.05 and 0.1 with 50, 100 and
+//! 200 properties.
+//!
+//! Properties: the first test images (in order) that the network classifies correctly
+//! and for which PGD (10 restarts, 50 steps, toward the runner-up label) finds an
+//! adversarial example in `B(x, r)` clipped to [0, 1]; each property asks that the label
+//! stays `l0` on that whole box. Per configuration: repair success (sound check per
+//! property), time, module parameters, accuracy on the 10,000 test images before and
+//! after (the drawdown), and PGD (20 restarts, 100 steps, every target label) against
+//! the repaired network inside every repaired box.
+//!
+//! ```text
+//! cargo run --release -p prorepair-host --example patchmodules_mnist -- [R,R..] [N,N..] [TIMEOUT_S]
+//! ```
+//! Reads the gzip-compressed IDX files with the system `gzip -dc` (no decompressor in
+//! the workspace's dependencies).
+
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use prorepair_host::repair::patchmodules::{self, Indicator, ModuleOptions};
+use prorepair_host::verify::falsify::{self, CandleNet};
+use prorepair_host::verify::{Case, Conj};
+use prorepair_host::{Network, import, testing};
+
+fn gunzip(path: &std::path::Path) -> Vec<u8> {
+    let out = Command::new("gzip")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .expect("gzip -dc");
+    assert!(out.status.success(), "gzip -dc {}", path.display());
+    out.stdout
+}
+
+fn argmax(y: &[f64]) -> usize {
+    (0..y.len())
+        .max_by(|&a, &b| y[a].total_cmp(&y[b]))
+        .unwrap_or(0)
+}
+
+/// The robustness case of `x` with label `l0` at radius `r`.
+fn case(x: &[f64], l0: usize, r: f64, classes: usize) -> Case {
+    let unsafe_set = (0..classes)
+        .filter(|&l| l != l0)
+        .map(|l| {
+            let mut row = vec![0.0; classes];
+            row[l0] = 1.0;
+            row[l] = -1.0;
+            Conj {
+                rows: vec![row],
+                rhs: vec![0.0],
+            }
+        })
+        .collect();
+    Case {
+        lower: x.iter().map(|v| (v - r).max(0.0)).collect(),
+        upper: x.iter().map(|v| (v + r).min(1.0)).collect(),
+        unsafe_set,
+    }
+}
+
+/// PGD toward `target` within the case box on `net`; a confirmed adversarial input.
+#[allow(clippy::too_many_arguments)]
+fn attack(
+    cnet: &CandleNet,
+    net: &Network,
+    c: &Case,
+    l0: usize,
+    targets: &[usize],
+    restarts: usize,
+    steps: usize,
+    seed: u64,
+) -> Option<Vec<f64>> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for &t in targets {
+        let conj = c
+            .unsafe_set
+            .iter()
+            .find(|k| k.rows[0][t] == -1.0 && k.rows[0][l0] == 1.0)?;
+        let starts: Vec<Vec<f64>> = (0..restarts)
+            .map(|_| {
+                c.lower
+                    .iter()
+                    .zip(&c.upper)
+                    .map(|(&l, &u)| if u > l { rng.random_range(l..=u) } else { l })
+                    .collect()
+            })
+            .collect();
+        let a = falsify::pgd(cnet, net, &c.lower, &c.upper, conj, &starts, steps).ok()?;
+        if let Some((x, _)) = a.found {
+            return Some(x);
+        }
+    }
+    None
+}
+
+/// Untargeted PGD against base + module inside the case box (one batch of `restarts`
+/// descending `y_l0 - max_{l != l0} y_l` with signed-gradient steps); returns the final
+/// points, which the caller confirms on the host evaluation of the repaired network.
+fn pgd_patched(
+    base: &CandleNet,
+    module: &CandleNet,
+    c: &Case,
+    l0: usize,
+    restarts: usize,
+    steps: usize,
+    seed: u64,
+) -> candle_core::Result<Vec<Vec<f64>>> {
+    use candle_core::{Device, Tensor, Var};
+    let dev = Device::Cpu;
+    let n = c.lower.len();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut x: Vec<f64> = (0..restarts)
+        .flat_map(|_| {
+            c.lower
+                .iter()
+                .zip(&c.upper)
+                .map(|(&l, &u)| if u > l { rng.random_range(l..=u) } else { l })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut mask = vec![0.0; 10];
+    mask[l0] = -1e9;
+    let mask = Tensor::from_vec(mask, (1, 10), &dev)?;
+    let mut pick = vec![0.0; 10];
+    pick[l0] = 1.0;
+    let pick = Tensor::from_vec(pick, (10, 1), &dev)?;
+    for step in 0..steps {
+        let xv = Var::from_tensor(&Tensor::from_vec(x.clone(), (restarts, n), &dev)?)?;
+        let y = (base.forward(xv.as_tensor())? + module.forward(xv.as_tensor())?)?;
+        let other = y.broadcast_add(&mask)?.max_keepdim(1)?;
+        let loss = (y.matmul(&pick)? - other)?.sum_all()?;
+        let grads = loss.backward()?;
+        let Some(g) = grads.get(xv.as_tensor()) else {
+            break;
+        };
+        let g: Vec<f64> = g.flatten_all()?.to_vec1()?;
+        let t = step as f64 / steps as f64;
+        let frac = 0.1 * (1.0 - t) * (1.0 - t) + 1e-4;
+        for (idx, (xi, gi)) in x.iter_mut().zip(&g).enumerate() {
+            let d = idx % n;
+            let w = c.upper[d] - c.lower[d];
+            *xi = (*xi - gi.signum() * frac * w * f64::from(*gi != 0.0))
+                .clamp(c.lower[d], c.upper[d]);
+        }
+    }
+    Ok(x.chunks(n).map(<[f64]>::to_vec).collect())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let radii: Vec<f64> = args
+        .get(1)
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![0.05, 0.1]);
+    let counts: Vec<usize> = args
+        .get(2)
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![50, 100, 200]);
+    let timeout: f64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(600.0);
+    let hidden: Vec<usize> = std::env::var("PM_HIDDEN")
+        .ok()
+        .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
+        .unwrap_or_else(|| vec![8]);
+    let Some(data) = testing::data_dir() else {
+        eprintln!("SKIP: ../shared/data is absent");
+        return;
+    };
+    let net = import::load(&data.join("mnist/nets/mnist_relu_3_100.onnx")).expect("import");
+    let images = gunzip(&data.join("mnist/t10k-images-idx3-ubyte.gz"));
+    let labels = gunzip(&data.join("mnist/t10k-labels-idx1-ubyte.gz"));
+    let n_img = u32::from_be_bytes(images[4..8].try_into().unwrap()) as usize;
+    let test: Vec<(Vec<f64>, usize)> = (0..n_img)
+        .map(|i| {
+            let px = &images[16 + 784 * i..16 + 784 * (i + 1)];
+            (
+                px.iter().map(|&p| f64::from(p) / 255.0).collect(),
+                usize::from(labels[8 + i]),
+            )
+        })
+        .collect();
+    let accuracy = |f: &dyn Fn(&[f64]) -> Vec<f64>| -> f64 {
+        test.iter().filter(|(x, l)| argmax(&f(x)) == *l).count() as f64 / test.len() as f64
+    };
+    let acc0 = accuracy(&|x| net.forward(x));
+    println!(
+        "mnist_relu_3_100: test accuracy {:.2}% on {} images; module hidden {hidden:?}",
+        100.0 * acc0,
+        test.len()
+    );
+    let cnet = CandleNet::new(&net).expect("candle net");
+    println!(
+        "| r | properties | repaired (proven) | time (s) | sub-boxes | module params | accuracy before | after | drawdown | PGD (20 restarts) adversarial in repaired boxes |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &r in &radii {
+        // Adversarial examples, in test-set order, as many as the largest count needs.
+        let need = counts.iter().copied().max().unwrap_or(0);
+        let t0 = Instant::now();
+        let mut props: Vec<(usize, Case)> = Vec::new();
+        for (i, (x, l0)) in test.iter().enumerate() {
+            if props.len() >= need {
+                break;
+            }
+            let y = net.forward(x);
+            if argmax(&y) != *l0 {
+                continue;
+            }
+            let mut order: Vec<usize> = (0..10).filter(|&l| l != *l0).collect();
+            order.sort_by(|&a, &b| y[b].total_cmp(&y[a]));
+            let c = case(x, *l0, r, 10);
+            if attack(&cnet, &net, &c, *l0, &order[..1], 10, 50, i as u64).is_some() {
+                props.push((i, c));
+            }
+        }
+        eprintln!(
+            "r = {r}: {} adversarial examples found in {:.1} s",
+            props.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        for &n in &counts {
+            let chosen = &props[..n.min(props.len())];
+            let named: Vec<(String, Case)> = chosen
+                .iter()
+                .map(|(i, c)| (format!("img{i}"), c.clone()))
+                .collect();
+            let options = ModuleOptions {
+                hidden: hidden.clone(),
+                auto_learning_rate: true,
+                timeout: Duration::from_secs_f64(timeout),
+                ..Default::default()
+            };
+            let rep = match patchmodules::repair_modules(&net, &named, &options) {
+                Ok(rep) => rep,
+                Err(e) => {
+                    println!("| {r} | {n} | error: {e} | | | | | | | |");
+                    continue;
+                }
+            };
+            let proven = rep.outcomes.iter().filter(|o| o.status == "holds").count();
+            let subs: usize = rep.outcomes.iter().map(|o| o.sub_boxes).sum();
+            eprintln!(
+                "r = {r}, {n} properties: repair {:.1} s, {proven} proven",
+                rep.time_s
+            );
+            let acc1 = accuracy(&|x| rep.modules.eval(&net, x));
+            // PGD against the repaired network inside every repaired box (its in-box
+            // network is the combined one); confirmed on the host evaluation.
+            let mut broken = 0;
+            for (k, ((idx, c), (ind, module))) in
+                chosen.iter().zip(&rep.modules.entries).enumerate()
+            {
+                if !matches!(ind, Indicator::Box(_)) {
+                    continue;
+                }
+                let mnet = Network::new(
+                    vec![784],
+                    module
+                        .layers
+                        .iter()
+                        .enumerate()
+                        .flat_map(|(i, d)| {
+                            let mut v = vec![prorepair_host::Layer::Dense(d.clone())];
+                            if i + 1 < module.layers.len() {
+                                v.push(prorepair_host::Layer::Relu);
+                            }
+                            v
+                        })
+                        .collect(),
+                )
+                .expect("module network");
+                let cmod = CandleNet::new(&mnet).expect("candle");
+                let l0 = argmax(&net.forward(&test[*idx].0));
+                let points =
+                    pgd_patched(&cnet, &cmod, c, l0, 20, 100, 1000 + k as u64).expect("pgd");
+                if points
+                    .iter()
+                    .any(|x| argmax(&rep.modules.eval(&net, x)) != l0)
+                {
+                    broken += 1;
+                }
+            }
+            println!(
+                "| {r} | {} | {}/{} | {:.1} | {} | {} | {:.2}% | {:.2}% | {:.2} | {} |",
+                chosen.len(),
+                proven,
+                chosen.len(),
+                rep.time_s,
+                subs,
+                rep.modules.parameter_count(),
+                100.0 * acc0,
+                100.0 * acc1,
+                100.0 * (acc0 - acc1),
+                broken
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! `repair --strategy patch-modules`: AdvRepair-style indicator-plus-patch modules
+//! ([`crate::repair::patchmodules`]). The base network is not changed: every violated
+//! property gets a box indicator and a small MLP added to the logits inside its box.
+//!
+//! Properties that already hold (the complete checker, a quarter of the budget) get no
+//! module. Exit 0 only when every property holds (the sound per-sub-box check of base +
+//! module); otherwise exit 20 and no file is written. `--out` writes the kind-2 patch,
+//! `--onnx-out` the equivalent ONNX graph (indicator by comparisons and `Where`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::repair::Args;
+use super::{CliError, Outcome, report};
+use crate::model::Network;
+use crate::repair::RepairProperty;
+use crate::repair::patchmodules::{self, ModuleOptions};
+use crate::verify::{self, Case};
+
+/// Run the patch-modules strategy on already-parsed properties.
+pub(crate) fn run(
+    args: &Args,
+    net: &Network,
+    properties: &[RepairProperty],
+) -> Result<Outcome, CliError> {
+    let start = Instant::now();
+    let budget = Duration::from_secs_f64(args.timeout);
+    // 1. Which properties are violated (or undecided) before?
+    let mut before = Vec::new();
+    let mut todo: Vec<(String, Case)> = Vec::new();
+    for p in properties {
+        let opts = verify::Options {
+            timeout: budget.mul_f64(0.25 / properties.len().max(1) as f64),
+            seed: args.seed,
+            ..Default::default()
+        };
+        let rep = verify::verify_cases(net, &p.cases, &opts);
+        before.push(rep.verdict.status());
+        if rep.verdict != verify::Verdict::Holds {
+            for (i, c) in p.cases.iter().enumerate() {
+                let name = if p.cases.len() == 1 {
+                    p.name.clone()
+                } else {
+                    format!("{}#{i}", p.name)
+                };
+                todo.push((name, c.clone()));
+            }
+        }
+    }
+    let options = ModuleOptions {
+        hidden: args.module_hidden.clone(),
+        timeout: budget.saturating_sub(start.elapsed()),
+        seed: args.seed,
+        ..Default::default()
+    };
+    let outcome = if todo.is_empty() {
+        None
+    } else {
+        Some(
+            patchmodules::repair_modules(net, &todo, &options).map_err(|e| match e {
+                crate::repair::RepairError::Property { .. }
+                | crate::repair::RepairError::Unsupported(_) => CliError::BadInput(e.to_string()),
+                other => CliError::Internal(other.to_string()),
+            })?,
+        )
+    };
+    let all_hold = outcome.as_ref().is_none_or(|o| o.all_hold());
+    let mut props = Vec::new();
+    for (p, b) in properties.iter().zip(&before) {
+        let cases: Vec<_> = outcome
+            .iter()
+            .flat_map(|o| &o.outcomes)
+            .filter(|o| o.name == p.name || o.name.starts_with(&format!("{}#", p.name)))
+            .collect();
+        let status =
+            if *b == "holds" || (!cases.is_empty() && cases.iter().all(|c| c.status == "holds")) {
+                "holds"
+            } else {
+                "unknown"
+            };
+        props.push(json!({
+            "name": p.name,
+            "status": status,
+            "status_before": b,
+            "repaired": !cases.is_empty(),
+            "subproperties": cases.iter().map(|c| c.sub_boxes).sum::<usize>(),
+            "rounds": cases.iter().map(|c| c.rounds).max().unwrap_or(0),
+        }));
+    }
+    let modules = outcome.as_ref().map(|o| o.modules.clone());
+    let mut value = json!({
+        "status": if all_hold { "holds" } else { "unknown" },
+        "strategy": "patch-modules",
+        "model": args.model.display().to_string(),
+        "properties": props,
+        "modules": modules.as_ref().map_or(0, |m| m.entries.len()),
+        "module_hidden": args.module_hidden,
+        "module_parameters": modules.as_ref().map_or(0, |m| m.parameter_count()),
+        "changed_parameters": 0,
+        "subproperties": outcome.as_ref().map_or(0, |o| o.outcomes.iter().map(|c| c.sub_boxes).sum::<usize>()),
+        "patch_size_bytes": null,
+        "patch": null,
+        "time_s": start.elapsed().as_secs_f64(),
+    });
+    if all_hold && let Some(m) = &modules {
+        let mut outputs: Vec<(&Path, Vec<u8>)> = Vec::new();
+        if let Some(out) = &args.out {
+            let regions: Vec<(Vec<f64>, Vec<f64>)> = outcome
+                .iter()
+                .flat_map(|o| &o.outcomes)
+                .flat_map(|o| o.partition.iter().cloned())
+                .collect();
+            let emitted = crate::patch::modules::emit(net, m, args.sequence, &regions)
+                .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
+            value["patch_size_bytes"] = json!(emitted.bytes.len());
+            value["patch"] = json!({
+                "file": out.display().to_string(),
+                "kind": "patch modules",
+                "bytes": emitted.bytes.len(),
+                "base_blob_bytes": emitted.base_blob.len(),
+                "sequence": args.sequence,
+                "modules": emitted.modules,
+                "regions": emitted.regions,
+            });
+            outputs.push((out, emitted.bytes));
+        }
+        if let Some(out) = &args.onnx_out {
+            let shape = crate::export::onnx::declared_input_shape(&args.model);
+            let bytes = crate::patch::modules::to_onnx(net, m, shape.as_deref())
+                .map_err(|e| CliError::Internal(format!("exporting the ONNX graph: {e}")))?;
+            outputs.push((out, bytes));
+        }
+        for (path, bytes) in &outputs {
+            report::write_output(path, bytes)?;
+        }
+    }
+    if let Some(path) = &args.report {
+        report::write_json(path, &value)?;
+    }
+    if all_hold {
+        eprintln!(
+            "repaired with {} patch module(s): every property holds ({:.2} s)",
+            modules.as_ref().map_or(0, |m| m.entries.len()),
+            start.elapsed().as_secs_f64()
+        );
+        Ok(Outcome::Ok)
+    } else {
+        for o in outcome.iter().flat_map(|o| &o.outcomes) {
+            if o.status != "holds" {
+                eprintln!(
+                    "not repaired: {} ({} of {} sub-boxes proven)",
+                    o.name, o.proven_sub_boxes, o.sub_boxes
+                );
+            }
+        }
+        eprintln!("no output written");
+        Ok(Outcome::Unknown)
+    }
+}

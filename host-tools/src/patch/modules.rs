@@ -1,0 +1,295 @@
+//! Patch-modules patches (kind 2) on the host: emit one from a
+//! [`PatchModules`] repair, read one back, evaluate base + modules through the device
+//! core, and export the equivalent ONNX graph (indicator by comparisons and `Where`).
+//!
+//! As for weight deltas, the format is the core's ([`prorepair_core::patch::modules`]):
+//! the host compiles the base network with [`crate::compile::compile`], the patch binds
+//! to that blob's SHA-256, and reading goes through the core's validation, so the host
+//! accepts exactly the patches a device accepts.
+
+use prorepair_core::patch::modules::encode::{self, IndicatorSpec, ModuleSpec};
+use prorepair_core::patch::modules::{IndicatorKind, ModulePatch, ModulesModel, patch_kind_word};
+
+use super::PatchError;
+use crate::compile::{AlignedBlob, compile};
+use crate::export::onnx::{ExportError, OnnxModule, to_onnx_bytes_with_modules};
+use crate::model::{Dense, Network};
+use crate::repair::patchmodules::{Indicator, Module, PatchModules};
+
+/// True when `bytes` are a patch of kind 2 (patch modules), judged by the header only.
+pub fn is_modules_patch(bytes: &[u8]) -> bool {
+    patch_kind_word(bytes) == Some(prorepair_core::patch::modules::MODULES_KIND)
+}
+
+/// A patch emitted by [`emit`].
+#[derive(Debug, Clone)]
+pub struct EmittedModules {
+    /// The patch file.
+    pub bytes: Vec<u8>,
+    /// The base model blob it binds to.
+    pub base_blob: Vec<u8>,
+    /// Modules carried.
+    pub modules: usize,
+    /// Verified regions carried.
+    pub regions: usize,
+}
+
+fn f32s(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Emit the kind-2 patch of `modules` for `base`, sequence `sequence` (>= 1), carrying
+/// the verified input boxes `regions` (rounded inward to f32; empty ones left out).
+/// Module weights and box corners are stored as f32 (the repair already rounded them, and
+/// box corners are f32-representable, so nothing changes).
+pub fn emit(
+    base: &Network,
+    modules: &PatchModules,
+    sequence: u32,
+    regions: &[(Vec<f64>, Vec<f64>)],
+) -> Result<EmittedModules, PatchError> {
+    let base_blob = compile(base).map_err(|source| PatchError::Compile {
+        what: "the base network",
+        source,
+    })?;
+    let blob = AlignedBlob::new(&base_blob);
+    let model = blob.model()?;
+    // Owned f32 data first; the specs borrow it.
+    struct Owned {
+        lower: Vec<f32>,
+        upper: Vec<f32>,
+        dims: Vec<usize>,
+        params: Vec<f32>,
+    }
+    let owned: Vec<Owned> = modules
+        .entries
+        .iter()
+        .map(|(ind, m)| {
+            let (lower, upper) = match ind {
+                Indicator::Box(b) => (f32s(&b.lower), f32s(&b.upper)),
+                _ => (Vec::new(), Vec::new()),
+            };
+            let mut dims = vec![m.input_dim()];
+            dims.extend(m.layers.iter().map(|d| d.out_dim));
+            let params = m
+                .layers
+                .iter()
+                .flat_map(|d| f32s(&d.weight).into_iter().chain(f32s(&d.bias)))
+                .collect();
+            Owned {
+                lower,
+                upper,
+                dims,
+                params,
+            }
+        })
+        .collect();
+    let specs: Vec<ModuleSpec<'_>> = modules
+        .entries
+        .iter()
+        .zip(&owned)
+        .map(|((ind, _), o)| ModuleSpec {
+            indicator: match ind {
+                Indicator::Box(_) => IndicatorSpec::Box {
+                    lower: &o.lower,
+                    upper: &o.upper,
+                },
+                Indicator::Label(l) => IndicatorSpec::Label(*l),
+                Indicator::LabelPair(a, b) => IndicatorSpec::LabelPair(*a, *b),
+            },
+            dims: &o.dims,
+            params: &o.params,
+        })
+        .collect();
+    let mut flat = Vec::new();
+    let mut count = 0;
+    for (lo, up) in regions {
+        if lo.len() != model.input_len() || up.len() != model.input_len() {
+            return Err(PatchError::Mismatch(format!(
+                "a region has {} values, the model takes {}",
+                lo.len(),
+                model.input_len()
+            )));
+        }
+        // Inward rounding: the guard never claims an input that was not verified.
+        let l: Vec<f32> = lo
+            .iter()
+            .map(|&v| {
+                let f = v as f32;
+                if f64::from(f) < v { f.next_up() } else { f }
+            })
+            .collect();
+        let u: Vec<f32> = up
+            .iter()
+            .map(|&v| {
+                let f = v as f32;
+                if f64::from(f) > v { f.next_down() } else { f }
+            })
+            .collect();
+        if l.iter().zip(&u).all(|(a, b)| a <= b) {
+            flat.extend(l);
+            flat.extend(u);
+            count += 1;
+        }
+    }
+    let len = encode::encoded_len(&specs, &flat)?;
+    let mut bytes = vec![0u8; len];
+    encode::write(&model, &specs, sequence, &flat, &mut bytes)?;
+    // The emitted patch must bind to its own base through the device core.
+    ModulePatch::from_bytes(&bytes)?.check_binding(&model)?;
+    Ok(EmittedModules {
+        bytes,
+        base_blob,
+        modules: specs.len(),
+        regions: count,
+    })
+}
+
+/// Read a kind-2 patch for `base` (validated and bound by the core) into host form.
+pub fn read(base: &Network, bytes: &[u8]) -> Result<PatchModules, PatchError> {
+    let blob = compile(base).map_err(|source| PatchError::Compile {
+        what: "the base network",
+        source,
+    })?;
+    let blob = AlignedBlob::new(&blob);
+    let model = blob.model()?;
+    let patch = ModulePatch::from_bytes(bytes)?;
+    patch.check_binding(&model)?;
+    let mut entries = Vec::new();
+    for m in patch.modules() {
+        let indicator = match m.indicator {
+            IndicatorKind::Box => {
+                let (mut lo, mut up) = (Vec::new(), Vec::new());
+                for j in 0..m.in_dim() {
+                    let (l, u) = m
+                        .box_bounds(j)
+                        .ok_or_else(|| PatchError::Mismatch(format!("box corner {j}")))?;
+                    lo.push(f64::from(l));
+                    up.push(f64::from(u));
+                }
+                Indicator::Box(crate::bounds::BoxBounds::new(lo, up))
+            }
+            IndicatorKind::Label => Indicator::Label(m.label0),
+            IndicatorKind::LabelPair => Indicator::LabelPair(m.label0, m.label1),
+        };
+        let mut layers = Vec::new();
+        let mut k = 0;
+        for w in m.dims().windows(2) {
+            let (i, o) = (w[0], w[1]);
+            let mut take = |n: usize| -> Result<Vec<f64>, PatchError> {
+                (0..n)
+                    .map(|_| {
+                        let v = m
+                            .param(k)
+                            .map(f64::from)
+                            .ok_or_else(|| PatchError::Mismatch(format!("parameter {k}")));
+                        k += 1;
+                        v
+                    })
+                    .collect()
+            };
+            let weight = take(i * o)?;
+            let bias = take(o)?;
+            layers.push(Dense::new(i, o, weight, bias).map_err(PatchError::Mismatch)?);
+        }
+        entries.push((indicator, Module { layers }));
+    }
+    Ok(PatchModules { entries })
+}
+
+/// Outputs of base + modules on each input, computed by the device core (f32, SIMD
+/// kernels), exactly as a device computes them.
+pub fn eval_device(
+    base: &Network,
+    bytes: &[u8],
+    inputs: &[Vec<f32>],
+) -> Result<Vec<Vec<f32>>, PatchError> {
+    let blob = compile(base).map_err(|source| PatchError::Compile {
+        what: "the base network",
+        source,
+    })?;
+    let blob = AlignedBlob::new(&blob);
+    let model = blob.model()?;
+    let patch = ModulePatch::from_bytes(bytes)?;
+    let mut ram = vec![0f32; patch.required_ram_len()];
+    let mm = ModulesModel::new(&model, &patch, &mut ram)?;
+    let mut arena = vec![0f32; mm.required_arena_len()];
+    let mut out = vec![0f32; model.output_len()];
+    inputs
+        .iter()
+        .map(|x| {
+            mm.evaluate(x, &mut arena, &mut out)?;
+            Ok(out.clone())
+        })
+        .collect()
+}
+
+/// The ONNX graph of base + box-indicator modules (see
+/// [`crate::export::onnx::to_onnx_bytes_with_modules`]). Label indicators have no ONNX
+/// form here yet.
+pub fn to_onnx(
+    base: &Network,
+    modules: &PatchModules,
+    input_shape: Option<&[usize]>,
+) -> Result<Vec<u8>, PatchError> {
+    let mut list = Vec::new();
+    for (ind, m) in &modules.entries {
+        match ind {
+            Indicator::Box(b) => list.push(OnnxModule {
+                lower: &b.lower,
+                upper: &b.upper,
+                layers: &m.layers,
+            }),
+            _ => {
+                return Err(PatchError::Mismatch(
+                    "label indicators cannot be exported to ONNX yet".into(),
+                ));
+            }
+        }
+    }
+    to_onnx_bytes_with_modules(base, input_shape, &list)
+        .map_err(|e: ExportError| PatchError::Mismatch(format!("ONNX export: {e}")))
+}
+
+/// The tract adapter for kind-2 patches: load the base ONNX model, check and read the
+/// patch through the core, build base + indicator + modules as one ONNX graph
+/// ([`to_onnx`], keeping the model's declared input shape) and hand it to tract.
+pub fn load_tract(
+    onnx_path: &std::path::Path,
+    patch: &[u8],
+    patch_name: &str,
+) -> Result<super::tract::PatchedTract, super::tract::TractPatchError> {
+    use super::tract::{PatchedTract, TractPatchError};
+    use tract_onnx::prelude::*;
+    let base = crate::import::onnx::load(onnx_path)?;
+    let modules = read(&base, patch).map_err(|source| TractPatchError::Patch {
+        patch: patch_name.to_string(),
+        source,
+    })?;
+    let shape = crate::export::onnx::declared_input_shape(onnx_path);
+    let bytes = to_onnx(&base, &modules, shape.as_deref())
+        .map_err(|e| TractPatchError::Tract(format!("exporting the patched graph: {e}")))?;
+    let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
+    let model = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .and_then(|m| m.into_typed())
+        .map_err(fail)?;
+    let input = model.input_outlets().map_err(fail)?.first().copied();
+    let input = input.ok_or_else(|| TractPatchError::Tract("the model has no input".into()))?;
+    let input_shape = model
+        .outlet_fact(input)
+        .map_err(fail)?
+        .shape
+        .as_concrete()
+        .map(<[usize]>::to_vec)
+        .ok_or_else(|| TractPatchError::Tract("symbolic input shape".into()))?;
+    let plan = model
+        .into_optimized()
+        .and_then(|m| m.into_runnable())
+        .map_err(fail)?;
+    Ok(PatchedTract {
+        plan,
+        input_shape,
+        network: base,
+    })
+}
