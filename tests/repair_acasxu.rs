@@ -42,7 +42,7 @@ fn acasxu_domain() -> BoxBounds {
     )
 }
 
-fn repair_prop2(a: u32, b: u32) {
+fn repair_prop2(a: u32, b: u32, complete_check: bool) {
     let model = require_data!(&testing::acasxu_onnx(a, b));
     let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
     let net = import::load(&model).expect("network imports");
@@ -53,6 +53,10 @@ fn repair_prop2(a: u32, b: u32) {
         timeout: Duration::from_secs(90),
         fidelity_domain: Some(acasxu_domain()),
         fidelity_eval_samples: 2000,
+        complete_check,
+        // The region-wise loop was tuned with 256 fidelity samples (with 1024, N2,1 runs
+        // past its sub-property budget: BENCHMARKS.md, Repair).
+        fidelity_train_samples: if complete_check { 1024 } else { 256 },
         ..RepairOptions::default()
     };
     let out = repair::repair(&net, std::slice::from_ref(&rp), &options).expect("repair runs");
@@ -69,7 +73,8 @@ fn repair_prop2(a: u32, b: u32) {
     assert_eq!(out.properties[0].after, "holds");
 
     // The partition covers the property's box exactly: every sub-box inside it, volumes
-    // summing to the box's (bisections only, so no overlap beyond shared faces).
+    // summing to the box's (bisections only, so no overlap beyond shared faces). With the
+    // default margin-driven phase it is the case box itself, proven by branch and bound.
     let case = &rp.cases[0];
     let volume = |l: &[f64], u: &[f64]| l.iter().zip(u).map(|(l, u)| u - l).product::<f64>();
     let mut covered = 0.0;
@@ -89,39 +94,32 @@ fn repair_prop2(a: u32, b: u32) {
         (covered - full).abs() <= 1e-9 * full,
         "covered {covered} of {full}"
     );
-    assert_eq!(out.partition.len(), out.subproperties);
 
-    // Every sub-box passes verify's leaf test on the repaired network, and, as a spot
-    // check through verify's public entry point (one CROWN pass per box after its
-    // falsification, which samples every box: too slow for all of them here), eight
-    // sub-boxes spread over the partition are proven by `verify_cases` itself.
-    assert!(
-        out.partition
-            .iter()
-            .all(|r| repair::leaf_holds(&out.network, case, &r.lower, &r.upper)),
-        "N{a},{b}: a sub-box fails the leaf test"
-    );
-    let step = out.partition.len().div_ceil(8).max(1);
-    let leaves: Vec<verify::Case> = out
-        .partition
-        .iter()
-        .step_by(step)
-        .map(|r| verify::Case {
-            lower: r.lower.clone(),
-            upper: r.upper.clone(),
-            unsafe_set: case.unsafe_set.clone(),
-        })
-        .collect();
+    // Region-wise mode: every sub-box passes verify's leaf test on the repaired network.
+    if !complete_check {
+        assert_eq!(out.partition.len(), out.subproperties);
+        assert!(
+            out.partition.iter().all(|r| repair::leaf_holds(
+                &out.network,
+                case,
+                &r.lower,
+                &r.upper
+            )),
+            "N{a},{b}: a sub-box fails the leaf test"
+        );
+    }
+
+    // `verify` itself, run here from scratch on the repaired network, proves the whole
+    // property (the claim the repair made must be reproducible by the public checker).
     let opts = verify::Options {
-        method: verify::Method::Crown,
         timeout: Duration::from_secs(60),
         ..verify::Options::default()
     };
-    let report = verify::verify_cases(&out.network, &leaves, &opts);
+    let report = verify::verify(&out.network, &property, &opts).expect("verify runs");
     assert_eq!(
         report.verdict,
         Verdict::Holds,
-        "N{a},{b}: verify does not prove the repaired network on the sampled sub-boxes"
+        "N{a},{b}: verify does not prove the repaired network"
     );
 
     // The counterexample found before the repair is real on the original and fixed after.
@@ -159,11 +157,17 @@ fn repair_prop2(a: u32, b: u32) {
 
 #[test]
 fn repairs_n2_1_property_2() {
-    repair_prop2(2, 1);
+    repair_prop2(2, 1, true);
+}
+
+/// The region-wise loop alone (Algorithm 2, proof by the leaf test on its partition).
+#[test]
+fn repairs_n2_1_property_2_region_wise() {
+    repair_prop2(2, 1, false);
 }
 
 #[test]
-#[ignore = "N3,5 prop_2 is not yet repaired within the budget (the proof partition grows past it; see BENCHMARKS.md, Repair); run with --ignored"]
+#[ignore = "N3,5 prop_2 is not yet repaired within the budget (branch and bound does not decide the repaired network in time; BENCHMARKS.md, Repair); run with --ignored"]
 fn repairs_n3_5_property_2() {
-    repair_prop2(3, 5);
+    repair_prop2(3, 5, true);
 }

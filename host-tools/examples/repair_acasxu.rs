@@ -8,11 +8,14 @@
 //! markdown table (rows as they finish) and a summary.
 //!
 //! ```text
-//! cargo run --release -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29] [TIMEOUT_S] [A,B]
+//! cargo run -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29|probe|demo] [TIMEOUT_S] [A,B]
 //! ```
 //!
 //! `n29`: N2,9 repaired for properties 2 and 8 together, with 1, 3 and 4 as guards (they
-//! hold before and must still hold after).
+//! hold before and must still hold after). `probe 0 A,B`: the sampled prop_2 score of the
+//! original network and `verify`'s effort when its margin is lifted by a constant.
+//! `demo`: the built-in demo controller on the default options. Environment overrides
+//! for tuning: see `tuned`; `PROREPAIR_TRACE=1` prints every round.
 
 use std::io::Write;
 use std::time::Duration;
@@ -69,6 +72,21 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_OUTW") {
         o.output_weight = v;
     }
+    if let Some(v) = get("PROREPAIR_COMPLETE") {
+        o.complete_check = v != 0.0;
+    }
+    if let Some(v) = get("PROREPAIR_GLOBAL_MARGIN") {
+        o.global_margin = v;
+    }
+    if let Some(v) = get("PROREPAIR_GLOBAL_REL") {
+        o.global_margin_relative = v;
+    }
+    if let Some(v) = get("PROREPAIR_GROWTH") {
+        o.global_margin_growth = v;
+    }
+    if let Some(v) = get("PROREPAIR_COMPLETE_BUDGET") {
+        o.complete_budget = Duration::from_secs_f64(v);
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }
@@ -83,6 +101,14 @@ fn main() {
         eprintln!("SKIP: ../shared/data is absent");
         return;
     };
+    if which == "demo" {
+        demo();
+        return;
+    }
+    if which == "probe" {
+        probe(&data, args.get(3).map_or("1,1", String::as_str));
+        return;
+    }
     if which == "n29" {
         n29(&data, timeout);
         return;
@@ -111,9 +137,9 @@ fn main() {
         jobs.retain(|&(_, a, b)| format!("{a},{b}") == *only);
     }
     println!(
-        "| property | network | status | sub-properties | rounds | time (s) | changed params | fidelity (advisory) |"
+        "| property | network | status | sub-properties | rounds | time (s) | changed params | patch bytes (% of blob) | fidelity (advisory) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut times: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut repaired: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let mut changed: Vec<usize> = Vec::new();
@@ -133,7 +159,7 @@ fn main() {
         };
         let entry = repaired.entry(prop).or_default();
         entry.1 += 1;
-        match repair::repair(&net, &[rp], &options) {
+        match repair::repair(&net, std::slice::from_ref(&rp), &options) {
             Ok(out) => {
                 let status = if out.verified {
                     "repaired, holds"
@@ -146,8 +172,23 @@ fn main() {
                     fidelity.push(out.fidelity.argmin_agreement);
                 }
                 times.entry(prop).or_default().push(out.time_s);
+                // The weight-delta patch `repair --out` would write (with the case boxes
+                // as its verified regions), against the compiled base blob.
+                let regions: Vec<(Vec<f64>, Vec<f64>)> = rp
+                    .cases
+                    .iter()
+                    .map(|c| (c.lower.clone(), c.upper.clone()))
+                    .collect();
+                let patch = match prorepair_host::patch::emit(&net, &out.network, 1, &regions) {
+                    Ok(e) => format!(
+                        "{} ({:.1}%)",
+                        e.bytes.len(),
+                        100.0 * e.bytes.len() as f64 / e.base_blob.len() as f64
+                    ),
+                    Err(e) => format!("error: {e}"),
+                };
                 println!(
-                    "| {prop} | N{a},{b} | {status} | {} | {} | {:.2} | {} | {:.2}% |",
+                    "| {prop} | N{a},{b} | {status} | {} | {} | {:.2} | {} | {patch} | {:.2}% |",
                     out.subproperties,
                     out.rounds,
                     out.time_s,
@@ -155,7 +196,7 @@ fn main() {
                     100.0 * out.fidelity.argmin_agreement
                 );
             }
-            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | |"),
+            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | | |"),
         }
         let _ = std::io::stdout().flush();
     }
@@ -213,8 +254,16 @@ fn n29(data: &std::path::Path, timeout: f64) {
                         .map_or(String::new(), |r| format!(" ({r})"))
                 );
             }
+            let regions: Vec<(Vec<f64>, Vec<f64>)> = props
+                .iter()
+                .flat_map(|p| &p.cases)
+                .map(|c| (c.lower.clone(), c.upper.clone()))
+                .collect();
+            let patch = prorepair_host::patch::emit(&net, &out.network, 1, &regions)
+                .map(|e| e.bytes.len())
+                .unwrap_or(0);
             println!(
-                "N2,9: verified {}, {:.2} s, {} changed parameters, fidelity {:.2}%",
+                "N2,9: verified {}, {:.2} s, {} changed parameters, patch {patch} bytes, fidelity {:.2}%",
                 out.verified,
                 out.time_s,
                 out.changed_parameters,
@@ -223,4 +272,117 @@ fn n29(data: &std::path::Path, timeout: f64) {
         }
         Err(e) => println!("N2,9: error: {e}"),
     }
+}
+
+/// `probe A,B`: the sampled minimum of the prop_2 desired score `max_j (y_j - y_0)` over
+/// the box and how `verify` fares on the network as it is (for calibrating margins).
+fn probe(data: &std::path::Path, ab: &str) {
+    use prorepair_host::verify;
+    let (a, b) = ab.split_once(',').expect("A,B");
+    let (a, b): (u32, u32) = (a.parse().expect("A"), b.parse().expect("B"));
+    let net = import::load(&data.join(testing::acasxu_onnx(a, b))).expect("import");
+    let spec = Property::from_vnnlib(&data.join("acasxu/vnnlib/prop_2.vnnlib")).expect("spec");
+    let rp = RepairProperty::from_spec("prop_2", &spec, &net).expect("fits");
+    let c = &rp.cases[0];
+    let pts = repair::sample_outside(
+        &BoxBounds::new(c.lower.clone(), c.upper.clone()),
+        &[],
+        100_000,
+        1,
+    );
+    let mut scores: Vec<f64> = pts
+        .iter()
+        .map(|x| {
+            let y = net.forward(x);
+            (1..5)
+                .map(|j| y[j] - y[0])
+                .fold(f64::NEG_INFINITY, f64::max)
+        })
+        .collect();
+    scores.sort_by(f64::total_cmp);
+    let spread: Vec<f64> = pts
+        .iter()
+        .take(2000)
+        .map(|x| {
+            let y = net.forward(x);
+            y.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+                - y.iter().cloned().fold(f64::INFINITY, f64::min)
+        })
+        .collect();
+    println!(
+        "N{a},{b}: score min {:.4}, 0.1% {:.4}, 1% {:.4}, median {:.4}; mean output spread {:.4}",
+        scores[0],
+        scores[100],
+        scores[1000],
+        scores[50_000],
+        spread.iter().sum::<f64>() / spread.len() as f64
+    );
+    // Lift every non-COC output by delta: the min score rises by exactly delta, so this
+    // shows how branch and bound's effort falls with the margin.
+    for delta in [0.0, 0.01, 0.02, 0.05, 0.1] {
+        let mut n2 = net.clone();
+        if let Some(prorepair_host::model::Layer::Dense(d)) = n2.layers.last_mut() {
+            for j in 1..5 {
+                d.bias[j] += delta - scores[0].min(0.0);
+            }
+        }
+        let r = verify::verify_cases(
+            &n2,
+            &rp.cases,
+            &verify::Options {
+                timeout: Duration::from_secs(10),
+                ..verify::Options::default()
+            },
+        );
+        println!(
+            "N{a},{b} lifted to min score {:.3}: verify {} in {:.2} s, {} branches",
+            scores[0].max(0.0) + delta,
+            r.verdict.status(),
+            r.stats.time_s,
+            r.stats.branches
+        );
+    }
+    let r = verify::verify_cases(
+        &net,
+        &rp.cases,
+        &verify::Options {
+            timeout: Duration::from_secs(20),
+            ..verify::Options::default()
+        },
+    );
+    println!(
+        "N{a},{b}: verify {} in {:.2} s, {} branches",
+        r.verdict.status(),
+        r.stats.time_s,
+        r.stats.branches
+    );
+}
+
+/// `demo`: the built-in demo controller repaired with the default options (plus the
+/// tuning overrides), to compare with the demo's own settings.
+fn demo() {
+    use prorepair_host::cli::demo;
+    let net = demo::builtin_controller().expect("controller");
+    let property = prorepair_host::spec::vnnlib::parse_str(
+        &demo::property_vnnlib(),
+        std::path::Path::new("demo.vnnlib"),
+    )
+    .expect("property");
+    let rp = RepairProperty::from_spec("demo", &property, &net).expect("fits");
+    let options = RepairOptions {
+        fidelity_domain: Some(BoxBounds::new(vec![-1.0; 5], vec![1.0; 5])),
+        fidelity_eval_samples: 2000,
+        timeout: Duration::from_secs(40),
+        ..tuned(RepairOptions::default())
+    };
+    let out = repair::repair(&net, &[rp], &options).expect("repair");
+    println!(
+        "demo: verified {} in {:.2} s, {} rounds, {} sub-properties, {} changed, fidelity {:.4}",
+        out.verified,
+        out.time_s,
+        out.rounds,
+        out.subproperties,
+        out.changed_parameters,
+        out.fidelity.argmin_agreement
+    );
 }

@@ -18,7 +18,13 @@
 //!    `initial_anchors`, worst first, spread) become the first repair targets. Why: the
 //!    proof needs a margin over the whole violating region, not just at a few points, and
 //!    the first saliency mask then fits that region.
-//! 4. Region-wise loop ([`regionwise`], Algorithm 2) over the OPEN sub-properties: CROWN
+//! 4. By default ([`RepairOptions::complete_check`]) the margin-driven phase ([`global`],
+//!    the paper's ACAS Xu setting with the complete verifier as the proof): weak points
+//!    of the current network (dense samples plus PGD) below a target margin become
+//!    anchors, `f_e` is trained until they meet it, and `verify`'s branch and bound on
+//!    the whole property decides; "unknown" raises the target margin and the budget.
+//!    Otherwise:
+//!    Region-wise loop ([`regionwise`], Algorithm 2) over the OPEN sub-properties: CROWN
 //!    linear bounds of the whole network over each give the violated constraints, a
 //!    candidate counterexample (Eq. 8; a counterexample when the forward pass misses the
 //!    target margin) and the Refine Score (Eq. 9). Counterexamples get certified proxy
@@ -30,7 +36,8 @@
 //! 5. Complete-verification fallback (the paper's ACAS Xu setting): whenever the number
 //!    of sub-properties reaches a threshold (100, then doubling) and few are open, the
 //!    complete checker runs on the open sub-boxes only.
-//! 6. Final answer: for every repaired property, `verify`'s leaf test ([`leaf_holds`],
+//! 6. Final answer: in the margin-driven phase, `verify`'s own verdict on the whole
+//!    property for the final network. Otherwise, for every repaired property, `verify`'s leaf test ([`leaf_holds`],
 //!    the same CROWN bound, f32 rounding bound and slack that branch and bound applies to
 //!    a leaf) on every sub-box of the final partition, which covers each case box
 //!    exactly; for guards, the complete checker on the whole property.
@@ -41,6 +48,7 @@
 //! margin (default 0.02) buys that margin; see BENCHMARKS.md (Repair) for the figures.
 
 pub mod desired;
+mod global;
 pub mod patchmodules;
 pub mod points;
 pub mod pointwise;
@@ -191,6 +199,29 @@ pub struct RepairOptions {
     /// Weight of the output hinge term of the repair loss (the anchors' constraints
     /// through the frozen `f_c`, added to the paper's proxy-box distance); 0 disables it.
     pub output_weight: f64,
+    /// Margin-driven phase with `verify`'s branch and bound as the proof ([`global`]);
+    /// false: the region-wise loop alone (Algorithm 2 with the leaf test as the proof).
+    pub complete_check: bool,
+    /// First target margin of that phase (raised when `verify` cannot decide in time).
+    pub global_margin: f64,
+    /// ... at most this fraction of the median |desired score| of the original network
+    /// over the boxes (the scale of its outputs there).
+    pub global_margin_relative: f64,
+    /// Factor by which the target margin grows.
+    pub global_margin_growth: f64,
+    /// Uniform samples per case box and round in that phase.
+    pub global_samples: usize,
+    /// PGD restarts (from the worst samples) per case box and round.
+    pub global_pgd_starts: usize,
+    /// PGD steps.
+    pub global_pgd_steps: usize,
+    /// Most new anchors per round.
+    pub global_anchors_per_round: usize,
+    /// Budget of one `verify` run in that phase.
+    pub complete_budget: Duration,
+    /// Weight of the output hinge term in that phase (measured on ACAS Xu N4,7: at 100 the
+    /// proxy-box distance and fidelity terms hold the weak points below the target).
+    pub global_output_weight: f64,
 }
 
 impl Default for RepairOptions {
@@ -209,13 +240,23 @@ impl Default for RepairOptions {
             trainable_layers: 4,
             anchor_margin: 2e-2,
             fidelity_domain: None,
-            fidelity_train_samples: 256,
+            fidelity_train_samples: 1024,
             fidelity_weight: 10.0,
             fidelity_eval_samples: 10_000,
             seed: 0,
             initial_samples: 4096,
             initial_anchors: 128,
             output_weight: 100.0,
+            complete_check: true,
+            global_margin: 0.02,
+            global_margin_relative: 0.5,
+            global_margin_growth: 1.25,
+            global_samples: 2048,
+            global_pgd_starts: 64,
+            global_pgd_steps: 30,
+            global_anchors_per_round: 64,
+            complete_budget: global::COMPLETE_BUDGET,
+            global_output_weight: 1000.0,
         }
     }
 }
@@ -330,7 +371,8 @@ pub struct RepairOutcome {
     pub margin: f64,
     /// Region-wise rounds.
     pub rounds: usize,
-    /// Total sub-properties at the end.
+    /// Total sub-properties at the end (margin-driven phase: the sub-boxes `verify`'s
+    /// branch and bound bounded in its final, deciding run).
     pub subproperties: usize,
     /// Repair targets (counterexamples with proxy boxes) collected.
     pub anchors: usize,
@@ -347,7 +389,9 @@ pub struct RepairOutcome {
     /// Wall-clock seconds.
     pub time_s: f64,
     /// The final partition of every repaired property's case boxes into sub-boxes; when
-    /// `verified`, each one passed verify's leaf test on `network`.
+    /// `verified`, each one passed verify's leaf test on `network` (region-wise loop), or
+    /// it is the case box itself, proven by `verify`'s branch and bound (margin-driven
+    /// phase, [`RepairOptions::complete_check`]).
     pub partition: Vec<Region>,
 }
 
@@ -547,6 +591,7 @@ impl Loop<'_> {
                 h_star,
                 constraints: constraints.to_vec(),
                 margin: options.margin,
+                box_weight: 1.0,
             }),
             None => self.proxy_box_failures += 1,
         }
@@ -698,7 +743,12 @@ pub fn repair(
     let target_margin = (0.5 * options.anchor_margin).max(2.0 * margin);
 
     // 1. Status before.
-    let per_prop_budget = remaining().mul_f64(0.15 / properties.len().max(1) as f64);
+    // With the margin-driven phase an undecided "before" costs nothing but a repair of a
+    // property that may already hold (still proven at the end), so the check is short.
+    let mut per_prop_budget = remaining().mul_f64(0.15 / properties.len().max(1) as f64);
+    if options.complete_check {
+        per_prop_budget = per_prop_budget.min(options.complete_budget);
+    }
     let mut outcomes: Vec<PropertyOutcome> = Vec::new();
     for (i, p) in properties.iter().enumerate() {
         let v = verify::verify_cases(
@@ -803,10 +853,26 @@ pub fn repair(
     let mut final_reason: Option<String> = None;
     let mut verified = false;
 
+    // `verify`'s reports per repair property when the margin-driven phase decided.
+    let mut global_reports: Option<Vec<verify::Report>> = None;
     'outer: loop {
         // 3. Region-wise loop until every sub-property is proven on the same network.
         let mut finished = state.props.is_empty();
-        while !finished {
+        if options.complete_check && !finished {
+            let g = global::run(
+                &mut state,
+                &mut trainer,
+                &mut current,
+                options,
+                deadline,
+                trace,
+            )?;
+            rounds += g.rounds;
+            finished = g.proven;
+            final_reason = g.reason;
+            global_reports = Some(g.reports);
+        }
+        while !finished && !options.complete_check {
             if remaining().is_zero() {
                 final_reason = Some("timeout in the region-wise loop".into());
                 break;
@@ -1001,10 +1067,18 @@ pub fn repair(
         verified = true;
         let mut retry = false;
         for (i, p) in properties.iter().enumerate() {
-            let v = match repair_index[i] {
+            let v = match (repair_index[i], &global_reports) {
+                // Repaired in the margin-driven phase: verify's own verdict on the whole
+                // property (branch and bound), taken on this very network.
+                (Some(ri), Some(reports)) => reports.get(ri).map_or(
+                    Verdict::Unknown {
+                        reason: "not checked".into(),
+                    },
+                    |r| r.verdict.clone(),
+                ),
                 // Repaired: verify's leaf test on every sub-box of the final partition
                 // (the partition covers each case box exactly).
-                Some(ri) => {
+                (Some(ri), None) => {
                     let leaves: Vec<&SubProperty> =
                         state.proven.iter().filter(|s| s.property == ri).collect();
                     let failed: Vec<bool> = leaves
@@ -1024,7 +1098,7 @@ pub fn repair(
                     }
                 }
                 // Guards: the complete checker on the whole property.
-                None => {
+                (None, _) => {
                     let budget = remaining()
                         .max(Duration::from_secs(1))
                         .mul_f64(1.0 / (properties.len() - i) as f64);
@@ -1076,6 +1150,11 @@ pub fn repair(
     }
     for (i, o) in outcomes.iter_mut().enumerate() {
         if let Some(ri) = repair_index[i] {
+            // Margin-driven phase: the sub-boxes branch and bound bounded.
+            if let Some(r) = global_reports.as_ref().and_then(|g| g.get(ri)) {
+                o.subproperties = r.stats.branches as usize;
+                continue;
+            }
             o.subproperties = state
                 .open
                 .iter()
@@ -1100,6 +1179,15 @@ pub fn repair(
         eprintln!("repair: mean bisections per input dimension {depth:.2?}");
     }
     let fidelity = measure_fidelity(net, &current, &fid_eval);
+    let subproperties = if global_reports.is_some() {
+        outcomes
+            .iter()
+            .filter(|o| o.repaired)
+            .map(|o| o.subproperties)
+            .sum()
+    } else {
+        state.total()
+    };
     let partition = state
         .proven
         .iter()
@@ -1119,11 +1207,11 @@ pub fn repair(
         changed_parameters: pointwise::changed_parameters(net, &current),
         network: current,
         verified,
-        properties: outcomes,
         split_layer: split,
+        properties: outcomes,
         margin,
         rounds,
-        subproperties: state.total(),
+        subproperties,
         anchors: state.anchors.len(),
         proxy_box_failures: state.proxy_box_failures,
         parameter_budget,

@@ -39,6 +39,9 @@ pub struct Anchor {
     pub constraints: Vec<Constraint>,
     /// The margin the box certifies them with.
     pub margin: f64,
+    /// Weight of this anchor's proxy-box distance term: 1 when `h_star` is a certified
+    /// proxy box, 0 for an anchor trained by the output hinge alone (no box was found).
+    pub box_weight: f64,
 }
 
 /// Proxy-box synthesis settings.
@@ -333,6 +336,7 @@ impl Trainer {
         targets: &Tensor,
         start: usize,
         hinge: Option<&HingeData>,
+        box_weight: Option<&Tensor>,
     ) -> Result<Tensor, RepairError> {
         let feats = self.features_from(xs, start)?;
         let diff = (&feats - targets).map_err(candle)?;
@@ -344,7 +348,12 @@ impl Trainer {
             .map_err(candle)?
             .affine(1.0, 1e-12)
             .map_err(candle)?;
-        let mut loss = dist.sqrt().map_err(candle)?.mean_all().map_err(candle)?;
+        let dist = dist.sqrt().map_err(candle)?;
+        let dist = match box_weight {
+            Some(w) => dist.broadcast_mul(w).map_err(candle)?,
+            None => dist,
+        };
+        let mut loss = dist.mean_all().map_err(candle)?;
         if let (Some(h), Some(head)) = (hinge, &self.head)
             && self.output_weight > 0.0
         {
@@ -429,7 +438,7 @@ impl Trainer {
             return Ok(());
         }
         self.probe = true;
-        let loss = self.loss(xs, targets, start, hinge);
+        let loss = self.loss(xs, targets, start, hinge, None);
         self.probe = false;
         let grads = loss?.backward().map_err(candle)?;
         // Influence of each parameter on the features of the fidelity inputs (gradient of
@@ -552,6 +561,12 @@ impl Trainer {
                 .collect::<Vec<_>>(),
         )?;
         let targets = batch(&anchors.iter().map(|a| a.h_star.clone()).collect::<Vec<_>>())?;
+        let box_weight = Tensor::from_vec(
+            anchors.iter().map(|a| a.box_weight).collect::<Vec<_>>(),
+            (anchors.len(), 1),
+            &Device::Cpu,
+        )
+        .map_err(candle)?;
         if self.fidelity.is_some() && self.fidelity_prefix.as_ref().map(|p| p.0) != Some(start) {
             let rows: Vec<Vec<f64>> = self
                 .fidelity_inputs
@@ -582,7 +597,7 @@ impl Trainer {
             if step % check_every.max(1) == 0 && done(&self.network(base)?) {
                 return Ok(step);
             }
-            let loss = self.loss(&xs, &targets, start, Some(&hinge))?;
+            let loss = self.loss(&xs, &targets, start, Some(&hinge), Some(&box_weight))?;
             opt.backward_step(&loss).map_err(candle)?;
         }
         Ok(steps)
@@ -818,6 +833,7 @@ mod tests {
             h_star: h,
             constraints: vec![want.clone()],
             margin: 1e-6,
+            box_weight: 1.0,
         };
         let mut trainer = Trainer::new(&net, split, 6, &[], 0.0, 0.05).unwrap();
         trainer
