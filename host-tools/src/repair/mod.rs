@@ -669,43 +669,9 @@ impl Loop<'_> {
     }
 }
 
-/// Verify's own per-leaf test ([`crate::verify::bab`]) on one sub-box: every unsafe
-/// conjunction of `case` is excluded on `[lower, upper]` by a CROWN bound of one of its
-/// constraints whose gap exceeds the f32 rounding bound of that row on the sub-box plus
-/// the f64 slack, exactly as branch and bound decides a leaf. Sound: a box where this
-/// holds has no unsafe input, on the device's f32 arithmetic too.
-pub fn leaf_holds(net: &Network, case: &Case, lower: &[f64], upper: &[f64]) -> bool {
-    let engine = verify::bab::engine_for(net, verify::Method::Complete);
-    let rows: Vec<Vec<f64>> = case
-        .unsafe_set
-        .iter()
-        .flat_map(|c| c.rows.iter().cloned())
-        .collect();
-    let Ok(b) = engine.spec_lower(lower, upper, &rows) else {
-        return false;
-    };
-    let err = if b.layer_bounds.len() == net.layers.len() + 1 {
-        verify::rounding::f32_error_bound_from(net, &b.layer_bounds)
-    } else {
-        verify::rounding::f32_error_bound(net, lower, upper)
-    };
-    let row_err = verify::rounding::spec_error_bounds(net, &b.layer_bounds, &rows);
-    let mut r = 0;
-    case.unsafe_set.iter().all(|conj| {
-        let mut excluded = false;
-        for k in 0..conj.rows.len() {
-            let gap = b.lower[r] - conj.rhs[k];
-            let f64_slack = 1e-9 * b.lower[r].abs();
-            let rounding = match &row_err {
-                Some(v) => v[r] + 1e-9 * (1.0 + conj.rhs[k].abs()),
-                None => verify::bab::required_margin(&conj.rows[k], conj.rhs[k], &err),
-            };
-            excluded |= gap > rounding + f64_slack && gap.is_finite();
-            r += 1;
-        }
-        excluded
-    })
-}
+/// The per-leaf test of `verify`'s branch and bound, which the region-wise loop's final
+/// verdict runs on every sub-box of its partition: one rule for "this box holds".
+pub use crate::verify::leaf_holds;
 
 /// Seeded uniform points of a box.
 fn sample_box(lower: &[f64], upper: &[f64], n: usize, seed: u64) -> Vec<Vec<f64>> {

@@ -406,6 +406,8 @@ pub fn repair_points(
                         h_star,
                         constraints: points[i].constraints(n_out),
                         margin,
+                        // A certified proxy box: its distance term counts in full.
+                        box_weight: 1.0,
                     });
                 }
                 None => outcome.proxy_box_failures += 1,
