@@ -90,18 +90,7 @@ impl AffineMap {
 
     /// IBP in the centre/radius form (as auto_LiRPA's `BoundLinear.interval_propagate`).
     fn interval(&self, input: &BoxBounds) -> BoxBounds {
-        let centre: Vec<f64> = input
-            .lower
-            .iter()
-            .zip(&input.upper)
-            .map(|(l, u)| 0.5 * (u + l))
-            .collect();
-        let radius: Vec<f64> = input
-            .lower
-            .iter()
-            .zip(&input.upper)
-            .map(|(l, u)| 0.5 * (u - l))
-            .collect();
+        let (centre, radius) = input.centre_radius();
         let mid = self.apply(&centre);
         let mut dev = vec![0.0; self.out_dim];
         super::linear::gemv_add(
