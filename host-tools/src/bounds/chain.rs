@@ -673,6 +673,7 @@ impl<'a> DenseReluChain<'a> {
 mod tests {
     use super::*;
     use crate::model::Dense;
+    use crate::verify::falsify::random_point;
     use rand::{Rng, SeedableRng};
 
     fn random_net(
@@ -800,12 +801,7 @@ mod tests {
                 .linear_bounds(&input, &spec, 2, Method::Crown)
                 .unwrap();
             for _ in 0..300 {
-                let x: Vec<f64> = input
-                    .lower
-                    .iter()
-                    .zip(&input.upper)
-                    .map(|(&l, &u)| rng.random_range(l..=u))
-                    .collect();
+                let x = random_point(&mut rng, &input.lower, &input.upper);
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);
@@ -870,12 +866,7 @@ mod tests {
                 );
             }
             for _ in 0..300 {
-                let x: Vec<f64> = child
-                    .lower
-                    .iter()
-                    .zip(&child.upper)
-                    .map(|(&l, &u)| rng.random_range(l..=u))
-                    .collect();
+                let x = random_point(&mut rng, &child.lower, &child.upper);
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);

@@ -1437,11 +1437,7 @@ mod tests {
             assert!(g > 0.0);
             claims += 1;
             for _ in 0..500 {
-                let x: Vec<f64> = lower
-                    .iter()
-                    .zip(&upper)
-                    .map(|(&l, &u)| rng.random_range(l..=u))
-                    .collect();
+                let x = crate::verify::falsify::random_point(&mut rng, &lower, &upper);
                 let worst = lines
                     .iter()
                     .map(|(a, b, e)| a.iter().zip(&x).map(|(a, x)| a * x).sum::<f64>() + b - e)
