@@ -736,30 +736,22 @@ mod tests {
                     .collect();
                 for method in [Method::CrownPure, Method::Crown] {
                     let opts = crate::bounds::AlphaOptions::default();
-                    let fast = super::super::linear_bounds_impl(
-                        &net,
-                        from,
-                        to,
-                        &sub_in,
-                        Some(&s),
-                        3,
-                        method,
-                        &opts,
-                        true,
-                    )
-                    .unwrap();
-                    let slow = super::super::linear_bounds_impl(
-                        &net,
-                        from,
-                        to,
-                        &sub_in,
-                        Some(&s),
-                        3,
-                        method,
-                        &opts,
-                        false,
-                    )
-                    .unwrap();
+                    // The same call with the chain path allowed, then forbidden.
+                    let run = |fast| {
+                        super::super::linear_bounds_impl(
+                            &net,
+                            from,
+                            to,
+                            &sub_in,
+                            Some(&s),
+                            3,
+                            method,
+                            &opts,
+                            fast,
+                        )
+                        .unwrap()
+                    };
+                    let (fast, slow) = (run(true), run(false));
                     let what = format!("trial {trial} {from}..{to} {method:?}");
                     assert!(
                         close(&fast.lower, &slow.lower),
