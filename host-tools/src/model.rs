@@ -127,12 +127,22 @@ pub struct Conv2d {
 impl Conv2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        out_extent(self.in_h, self.pad_top + self.pad_bottom, self.kernel_h, self.stride_h)
+        out_extent(
+            self.in_h,
+            self.pad_top + self.pad_bottom,
+            self.kernel_h,
+            self.stride_h,
+        )
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        out_extent(self.in_w, self.pad_left + self.pad_right, self.kernel_w, self.stride_w)
+        out_extent(
+            self.in_w,
+            self.pad_left + self.pad_right,
+            self.kernel_w,
+            self.stride_w,
+        )
     }
 
     /// Evaluate on one `[in_channels, in_h, in_w]` input.
@@ -203,12 +213,22 @@ pub struct Pool2d {
 impl Pool2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        out_extent(self.in_h, self.pad_top + self.pad_bottom, self.kernel_h, self.stride_h)
+        out_extent(
+            self.in_h,
+            self.pad_top + self.pad_bottom,
+            self.kernel_h,
+            self.stride_h,
+        )
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        out_extent(self.in_w, self.pad_left + self.pad_right, self.kernel_w, self.stride_w)
+        out_extent(
+            self.in_w,
+            self.pad_left + self.pad_right,
+            self.kernel_w,
+            self.stride_w,
+        )
     }
 
     /// The input indices inside window `(c, oy, ox)`, padding excluded.

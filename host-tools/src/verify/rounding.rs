@@ -413,8 +413,8 @@ pub fn forward_f32(net: &Network, x: &[f64]) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::falsify::random_point;
     use crate::model::Dense;
+    use crate::verify::falsify::random_point;
     use rand::{Rng, SeedableRng};
 
     fn random_net(rng: &mut rand_chacha::ChaCha8Rng, dims: &[usize], act: Layer) -> Network {
