@@ -84,6 +84,13 @@ impl Dense {
     }
 }
 
+/// Output extent of a sliding window along one axis, shared by convolution and pooling
+/// so both agree on the edge cases (a window larger than the padded input gives one
+/// output; a zero stride counts as one).
+fn out_extent(input: usize, padding: usize, kernel: usize, stride: usize) -> usize {
+    (input + padding).saturating_sub(kernel) / stride.max(1) + 1
+}
+
 /// 2-D convolution over a `[in_channels, in_h, in_w]` input (no groups, no dilation).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Conv2d {
@@ -120,16 +127,22 @@ pub struct Conv2d {
 impl Conv2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.in_h + self.pad_top + self.pad_bottom).saturating_sub(self.kernel_h)
-            / self.stride_h.max(1)
-            + 1
+        out_extent(
+            self.in_h,
+            self.pad_top + self.pad_bottom,
+            self.kernel_h,
+            self.stride_h,
+        )
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.in_w + self.pad_left + self.pad_right).saturating_sub(self.kernel_w)
-            / self.stride_w.max(1)
-            + 1
+        out_extent(
+            self.in_w,
+            self.pad_left + self.pad_right,
+            self.kernel_w,
+            self.stride_w,
+        )
     }
 
     /// Evaluate on one `[in_channels, in_h, in_w]` input.
@@ -200,16 +213,22 @@ pub struct Pool2d {
 impl Pool2d {
     /// Output height.
     pub fn out_h(&self) -> usize {
-        (self.in_h + self.pad_top + self.pad_bottom).saturating_sub(self.kernel_h)
-            / self.stride_h.max(1)
-            + 1
+        out_extent(
+            self.in_h,
+            self.pad_top + self.pad_bottom,
+            self.kernel_h,
+            self.stride_h,
+        )
     }
 
     /// Output width.
     pub fn out_w(&self) -> usize {
-        (self.in_w + self.pad_left + self.pad_right).saturating_sub(self.kernel_w)
-            / self.stride_w.max(1)
-            + 1
+        out_extent(
+            self.in_w,
+            self.pad_left + self.pad_right,
+            self.kernel_w,
+            self.stride_w,
+        )
     }
 
     /// The input indices inside window `(c, oy, ox)`, padding excluded.

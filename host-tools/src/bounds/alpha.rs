@@ -502,18 +502,7 @@ fn run(
     let out_dim = spec.len() / rows;
     let spec_t = Tensor::from_slice(spec, (1, rows, out_dim), &dev)?;
     let final_spec = Tensor::cat(&[&spec_t, &spec_t.neg()?], 0)?;
-    let centre: Vec<f64> = input
-        .lower
-        .iter()
-        .zip(&input.upper)
-        .map(|(l, u)| 0.5 * (u + l))
-        .collect();
-    let radius: Vec<f64> = input
-        .lower
-        .iter()
-        .zip(&input.upper)
-        .map(|(l, u)| 0.5 * (u - l))
-        .collect();
+    let (centre, radius) = input.centre_radius();
     let centre = Tensor::from_vec(centre, (n_in, 1), &dev)?;
     let radius = Tensor::from_vec(radius, (n_in, 1), &dev)?;
 

@@ -383,25 +383,9 @@ impl State {
     }
 }
 
-fn centre_radius(b: &BoxBounds) -> (Vec<f64>, Vec<f64>) {
-    let centre = b
-        .lower
-        .iter()
-        .zip(&b.upper)
-        .map(|(l, u)| 0.5 * (u + l))
-        .collect();
-    let radius = b
-        .lower
-        .iter()
-        .zip(&b.upper)
-        .map(|(l, u)| 0.5 * (u - l))
-        .collect();
-    (centre, radius)
-}
-
 /// IBP through a dense layer in the centre/radius form.
 fn dense_interval(d: &Dense, input: &BoxBounds) -> BoxBounds {
-    let (centre, radius) = centre_radius(input);
+    let (centre, radius) = input.centre_radius();
     let mut lower = Vec::with_capacity(d.out_dim);
     let mut upper = Vec::with_capacity(d.out_dim);
     for o in 0..d.out_dim {
@@ -536,7 +520,7 @@ impl<'a> DenseReluChain<'a> {
         }
         let intersect = method != Method::CrownPure;
         let n = self.ops.len();
-        let (centre, radius) = centre_radius(input);
+        let (centre, radius) = input.centre_radius();
         let mut bounds: Vec<BoxBounds> = Vec::with_capacity(n + 1);
         bounds.push(input.clone());
         let mut steps: Vec<Option<ReluStep>> = vec![None; n];
@@ -646,7 +630,7 @@ impl<'a> DenseReluChain<'a> {
         let (mut lower, mut upper) = state.concretise(&centre, &radius);
         if intersect {
             // IBP of the spec over the output bounds: C centre +- |C| radius.
-            let (oc, or) = centre_radius(bounds.last().expect("n + 1 entries"));
+            let (oc, or) = bounds.last().expect("n + 1 entries").centre_radius();
             for r in 0..rows {
                 let row = &spec[r * self.n_out..(r + 1) * self.n_out];
                 let (mut mid, mut dev) = (0.0, 0.0);
@@ -689,6 +673,7 @@ impl<'a> DenseReluChain<'a> {
 mod tests {
     use super::*;
     use crate::model::Dense;
+    use crate::verify::falsify::random_point;
     use rand::{Rng, SeedableRng};
 
     fn random_net(
@@ -751,30 +736,22 @@ mod tests {
                     .collect();
                 for method in [Method::CrownPure, Method::Crown] {
                     let opts = crate::bounds::AlphaOptions::default();
-                    let fast = super::super::linear_bounds_impl(
-                        &net,
-                        from,
-                        to,
-                        &sub_in,
-                        Some(&s),
-                        3,
-                        method,
-                        &opts,
-                        true,
-                    )
-                    .unwrap();
-                    let slow = super::super::linear_bounds_impl(
-                        &net,
-                        from,
-                        to,
-                        &sub_in,
-                        Some(&s),
-                        3,
-                        method,
-                        &opts,
-                        false,
-                    )
-                    .unwrap();
+                    // The same call with the chain path allowed, then forbidden.
+                    let run = |fast| {
+                        super::super::linear_bounds_impl(
+                            &net,
+                            from,
+                            to,
+                            &sub_in,
+                            Some(&s),
+                            3,
+                            method,
+                            &opts,
+                            fast,
+                        )
+                        .unwrap()
+                    };
+                    let (fast, slow) = (run(true), run(false));
                     let what = format!("trial {trial} {from}..{to} {method:?}");
                     assert!(
                         close(&fast.lower, &slow.lower),
@@ -816,12 +793,7 @@ mod tests {
                 .linear_bounds(&input, &spec, 2, Method::Crown)
                 .unwrap();
             for _ in 0..300 {
-                let x: Vec<f64> = input
-                    .lower
-                    .iter()
-                    .zip(&input.upper)
-                    .map(|(&l, &u)| rng.random_range(l..=u))
-                    .collect();
+                let x = random_point(&mut rng, &input.lower, &input.upper);
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);
@@ -886,12 +858,7 @@ mod tests {
                 );
             }
             for _ in 0..300 {
-                let x: Vec<f64> = child
-                    .lower
-                    .iter()
-                    .zip(&child.upper)
-                    .map(|(&l, &u)| rng.random_range(l..=u))
-                    .collect();
+                let x = random_point(&mut rng, &child.lower, &child.upper);
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);

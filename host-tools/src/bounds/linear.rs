@@ -205,18 +205,7 @@ impl LinearState {
     /// `lower = A c - |A| r + c_lower`, `upper = A c + |A| r + c_upper`.
     pub fn concretise(&mut self, input: &BoxBounds) -> BoxBounds {
         self.materialise();
-        let centre: Vec<f64> = input
-            .lower
-            .iter()
-            .zip(&input.upper)
-            .map(|(l, u)| 0.5 * (u + l))
-            .collect();
-        let radius: Vec<f64> = input
-            .lower
-            .iter()
-            .zip(&input.upper)
-            .map(|(l, u)| 0.5 * (u - l))
-            .collect();
+        let (centre, radius) = input.centre_radius();
         let side = |a: &[f64], c: &[f64], sign: f64| -> Vec<f64> {
             (0..self.rows)
                 .map(|r| {

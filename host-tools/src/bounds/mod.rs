@@ -157,6 +157,24 @@ pub struct BoxBounds {
 }
 
 impl BoxBounds {
+    /// Centre and radius of each interval, the form auto_LiRPA's linear IBP and
+    /// concretisation use; one definition so every caller rounds the same way.
+    pub(crate) fn centre_radius(&self) -> (Vec<f64>, Vec<f64>) {
+        let centre = self
+            .lower
+            .iter()
+            .zip(&self.upper)
+            .map(|(l, u)| 0.5 * (u + l))
+            .collect();
+        let radius = self
+            .lower
+            .iter()
+            .zip(&self.upper)
+            .map(|(l, u)| 0.5 * (u - l))
+            .collect();
+        (centre, radius)
+    }
+
     /// A box from its bounds (not validated; the bound functions validate).
     pub fn new(lower: Vec<f64>, upper: Vec<f64>) -> Self {
         Self { lower, upper }

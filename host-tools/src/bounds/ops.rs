@@ -90,18 +90,7 @@ impl AffineMap {
 
     /// IBP in the centre/radius form (as auto_LiRPA's `BoundLinear.interval_propagate`).
     fn interval(&self, input: &BoxBounds) -> BoxBounds {
-        let centre: Vec<f64> = input
-            .lower
-            .iter()
-            .zip(&input.upper)
-            .map(|(l, u)| 0.5 * (u + l))
-            .collect();
-        let radius: Vec<f64> = input
-            .lower
-            .iter()
-            .zip(&input.upper)
-            .map(|(l, u)| 0.5 * (u - l))
-            .collect();
+        let (centre, radius) = input.centre_radius();
         let mid = self.apply(&centre);
         let mut dev = vec![0.0; self.out_dim];
         super::linear::gemv_add(
@@ -153,61 +142,32 @@ pub(crate) trait BoundOp: fmt::Debug + Send + Sync {
     );
 }
 
-/// Fully connected layer.
-#[derive(Debug)]
-pub(crate) struct BoundDense {
-    map: AffineMap,
-}
-
-impl BoundDense {
-    pub fn new(d: &Dense) -> Self {
-        Self {
-            map: AffineMap::new(d.out_dim, d.in_dim, d.weight.clone(), d.bias.clone()),
-        }
-    }
-}
-
-impl BoundOp for BoundDense {
-    fn kind(&self) -> &'static str {
-        "Dense"
-    }
-    fn input_dim(&self) -> usize {
-        self.map.in_dim
-    }
-    fn output_dim(&self) -> usize {
-        self.map.out_dim
-    }
-    fn forward(&self, x: &[f64]) -> Vec<f64> {
-        self.map.apply(x)
-    }
-    fn interval(&self, input: &BoxBounds) -> BoxBounds {
-        self.map.interval(input)
-    }
-    fn affine(&self) -> Option<&AffineMap> {
-        Some(&self.map)
-    }
-    fn backward(&self, state: &mut LinearState, _: Option<&Relaxation>, _: Option<&RowSlopes>) {
-        state.apply_affine(
-            &self.map.matrix,
-            &self.map.bias,
-            self.map.out_dim,
-            self.map.in_dim,
-        );
-    }
-}
-
-/// 2-D convolution. Back-substitution multiplies by the convolution's dense matrix
-/// (the transposed convolution, written as a product), built once: fine for MNIST and
+/// A linear layer in its dense affine form. Dense, Conv2d and AvgPool2d differ only in
+/// how the matrix is built, so IBP and back-substitution are written once here.
+/// Back-substitution through a convolution multiplies by its dense matrix (the
+/// transposed convolution, written as a product), built once: fine for MNIST and
 /// CIFAR-sized layers.
 #[derive(Debug)]
-pub(crate) struct BoundConv2d {
-    #[cfg_attr(not(test), allow(dead_code))]
-    conv: Conv2d,
+pub(crate) struct BoundAffine {
+    kind: &'static str,
     map: AffineMap,
+    /// Kept for the concrete forward pass, which evaluates the convolution itself.
+    #[cfg_attr(not(test), allow(dead_code))]
+    conv: Option<Conv2d>,
 }
 
-impl BoundConv2d {
-    pub fn new(c: &Conv2d) -> Self {
+impl BoundAffine {
+    /// Fully connected layer.
+    pub fn dense(d: &Dense) -> Self {
+        Self {
+            kind: "Dense",
+            map: AffineMap::new(d.out_dim, d.in_dim, d.weight.clone(), d.bias.clone()),
+            conv: None,
+        }
+    }
+
+    /// 2-D convolution.
+    pub fn conv2d(c: &Conv2d) -> Self {
         let (oh, ow) = (c.out_h(), c.out_w());
         let (out_dim, in_dim) = (c.out_channels * oh * ow, c.in_channels * c.in_h * c.in_w);
         let mut matrix = vec![0.0; out_dim * in_dim];
@@ -240,15 +200,34 @@ impl BoundConv2d {
             }
         }
         Self {
-            conv: c.clone(),
+            kind: "Conv2d",
             map: AffineMap::new(out_dim, in_dim, matrix, bias),
+            conv: Some(c.clone()),
         }
+    }
+
+    /// Average pooling (padding excluded from the count): linear with positive weights.
+    pub fn avg_pool2d(p: &Pool2d, index: usize) -> Result<Self, BoundsError> {
+        let windows = pool_windows(p, index)?;
+        let in_dim = p.channels * p.in_h * p.in_w;
+        let mut matrix = vec![0.0; windows.len() * in_dim];
+        for (o, w) in windows.iter().enumerate() {
+            for &i in w {
+                matrix[o * in_dim + i] = 1.0 / w.len() as f64;
+            }
+        }
+        let out_dim = windows.len();
+        Ok(Self {
+            kind: "AvgPool2d",
+            map: AffineMap::new(out_dim, in_dim, matrix, vec![0.0; out_dim]),
+            conv: None,
+        })
     }
 }
 
-impl BoundOp for BoundConv2d {
+impl BoundOp for BoundAffine {
     fn kind(&self) -> &'static str {
-        "Conv2d"
+        self.kind
     }
     fn input_dim(&self) -> usize {
         self.map.in_dim
@@ -257,7 +236,10 @@ impl BoundOp for BoundConv2d {
         self.map.out_dim
     }
     fn forward(&self, x: &[f64]) -> Vec<f64> {
-        self.conv.apply(x)
+        match &self.conv {
+            Some(conv) => conv.apply(x),
+            None => self.map.apply(x),
+        }
     }
     fn interval(&self, input: &BoxBounds) -> BoxBounds {
         self.map.interval(input)
@@ -295,58 +277,6 @@ fn pool_windows(p: &Pool2d, index: usize) -> Result<Vec<Vec<usize>>, BoundsError
         }
     }
     Ok(windows)
-}
-
-/// Average pooling (padding excluded from the count): linear with positive weights.
-#[derive(Debug)]
-pub(crate) struct BoundAvgPool2d {
-    map: AffineMap,
-}
-
-impl BoundAvgPool2d {
-    pub fn new(p: &Pool2d, index: usize) -> Result<Self, BoundsError> {
-        let windows = pool_windows(p, index)?;
-        let in_dim = p.channels * p.in_h * p.in_w;
-        let mut matrix = vec![0.0; windows.len() * in_dim];
-        for (o, w) in windows.iter().enumerate() {
-            for &i in w {
-                matrix[o * in_dim + i] = 1.0 / w.len() as f64;
-            }
-        }
-        let out_dim = windows.len();
-        Ok(Self {
-            map: AffineMap::new(out_dim, in_dim, matrix, vec![0.0; out_dim]),
-        })
-    }
-}
-
-impl BoundOp for BoundAvgPool2d {
-    fn kind(&self) -> &'static str {
-        "AvgPool2d"
-    }
-    fn input_dim(&self) -> usize {
-        self.map.in_dim
-    }
-    fn output_dim(&self) -> usize {
-        self.map.out_dim
-    }
-    fn forward(&self, x: &[f64]) -> Vec<f64> {
-        self.map.apply(x)
-    }
-    fn interval(&self, input: &BoxBounds) -> BoxBounds {
-        self.map.interval(input)
-    }
-    fn affine(&self) -> Option<&AffineMap> {
-        Some(&self.map)
-    }
-    fn backward(&self, state: &mut LinearState, _: Option<&Relaxation>, _: Option<&RowSlopes>) {
-        state.apply_affine(
-            &self.map.matrix,
-            &self.map.bias,
-            self.map.out_dim,
-            self.map.in_dim,
-        );
-    }
 }
 
 /// Max pooling.
@@ -696,9 +626,9 @@ pub(crate) fn build(
             let index = from + k;
             let dim: usize = shapes[k].iter().product();
             Ok(match layer {
-                Layer::Dense(d) => Box::new(BoundDense::new(d)) as Box<dyn BoundOp>,
-                Layer::Conv2d(c) => Box::new(BoundConv2d::new(c)),
-                Layer::AvgPool2d(p) => Box::new(BoundAvgPool2d::new(p, index)?),
+                Layer::Dense(d) => Box::new(BoundAffine::dense(d)) as Box<dyn BoundOp>,
+                Layer::Conv2d(c) => Box::new(BoundAffine::conv2d(c)),
+                Layer::AvgPool2d(p) => Box::new(BoundAffine::avg_pool2d(p, index)?),
                 Layer::MaxPool2d(p) => Box::new(BoundMaxPool2d::new(p, index)?),
                 Layer::Flatten => Box::new(BoundFlatten::new(dim)),
                 act => Box::new(BoundActivation::new(act, dim).ok_or_else(|| {

@@ -815,19 +815,7 @@ fn combined_gap(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64]) -> O
     let mut best: Option<f64> = None;
     for _ in 0..60 {
         // f(λ) = Σ λ_k (b_k - e_k) + Σ_i min over [l_i, u_i] of g_i x_i, g = Σ λ_k a_k.
-        g.iter_mut().for_each(|v| *v = 0.0);
-        let mut value = 0.0;
-        let mut slack = 0.0;
-        for (lam, (a, b, e)) in lambda.iter().zip(lines) {
-            value += lam * (b - e);
-            slack += lam * (b.abs() + e);
-            for (gi, ai) in g.iter_mut().zip(a.iter()) {
-                *gi += lam * ai;
-            }
-        }
-        let x: Vec<f64> = (0..n)
-            .map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] })
-            .collect();
+        let (mut value, mut slack, x) = weigh_lines(lines, &lambda, lower, upper, &mut g);
         for i in 0..n {
             value += g[i] * x[i];
             slack += g[i].abs() * x[i].abs();
@@ -837,22 +825,9 @@ fn combined_gap(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64]) -> O
             best = Some(best.map_or(sound, |b: f64| b.max(sound)));
             return best;
         }
-        // Supergradient: s_k = l_k(x*) - e_k at the minimising corner; raise the weights of
-        // the constraints that are hardest to meet there.
-        let s: Vec<f64> = lines
-            .iter()
-            .map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e)
-            .collect();
-        let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        if scale == 0.0 || !scale.is_finite() {
+        if !ascend(lines, &x, &mut lambda) {
             break;
         }
-        let mut total = 0.0;
-        for (lam, sk) in lambda.iter_mut().zip(&s) {
-            *lam *= (0.5 * sk / scale).exp();
-            total += *lam;
-        }
-        lambda.iter_mut().for_each(|l| *l /= total);
     }
     best
 }
@@ -1151,6 +1126,54 @@ fn open_gap_of(
     worst
 }
 
+/// The parts of the dual function of [`combined_gap`] and [`dual_value`] at weights
+/// `λ`: sets `g = Σ λ_k a_k` and returns `Σ λ_k (b_k - e_k)`, the scale
+/// `Σ λ_k (|b_k| + e_k)` of its rounding error, and the box corner minimising `g·x`.
+fn weigh_lines(
+    lines: &[(&[f64], f64, f64)],
+    lambda: &[f64],
+    lower: &[f64],
+    upper: &[f64],
+    g: &mut [f64],
+) -> (f64, f64, Vec<f64>) {
+    g.iter_mut().for_each(|v| *v = 0.0);
+    let mut value = 0.0;
+    let mut slack = 0.0;
+    for (lam, (a, b, e)) in lambda.iter().zip(lines) {
+        value += lam * (b - e);
+        slack += lam * (b.abs() + e);
+        for (gi, ai) in g.iter_mut().zip(a.iter()) {
+            *gi += lam * ai;
+        }
+    }
+    let x = (0..lower.len())
+        .map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] })
+        .collect();
+    (value, slack, x)
+}
+
+/// One exponentiated-gradient step on `λ` along the supergradient `s_k = l_k(x) - e_k`
+/// at the minimising corner `x`: raises the weights of the constraints hardest to meet
+/// there. False (and `λ` untouched) when the supergradient vanishes or is not finite,
+/// which ends the ascent.
+fn ascend(lines: &[(&[f64], f64, f64)], x: &[f64], lambda: &mut [f64]) -> bool {
+    let s: Vec<f64> = lines
+        .iter()
+        .map(|(a, b, e)| a.iter().zip(x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e)
+        .collect();
+    let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    if scale == 0.0 || !scale.is_finite() {
+        return false;
+    }
+    let mut total = 0.0;
+    for (lam, sk) in lambda.iter_mut().zip(&s) {
+        *lam *= (0.5 * sk / scale).exp();
+        total += *lam;
+    }
+    lambda.iter_mut().for_each(|l| *l /= total);
+    true
+}
+
 /// The best value `min_x Σ λ_k (l_k(x) - e_k)` found by `iters` steps of the
 /// exponentiated-gradient ascent of [`combined_gap`] (a lower bound of
 /// `min_x max_k (l_k(x) - e_k)` for every `λ` on the simplex). For ranking only: no
@@ -1162,33 +1185,12 @@ fn dual_value(lines: &[(&[f64], f64, f64)], lower: &[f64], upper: &[f64], iters:
     let mut best = f64::NEG_INFINITY;
     let mut g = vec![0.0; n];
     for _ in 0..iters {
-        g.iter_mut().for_each(|v| *v = 0.0);
-        let mut value = 0.0;
-        for (lam, (a, b, e)) in lambda.iter().zip(lines) {
-            value += lam * (b - e);
-            for (gi, ai) in g.iter_mut().zip(a.iter()) {
-                *gi += lam * ai;
-            }
-        }
-        let x: Vec<f64> = (0..n)
-            .map(|i| if g[i] >= 0.0 { lower[i] } else { upper[i] })
-            .collect();
+        let (mut value, _, x) = weigh_lines(lines, &lambda, lower, upper, &mut g);
         value += g.iter().zip(&x).map(|(gi, xi)| gi * xi).sum::<f64>();
         best = best.max(value);
-        let s: Vec<f64> = lines
-            .iter()
-            .map(|(a, b, e)| a.iter().zip(&x).map(|(ai, xi)| ai * xi).sum::<f64>() + b - e)
-            .collect();
-        let scale = s.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        if scale == 0.0 || !scale.is_finite() {
+        if !ascend(lines, &x, &mut lambda) {
             break;
         }
-        let mut total = 0.0;
-        for (lam, sk) in lambda.iter_mut().zip(&s) {
-            *lam *= (0.5 * sk / scale).exp();
-            total += *lam;
-        }
-        lambda.iter_mut().for_each(|l| *l /= total);
     }
     best
 }
@@ -1437,11 +1439,7 @@ mod tests {
             assert!(g > 0.0);
             claims += 1;
             for _ in 0..500 {
-                let x: Vec<f64> = lower
-                    .iter()
-                    .zip(&upper)
-                    .map(|(&l, &u)| rng.random_range(l..=u))
-                    .collect();
+                let x = crate::verify::falsify::random_point(&mut rng, &lower, &upper);
                 let worst = lines
                     .iter()
                     .map(|(a, b, e)| a.iter().zip(&x).map(|(a, x)| a * x).sum::<f64>() + b - e)

@@ -414,6 +414,7 @@ pub fn forward_f32(net: &Network, x: &[f64]) -> Vec<f32> {
 mod tests {
     use super::*;
     use crate::model::Dense;
+    use crate::verify::falsify::random_point;
     use rand::{Rng, SeedableRng};
 
     fn random_net(rng: &mut rand_chacha::ChaCha8Rng, dims: &[usize], act: Layer) -> Network {
@@ -445,11 +446,7 @@ mod tests {
             let (lo, hi) = (vec![-1.0, -0.5, 0.0, 0.2], vec![0.5, 0.5, 1.0, 0.3]);
             let b = interval_bounds(&net, &lo, &hi);
             for _ in 0..500 {
-                let x: Vec<f64> = lo
-                    .iter()
-                    .zip(&hi)
-                    .map(|(&l, &h)| rng.random_range(l..=h))
-                    .collect();
+                let x = random_point(&mut rng, &lo, &hi);
                 let mut v = x.clone();
                 for (k, layer) in net.layers.iter().enumerate() {
                     v = layer.apply(&v);
@@ -474,11 +471,7 @@ mod tests {
             let bound = f32_error_bound(&net, &lo, &hi);
             let mut worst: f64 = 0.0;
             for _ in 0..2000 {
-                let x: Vec<f64> = lo
-                    .iter()
-                    .zip(&hi)
-                    .map(|(&l, &h)| rng.random_range(l..=h))
-                    .collect();
+                let x = random_point(&mut rng, &lo, &hi);
                 let exact = net.forward(&x);
                 let dev = forward_f32(&net, &x);
                 for j in 0..exact.len() {
@@ -500,11 +493,7 @@ mod tests {
                 .then(|| spec_error_bounds(&net, &interval_bounds(&net, &lo, &hi), &rows).unwrap());
             if let Some(spec) = &spec {
                 for _ in 0..2000 {
-                    let x: Vec<f64> = lo
-                        .iter()
-                        .zip(&hi)
-                        .map(|(&l, &h)| rng.random_range(l..=h))
-                        .collect();
+                    let x = random_point(&mut rng, &lo, &hi);
                     let (exact, dev) = (net.forward(&x), forward_f32(&net, &x));
                     for (r, row) in rows.iter().enumerate() {
                         let err: f64 = row
