@@ -399,21 +399,36 @@ fn module_patches_are_signed_and_checked_like_weight_deltas() {
     // Unsigned: an unkeyed device accepts it, a keyed one refuses it.
     let unsigned = ModulePatch::from_bytes(&bytes).unwrap();
     assert_eq!(unsigned.check_signature(None), Ok(()));
-    assert_eq!(unsigned.check_signature(Some(&public)), Err(Error::UnsignedPatch));
+    assert_eq!(
+        unsigned.check_signature(Some(&public)),
+        Err(Error::UnsignedPatch)
+    );
     prorepair_core::patch::encode::seal_ed25519(&mut bytes, &public, |m| kp.sign(m).to_bytes())
         .unwrap();
     let signed = ModulePatch::from_bytes(&bytes).unwrap();
     assert_eq!(signed.check_signature(Some(&public)), Ok(()));
     assert!(signed.signer_key_id().is_some());
-    let other = salty::Keypair::from(&[8u8; 32]).public.compressed.to_bytes();
-    assert_eq!(signed.check_signature(Some(&other)), Err(Error::BadSignature));
+    let other = salty::Keypair::from(&[8u8; 32])
+        .public
+        .compressed
+        .to_bytes();
+    assert_eq!(
+        signed.check_signature(Some(&other)),
+        Err(Error::BadSignature)
+    );
     // A changed module weight is caught by the CRC, and with the CRC fixed up by the
     // signature.
     let mut tampered = bytes.clone();
     tampered[PATCH_HEADER_SIZE + 40] ^= 0x01;
-    assert_eq!(ModulePatch::from_bytes(&tampered).err(), Some(Error::CrcMismatch));
+    assert_eq!(
+        ModulePatch::from_bytes(&tampered).err(),
+        Some(Error::CrcMismatch)
+    );
     let crc = prorepair_core::patch::patch_crc(&tampered);
     tampered[12..16].copy_from_slice(&crc.to_le_bytes());
     let parsed = ModulePatch::from_bytes(&tampered).unwrap();
-    assert_eq!(parsed.check_signature(Some(&public)), Err(Error::BadSignature));
+    assert_eq!(
+        parsed.check_signature(Some(&public)),
+        Err(Error::BadSignature)
+    );
 }

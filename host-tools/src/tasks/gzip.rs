@@ -30,7 +30,10 @@ mod tests {
         ];
         assert_eq!(decompress(&gz).unwrap(), b"hello hello hello\n");
         let two: Vec<u8> = gz.iter().chain(gz.iter()).copied().collect();
-        assert_eq!(decompress(&two).unwrap(), b"hello hello hello\nhello hello hello\n");
+        assert_eq!(
+            decompress(&two).unwrap(),
+            b"hello hello hello\nhello hello hello\n"
+        );
         assert_eq!(decompress(b"plain").unwrap(), b"plain");
         assert!(decompress(&gz[..15]).is_err());
     }
