@@ -42,8 +42,8 @@ fn modules_evaluate_like_the_core_and_refusals_leave_out_untouched() {
     let model = loaded(&blob);
     let patch = modules_patch(&blob, 2);
     let mut ram_bytes = 0usize;
-    // SAFETY: valid buffers.
     assert_eq!(
+        // SAFETY: valid buffers.
         unsafe { pr_modules_ram_bytes(patch.as_ptr(), patch.len(), &mut ram_bytes) },
         PR_OK
     );
@@ -62,8 +62,8 @@ fn modules_evaluate_like_the_core_and_refusals_leave_out_untouched() {
     };
     assert_eq!(s, PR_OK);
     let mut arena_bytes = 0usize;
-    // SAFETY: valid buffers.
     assert_eq!(
+        // SAFETY: valid buffers.
         unsafe { pr_modules_arena_bytes(&m, &mut arena_bytes) },
         PR_OK
     );
@@ -138,8 +138,8 @@ fn modules_evaluate_like_the_core_and_refusals_leave_out_untouched() {
     };
     assert_eq!(s, PR_CRC_MISMATCH);
     let mut n = 0usize;
-    // SAFETY: valid buffers.
     assert_eq!(
+        // SAFETY: valid buffers.
         unsafe { pr_modules_arena_bytes(&fresh, &mut n) },
         PR_MODEL_NOT_LOADED,
         "untouched on failure"

@@ -980,7 +980,9 @@ mod tests {
     fn each_error_kind_with_its_position() {
         let bounds =
             "(assert (>= X_0 0))(assert (<= X_0 1))(assert (>= X_1 0))(assert (<= X_1 1))\n";
-        let cases: Vec<(String, fn(&SpecErrorKind) -> bool, usize)> = vec![
+        // (file text, the expected error kind, the line it must name)
+        type Case = (String, fn(&SpecErrorKind) -> bool, usize);
+        let cases: Vec<Case> = vec![
             (
                 format!("{DECL}(assert (<= X_0 1)"),
                 |k| *k == SpecErrorKind::UnclosedParen,
