@@ -12,24 +12,18 @@
 //! Skips (with a message) when gcc or the ACAS Xu data are absent.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use prorepair_core::Patch;
 use prorepair_host::compile::{AlignedBlob, c_array};
 use prorepair_host::patch::sign;
-use prorepair_host::repair::{self, RepairProperty};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const OTA_STEP: usize = 12;
 const FALLBACK: u32 = 1;
 
 fn have(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    prorepair_tests::have_tool(tool)
 }
 
 struct Step {
@@ -81,24 +75,16 @@ fn c_controller_guards_and_takes_a_signed_ota_patch_mid_flight() {
         eprintln!("SKIP: gcc is not installed");
         return;
     }
-    let onnx = prorepair_host::require_data!(&prorepair_host::testing::acasxu_onnx(2, 1));
-    let spec = prorepair_host::require_data!("acasxu/vnnlib/prop_2.vnnlib");
-    let net = prorepair_host::import::load(&onnx).unwrap();
-    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
-    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
-    let outcome = repair::repair(
-        &net,
-        std::slice::from_ref(&rp),
-        &repair::RepairOptions::default(),
-    )
-    .unwrap();
-    assert!(outcome.verified, "N2,1 prop_2 not repaired");
-    let regions: Vec<_> = rp
-        .cases
-        .iter()
-        .map(|c| (c.lower.clone(), c.upper.clone()))
-        .collect();
-    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &regions).unwrap();
+    let Some(prorepair_tests::N21Prop2Repair {
+        net,
+        repaired,
+        regions,
+        ..
+    }) = prorepair_tests::repair_n21_prop2()
+    else {
+        return;
+    };
+    let emitted = prorepair_host::patch::emit(&net, &repaired, 1, &regions).unwrap();
     let key = sign::generate().unwrap();
     let unsigned = emitted.bytes.clone();
     let mut signed = unsigned.clone();

@@ -50,12 +50,7 @@ fn archive() -> &'static Result<PathBuf, String> {
 
 /// True when `program --version` runs.
 fn have(program: &str) -> bool {
-    Command::new(program)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    prorepair_tests::have_tool(program)
 }
 
 /// The .nnet and ONNX paths of N(a,b), or `None` (printed) when the data is absent.

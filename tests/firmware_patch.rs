@@ -9,7 +9,7 @@
 //! Skips (with a message) when gcc is absent.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use prorepair_host::cli::demo;
 use prorepair_host::compile::{AlignedBlob, c_array};
@@ -26,12 +26,7 @@ fn archive() -> PathBuf {
 }
 
 fn have_gcc() -> bool {
-    Command::new("gcc")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    prorepair_tests::have_tool("gcc")
 }
 
 fn inputs() -> Vec<[f32; 5]> {
@@ -75,8 +70,9 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     let rp = RepairProperty::from_spec("demo", &property, &net).unwrap();
     let outcome = repair::repair(&net, &[rp], &demo::repair_options()).unwrap();
     assert!(outcome.verified, "the demo repair is not proven");
+    let repaired = outcome.network;
     let region = (demo::PROPERTY_LOWER.to_vec(), demo::PROPERTY_UPPER.to_vec());
-    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &[region]).unwrap();
+    let emitted = prorepair_host::patch::emit(&net, &repaired, 1, &[region]).unwrap();
     let mut bad = emitted.bytes.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x04;
@@ -85,18 +81,10 @@ fn c_program_applies_the_demo_repair_patch_and_matches_tract() {
     if let Layer::Dense(d) = &mut other.layers[0] {
         d.bias[0] += 0.5;
     }
-    let other_patch = prorepair_host::patch::emit(&other, &outcome.network, 1, &[]).unwrap();
+    let other_patch = prorepair_host::patch::emit(&other, &repaired, 1, &[]).unwrap();
 
     let rows = inputs();
-    let patched = run_c_update(
-        "demo",
-        &outcome.network,
-        &emitted,
-        &bad,
-        &other_patch,
-        &rows,
-        None,
-    );
+    let patched = run_c_update("demo", &repaired, &emitted, &bad, &other_patch, &rows, None);
     // At the centre of the repaired box the advisory (lowest score) is no longer COC.
     let centre = &patched[0];
     assert!(centre[1..].iter().any(|&s| s < centre[0]), "{centre:?}");
@@ -220,24 +208,16 @@ fn c_program_applies_the_acasxu_n21_prop2_repair_patch() {
         eprintln!("SKIP: gcc is not installed");
         return;
     }
-    let onnx = prorepair_host::require_data!(&prorepair_host::testing::acasxu_onnx(2, 1));
-    let spec = prorepair_host::require_data!("acasxu/vnnlib/prop_2.vnnlib");
-    let net = prorepair_host::import::load(&onnx).unwrap();
-    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
-    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
-    let outcome = repair::repair(
-        &net,
-        std::slice::from_ref(&rp),
-        &repair::RepairOptions::default(),
-    )
-    .unwrap();
-    assert!(outcome.verified, "N2,1 prop_2 not repaired");
-    let regions: Vec<_> = rp
-        .cases
-        .iter()
-        .map(|c| (c.lower.clone(), c.upper.clone()))
-        .collect();
-    let emitted = prorepair_host::patch::emit(&net, &outcome.network, 1, &regions).unwrap();
+    let Some(prorepair_tests::N21Prop2Repair {
+        onnx,
+        net,
+        repaired,
+        regions,
+    }) = prorepair_tests::repair_n21_prop2()
+    else {
+        return;
+    };
+    let emitted = prorepair_host::patch::emit(&net, &repaired, 1, &regions).unwrap();
     let mut bad = emitted.bytes.clone();
     let mid = bad.len() / 2;
     bad[mid] ^= 0x04;
@@ -250,9 +230,9 @@ fn c_program_applies_the_acasxu_n21_prop2_repair_patch() {
         d.bias[0] += 0.5;
     }
     let other_patch = prorepair_host::patch::emit(&other_net, &other_repaired, 1, &[]).unwrap();
-    let c = &rp.cases[0];
+    let (lower, upper) = &regions[0];
     let mut rows: Vec<[f32; 5]> = vec![std::array::from_fn(|i| {
-        ((c.lower[i] + c.upper[i]) / 2.0) as f32
+        ((lower[i] + upper[i]) / 2.0) as f32
     })];
     for k in 0..15 {
         rows.push(std::array::from_fn(|i| {
@@ -262,7 +242,7 @@ fn c_program_applies_the_acasxu_n21_prop2_repair_patch() {
     let shape = prorepair_host::export::onnx::declared_input_shape(&onnx);
     run_c_update(
         "acasxu_2_1",
-        &outcome.network,
+        &repaired,
         &emitted,
         &bad,
         &other_patch,

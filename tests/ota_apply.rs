@@ -22,7 +22,6 @@ use prorepair_core::ota::{self, Area, BootSource, Slot, Storage};
 use prorepair_core::{Error, Model, Patch};
 use prorepair_host::compile::AlignedBlob;
 use prorepair_host::patch::sign;
-use prorepair_host::repair::{self, RepairProperty};
 
 /// A NOR flash: erase sets 0xFF, a write can only clear bits. Fails (power loss) at
 /// erase/write step `fail_at`: that step is torn (half done), then every access fails
@@ -134,27 +133,14 @@ fn fixture() -> Option<&'static Fixture> {
 }
 
 fn build_fixture() -> Option<Fixture> {
-    let onnx = prorepair_host::testing::data_path(&prorepair_host::testing::acasxu_onnx(2, 1))
-        .filter(|p| p.exists())?;
-    let spec =
-        prorepair_host::testing::data_path("acasxu/vnnlib/prop_2.vnnlib").filter(|p| p.exists())?;
     let other = prorepair_host::testing::data_path(&prorepair_host::testing::acasxu_onnx(2, 2))
         .filter(|p| p.exists())?;
-    let net = prorepair_host::import::load(&onnx).unwrap();
-    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
-    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
-    let outcome = repair::repair(
-        &net,
-        std::slice::from_ref(&rp),
-        &repair::RepairOptions::default(),
-    )
-    .unwrap();
-    assert!(outcome.verified, "N2,1 prop_2 not repaired");
-    let regions: Vec<_> = rp
-        .cases
-        .iter()
-        .map(|c| (c.lower.clone(), c.upper.clone()))
-        .collect();
+    let prorepair_tests::N21Prop2Repair {
+        net,
+        repaired,
+        regions,
+        ..
+    } = prorepair_tests::repair_n21_prop2()?;
     let key = sign::generate().unwrap();
     let emit = |base: &prorepair_host::Network, repaired: &prorepair_host::Network, seq| {
         let e = prorepair_host::patch::emit(base, repaired, seq, &regions).unwrap();
@@ -162,9 +148,9 @@ fn build_fixture() -> Option<Fixture> {
         sign::sign_patch(&mut bytes, &key).unwrap();
         (e, bytes)
     };
-    let (first, _) = emit(&net, &outcome.network, 1);
-    let signed: Vec<Vec<u8>> = (1..=3).map(|s| emit(&net, &outcome.network, s).1).collect();
-    let mut tweaked = outcome.network.clone();
+    let (first, _) = emit(&net, &repaired, 1);
+    let signed: Vec<Vec<u8>> = (1..=3).map(|s| emit(&net, &repaired, s).1).collect();
+    let mut tweaked = repaired.clone();
     if let prorepair_host::Layer::Dense(d) = tweaked.layers.last_mut().unwrap() {
         d.bias[1] += 0.25;
     }
@@ -175,9 +161,9 @@ fn build_fixture() -> Option<Fixture> {
         d.bias[0] += 0.5;
     }
     let other_model = emit(&other_net, &other_repaired, 5).1;
-    let c = &rp.cases[0];
+    let (lower, upper) = &regions[0];
     let mut inputs: Vec<[f32; 5]> = vec![std::array::from_fn(|i| {
-        ((c.lower[i] + c.upper[i]) / 2.0) as f32
+        ((lower[i] + upper[i]) / 2.0) as f32
     })];
     for k in 0..11 {
         inputs.push(std::array::from_fn(|i| {

@@ -54,3 +54,56 @@ fn build_firmware_archive() -> Result<PathBuf, String> {
     }
     Err("cargo reported no libprorepair.a".into())
 }
+
+/// Whether `program` runs here (`program --version` succeeds): the C tests skip, saying
+/// so, without gcc, and run their valgrind and readelf checks only where those exist.
+pub fn have_tool(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// ACAS Xu N2,1 repaired for property 2 by the default `repair::repair` (asserted proven),
+/// as the end-to-end tests use it.
+#[derive(Debug)]
+pub struct N21Prop2Repair {
+    /// The ONNX file of the base network.
+    pub onnx: PathBuf,
+    /// The base network (from the ONNX file).
+    pub net: prorepair_host::Network,
+    /// The proven repaired network.
+    pub repaired: prorepair_host::Network,
+    /// The property's input boxes, the patch's verified regions.
+    pub regions: Vec<(Vec<f64>, Vec<f64>)>,
+}
+
+/// [`N21Prop2Repair`], or `None` when `../shared/data` is absent.
+pub fn repair_n21_prop2() -> Option<N21Prop2Repair> {
+    use prorepair_host::repair::{self, RepairProperty};
+    let onnx = data_path(&acasxu_onnx(2, 1)).filter(|p| p.exists())?;
+    let spec = data_path("acasxu/vnnlib/prop_2.vnnlib").filter(|p| p.exists())?;
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
+    let rp = RepairProperty::from_spec("prop_2", &property, &net).unwrap();
+    let outcome = repair::repair(
+        &net,
+        std::slice::from_ref(&rp),
+        &repair::RepairOptions::default(),
+    )
+    .unwrap();
+    assert!(outcome.verified, "N2,1 prop_2 not repaired");
+    let regions = rp
+        .cases
+        .iter()
+        .map(|c| (c.lower.clone(), c.upper.clone()))
+        .collect();
+    Some(N21Prop2Repair {
+        onnx,
+        net,
+        repaired: outcome.network,
+        regions,
+    })
+}
