@@ -6,7 +6,7 @@ use prorepair_core::Patch;
 use prorepair_core::guard::{Choice, Guard, Monitor};
 
 use crate::boundary::guard;
-use crate::model::{overlaps, pr_model, read_model, span};
+use crate::model::{eval_buffers, pr_model, read_model, span};
 use crate::status::pr_status::{self, *};
 
 /// Size in bytes of `pr_guard` on every target (C: `sizeof(pr_guard)`).
@@ -228,61 +228,22 @@ pub unsafe extern "C" fn pr_guard_run(
         // SAFETY: a valid Guard (guard_ptr); Copy, read by value.
         let mut current = unsafe { ptr.read() };
         let model = *current.model();
-        let arena_needed = model.required_arena_bytes();
-        if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
-            return PR_NULL_POINTER;
-        }
-        if !input.is_aligned() || !output.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
-        if input_len != model.input_len() {
-            return PR_INPUT_LENGTH;
-        }
-        if output_len != model.output_len() {
-            return PR_OUTPUT_LENGTH;
-        }
-        if arena_len < arena_needed {
-            return PR_ARENA_TOO_SMALL;
-        }
-        if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
-            return PR_MISALIGNED_ARENA;
-        }
-        let blob = model.as_bytes();
-        let ram = model.patch_ram();
-        let input_span = span(input, input_len);
-        let arena_span = span(arena.cast_const(), arena_needed);
-        let output_span = span(output.cast_const(), output_len);
-        let blob_span = span(blob.as_ptr(), blob.len());
-        let ram_span = span(ram.as_ptr(), ram.len());
-        let guard_span = span(g.cast_const(), 1);
-        if overlaps(input_span, arena_span)
-            || overlaps(input_span, output_span)
-            || overlaps(arena_span, output_span)
-            || overlaps(arena_span, blob_span)
-            || overlaps(output_span, blob_span)
-            || overlaps(arena_span, ram_span)
-            || overlaps(output_span, ram_span)
-            || overlaps(arena_span, guard_span)
-            || overlaps(output_span, guard_span)
-        {
-            return PR_OVERLAPPING_BUFFERS;
-        }
-        let empty_arena = core::ptr::NonNull::<f32>::dangling().as_ptr().cast::<u8>();
-        // SAFETY: as in pr_model_evaluate: non-null, aligned, sized by the validated
-        // model, pairwise disjoint and disjoint from the blob, RAM and guard (checked).
-        let (input, arena, output) = unsafe {
-            (
-                core::slice::from_raw_parts(input, input_len),
-                core::slice::from_raw_parts_mut(
-                    if arena_needed == 0 {
-                        empty_arena
-                    } else {
-                        arena
-                    },
-                    arena_needed,
-                ),
-                core::slice::from_raw_parts_mut(output, output_len),
+        // SAFETY: contract above, passed on; the guard storage is the one other buffer
+        // the arena and output must not overlap.
+        let (input, arena, output) = match unsafe {
+            eval_buffers(
+                &model,
+                input,
+                input_len,
+                arena,
+                arena_len,
+                output,
+                output_len,
+                Some(span(g.cast_const(), 1)),
             )
+        } {
+            Ok(buffers) => buffers,
+            Err(s) => return s,
         };
         match current.run_bytes(input, arena, output) {
             Ok(d) => {

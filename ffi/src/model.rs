@@ -237,6 +237,92 @@ pub(crate) fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
 }
 
+/// The argument checks shared by `pr_model_evaluate` and `pr_guard_evaluate`: non-null,
+/// aligned, lengths as the validated `model` fixes them, an arena large enough and
+/// f32-aligned, and no buffer that would alias a `&mut` (input, blob and patch RAM may
+/// share memory: they are only read; `other`, when given, is caller storage that the
+/// arena and output must not overlap). Returns the three buffers as slices.
+///
+/// # Safety
+/// `input` is NULL or readable for `input_len` floats; `arena` is NULL or writable for
+/// `arena_len` bytes; `output` is NULL or writable for `output_len` floats; no other
+/// thread writes any of them while the slices are used.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn eval_buffers<'b>(
+    model: &Model<'_>,
+    input: *const f32,
+    input_len: usize,
+    arena: *mut u8,
+    arena_len: usize,
+    output: *mut f32,
+    output_len: usize,
+    other: Option<(usize, usize)>,
+) -> Result<(&'b [f32], &'b mut [u8], &'b mut [f32]), pr_status> {
+    let arena_needed = model.required_arena_bytes();
+    if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
+        return Err(PR_NULL_POINTER);
+    }
+    if !input.is_aligned() || !output.is_aligned() {
+        return Err(PR_MISALIGNED_POINTER);
+    }
+    // Lengths first: every slice below then has a length the validated model fixed.
+    if input_len != model.input_len() {
+        return Err(PR_INPUT_LENGTH);
+    }
+    if output_len != model.output_len() {
+        return Err(PR_OUTPUT_LENGTH);
+    }
+    if arena_len < arena_needed {
+        return Err(PR_ARENA_TOO_SMALL);
+    }
+    if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
+        return Err(PR_MISALIGNED_ARENA);
+    }
+    let blob = model.as_bytes();
+    let input_span = span(input, input_len);
+    let arena_span = span(arena.cast_const(), arena_needed);
+    let output_span = span(output.cast_const(), output_len);
+    let blob_span = span(blob.as_ptr(), blob.len());
+    let ram = model.patch_ram();
+    let ram_span = span(ram.as_ptr(), ram.len());
+    let other_span = other.unwrap_or((0, 0));
+    // Pairs that would alias a `&mut` (input, blob and patch RAM may share memory:
+    // they are only read).
+    if overlaps(input_span, arena_span)
+        || overlaps(input_span, output_span)
+        || overlaps(arena_span, output_span)
+        || overlaps(arena_span, blob_span)
+        || overlaps(output_span, blob_span)
+        || overlaps(arena_span, ram_span)
+        || overlaps(output_span, ram_span)
+        || overlaps(arena_span, other_span)
+        || overlaps(output_span, other_span)
+    {
+        return Err(PR_OVERLAPPING_BUFFERS);
+    }
+    // An empty arena still needs a non-null pointer, 4-byte aligned because the core
+    // views the arena as f32: a dangling f32 pointer.
+    let empty_arena = core::ptr::NonNull::<f32>::dangling().as_ptr().cast::<u8>();
+    // SAFETY: non-null, aligned for f32 (all three; the dangling pointer too),
+    // readable/writable for the given lengths (caller's contract; lengths fixed by the
+    // validated model, so within isize), and pairwise disjoint and disjoint from the
+    // blob, RAM and `other` (checked above), so the `&mut` slices alias nothing.
+    Ok(unsafe {
+        (
+            core::slice::from_raw_parts(input, input_len),
+            core::slice::from_raw_parts_mut(
+                if arena_needed == 0 {
+                    empty_arena
+                } else {
+                    arena
+                },
+                arena_needed,
+            ),
+            core::slice::from_raw_parts_mut(output, output_len),
+        )
+    })
+}
+
 /// Evaluate the model on one input: `output = model(input)`.
 ///
 /// - `model`: borrowed, filled by `pr_model_load`; its blob must still be valid.
@@ -277,65 +363,14 @@ pub unsafe extern "C" fn pr_model_evaluate(
             Ok(model) => model,
             Err(status) => return status,
         };
-        let arena_needed = model.required_arena_bytes();
-        if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
-            return PR_NULL_POINTER;
-        }
-        if !input.is_aligned() || !output.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
-        // Lengths first: every slice below then has a length the validated model fixed.
-        if input_len != model.input_len() {
-            return PR_INPUT_LENGTH;
-        }
-        if output_len != model.output_len() {
-            return PR_OUTPUT_LENGTH;
-        }
-        if arena_len < arena_needed {
-            return PR_ARENA_TOO_SMALL;
-        }
-        if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
-            return PR_MISALIGNED_ARENA;
-        }
-        let blob = model.as_bytes();
-        let input_span = span(input, input_len);
-        let arena_span = span(arena.cast_const(), arena_needed);
-        let output_span = span(output.cast_const(), output_len);
-        let blob_span = span(blob.as_ptr(), blob.len());
-        let ram = model.patch_ram();
-        let ram_span = span(ram.as_ptr(), ram.len());
-        // Pairs that would alias a `&mut` (input, blob and patch RAM may share memory:
-        // they are only read).
-        if overlaps(input_span, arena_span)
-            || overlaps(input_span, output_span)
-            || overlaps(arena_span, output_span)
-            || overlaps(arena_span, blob_span)
-            || overlaps(output_span, blob_span)
-            || overlaps(arena_span, ram_span)
-            || overlaps(output_span, ram_span)
-        {
-            return PR_OVERLAPPING_BUFFERS;
-        }
-        // An empty arena still needs a non-null pointer, 4-byte aligned because the core
-        // views the arena as f32: a dangling f32 pointer.
-        let empty_arena = core::ptr::NonNull::<f32>::dangling().as_ptr().cast::<u8>();
-        // SAFETY: non-null, aligned for f32 (all three; the dangling pointer too),
-        // readable/writable for the given lengths (caller's contract; lengths fixed by
-        // the validated model, so within isize), and pairwise disjoint (checked above),
-        // so the `&mut` slices alias nothing; the blob is not written.
-        let (input, arena, output) = unsafe {
-            (
-                core::slice::from_raw_parts(input, input_len),
-                core::slice::from_raw_parts_mut(
-                    if arena_needed == 0 {
-                        empty_arena
-                    } else {
-                        arena
-                    },
-                    arena_needed,
-                ),
-                core::slice::from_raw_parts_mut(output, output_len),
+        // SAFETY: contract above, passed on; nothing else is borrowed from the caller.
+        let (input, arena, output) = match unsafe {
+            eval_buffers(
+                &model, input, input_len, arena, arena_len, output, output_len, None,
             )
+        } {
+            Ok(buffers) => buffers,
+            Err(status) => return status,
         };
         match model.evaluate_bytes(input, arena, output) {
             Ok(()) => PR_OK,
