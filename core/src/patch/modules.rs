@@ -37,7 +37,7 @@ use super::{PATCH_HEADER_SIZE, PATCH_MAGIC, PUBLIC_KEY_SIZE, SIGNATURE_SIZE, Sig
 use crate::Error;
 use crate::format::{DENSE_PANEL, dense_panel_len, read_u16, read_u32};
 use crate::kernels::{self, Kernels};
-use crate::model::Model;
+use crate::model::{Model, f32_arena};
 
 /// The kind word of a patch-modules patch (offset 16).
 pub const MODULES_KIND: u16 = 2;
@@ -593,11 +593,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         arena: &mut [u8],
         output: &mut [f32],
     ) -> Result<(), Error> {
-        let usable = arena.len() / 4 * 4;
-        let arena = arena.get_mut(..usable).ok_or(Error::ArenaTooSmall)?;
-        let arena: &mut [f32] =
-            bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
-        self.evaluate(input, arena, output)
+        self.evaluate(input, f32_arena(arena)?, output)
     }
 
     /// [`ModulesModel::evaluate`] with an explicit kernel set. Checks the input, output
