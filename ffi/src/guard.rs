@@ -6,7 +6,7 @@ use prorepair_core::Patch;
 use prorepair_core::guard::{Choice, Guard, Monitor};
 
 use crate::boundary::guard;
-use crate::model::{eval_buffers, pr_model, read_model, span};
+use crate::model::{eval_buffers, pr_model, read_model, span, tagged_payload};
 use crate::status::pr_status::{self, *};
 
 /// Size in bytes of `pr_guard` on every target (C: `sizeof(pr_guard)`).
@@ -175,19 +175,10 @@ pub unsafe extern "C" fn pr_guard_init(
 /// # Safety
 /// `g` is NULL or an initialised (zeroed or filled) `pr_guard`.
 unsafe fn guard_ptr(g: *const pr_guard) -> Result<*mut Guard<'static>, pr_status> {
-    if g.is_null() {
-        return Err(PR_NULL_POINTER);
-    }
-    if !g.is_aligned() {
-        return Err(PR_MISALIGNED_POINTER);
-    }
-    let words = g.cast::<u64>();
-    // SAFETY: non-null, aligned, initialised (contract).
-    if unsafe { words.read() } != GUARD_TAG {
-        return Err(PR_MODEL_NOT_LOADED);
-    }
-    // SAFETY: the tag is written only after a valid Guard at word 1.
-    Ok(unsafe { words.add(1) }.cast::<Guard<'static>>().cast_mut())
+    // SAFETY: contract, passed on (a pr_guard is 64 u64 words, 8-aligned); the tag is
+    // written only after a valid Guard at word 1.
+    let payload = unsafe { tagged_payload(g, GUARD_TAG) }?;
+    Ok(payload.cast::<Guard<'static>>().cast_mut())
 }
 
 /// Run one input through the guard: evaluate the model into `output`, check the

@@ -53,24 +53,40 @@ const _: () = {
 /// `model` is NULL or points to a readable `pr_model` that is initialised (zeroed or
 /// loaded); the blob of a loaded model is still valid.
 pub(crate) unsafe fn read_model(model: *const pr_model) -> Result<Model<'static>, pr_status> {
-    if model.is_null() {
-        return Err(PR_NULL_POINTER);
-    }
-    if !model.is_aligned() {
-        return Err(PR_MISALIGNED_POINTER);
-    }
-    let words = model.cast::<u64>();
-    // SAFETY: `model` is non-null, aligned, and points to an initialised pr_model
-    // (contract above), whose first field is a u64.
-    let tag = unsafe { words.read() };
-    if tag != LOADED_TAG {
-        return Err(PR_MODEL_NOT_LOADED);
-    }
+    // SAFETY: contract above, passed on (a pr_model is u64 words, 8-aligned).
+    let payload = unsafe { tagged_payload(model, LOADED_TAG) }?;
     // SAFETY: the tag is written only by `pr_model_load`, after it wrote a valid
     // `Model` at word 1 (in bounds and aligned: checked by the const assertions).
     // `Model` is `Copy`, so reading it by value leaves the storage as it was and keeps
     // no borrow of it (the caller may pass the same memory as an output buffer).
-    Ok(unsafe { words.add(1).cast::<Model<'static>>().read() })
+    Ok(unsafe { payload.cast::<Model<'static>>().read() })
+}
+
+/// Word 1 of tagged caller storage (`pr_model`, `pr_modules`, `pr_guard`: an opaque
+/// array of u64 words whose word 0 says it holds a valid value at word 1), or
+/// `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER`, or `PR_MODEL_NOT_LOADED` when word 0 is
+/// not `tag`.
+///
+/// # Safety
+/// `storage` is NULL or points to readable, initialised storage of at least two u64
+/// words, aligned for `S` at least as strictly as for u64.
+pub(crate) unsafe fn tagged_payload<S>(
+    storage: *const S,
+    tag: u64,
+) -> Result<*const u64, pr_status> {
+    if storage.is_null() {
+        return Err(PR_NULL_POINTER);
+    }
+    if !storage.is_aligned() {
+        return Err(PR_MISALIGNED_POINTER);
+    }
+    let words = storage.cast::<u64>();
+    // SAFETY: non-null, aligned for u64, initialised storage of u64 words (contract).
+    if unsafe { words.read() } != tag {
+        return Err(PR_MODEL_NOT_LOADED);
+    }
+    // SAFETY: word 1 is within the storage (contract: at least two words).
+    Ok(unsafe { words.add(1) })
 }
 
 /// Validate a model blob in place and fill `*out` with the loaded model.

@@ -10,7 +10,7 @@ use core::mem::{align_of, size_of};
 use prorepair_core::patch::modules::{ModulePatch, ModulesModel};
 
 use crate::boundary::guard;
-use crate::model::{overlaps, read_model, span};
+use crate::model::{overlaps, read_model, span, tagged_payload};
 use crate::patch::{patch_bytes, write_ram_bytes};
 use crate::pr_model;
 use crate::status::pr_status::{self, *};
@@ -48,20 +48,11 @@ const _: () = {
 /// `m` is NULL or an initialised (zeroed or loaded) `pr_modules` whose referenced
 /// buffers are still valid.
 unsafe fn read_modules(m: *const pr_modules) -> Result<ModulesModel<'static, 'static>, pr_status> {
-    if m.is_null() {
-        return Err(PR_NULL_POINTER);
-    }
-    if !m.is_aligned() {
-        return Err(PR_MISALIGNED_POINTER);
-    }
-    let words = m.cast::<u64>();
-    // SAFETY: non-null, aligned, initialised (contract); the first field is a u64.
-    if unsafe { words.read() } != LOADED_TAG {
-        return Err(PR_MODEL_NOT_LOADED);
-    }
+    // SAFETY: contract, passed on (a pr_modules is 64 u64 words, 8-aligned).
+    let payload = unsafe { tagged_payload(m, LOADED_TAG) }?;
     // SAFETY: the tag is written only by `pr_modules_load` after a valid ModulesModel at
     // word 1 (fits and is aligned: const assertions); it is Copy, read by value.
-    Ok(unsafe { words.add(1).cast::<ModulesModel<'static, 'static>>().read() })
+    Ok(unsafe { payload.cast::<ModulesModel<'static, 'static>>().read() })
 }
 
 /// `*out` = the RAM bytes `pr_modules_load` needs for this patch-modules patch (module
