@@ -253,6 +253,9 @@ pub(crate) fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
 }
 
+/// The input, arena and output of one evaluation, as slices.
+pub(crate) type EvalBuffers<'b> = (&'b [f32], &'b mut [u8], &'b mut [f32]);
+
 /// The argument checks shared by `pr_model_evaluate` and `pr_guard_evaluate`: non-null,
 /// aligned, lengths as the validated `model` fixes them, an arena large enough and
 /// f32-aligned, and no buffer that would alias a `&mut` (input, blob and patch RAM may
@@ -273,7 +276,7 @@ pub(crate) unsafe fn eval_buffers<'b>(
     output: *mut f32,
     output_len: usize,
     other: Option<(usize, usize)>,
-) -> Result<(&'b [f32], &'b mut [u8], &'b mut [f32]), pr_status> {
+) -> Result<EvalBuffers<'b>, pr_status> {
     let arena_needed = model.required_arena_bytes();
     if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
         return Err(PR_NULL_POINTER);
