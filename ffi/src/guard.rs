@@ -181,6 +181,26 @@ unsafe fn guard_ptr(g: *const pr_guard) -> Result<*mut Guard<'static>, pr_status
     Ok(payload.cast::<Guard<'static>>().cast_mut())
 }
 
+/// [`guard_ptr`], then `out` checked non-null and aligned: the argument checks that
+/// start both `pr_guard_evaluate` and `pr_guard_counters`.
+///
+/// # Safety
+/// As for [`guard_ptr`].
+unsafe fn guard_and_out<T>(
+    g: *const pr_guard,
+    out: *const T,
+) -> Result<*mut Guard<'static>, pr_status> {
+    // SAFETY: contract, passed on.
+    let ptr = unsafe { guard_ptr(g) }?;
+    if out.is_null() {
+        return Err(PR_NULL_POINTER);
+    }
+    if !out.is_aligned() {
+        return Err(PR_MISALIGNED_POINTER);
+    }
+    Ok(ptr)
+}
+
 /// Run one input through the guard: evaluate the model into `output`, check the
 /// verified regions and the monitor, update the counters, and fill `*out`.
 ///
@@ -206,16 +226,10 @@ pub unsafe extern "C" fn pr_guard_run(
 ) -> pr_status {
     guard(PR_PANIC, || {
         // SAFETY: contract above, passed on.
-        let ptr = match unsafe { guard_ptr(g) } {
+        let ptr = match unsafe { guard_and_out(g, out) } {
             Ok(p) => p,
             Err(s) => return s,
         };
-        if out.is_null() {
-            return PR_NULL_POINTER;
-        }
-        if !out.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
         // SAFETY: a valid Guard (guard_ptr); Copy, read by value.
         let mut current = unsafe { ptr.read() };
         let model = *current.model();
@@ -264,16 +278,10 @@ pub unsafe extern "C" fn pr_guard_run(
 pub unsafe extern "C" fn pr_guard_counters(g: *const pr_guard, out: *mut pr_counters) -> pr_status {
     guard(PR_PANIC, || {
         // SAFETY: contract above, passed on.
-        let ptr = match unsafe { guard_ptr(g) } {
+        let ptr = match unsafe { guard_and_out(g, out) } {
             Ok(p) => p,
             Err(s) => return s,
         };
-        if out.is_null() {
-            return PR_NULL_POINTER;
-        }
-        if !out.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
         // SAFETY: a valid Guard (guard_ptr), read by value.
         let c = unsafe { ptr.read() }.counters();
         // SAFETY: non-null, aligned, writable (contract).
