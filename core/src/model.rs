@@ -507,11 +507,7 @@ impl<'a> Model<'a> {
         arena: &mut [u8],
         output: &mut [f32],
     ) -> Result<(), Error> {
-        let usable = arena.len() / 4 * 4;
-        let arena = arena.get_mut(..usable).ok_or(Error::ArenaTooSmall)?;
-        let arena: &mut [f32] =
-            bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
-        self.evaluate(input, arena, output)
+        self.evaluate(input, f32_arena(arena)?, output)
     }
 
     /// [`Model::evaluate`] with an explicit kernel set (tests compare ISAs with this).
@@ -827,4 +823,12 @@ fn blocks<'a>(words: &[u32; 16], layer: &Layer<'a>) -> impl Iterator<Item = (usi
         _ => None,
     };
     pair.into_iter().flatten()
+}
+
+/// A byte arena (e.g. from C) viewed as f32: its whole 4-byte words, which must be
+/// 4-byte aligned. Shared by the `evaluate_bytes` of both model kinds.
+pub(crate) fn f32_arena(arena: &mut [u8]) -> Result<&mut [f32], Error> {
+    let usable = arena.len() / 4 * 4;
+    let arena = arena.get_mut(..usable).ok_or(Error::ArenaTooSmall)?;
+    bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)
 }

@@ -6,7 +6,7 @@ use prorepair_core::Patch;
 use prorepair_core::guard::{Choice, Guard, Monitor};
 
 use crate::boundary::guard;
-use crate::model::{overlaps, pr_model, read_model, span};
+use crate::model::{eval_buffers, pr_model, read_model, span, tagged_payload};
 use crate::status::pr_status::{self, *};
 
 /// Size in bytes of `pr_guard` on every target (C: `sizeof(pr_guard)`).
@@ -175,19 +175,30 @@ pub unsafe extern "C" fn pr_guard_init(
 /// # Safety
 /// `g` is NULL or an initialised (zeroed or filled) `pr_guard`.
 unsafe fn guard_ptr(g: *const pr_guard) -> Result<*mut Guard<'static>, pr_status> {
-    if g.is_null() {
+    // SAFETY: contract, passed on (a pr_guard is 64 u64 words, 8-aligned); the tag is
+    // written only after a valid Guard at word 1.
+    let payload = unsafe { tagged_payload(g, GUARD_TAG) }?;
+    Ok(payload.cast::<Guard<'static>>().cast_mut())
+}
+
+/// [`guard_ptr`], then `out` checked non-null and aligned: the argument checks that
+/// start both `pr_guard_evaluate` and `pr_guard_counters`.
+///
+/// # Safety
+/// As for [`guard_ptr`].
+unsafe fn guard_and_out<T>(
+    g: *const pr_guard,
+    out: *const T,
+) -> Result<*mut Guard<'static>, pr_status> {
+    // SAFETY: contract, passed on.
+    let ptr = unsafe { guard_ptr(g) }?;
+    if out.is_null() {
         return Err(PR_NULL_POINTER);
     }
-    if !g.is_aligned() {
+    if !out.is_aligned() {
         return Err(PR_MISALIGNED_POINTER);
     }
-    let words = g.cast::<u64>();
-    // SAFETY: non-null, aligned, initialised (contract).
-    if unsafe { words.read() } != GUARD_TAG {
-        return Err(PR_MODEL_NOT_LOADED);
-    }
-    // SAFETY: the tag is written only after a valid Guard at word 1.
-    Ok(unsafe { words.add(1) }.cast::<Guard<'static>>().cast_mut())
+    Ok(ptr)
 }
 
 /// Run one input through the guard: evaluate the model into `output`, check the
@@ -215,74 +226,29 @@ pub unsafe extern "C" fn pr_guard_run(
 ) -> pr_status {
     guard(PR_PANIC, || {
         // SAFETY: contract above, passed on.
-        let ptr = match unsafe { guard_ptr(g) } {
+        let ptr = match unsafe { guard_and_out(g, out) } {
             Ok(p) => p,
             Err(s) => return s,
         };
-        if out.is_null() {
-            return PR_NULL_POINTER;
-        }
-        if !out.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
         // SAFETY: a valid Guard (guard_ptr); Copy, read by value.
         let mut current = unsafe { ptr.read() };
         let model = *current.model();
-        let arena_needed = model.required_arena_bytes();
-        if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
-            return PR_NULL_POINTER;
-        }
-        if !input.is_aligned() || !output.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
-        if input_len != model.input_len() {
-            return PR_INPUT_LENGTH;
-        }
-        if output_len != model.output_len() {
-            return PR_OUTPUT_LENGTH;
-        }
-        if arena_len < arena_needed {
-            return PR_ARENA_TOO_SMALL;
-        }
-        if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
-            return PR_MISALIGNED_ARENA;
-        }
-        let blob = model.as_bytes();
-        let ram = model.patch_ram();
-        let input_span = span(input, input_len);
-        let arena_span = span(arena.cast_const(), arena_needed);
-        let output_span = span(output.cast_const(), output_len);
-        let blob_span = span(blob.as_ptr(), blob.len());
-        let ram_span = span(ram.as_ptr(), ram.len());
-        let guard_span = span(g.cast_const(), 1);
-        if overlaps(input_span, arena_span)
-            || overlaps(input_span, output_span)
-            || overlaps(arena_span, output_span)
-            || overlaps(arena_span, blob_span)
-            || overlaps(output_span, blob_span)
-            || overlaps(arena_span, ram_span)
-            || overlaps(output_span, ram_span)
-            || overlaps(arena_span, guard_span)
-            || overlaps(output_span, guard_span)
-        {
-            return PR_OVERLAPPING_BUFFERS;
-        }
-        let empty_arena = core::ptr::NonNull::<f32>::dangling().as_ptr().cast::<u8>();
-        // SAFETY: as in pr_model_evaluate: non-null, aligned, sized by the validated
-        // model, pairwise disjoint and disjoint from the blob, RAM and guard (checked).
-        let (input, arena, output) = unsafe {
-            (
-                core::slice::from_raw_parts(input, input_len),
-                core::slice::from_raw_parts_mut(
-                    if arena_needed == 0 {
-                        empty_arena
-                    } else {
-                        arena
-                    },
-                    arena_needed,
-                ),
-                core::slice::from_raw_parts_mut(output, output_len),
+        // SAFETY: contract above, passed on; the guard storage is the one other buffer
+        // the arena and output must not overlap.
+        let (input, arena, output) = match unsafe {
+            eval_buffers(
+                &model,
+                input,
+                input_len,
+                arena,
+                arena_len,
+                output,
+                output_len,
+                Some(span(g.cast_const(), 1)),
             )
+        } {
+            Ok(buffers) => buffers,
+            Err(s) => return s,
         };
         match current.run_bytes(input, arena, output) {
             Ok(d) => {
@@ -312,16 +278,10 @@ pub unsafe extern "C" fn pr_guard_run(
 pub unsafe extern "C" fn pr_guard_counters(g: *const pr_guard, out: *mut pr_counters) -> pr_status {
     guard(PR_PANIC, || {
         // SAFETY: contract above, passed on.
-        let ptr = match unsafe { guard_ptr(g) } {
+        let ptr = match unsafe { guard_and_out(g, out) } {
             Ok(p) => p,
             Err(s) => return s,
         };
-        if out.is_null() {
-            return PR_NULL_POINTER;
-        }
-        if !out.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
         // SAFETY: a valid Guard (guard_ptr), read by value.
         let c = unsafe { ptr.read() }.counters();
         // SAFETY: non-null, aligned, writable (contract).

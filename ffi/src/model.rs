@@ -53,24 +53,40 @@ const _: () = {
 /// `model` is NULL or points to a readable `pr_model` that is initialised (zeroed or
 /// loaded); the blob of a loaded model is still valid.
 pub(crate) unsafe fn read_model(model: *const pr_model) -> Result<Model<'static>, pr_status> {
-    if model.is_null() {
-        return Err(PR_NULL_POINTER);
-    }
-    if !model.is_aligned() {
-        return Err(PR_MISALIGNED_POINTER);
-    }
-    let words = model.cast::<u64>();
-    // SAFETY: `model` is non-null, aligned, and points to an initialised pr_model
-    // (contract above), whose first field is a u64.
-    let tag = unsafe { words.read() };
-    if tag != LOADED_TAG {
-        return Err(PR_MODEL_NOT_LOADED);
-    }
+    // SAFETY: contract above, passed on (a pr_model is u64 words, 8-aligned).
+    let payload = unsafe { tagged_payload(model, LOADED_TAG) }?;
     // SAFETY: the tag is written only by `pr_model_load`, after it wrote a valid
     // `Model` at word 1 (in bounds and aligned: checked by the const assertions).
     // `Model` is `Copy`, so reading it by value leaves the storage as it was and keeps
     // no borrow of it (the caller may pass the same memory as an output buffer).
-    Ok(unsafe { words.add(1).cast::<Model<'static>>().read() })
+    Ok(unsafe { payload.cast::<Model<'static>>().read() })
+}
+
+/// Word 1 of tagged caller storage (`pr_model`, `pr_modules`, `pr_guard`: an opaque
+/// array of u64 words whose word 0 says it holds a valid value at word 1), or
+/// `PR_NULL_POINTER`, `PR_MISALIGNED_POINTER`, or `PR_MODEL_NOT_LOADED` when word 0 is
+/// not `tag`.
+///
+/// # Safety
+/// `storage` is NULL or points to readable, initialised storage of at least two u64
+/// words, aligned for `S` at least as strictly as for u64.
+pub(crate) unsafe fn tagged_payload<S>(
+    storage: *const S,
+    tag: u64,
+) -> Result<*const u64, pr_status> {
+    if storage.is_null() {
+        return Err(PR_NULL_POINTER);
+    }
+    if !storage.is_aligned() {
+        return Err(PR_MISALIGNED_POINTER);
+    }
+    let words = storage.cast::<u64>();
+    // SAFETY: non-null, aligned for u64, initialised storage of u64 words (contract).
+    if unsafe { words.read() } != tag {
+        return Err(PR_MODEL_NOT_LOADED);
+    }
+    // SAFETY: word 1 is within the storage (contract: at least two words).
+    Ok(unsafe { words.add(1) })
 }
 
 /// Validate a model blob in place and fill `*out` with the loaded model.
@@ -237,6 +253,95 @@ pub(crate) fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
     a.0 < a.1 && b.0 < b.1 && a.0 < b.1 && b.0 < a.1
 }
 
+/// The input, arena and output of one evaluation, as slices.
+pub(crate) type EvalBuffers<'b> = (&'b [f32], &'b mut [u8], &'b mut [f32]);
+
+/// The argument checks shared by `pr_model_evaluate` and `pr_guard_evaluate`: non-null,
+/// aligned, lengths as the validated `model` fixes them, an arena large enough and
+/// f32-aligned, and no buffer that would alias a `&mut` (input, blob and patch RAM may
+/// share memory: they are only read; `other`, when given, is caller storage that the
+/// arena and output must not overlap). Returns the three buffers as slices.
+///
+/// # Safety
+/// `input` is NULL or readable for `input_len` floats; `arena` is NULL or writable for
+/// `arena_len` bytes; `output` is NULL or writable for `output_len` floats; no other
+/// thread writes any of them while the slices are used.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn eval_buffers<'b>(
+    model: &Model<'_>,
+    input: *const f32,
+    input_len: usize,
+    arena: *mut u8,
+    arena_len: usize,
+    output: *mut f32,
+    output_len: usize,
+    other: Option<(usize, usize)>,
+) -> Result<EvalBuffers<'b>, pr_status> {
+    let arena_needed = model.required_arena_bytes();
+    if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
+        return Err(PR_NULL_POINTER);
+    }
+    if !input.is_aligned() || !output.is_aligned() {
+        return Err(PR_MISALIGNED_POINTER);
+    }
+    // Lengths first: every slice below then has a length the validated model fixed.
+    if input_len != model.input_len() {
+        return Err(PR_INPUT_LENGTH);
+    }
+    if output_len != model.output_len() {
+        return Err(PR_OUTPUT_LENGTH);
+    }
+    if arena_len < arena_needed {
+        return Err(PR_ARENA_TOO_SMALL);
+    }
+    if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
+        return Err(PR_MISALIGNED_ARENA);
+    }
+    let blob = model.as_bytes();
+    let input_span = span(input, input_len);
+    let arena_span = span(arena.cast_const(), arena_needed);
+    let output_span = span(output.cast_const(), output_len);
+    let blob_span = span(blob.as_ptr(), blob.len());
+    let ram = model.patch_ram();
+    let ram_span = span(ram.as_ptr(), ram.len());
+    let other_span = other.unwrap_or((0, 0));
+    // Pairs that would alias a `&mut` (input, blob and patch RAM may share memory:
+    // they are only read).
+    if overlaps(input_span, arena_span)
+        || overlaps(input_span, output_span)
+        || overlaps(arena_span, output_span)
+        || overlaps(arena_span, blob_span)
+        || overlaps(output_span, blob_span)
+        || overlaps(arena_span, ram_span)
+        || overlaps(output_span, ram_span)
+        || overlaps(arena_span, other_span)
+        || overlaps(output_span, other_span)
+    {
+        return Err(PR_OVERLAPPING_BUFFERS);
+    }
+    // An empty arena still needs a non-null pointer, 4-byte aligned because the core
+    // views the arena as f32: a dangling f32 pointer.
+    let empty_arena = core::ptr::NonNull::<f32>::dangling().as_ptr().cast::<u8>();
+    // SAFETY: non-null, aligned for f32 (all three; the dangling pointer too),
+    // readable/writable for the given lengths (caller's contract; lengths fixed by the
+    // validated model, so within isize), and pairwise disjoint and disjoint from the
+    // blob, RAM and `other` (checked above), so the `&mut` slices alias nothing.
+    Ok(unsafe {
+        (
+            core::slice::from_raw_parts(input, input_len),
+            core::slice::from_raw_parts_mut(
+                if arena_needed == 0 {
+                    empty_arena
+                } else {
+                    arena
+                },
+                arena_needed,
+            ),
+            core::slice::from_raw_parts_mut(output, output_len),
+        )
+    })
+}
+
 /// Evaluate the model on one input: `output = model(input)`.
 ///
 /// - `model`: borrowed, filled by `pr_model_load`; its blob must still be valid.
@@ -277,65 +382,14 @@ pub unsafe extern "C" fn pr_model_evaluate(
             Ok(model) => model,
             Err(status) => return status,
         };
-        let arena_needed = model.required_arena_bytes();
-        if input.is_null() || output.is_null() || (arena.is_null() && arena_needed > 0) {
-            return PR_NULL_POINTER;
-        }
-        if !input.is_aligned() || !output.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
-        // Lengths first: every slice below then has a length the validated model fixed.
-        if input_len != model.input_len() {
-            return PR_INPUT_LENGTH;
-        }
-        if output_len != model.output_len() {
-            return PR_OUTPUT_LENGTH;
-        }
-        if arena_len < arena_needed {
-            return PR_ARENA_TOO_SMALL;
-        }
-        if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
-            return PR_MISALIGNED_ARENA;
-        }
-        let blob = model.as_bytes();
-        let input_span = span(input, input_len);
-        let arena_span = span(arena.cast_const(), arena_needed);
-        let output_span = span(output.cast_const(), output_len);
-        let blob_span = span(blob.as_ptr(), blob.len());
-        let ram = model.patch_ram();
-        let ram_span = span(ram.as_ptr(), ram.len());
-        // Pairs that would alias a `&mut` (input, blob and patch RAM may share memory:
-        // they are only read).
-        if overlaps(input_span, arena_span)
-            || overlaps(input_span, output_span)
-            || overlaps(arena_span, output_span)
-            || overlaps(arena_span, blob_span)
-            || overlaps(output_span, blob_span)
-            || overlaps(arena_span, ram_span)
-            || overlaps(output_span, ram_span)
-        {
-            return PR_OVERLAPPING_BUFFERS;
-        }
-        // An empty arena still needs a non-null pointer, 4-byte aligned because the core
-        // views the arena as f32: a dangling f32 pointer.
-        let empty_arena = core::ptr::NonNull::<f32>::dangling().as_ptr().cast::<u8>();
-        // SAFETY: non-null, aligned for f32 (all three; the dangling pointer too),
-        // readable/writable for the given lengths (caller's contract; lengths fixed by
-        // the validated model, so within isize), and pairwise disjoint (checked above),
-        // so the `&mut` slices alias nothing; the blob is not written.
-        let (input, arena, output) = unsafe {
-            (
-                core::slice::from_raw_parts(input, input_len),
-                core::slice::from_raw_parts_mut(
-                    if arena_needed == 0 {
-                        empty_arena
-                    } else {
-                        arena
-                    },
-                    arena_needed,
-                ),
-                core::slice::from_raw_parts_mut(output, output_len),
+        // SAFETY: contract above, passed on; nothing else is borrowed from the caller.
+        let (input, arena, output) = match unsafe {
+            eval_buffers(
+                &model, input, input_len, arena, arena_len, output, output_len, None,
             )
+        } {
+            Ok(buffers) => buffers,
+            Err(status) => return status,
         };
         match model.evaluate_bytes(input, arena, output) {
             Ok(()) => PR_OK,

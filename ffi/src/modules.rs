@@ -10,7 +10,8 @@ use core::mem::{align_of, size_of};
 use prorepair_core::patch::modules::{ModulePatch, ModulesModel};
 
 use crate::boundary::guard;
-use crate::model::{overlaps, read_model, span};
+use crate::model::{overlaps, read_model, span, tagged_payload};
+use crate::patch::{patch_bytes, write_ram_bytes};
 use crate::pr_model;
 use crate::status::pr_status::{self, *};
 
@@ -47,33 +48,11 @@ const _: () = {
 /// `m` is NULL or an initialised (zeroed or loaded) `pr_modules` whose referenced
 /// buffers are still valid.
 unsafe fn read_modules(m: *const pr_modules) -> Result<ModulesModel<'static, 'static>, pr_status> {
-    if m.is_null() {
-        return Err(PR_NULL_POINTER);
-    }
-    if !m.is_aligned() {
-        return Err(PR_MISALIGNED_POINTER);
-    }
-    let words = m.cast::<u64>();
-    // SAFETY: non-null, aligned, initialised (contract); the first field is a u64.
-    if unsafe { words.read() } != LOADED_TAG {
-        return Err(PR_MODEL_NOT_LOADED);
-    }
+    // SAFETY: contract, passed on (a pr_modules is 64 u64 words, 8-aligned).
+    let payload = unsafe { tagged_payload(m, LOADED_TAG) }?;
     // SAFETY: the tag is written only by `pr_modules_load` after a valid ModulesModel at
     // word 1 (fits and is aligned: const assertions); it is Copy, read by value.
-    Ok(unsafe { words.add(1).cast::<ModulesModel<'static, 'static>>().read() })
-}
-
-/// # Safety
-/// `patch` is NULL or readable for `len` bytes for `'p`.
-unsafe fn bytes<'p>(patch: *const u8, len: usize) -> Result<&'p [u8], pr_status> {
-    if patch.is_null() {
-        return Err(PR_NULL_POINTER);
-    }
-    if len > isize::MAX as usize {
-        return Err(PR_OVERFLOW);
-    }
-    // SAFETY: non-null, readable for `len` <= isize::MAX bytes (contract).
-    Ok(unsafe { core::slice::from_raw_parts(patch, len) })
+    Ok(unsafe { payload.cast::<ModulesModel<'static, 'static>>().read() })
 }
 
 /// `*out` = the RAM bytes `pr_modules_load` needs for this patch-modules patch (module
@@ -90,27 +69,12 @@ pub unsafe extern "C" fn pr_modules_ram_bytes(
     patch_len: usize,
     out: *mut usize,
 ) -> pr_status {
-    guard(PR_PANIC, || {
-        if out.is_null() {
-            return PR_NULL_POINTER;
-        }
-        if !out.is_aligned() {
-            return PR_MISALIGNED_POINTER;
-        }
-        // SAFETY: contract, passed on.
-        let b = match unsafe { bytes(patch, patch_len) } {
-            Ok(b) => b,
-            Err(s) => return s,
-        };
-        match ModulePatch::from_bytes(b) {
-            Ok(p) => {
-                // SAFETY: non-null, aligned, writable (checked, contract).
-                unsafe { out.write(p.required_ram_bytes()) };
-                PR_OK
-            }
-            Err(e) => e.into(),
-        }
-    })
+    // SAFETY: contract, passed on.
+    unsafe {
+        write_ram_bytes(patch, patch_len, out, |b| {
+            ModulePatch::from_bytes(b).map(|p| p.required_ram_bytes())
+        })
+    }
 }
 
 /// Bind a patch-modules patch to a loaded base model and fill `*out`.
@@ -153,7 +117,7 @@ pub unsafe extern "C" fn pr_modules_load(
         };
         // SAFETY: contract, passed on; the caller keeps the patch valid while `*out` is
         // used (the erased 'static).
-        let b: &'static [u8] = match unsafe { bytes(patch, patch_len) } {
+        let b: &'static [u8] = match unsafe { patch_bytes(patch, patch_len) } {
             Ok(b) => b,
             Err(s) => return s,
         };

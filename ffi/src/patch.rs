@@ -10,7 +10,10 @@ use crate::status::pr_status::{self, *};
 ///
 /// # Safety
 /// `patch` is NULL or readable for `patch_len` bytes for the lifetime `'p`.
-unsafe fn patch_bytes<'p>(patch: *const u8, patch_len: usize) -> Result<&'p [u8], pr_status> {
+pub(crate) unsafe fn patch_bytes<'p>(
+    patch: *const u8,
+    patch_len: usize,
+) -> Result<&'p [u8], pr_status> {
     if patch.is_null() {
         return Err(PR_NULL_POINTER);
     }
@@ -40,6 +43,25 @@ pub unsafe extern "C" fn pr_patch_ram_bytes(
     patch_len: usize,
     out: *mut usize,
 ) -> pr_status {
+    // SAFETY: contract above, passed on.
+    unsafe {
+        write_ram_bytes(patch, patch_len, out, |b| {
+            Patch::from_bytes(b).map(|p| p.required_ram_bytes())
+        })
+    }
+}
+
+/// The body shared by the `*_ram_bytes` entry points: check `out`, take the patch bytes,
+/// and write `ram_bytes(patch)` to `*out` on success (the parser's error otherwise).
+///
+/// # Safety
+/// `patch` is NULL or readable for `patch_len` bytes; `out` is NULL or writable.
+pub(crate) unsafe fn write_ram_bytes(
+    patch: *const u8,
+    patch_len: usize,
+    out: *mut usize,
+    ram_bytes: impl FnOnce(&[u8]) -> Result<usize, prorepair_core::Error>,
+) -> pr_status {
     guard(PR_PANIC, || {
         if out.is_null() {
             return PR_NULL_POINTER;
@@ -52,10 +74,10 @@ pub unsafe extern "C" fn pr_patch_ram_bytes(
             Ok(bytes) => bytes,
             Err(status) => return status,
         };
-        match Patch::from_bytes(bytes) {
-            Ok(p) => {
+        match ram_bytes(bytes) {
+            Ok(n) => {
                 // SAFETY: `out` is non-null, aligned and writable (checked, contract).
-                unsafe { out.write(p.required_ram_bytes()) };
+                unsafe { out.write(n) };
                 PR_OK
             }
             Err(e) => e.into(),

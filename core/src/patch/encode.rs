@@ -319,14 +319,14 @@ pub fn seal_ed25519(
     Ok(())
 }
 
-/// Sequential bounds-checked little-endian writes.
-struct Cursor<'o> {
-    out: &'o mut [u8],
-    at: usize,
+/// Sequential bounds-checked little-endian writes (both patch encoders use it).
+pub(super) struct Cursor<'o> {
+    pub(super) out: &'o mut [u8],
+    pub(super) at: usize,
 }
 
 impl Cursor<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), Error> {
+    pub(super) fn put(&mut self, b: &[u8]) -> Result<(), Error> {
         let end = self.at.checked_add(b.len()).ok_or(Error::Overflow)?;
         self.out
             .get_mut(self.at..end)
@@ -336,7 +336,7 @@ impl Cursor<'_> {
         Ok(())
     }
 
-    fn word(&mut self, v: usize) -> Result<(), Error> {
+    pub(super) fn word(&mut self, v: usize) -> Result<(), Error> {
         let v = u32::try_from(v).map_err(|_| Error::Overflow)?;
         self.put(&v.to_le_bytes())
     }

@@ -275,6 +275,63 @@ fn f32_at(bytes: &[u8], at: usize) -> f32 {
     f32::from_bits(u32_at(bytes, at))
 }
 
+/// Region `k`'s lower and upper corners as raw little-endian f32 bytes, for either patch
+/// kind: `count` regions, each two corners of `dim` values, stored from `start` in
+/// `bytes`. `None` when `k` is out of range or the bytes are short.
+fn region_corners(
+    bytes: &[u8],
+    start: usize,
+    count: usize,
+    dim: usize,
+    k: usize,
+) -> Option<(&[u8], &[u8])> {
+    if k >= count {
+        return None;
+    }
+    let corner = dim.checked_mul(4)?;
+    let start = k.checked_mul(corner)?.checked_mul(2)?.checked_add(start)?;
+    let mid = start.checked_add(corner)?;
+    let end = mid.checked_add(corner)?;
+    Some((bytes.get(start..mid)?, bytes.get(mid..end)?))
+}
+
+/// Copy a region's raw corners (from [`region_corners`]) into `lower` and `upper`, each
+/// `dim` values long (`Error::InputLength` otherwise).
+fn copy_region(
+    lo: &[u8],
+    up: &[u8],
+    dim: usize,
+    lower: &mut [f32],
+    upper: &mut [f32],
+) -> Result<(), Error> {
+    if lower.len() != dim || upper.len() != dim {
+        return Err(Error::InputLength);
+    }
+    for (j, (l, u)) in lower.iter_mut().zip(upper.iter_mut()).enumerate() {
+        *l = f32_at(lo, 4 * j);
+        *u = f32_at(up, 4 * j);
+    }
+    Ok(())
+}
+
+/// The binding checks both patch kinds start with: `model`'s blob has the length and
+/// SHA-256 the patch was made for, and regions (if any) have the model's input length.
+fn check_base(
+    model: &Model<'_>,
+    base_len: usize,
+    base_sha256: &[u8; 32],
+    region_count: usize,
+    region_dim: usize,
+) -> Result<(), Error> {
+    if model.as_bytes().len() != base_len || model.sha256() != *base_sha256 {
+        return Err(Error::WrongBaseModel);
+    }
+    if region_count > 0 && region_dim != model.input_len() {
+        return Err(Error::BadPatchRegion);
+    }
+    Ok(())
+}
+
 /// A structurally valid patch, borrowed from its bytes (which may be unaligned).
 ///
 /// [`Patch::from_bytes`] checks everything the patch alone can show; the binding to a
@@ -595,14 +652,7 @@ impl<'a> Patch<'a> {
     /// Region `k`'s corners copied into `lower` and `upper` (each `region_dim` long).
     pub fn region(&self, k: usize, lower: &mut [f32], upper: &mut [f32]) -> Result<(), Error> {
         let (lo, up) = self.region_raw(k).ok_or(Error::BadPatchRegion)?;
-        if lower.len() != self.region_dim || upper.len() != self.region_dim {
-            return Err(Error::InputLength);
-        }
-        for (j, (l, u)) in lower.iter_mut().zip(upper.iter_mut()).enumerate() {
-            *l = f32_at(lo, 4 * j);
-            *u = f32_at(up, 4 * j);
-        }
-        Ok(())
+        copy_region(lo, up, self.region_dim, lower, upper)
     }
 
     /// True when `input` lies inside one of the verified regions.
@@ -619,17 +669,13 @@ impl<'a> Patch<'a> {
     }
 
     fn region_raw(&self, k: usize) -> Option<(&'a [u8], &'a [u8])> {
-        if k >= self.region_count {
-            return None;
-        }
-        let corner = self.region_dim.checked_mul(4)?;
-        let start = k
-            .checked_mul(corner)?
-            .checked_mul(2)?
-            .checked_add(self.regions_start)?;
-        let mid = start.checked_add(corner)?;
-        let end = mid.checked_add(corner)?;
-        Some((self.bytes.get(start..mid)?, self.bytes.get(mid..end)?))
+        region_corners(
+            self.bytes,
+            self.regions_start,
+            self.region_count,
+            self.region_dim,
+            k,
+        )
     }
 
     /// Exact caller RAM needed to apply this patch, in f32 values: the parameter blocks
@@ -646,13 +692,13 @@ impl<'a> Patch<'a> {
     /// Check that this patch applies to `model`'s base blob: length and SHA-256 of the
     /// blob, every record against its layer, the regions' dimension.
     pub fn check_binding(&self, model: &Model<'_>) -> Result<(), Error> {
-        let base = model.as_bytes();
-        if base.len() != self.base_len || model.sha256() != self.base_sha256 {
-            return Err(Error::WrongBaseModel);
-        }
-        if self.region_count > 0 && self.region_dim != model.input_len() {
-            return Err(Error::BadPatchRegion);
-        }
+        check_base(
+            model,
+            self.base_len,
+            &self.base_sha256,
+            self.region_count,
+            self.region_dim,
+        )?;
         for record in self.layers() {
             let layer = model
                 .base_layer(record.layer_index)

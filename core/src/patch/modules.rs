@@ -33,11 +33,14 @@
 #[cfg(feature = "encode")]
 pub mod encode;
 
-use super::{PATCH_HEADER_SIZE, PATCH_MAGIC, PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SignatureKind};
+use super::{
+    PATCH_HEADER_SIZE, PATCH_MAGIC, PUBLIC_KEY_SIZE, SIGNATURE_SIZE, SignatureKind, check_base,
+    copy_region, region_corners,
+};
 use crate::Error;
 use crate::format::{DENSE_PANEL, dense_panel_len, read_u16, read_u32};
 use crate::kernels::{self, Kernels};
-use crate::model::Model;
+use crate::model::{Model, f32_arena};
 
 /// The kind word of a patch-modules patch (offset 16).
 pub const MODULES_KIND: u16 = 2;
@@ -423,30 +426,17 @@ impl<'a> ModulePatch<'a> {
     /// Region `k`'s corners copied into `lower` and `upper`.
     pub fn region(&self, k: usize, lower: &mut [f32], upper: &mut [f32]) -> Result<(), Error> {
         let (lo, up) = self.region_raw(k).ok_or(Error::BadPatchRegion)?;
-        if lower.len() != self.region_dim || upper.len() != self.region_dim {
-            return Err(Error::InputLength);
-        }
-        for (j, (l, u)) in lower.iter_mut().zip(upper.iter_mut()).enumerate() {
-            *l = f32_at(lo, 4 * j);
-            *u = f32_at(up, 4 * j);
-        }
-        Ok(())
+        copy_region(lo, up, self.region_dim, lower, upper)
     }
 
     fn region_raw(&self, k: usize) -> Option<(&'a [u8], &'a [u8])> {
-        if k >= self.region_count {
-            return None;
-        }
-        let corner = self.region_dim.checked_mul(4)?;
-        let start = k
-            .checked_mul(corner)?
-            .checked_mul(2)?
-            .checked_add(self.regions_start)?;
-        let mid = start.checked_add(corner)?;
-        Some((
-            self.bytes.get(start..mid)?,
-            self.bytes.get(mid..mid.checked_add(corner)?)?,
-        ))
+        region_corners(
+            self.bytes,
+            self.regions_start,
+            self.region_count,
+            self.region_dim,
+            k,
+        )
     }
 
     /// Caller RAM for [`ModulesModel`], in f32 values.
@@ -462,12 +452,13 @@ impl<'a> ModulePatch<'a> {
     /// Check that the patch applies to `model`: blob length and SHA-256, every module's
     /// input and output length, every label, the regions' dimension.
     pub fn check_binding(&self, model: &Model<'_>) -> Result<(), Error> {
-        if model.as_bytes().len() != self.base_len || model.sha256() != self.base_sha256 {
-            return Err(Error::WrongBaseModel);
-        }
-        if self.region_count > 0 && self.region_dim != model.input_len() {
-            return Err(Error::BadPatchRegion);
-        }
+        check_base(
+            model,
+            self.base_len,
+            &self.base_sha256,
+            self.region_count,
+            self.region_dim,
+        )?;
         let out = model.output_len();
         for m in self.modules() {
             let labels_ok = match m.indicator {
@@ -593,11 +584,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         arena: &mut [u8],
         output: &mut [f32],
     ) -> Result<(), Error> {
-        let usable = arena.len() / 4 * 4;
-        let arena = arena.get_mut(..usable).ok_or(Error::ArenaTooSmall)?;
-        let arena: &mut [f32] =
-            bytemuck::try_cast_slice_mut(arena).map_err(|_| Error::MisalignedArena)?;
-        self.evaluate(input, arena, output)
+        self.evaluate(input, f32_arena(arena)?, output)
     }
 
     /// [`ModulesModel::evaluate`] with an explicit kernel set. Checks the input, output

@@ -36,6 +36,28 @@ fn modules_patch(blob: &Aligned, label: usize) -> Vec<u8> {
     out
 }
 
+/// `pr_modules_load` of `patch` with the first `ram_len` bytes of `ram` into `out`.
+fn load(
+    model: &pr_model,
+    patch: &[u8],
+    ram: &mut [f32],
+    ram_len: usize,
+    out: &mut pr_modules,
+) -> pr_status {
+    assert!(ram_len <= ram.len() * 4);
+    // SAFETY: valid buffers for the lengths passed (`ram_len` checked above).
+    unsafe {
+        pr_modules_load(
+            model,
+            patch.as_ptr(),
+            patch.len(),
+            ram.as_mut_ptr().cast(),
+            ram_len,
+            out,
+        )
+    }
+}
+
 #[test]
 fn modules_evaluate_like_the_core_and_refusals_leave_out_untouched() {
     let blob = Aligned::new(&mlp_blob());
@@ -49,17 +71,7 @@ fn modules_evaluate_like_the_core_and_refusals_leave_out_untouched() {
     );
     let mut ram = vec![0f32; ram_bytes / 4];
     let mut m = pr_modules::unloaded();
-    // SAFETY: valid buffers for the lengths passed.
-    let s = unsafe {
-        pr_modules_load(
-            &model,
-            patch.as_ptr(),
-            patch.len(),
-            ram.as_mut_ptr().cast(),
-            ram_bytes,
-            &mut m,
-        )
-    };
+    let s = load(&model, &patch, &mut ram, ram_bytes, &mut m);
     assert_eq!(s, PR_OK);
     let mut arena_bytes = 0usize;
     assert_eq!(
@@ -99,43 +111,13 @@ fn modules_evaluate_like_the_core_and_refusals_leave_out_untouched() {
     // Refusals: weight-delta kind, a label the model lacks, RAM too small, not loaded.
     let mut fresh = pr_modules::unloaded();
     let bad = modules_patch(&blob, 9);
-    // SAFETY: valid buffers.
-    let s = unsafe {
-        pr_modules_load(
-            &model,
-            bad.as_ptr(),
-            bad.len(),
-            ram.as_mut_ptr().cast(),
-            ram_bytes,
-            &mut fresh,
-        )
-    };
+    let s = load(&model, &bad, &mut ram, ram_bytes, &mut fresh);
     assert_eq!(s, PR_PATCH_MODULE_MISMATCH);
-    // SAFETY: valid buffers.
-    let s = unsafe {
-        pr_modules_load(
-            &model,
-            patch.as_ptr(),
-            patch.len(),
-            ram.as_mut_ptr().cast(),
-            ram_bytes - 4,
-            &mut fresh,
-        )
-    };
+    let s = load(&model, &patch, &mut ram, ram_bytes - 4, &mut fresh);
     assert_eq!(s, PR_PATCH_RAM_TOO_SMALL);
     let mut broken = patch.clone();
     broken[16] = 1;
-    // SAFETY: valid buffers.
-    let s = unsafe {
-        pr_modules_load(
-            &model,
-            broken.as_ptr(),
-            broken.len(),
-            ram.as_mut_ptr().cast(),
-            ram_bytes,
-            &mut fresh,
-        )
-    };
+    let s = load(&model, &broken, &mut ram, ram_bytes, &mut fresh);
     assert_eq!(s, PR_CRC_MISMATCH);
     let mut n = 0usize;
     assert_eq!(

@@ -4,6 +4,7 @@
 
 use super::{IndicatorKind, MAX_MODULE_LAYERS, MAX_MODULES, MODULES_KIND};
 use crate::model::Model;
+use crate::patch::encode::Cursor;
 use crate::patch::{
     PATCH_FORMAT_VERSION, PATCH_HEADER_SIZE, PATCH_MAGIC, SIGNATURE_SIZE, SignatureKind,
 };
@@ -180,27 +181,4 @@ pub fn write(
         .ok_or(Error::BufferTooSmall)?
         .copy_from_slice(&crc.to_le_bytes());
     Ok(total)
-}
-
-/// Sequential bounds-checked little-endian writes.
-struct Cursor<'o> {
-    out: &'o mut [u8],
-    at: usize,
-}
-
-impl Cursor<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), Error> {
-        let end = self.at.checked_add(b.len()).ok_or(Error::Overflow)?;
-        self.out
-            .get_mut(self.at..end)
-            .ok_or(Error::BufferTooSmall)?
-            .copy_from_slice(b);
-        self.at = end;
-        Ok(())
-    }
-
-    fn word(&mut self, v: usize) -> Result<(), Error> {
-        let v = u32::try_from(v).map_err(|_| Error::Overflow)?;
-        self.put(&v.to_le_bytes())
-    }
 }
