@@ -99,7 +99,8 @@ pub enum Error {
     BadPatchModule,
     /// A patch module does not fit the base model (input or output length, label).
     PatchModuleMismatch,
-    /// The patch's sequence number is not newer than the one already applied.
+    /// The patch's sequence number is not newer than the one already applied (or is 0,
+    /// which the format forbids: a fresh device already runs "sequence 0").
     StalePatch,
     /// The caller RAM for the patched layers is smaller than
     /// [`crate::patch::Patch::required_ram_bytes`].

@@ -427,9 +427,15 @@ pub(crate) fn parse_header(bytes: &[u8], kind: u16) -> Result<Header, Error> {
     {
         return Err(Error::BadPatchPayload);
     }
+    // Sequence numbers start at 1: 0 is what an unprovisioned device runs, so a patch
+    // carrying it could never be newer.
+    let sequence = read_u32(bytes, 20).unwrap_or(0);
+    if sequence == 0 {
+        return Err(Error::StalePatch);
+    }
     Ok(Header {
         signature_kind,
-        sequence: read_u32(bytes, 20).unwrap_or(0),
+        sequence,
         base_sha256,
         base_len: word(56),
     })
