@@ -259,8 +259,7 @@ pub fn load_tract(
     patch: &[u8],
     patch_name: &str,
 ) -> Result<super::tract::PatchedTract, super::tract::TractPatchError> {
-    use super::tract::{PatchedTract, TractPatchError};
-    use tract_onnx::prelude::*;
+    use super::tract::TractPatchError;
     let base = crate::import::onnx::load(onnx_path)?;
     let modules = read(&base, patch).map_err(|source| TractPatchError::Patch {
         patch: patch_name.to_string(),
@@ -269,27 +268,5 @@ pub fn load_tract(
     let shape = crate::export::onnx::declared_input_shape(onnx_path);
     let bytes = to_onnx(&base, &modules, shape.as_deref())
         .map_err(|e| TractPatchError::Tract(format!("exporting the patched graph: {e}")))?;
-    let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
-        .and_then(|m| m.into_typed())
-        .map_err(fail)?;
-    let input = model.input_outlets().map_err(fail)?.first().copied();
-    let input = input.ok_or_else(|| TractPatchError::Tract("the model has no input".into()))?;
-    let input_shape = model
-        .outlet_fact(input)
-        .map_err(fail)?
-        .shape
-        .as_concrete()
-        .map(<[usize]>::to_vec)
-        .ok_or_else(|| TractPatchError::Tract("symbolic input shape".into()))?;
-    let plan = model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(fail)?;
-    Ok(PatchedTract {
-        plan,
-        input_shape,
-        network: base,
-    })
+    super::tract::runnable(&bytes, base)
 }
