@@ -11,7 +11,7 @@ use prorepair_core::patch::modules::encode::{self, IndicatorSpec, ModuleSpec};
 use prorepair_core::patch::modules::{IndicatorKind, ModulePatch, ModulesModel, patch_kind_word};
 
 use super::PatchError;
-use crate::compile::{AlignedBlob, compile};
+use crate::compile::AlignedBlob;
 use crate::export::onnx::{ExportError, OnnxModule, to_onnx_bytes_with_modules};
 use crate::model::{Dense, Network};
 use crate::repair::patchmodules::{Indicator, Module, PatchModules};
@@ -48,10 +48,7 @@ pub fn emit(
     sequence: u32,
     regions: &[(Vec<f64>, Vec<f64>)],
 ) -> Result<EmittedModules, PatchError> {
-    let base_blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let base_blob = super::compile_base(base)?;
     let blob = AlignedBlob::new(&base_blob);
     let model = blob.model()?;
     // Owned f32 data first; the specs borrow it.
@@ -112,20 +109,8 @@ pub fn emit(
             )));
         }
         // Inward rounding: the guard never claims an input that was not verified.
-        let l: Vec<f32> = lo
-            .iter()
-            .map(|&v| {
-                let f = v as f32;
-                if f64::from(f) < v { f.next_up() } else { f }
-            })
-            .collect();
-        let u: Vec<f32> = up
-            .iter()
-            .map(|&v| {
-                let f = v as f32;
-                if f64::from(f) > v { f.next_down() } else { f }
-            })
-            .collect();
+        // (Unlike a layer patch's regions, infinite corners are kept here.)
+        let (l, u) = super::round_inward(lo, up);
         if l.iter().zip(&u).all(|(a, b)| a <= b) {
             flat.extend(l);
             flat.extend(u);
@@ -147,10 +132,7 @@ pub fn emit(
 
 /// Read a kind-2 patch for `base` (validated and bound by the core) into host form.
 pub fn read(base: &Network, bytes: &[u8]) -> Result<PatchModules, PatchError> {
-    let blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let blob = super::compile_base(base)?;
     let blob = AlignedBlob::new(&blob);
     let model = blob.model()?;
     let patch = ModulePatch::from_bytes(bytes)?;
@@ -204,10 +186,7 @@ pub fn eval_device(
     bytes: &[u8],
     inputs: &[Vec<f32>],
 ) -> Result<Vec<Vec<f32>>, PatchError> {
-    let blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let blob = super::compile_base(base)?;
     let blob = AlignedBlob::new(&blob);
     let model = blob.model()?;
     let patch = ModulePatch::from_bytes(bytes)?;
