@@ -156,6 +156,21 @@ pub(super) fn map_repair_error(e: RepairError) -> CliError {
     }
 }
 
+/// Fails when the directory of `--out` or `--onnx-out` does not exist, so a bad path
+/// is reported before the long repair rather than after it.
+pub(super) fn check_output_dirs(args: &Args) -> Result<(), CliError> {
+    for out in args.onnx_out.iter().chain(&args.out) {
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(CliError::file(out, "the directory does not exist"));
+        }
+    }
+    Ok(())
+}
+
 /// Signs a freshly emitted patch in place when `--sign` gave a key.
 pub(super) fn sign_if_asked(
     bytes: &mut [u8],
@@ -246,15 +261,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         Some(p) => Some(read_box(p, net.input_dim())?),
         None => None,
     };
-    for out in args.onnx_out.iter().chain(&args.out) {
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(CliError::file(out, "the directory does not exist"));
-        }
-    }
+    check_output_dirs(&args)?;
     if args.strategy == Strategy::PatchModules {
         return super::repair_modules::run(&args, &net, &properties, signer.as_ref());
     }

@@ -4,12 +4,11 @@
 //! f32 rounding bound); otherwise exit 20 and write no model file. Outputs are written as
 //! by the VNN-LIB repair: the weight-delta patch (`--out`), ONNX (`--onnx-out`), report.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::repair::{Args, layer_patch_output, map_repair_error, onnx_output};
+use super::repair::{Args, check_output_dirs, layer_patch_output, map_repair_error, onnx_output};
 use super::{CliError, Outcome, report};
 use crate::model::Network;
 use crate::repair::points::{self, PointOptions};
@@ -31,15 +30,7 @@ pub fn run(
         .split_layer
         .resolve(net)
         .map_err(|e| CliError::BadInput(format!("--split-layer: {e}")))?;
-    for out in args.onnx_out.iter().chain(&args.out) {
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(CliError::file(out, "the directory does not exist"));
-        }
-    }
+    check_output_dirs(args)?;
     // The points that already hold are the fidelity inputs: their features are kept.
     let fidelity: Vec<Vec<f64>> = pts
         .iter()
