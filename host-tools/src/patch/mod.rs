@@ -141,6 +141,22 @@ pub(super) fn compile_base(base: &Network) -> Result<Vec<u8>, PatchError> {
     })
 }
 
+/// A region (lower, upper) must have one value per model input in each corner.
+pub(super) fn check_region_len(
+    lower: &[f64],
+    upper: &[f64],
+    input_len: usize,
+) -> Result<(), PatchError> {
+    if lower.len() != input_len || upper.len() != input_len {
+        return Err(PatchError::Mismatch(format!(
+            "a region has {} values, the model takes {}",
+            lower.len(),
+            input_len
+        )));
+    }
+    Ok(())
+}
+
 /// The corners of a verified f64 input box rounded INWARD to f32 (lower up, upper
 /// down), so the box a device's guard checks never claims an input that was not
 /// verified. The result may be empty (some lower above its upper); callers decide.
@@ -210,13 +226,7 @@ pub fn emit(
     let mut flat = Vec::new();
     let mut count = 0;
     for (lo, up) in regions {
-        if lo.len() != ma.input_len() || up.len() != ma.input_len() {
-            return Err(PatchError::Mismatch(format!(
-                "a region has {} values, the model takes {}",
-                lo.len(),
-                ma.input_len()
-            )));
-        }
+        check_region_len(lo, up, ma.input_len())?;
         if let Some((l, u)) = inward_f32(lo, up) {
             flat.extend(l);
             flat.extend(u);

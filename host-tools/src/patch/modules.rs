@@ -101,13 +101,7 @@ pub fn emit(
     let mut flat = Vec::new();
     let mut count = 0;
     for (lo, up) in regions {
-        if lo.len() != model.input_len() || up.len() != model.input_len() {
-            return Err(PatchError::Mismatch(format!(
-                "a region has {} values, the model takes {}",
-                lo.len(),
-                model.input_len()
-            )));
-        }
+        super::check_region_len(lo, up, model.input_len())?;
         // Inward rounding: the guard never claims an input that was not verified.
         // (Unlike a layer patch's regions, infinite corners are kept here.)
         let (l, u) = super::round_inward(lo, up);
