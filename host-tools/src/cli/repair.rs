@@ -156,6 +156,72 @@ pub(super) fn map_repair_error(e: RepairError) -> CliError {
     }
 }
 
+/// Fails when the directory of `--out` or `--onnx-out` does not exist, so a bad path
+/// is reported before the long repair rather than after it.
+pub(super) fn check_output_dirs(args: &Args) -> Result<(), CliError> {
+    for out in args.onnx_out.iter().chain(&args.out) {
+        let dir = out
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(CliError::file(out, "the directory does not exist"));
+        }
+    }
+    Ok(())
+}
+
+/// Signs a freshly emitted patch in place when `--sign` gave a key.
+pub(super) fn sign_if_asked(
+    bytes: &mut [u8],
+    signer: Option<&ed25519_dalek::SigningKey>,
+) -> Result<(), CliError> {
+    if let Some(key) = signer {
+        crate::patch::sign::sign_patch(bytes, key)
+            .map_err(|e| CliError::Internal(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Signs a weight-delta patch when asked and records it as the report's `patch` (and
+/// `patch_size_bytes`); returns the bytes to write to `out`. Shared by the box and the
+/// point repair paths, which report a layer patch the same way.
+pub(super) fn layer_patch_output(
+    mut emitted: crate::patch::EmittedPatch,
+    out: &Path,
+    sequence: u32,
+    signer: Option<&ed25519_dalek::SigningKey>,
+    value: &mut serde_json::Value,
+) -> Result<Vec<u8>, CliError> {
+    sign_if_asked(&mut emitted.bytes, signer)?;
+    value["patch_size_bytes"] = json!(emitted.bytes.len());
+    value["patch"] = json!({
+        "file": out.display().to_string(),
+        "bytes": emitted.bytes.len(),
+        "base_blob_bytes": emitted.base_blob.len(),
+        "share_of_blob": emitted.bytes.len() as f64 / emitted.base_blob.len() as f64,
+        "sequence": sequence,
+        "layers": emitted.layers,
+        "regions": emitted.regions,
+    });
+    Ok(emitted.bytes)
+}
+
+/// The repaired network as ONNX bytes, with the path to write them to, when
+/// `--onnx-out` asks for it (the input shape declared by `--model` is kept).
+pub(super) fn onnx_output<'a>(
+    args: &'a Args,
+    network: &crate::model::Network,
+) -> Result<Option<(&'a PathBuf, Vec<u8>)>, CliError> {
+    let Some(out) = &args.onnx_out else {
+        return Ok(None);
+    };
+    let shape = export::onnx::declared_input_shape(&args.model);
+    let bytes = export::to_onnx_bytes(network, shape.as_deref())
+        .map_err(|e| CliError::Internal(format!("exporting the repaired network: {e}")))?;
+    Ok(Some((out, bytes)))
+}
+
 /// Run `repair`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     // The signing key is read first: a bad key fails before a long repair.
@@ -195,15 +261,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         Some(p) => Some(read_box(p, net.input_dim())?),
         None => None,
     };
-    for out in args.onnx_out.iter().chain(&args.out) {
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(CliError::file(out, "the directory does not exist"));
-        }
-    }
+    check_output_dirs(&args)?;
     if args.strategy == Strategy::PatchModules {
         return super::repair_modules::run(&args, &net, &properties, signer.as_ref());
     }
@@ -277,39 +335,16 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
                     .flat_map(|p| &p.cases)
                     .map(|c| (c.lower.clone(), c.upper.clone()))
                     .collect();
-                let mut emitted =
+                let emitted =
                     crate::patch::emit(&net, &outcome.network, args.sequence, &regions)
                         .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
-                if let Some(key) = &signer {
-                    crate::patch::sign::sign_patch(&mut emitted.bytes, key)
-                        .map_err(|e| CliError::Internal(e.to_string()))?;
-                }
-                let share = emitted.bytes.len() as f64 / emitted.base_blob.len() as f64;
-                value["patch_size_bytes"] = json!(emitted.bytes.len());
-                value["patch"] = json!({
-                    "file": out.display().to_string(),
-                    "bytes": emitted.bytes.len(),
-                    "base_blob_bytes": emitted.base_blob.len(),
-                    "share_of_blob": share,
-                    "sequence": args.sequence,
-                    "layers": emitted.layers,
-                    "regions": emitted.regions,
-                });
-                Some((out, emitted.bytes))
-            }
-            None => None,
-        };
-        let onnx = match &args.onnx_out {
-            Some(out) => {
-                let shape = export::onnx::declared_input_shape(&args.model);
                 let bytes =
-                    export::to_onnx_bytes(&outcome.network, shape.as_deref()).map_err(|e| {
-                        CliError::Internal(format!("exporting the repaired network: {e}"))
-                    })?;
+                    layer_patch_output(emitted, out, args.sequence, signer.as_ref(), &mut value)?;
                 Some((out, bytes))
             }
             None => None,
         };
+        let onnx = onnx_output(&args, &outcome.network)?;
         for (path, bytes) in patch.iter().chain(&onnx) {
             report::write_output(path, bytes)?;
         }

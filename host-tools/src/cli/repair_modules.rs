@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::repair::Args;
+use super::repair::{Args, sign_if_asked};
 use super::{CliError, Outcome, report};
 use crate::model::Network;
 use crate::repair::RepairProperty;
@@ -115,10 +115,7 @@ pub(crate) fn run(
                 .collect();
             let mut emitted = crate::patch::modules::emit(net, m, args.sequence, &regions)
                 .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
-            if let Some(key) = signer {
-                crate::patch::sign::sign_patch(&mut emitted.bytes, key)
-                    .map_err(|e| CliError::Internal(e.to_string()))?;
-            }
+            sign_if_asked(&mut emitted.bytes, signer)?;
             value["patch_size_bytes"] = json!(emitted.bytes.len());
             value["patch"] = json!({
                 "file": out.display().to_string(),

@@ -4,14 +4,12 @@
 //! f32 rounding bound); otherwise exit 20 and write no model file. Outputs are written as
 //! by the VNN-LIB repair: the weight-delta patch (`--out`), ONNX (`--onnx-out`), report.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
 
-use super::repair::{Args, map_repair_error};
+use super::repair::{Args, check_output_dirs, layer_patch_output, map_repair_error, onnx_output};
 use super::{CliError, Outcome, report};
-use crate::export;
 use crate::model::Network;
 use crate::repair::points::{self, PointOptions};
 
@@ -32,15 +30,7 @@ pub fn run(
         .split_layer
         .resolve(net)
         .map_err(|e| CliError::BadInput(format!("--split-layer: {e}")))?;
-    for out in args.onnx_out.iter().chain(&args.out) {
-        let dir = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        if !dir.is_dir() {
-            return Err(CliError::file(out, "the directory does not exist"));
-        }
-    }
+    check_output_dirs(args)?;
     // The points that already hold are the fidelity inputs: their features are kept.
     let fidelity: Vec<Vec<f64>> = pts
         .iter()
@@ -92,37 +82,14 @@ pub fn run(
             Some(out) => {
                 // No verified regions: a point is a box of measure zero, so a run-time
                 // guard over it would select nothing.
-                let mut emitted = crate::patch::emit(net, &outcome.network, args.sequence, &[])
+                let emitted = crate::patch::emit(net, &outcome.network, args.sequence, &[])
                     .map_err(|e| CliError::Internal(format!("emitting the patch: {e}")))?;
-                if let Some(key) = signer {
-                    crate::patch::sign::sign_patch(&mut emitted.bytes, key)
-                        .map_err(|e| CliError::Internal(e.to_string()))?;
-                }
-                value["patch_size_bytes"] = json!(emitted.bytes.len());
-                value["patch"] = json!({
-                    "file": out.display().to_string(),
-                    "bytes": emitted.bytes.len(),
-                    "base_blob_bytes": emitted.base_blob.len(),
-                    "share_of_blob": emitted.bytes.len() as f64 / emitted.base_blob.len() as f64,
-                    "sequence": args.sequence,
-                    "layers": emitted.layers,
-                    "regions": emitted.regions,
-                });
-                Some((out, emitted.bytes))
-            }
-            None => None,
-        };
-        let onnx = match &args.onnx_out {
-            Some(out) => {
-                let shape = export::onnx::declared_input_shape(&args.model);
-                let bytes =
-                    export::to_onnx_bytes(&outcome.network, shape.as_deref()).map_err(|e| {
-                        CliError::Internal(format!("exporting the repaired network: {e}"))
-                    })?;
+                let bytes = layer_patch_output(emitted, out, args.sequence, signer, &mut value)?;
                 Some((out, bytes))
             }
             None => None,
         };
+        let onnx = onnx_output(args, &outcome.network)?;
         for (path, bytes) in patch.iter().chain(&onnx) {
             report::write_output(path, bytes)?;
         }

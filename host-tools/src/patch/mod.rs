@@ -133,23 +133,55 @@ pub fn is_patch(bytes: &[u8]) -> bool {
     bytes.starts_with(&prorepair_core::patch::PATCH_MAGIC)
 }
 
-/// A verified input box in f64, rounded INWARD to f32 (lower up, upper down), so the
-/// box a device's guard checks never claims an input that was not verified.
-fn inward_f32(lower: &[f64], upper: &[f64]) -> Option<(Vec<f32>, Vec<f32>)> {
-    let lo: Vec<f32> = lower
+/// `compile` of the base network a patch binds to (the blob whose hash it carries).
+pub(super) fn compile_base(base: &Network) -> Result<Vec<u8>, PatchError> {
+    compile(base).map_err(|source| PatchError::Compile {
+        what: "the base network",
+        source,
+    })
+}
+
+/// A region (lower, upper) must have one value per model input in each corner.
+pub(super) fn check_region_len(
+    lower: &[f64],
+    upper: &[f64],
+    input_len: usize,
+) -> Result<(), PatchError> {
+    if lower.len() != input_len || upper.len() != input_len {
+        return Err(PatchError::Mismatch(format!(
+            "a region has {} values, the model takes {}",
+            lower.len(),
+            input_len
+        )));
+    }
+    Ok(())
+}
+
+/// The corners of a verified f64 input box rounded INWARD to f32 (lower up, upper
+/// down), so the box a device's guard checks never claims an input that was not
+/// verified. The result may be empty (some lower above its upper); callers decide.
+pub(super) fn round_inward(lower: &[f64], upper: &[f64]) -> (Vec<f32>, Vec<f32>) {
+    let lo = lower
         .iter()
         .map(|&l| {
             let x = l as f32;
             if f64::from(x) < l { x.next_up() } else { x }
         })
         .collect();
-    let up: Vec<f32> = upper
+    let up = upper
         .iter()
         .map(|&u| {
             let x = u as f32;
             if f64::from(x) > u { x.next_down() } else { x }
         })
         .collect();
+    (lo, up)
+}
+
+/// A verified input box in f64, rounded inward to f32 ([`round_inward`]); `None` when
+/// the rounded box is empty or not finite.
+fn inward_f32(lower: &[f64], upper: &[f64]) -> Option<(Vec<f32>, Vec<f32>)> {
+    let (lo, up) = round_inward(lower, upper);
     let ok = lo
         .iter()
         .zip(&up)
@@ -181,10 +213,7 @@ pub fn emit(
     sequence: u32,
     regions: &[(Vec<f64>, Vec<f64>)],
 ) -> Result<EmittedPatch, PatchError> {
-    let base_blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let base_blob = compile_base(base)?;
     let repaired_blob = compile(repaired).map_err(|source| PatchError::Compile {
         what: "the repaired network",
         source,
@@ -197,13 +226,7 @@ pub fn emit(
     let mut flat = Vec::new();
     let mut count = 0;
     for (lo, up) in regions {
-        if lo.len() != ma.input_len() || up.len() != ma.input_len() {
-            return Err(PatchError::Mismatch(format!(
-                "a region has {} values, the model takes {}",
-                lo.len(),
-                ma.input_len()
-            )));
-        }
+        check_region_len(lo, up, ma.input_len())?;
         if let Some((l, u)) = inward_f32(lo, up) {
             flat.extend(l);
             flat.extend(u);
@@ -265,10 +288,7 @@ pub fn apply_to_blob<'a>(
 /// (f32, exact in f64) back into a copy of `base`. Layers the patch does not touch keep
 /// their f64 values, so `compile` of the result equals the patched blob.
 pub fn apply(base: &Network, patch_bytes: &[u8]) -> Result<Network, PatchError> {
-    let blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let blob = compile_base(base)?;
     let blob = AlignedBlob::new(&blob);
     let model = blob.model()?;
     let patch = Patch::from_bytes(patch_bytes)?;

@@ -11,7 +11,7 @@ use prorepair_core::patch::modules::encode::{self, IndicatorSpec, ModuleSpec};
 use prorepair_core::patch::modules::{IndicatorKind, ModulePatch, ModulesModel, patch_kind_word};
 
 use super::PatchError;
-use crate::compile::{AlignedBlob, compile};
+use crate::compile::AlignedBlob;
 use crate::export::onnx::{ExportError, OnnxModule, to_onnx_bytes_with_modules};
 use crate::model::{Dense, Network};
 use crate::repair::patchmodules::{Indicator, Module, PatchModules};
@@ -48,10 +48,7 @@ pub fn emit(
     sequence: u32,
     regions: &[(Vec<f64>, Vec<f64>)],
 ) -> Result<EmittedModules, PatchError> {
-    let base_blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let base_blob = super::compile_base(base)?;
     let blob = AlignedBlob::new(&base_blob);
     let model = blob.model()?;
     // Owned f32 data first; the specs borrow it.
@@ -104,28 +101,10 @@ pub fn emit(
     let mut flat = Vec::new();
     let mut count = 0;
     for (lo, up) in regions {
-        if lo.len() != model.input_len() || up.len() != model.input_len() {
-            return Err(PatchError::Mismatch(format!(
-                "a region has {} values, the model takes {}",
-                lo.len(),
-                model.input_len()
-            )));
-        }
+        super::check_region_len(lo, up, model.input_len())?;
         // Inward rounding: the guard never claims an input that was not verified.
-        let l: Vec<f32> = lo
-            .iter()
-            .map(|&v| {
-                let f = v as f32;
-                if f64::from(f) < v { f.next_up() } else { f }
-            })
-            .collect();
-        let u: Vec<f32> = up
-            .iter()
-            .map(|&v| {
-                let f = v as f32;
-                if f64::from(f) > v { f.next_down() } else { f }
-            })
-            .collect();
+        // (Unlike a layer patch's regions, infinite corners are kept here.)
+        let (l, u) = super::round_inward(lo, up);
         if l.iter().zip(&u).all(|(a, b)| a <= b) {
             flat.extend(l);
             flat.extend(u);
@@ -147,10 +126,7 @@ pub fn emit(
 
 /// Read a kind-2 patch for `base` (validated and bound by the core) into host form.
 pub fn read(base: &Network, bytes: &[u8]) -> Result<PatchModules, PatchError> {
-    let blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let blob = super::compile_base(base)?;
     let blob = AlignedBlob::new(&blob);
     let model = blob.model()?;
     let patch = ModulePatch::from_bytes(bytes)?;
@@ -204,10 +180,7 @@ pub fn eval_device(
     bytes: &[u8],
     inputs: &[Vec<f32>],
 ) -> Result<Vec<Vec<f32>>, PatchError> {
-    let blob = compile(base).map_err(|source| PatchError::Compile {
-        what: "the base network",
-        source,
-    })?;
+    let blob = super::compile_base(base)?;
     let blob = AlignedBlob::new(&blob);
     let model = blob.model()?;
     let patch = ModulePatch::from_bytes(bytes)?;
@@ -259,8 +232,7 @@ pub fn load_tract(
     patch: &[u8],
     patch_name: &str,
 ) -> Result<super::tract::PatchedTract, super::tract::TractPatchError> {
-    use super::tract::{PatchedTract, TractPatchError};
-    use tract_onnx::prelude::*;
+    use super::tract::TractPatchError;
     let base = crate::import::onnx::load(onnx_path)?;
     let modules = read(&base, patch).map_err(|source| TractPatchError::Patch {
         patch: patch_name.to_string(),
@@ -269,27 +241,5 @@ pub fn load_tract(
     let shape = crate::export::onnx::declared_input_shape(onnx_path);
     let bytes = to_onnx(&base, &modules, shape.as_deref())
         .map_err(|e| TractPatchError::Tract(format!("exporting the patched graph: {e}")))?;
-    let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
-        .and_then(|m| m.into_typed())
-        .map_err(fail)?;
-    let input = model.input_outlets().map_err(fail)?.first().copied();
-    let input = input.ok_or_else(|| TractPatchError::Tract("the model has no input".into()))?;
-    let input_shape = model
-        .outlet_fact(input)
-        .map_err(fail)?
-        .shape
-        .as_concrete()
-        .map(<[usize]>::to_vec)
-        .ok_or_else(|| TractPatchError::Tract("symbolic input shape".into()))?;
-    let plan = model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(fail)?;
-    Ok(PatchedTract {
-        plan,
-        input_shape,
-        network: base,
-    })
+    super::tract::runnable(&bytes, base)
 }

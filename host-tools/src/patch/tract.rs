@@ -77,9 +77,17 @@ pub fn load_patched(
     let shape = crate::export::onnx::declared_input_shape(onnx);
     let bytes = crate::export::to_onnx_bytes(&network, shape.as_deref())
         .map_err(|e| TractPatchError::Tract(format!("exporting the patched network: {e}")))?;
+    runnable(&bytes, network)
+}
+
+/// Hand the ONNX graph `bytes` of a patched model to tract: load, type, read the
+/// (concrete) input shape, optimise and make it runnable. `network` is the patched host
+/// network the graph was exported from.
+pub(super) fn runnable(bytes: &[u8], network: Network) -> Result<PatchedTract, TractPatchError> {
     let fail = |e: TractError| TractPatchError::Tract(format!("{e:#}"));
+    let mut reader = bytes;
     let model = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
+        .model_for_read(&mut reader)
         .and_then(|m| m.into_typed())
         .map_err(fail)?;
     let input = model.input_outlets().map_err(fail)?.first().copied();
