@@ -18,100 +18,13 @@
 use std::sync::OnceLock;
 
 use prorepair_core::guard::{Choice, Guard, Monitor};
-use prorepair_core::ota::{self, Area, BootSource, Slot, Storage};
+use prorepair_core::ota::sim::SimFlash;
+use prorepair_core::ota::{self, Area, BootSource, Slot};
 use prorepair_core::{Error, Model, Patch};
 use prorepair_host::compile::AlignedBlob;
 use prorepair_host::patch::sign;
 
-/// A NOR flash: erase sets 0xFF, a write can only clear bits. Fails (power loss) at
-/// erase/write step `fail_at`: that step is torn (half done), then every access fails
-/// until `reboot`.
-#[derive(Clone)]
-struct SimFlash {
-    areas: [Vec<u8>; 4],
-    steps: usize,
-    fail_at: Option<usize>,
-    dead: bool,
-}
-
 const SLOT: usize = 32 * 1024;
-
-impl SimFlash {
-    fn new() -> Self {
-        SimFlash {
-            areas: [
-                vec![0xFF; SLOT],
-                vec![0xFF; SLOT],
-                vec![0xFF; ota::RECORD_SIZE],
-                vec![0xFF; ota::RECORD_SIZE],
-            ],
-            steps: 0,
-            fail_at: None,
-            dead: false,
-        }
-    }
-
-    fn reboot(&mut self) {
-        self.dead = false;
-        self.fail_at = None;
-    }
-
-    /// Count a step; `Some(true)` when this step is the one that fails.
-    fn step(&mut self) -> Result<bool, Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        let k = self.steps;
-        self.steps += 1;
-        Ok(self.fail_at == Some(k))
-    }
-}
-
-impl Storage for SimFlash {
-    fn slot_capacity(&self) -> usize {
-        SLOT
-    }
-
-    fn read(&mut self, area: Area, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        let src = self.areas[area as usize]
-            .get(offset..offset + buf.len())
-            .ok_or(Error::StorageFailure)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn erase(&mut self, area: Area) -> Result<(), Error> {
-        let torn = self.step()?;
-        let a = &mut self.areas[area as usize];
-        let n = if torn { a.len() / 2 } else { a.len() };
-        a[..n].fill(0xFF);
-        if torn {
-            self.dead = true;
-            return Err(Error::StorageFailure);
-        }
-        Ok(())
-    }
-
-    fn write(&mut self, area: Area, offset: usize, data: &[u8]) -> Result<(), Error> {
-        let torn = self.step()?;
-        let a = &mut self.areas[area as usize];
-        let dst = a
-            .get_mut(offset..offset + data.len())
-            .ok_or(Error::StorageFailure)?;
-        let n = if torn { data.len() / 2 } else { data.len() };
-        for (d, s) in dst.iter_mut().zip(data).take(n) {
-            *d &= *s;
-        }
-        if torn {
-            self.dead = true;
-            return Err(Error::StorageFailure);
-        }
-        Ok(())
-    }
-}
 
 struct Fixture {
     blob: AlignedBlob,
@@ -242,7 +155,7 @@ fn bits(rows: &[[f32; 5]]) -> Vec<[u32; 5]> {
 
 /// A flash running signed patch 1, with that model's outputs.
 fn running_v1(f: &Fixture) -> SimFlash {
-    let mut flash = SimFlash::new();
+    let mut flash = SimFlash::new(SLOT);
     let base = f.blob.model().unwrap();
     ota::install(&mut flash, &base, Some(&f.public), &f.signed[0]).unwrap();
     flash
@@ -252,7 +165,7 @@ fn running_v1(f: &Fixture) -> SimFlash {
 fn signed_patch_installs_boots_and_survives_a_second_update() {
     let f = fixture_or_skip!();
     let base = f.blob.model().unwrap();
-    let mut flash = SimFlash::new();
+    let mut flash = SimFlash::new(SLOT);
     // An empty flash boots the base model.
     let (seq, source, out) = boot_outputs(f, &mut flash, &f.public);
     assert_eq!((seq, source), (0, BootSource::Base));
@@ -277,7 +190,7 @@ fn signed_patch_installs_boots_and_survives_a_second_update() {
     assert_ne!(bits(&out), bits(&expected(f, Some(&f.signed[0]))));
 
     // Slot B damaged after the commit (bit rot): boot falls back to slot A, verified.
-    flash.areas[Area::SlotB as usize][200] ^= 0x10;
+    flash.area_mut(Area::SlotB)[200] ^= 0x10;
     let (seq, source, out) = boot_outputs(f, &mut flash, &f.public);
     assert_eq!((seq, source), (1, BootSource::FallbackSlot(Slot::A)));
     assert_eq!(bits(&out), bits(&expected(f, Some(&f.signed[0]))));
@@ -290,9 +203,9 @@ fn signed_patch_installs_boots_and_survives_a_second_update() {
 /// byte-identical, and the device must still boot patch 1 with identical outputs.
 fn assert_refused(f: &Fixture, flash: &mut SimFlash, bytes: &[u8]) -> Error {
     let base = f.blob.model().unwrap();
-    let before = flash.areas.clone();
+    let before = flash.areas().clone();
     let err = ota::install(flash, &base, Some(&f.public), bytes).expect_err("accepted");
-    assert!(flash.areas == before, "a refused patch changed storage");
+    assert!(flash.areas() == &before, "a refused patch changed storage");
     err
 }
 
@@ -358,7 +271,7 @@ fn every_byte_change_and_truncation_of_a_signed_patch_is_refused() {
 fn another_model_older_sequence_wrong_key_and_unsigned_are_refused() {
     let f = fixture_or_skip!();
     let base = f.blob.model().unwrap();
-    let mut flash = SimFlash::new();
+    let mut flash = SimFlash::new(SLOT);
     ota::install(&mut flash, &base, Some(&f.public), &f.signed[1]).unwrap();
     let v2 = expected(f, Some(&f.signed[1]));
     let wrong_key = sign::generate().unwrap();
@@ -409,10 +322,9 @@ fn another_model_older_sequence_wrong_key_and_unsigned_are_refused() {
 /// Steps (erases + writes) of a clean install of `bytes` on `flash`.
 fn count_steps(f: &Fixture, flash: &SimFlash, bytes: &[u8]) -> usize {
     let mut probe = flash.clone();
-    probe.steps = 0;
     let base = f.blob.model().unwrap();
     ota::install(&mut probe, &base, Some(&f.public), bytes).unwrap();
-    probe.steps
+    probe.steps() - flash.steps()
 }
 
 fn power_fail_everywhere(f: &Fixture, start: &SimFlash, new: &[u8], old_seq: u32) {
@@ -428,8 +340,7 @@ fn power_fail_everywhere(f: &Fixture, start: &SimFlash, new: &[u8], old_seq: u32
     let (mut saw_old, mut saw_new) = (0, 0);
     for k in 0..=steps {
         let mut flash = start.clone();
-        flash.steps = 0;
-        flash.fail_at = Some(k);
+        flash.fail_after(k);
         let result = ota::install(&mut flash, &base, Some(&f.public), new);
         assert_eq!(result.is_ok(), k == steps, "step {k}");
         flash.reboot();
@@ -465,7 +376,7 @@ fn power_fail_everywhere(f: &Fixture, start: &SimFlash, new: &[u8], old_seq: u32
 fn power_fail_at_every_write_step_boots_the_old_or_the_new_model() {
     let f = fixture_or_skip!();
     // First update on an empty flash (old = base), then an update over patch 1.
-    power_fail_everywhere(f, &SimFlash::new(), &f.signed[1], 0);
+    power_fail_everywhere(f, &SimFlash::new(SLOT), &f.signed[1], 0);
     power_fail_everywhere(f, &running_v1(f), &f.signed[1], 1);
     // And a third over the second (slot B to A, record B to A).
     let mut two = running_v1(f);

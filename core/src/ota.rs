@@ -37,6 +37,9 @@
 //!
 //! No allocation, no panics: every storage access is bounds-checked by the storage.
 
+#[cfg(feature = "std")]
+pub mod sim;
+
 use crate::Error;
 use crate::format::{CRC32, read_u16, read_u32};
 use crate::model::Model;

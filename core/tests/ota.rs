@@ -9,82 +9,12 @@ mod common;
 use common::{Aligned, encode};
 use prorepair_core::format::encode::LayerSpec;
 use prorepair_core::guard::{Choice, Guard, Monitor};
-use prorepair_core::ota::{self, Area, BootSource, Storage};
+use prorepair_core::ota::sim::SimFlash;
+use prorepair_core::ota::{self, BootSource};
 use prorepair_core::patch::encode::{PatchWriter, seal_ed25519};
 use prorepair_core::{Error, Model, Patch};
 
 const SLOT: usize = 2048;
-
-#[derive(Clone)]
-struct Flash {
-    areas: [Vec<u8>; 4],
-    steps: usize,
-    fail_at: Option<usize>,
-    dead: bool,
-}
-
-impl Flash {
-    fn new() -> Self {
-        Flash {
-            areas: [
-                vec![0xFF; SLOT],
-                vec![0xFF; SLOT],
-                vec![0xFF; ota::RECORD_SIZE],
-                vec![0xFF; ota::RECORD_SIZE],
-            ],
-            steps: 0,
-            fail_at: None,
-            dead: false,
-        }
-    }
-
-    fn torn_now(&mut self) -> Result<bool, Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        self.steps += 1;
-        Ok(self.fail_at == Some(self.steps - 1))
-    }
-}
-
-impl Storage for Flash {
-    fn slot_capacity(&self) -> usize {
-        SLOT
-    }
-    fn read(&mut self, area: Area, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        buf.copy_from_slice(&self.areas[area as usize][offset..offset + buf.len()]);
-        Ok(())
-    }
-    fn erase(&mut self, area: Area) -> Result<(), Error> {
-        let torn = self.torn_now()?;
-        let a = &mut self.areas[area as usize];
-        let n = if torn { a.len() / 2 } else { a.len() };
-        a[..n].fill(0xFF);
-        if torn {
-            self.dead = true;
-            return Err(Error::StorageFailure);
-        }
-        Ok(())
-    }
-    fn write(&mut self, area: Area, offset: usize, data: &[u8]) -> Result<(), Error> {
-        let torn = self.torn_now()?;
-        let n = if torn { data.len() / 2 } else { data.len() };
-        for (d, s) in self.areas[area as usize][offset..]
-            .iter_mut()
-            .zip(&data[..n])
-        {
-            *d &= *s;
-        }
-        if torn {
-            self.dead = true;
-            return Err(Error::StorageFailure);
-        }
-        Ok(())
-    }
-}
 
 /// Dense 3->16, ReLU, Dense 16->3, the last bias shifted by `shift`.
 fn blob(shift: f32) -> Aligned {
@@ -140,7 +70,7 @@ fn outputs(m: &Model<'_>) -> Vec<u32> {
     all
 }
 
-fn boot(flash: &mut Flash, base: &Model<'_>, key: &[u8; 32]) -> (u32, BootSource, Vec<u32>) {
+fn boot(flash: &mut SimFlash, base: &Model<'_>, key: &[u8; 32]) -> (u32, BootSource, Vec<u32>) {
     let mut buf = vec![0u8; SLOT];
     let mut ram = vec![0.0f32; 1024];
     let b = ota::boot(flash, base, Some(key), &mut buf, &mut ram);
@@ -166,7 +96,7 @@ fn tampering_and_power_loss_on_a_small_model() {
         Some(prorepair_core::patch::key_id(&key))
     );
 
-    let mut flash = Flash::new();
+    let mut flash = SimFlash::new(SLOT);
     ota::install(&mut flash, &base, Some(&key), &p1).unwrap();
     let v1 = with(&base, &p1);
     assert_eq!(
@@ -175,7 +105,7 @@ fn tampering_and_power_loss_on_a_small_model() {
     );
 
     // Every bit flip and truncation of p2 refused; storage untouched.
-    let before = flash.areas.clone();
+    let before = flash.areas().clone();
     for i in 0..p2.len() {
         for bit in 0..8 {
             let mut bad = p2.clone();
@@ -211,21 +141,20 @@ fn tampering_and_power_loss_on_a_small_model() {
         ota::install(&mut flash, &base, Some(&key), &p1),
         Err(Error::StalePatch)
     );
-    assert!(flash.areas == before);
+    assert!(flash.areas() == &before);
     assert_eq!(boot(&mut flash, &base, &key).2, v1);
 
     // Power loss at every step of installing p2 over p1.
     let v2 = with(&base, &p2);
     let mut probe = flash.clone();
     ota::install(&mut probe, &base, Some(&key), &p2).unwrap();
-    let steps = probe.steps - flash.steps;
+    let steps = probe.steps() - flash.steps();
     for k in 0..=steps {
         let mut f = flash.clone();
-        f.fail_at = Some(f.steps + k);
+        f.fail_after(k);
         let ok = ota::install(&mut f, &base, Some(&key), &p2).is_ok();
         assert_eq!(ok, k == steps);
-        f.dead = false;
-        f.fail_at = None;
+        f.reboot();
         let (seq, _, out) = boot(&mut f, &base, &key);
         match seq {
             1 => assert_eq!(out, v1, "step {k}"),

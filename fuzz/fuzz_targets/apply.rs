@@ -12,7 +12,8 @@ mod common;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use prorepair_core::ota::{self, Area, Storage};
+use prorepair_core::ota::sim::SimFlash;
+use prorepair_core::ota::{self, Area};
 use prorepair_core::{Error, Model, Patch};
 
 const SLOT: usize = 1024;
@@ -47,67 +48,6 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-#[derive(Clone)]
-struct Flash {
-    areas: [Vec<u8>; 4],
-    steps: usize,
-    fail_at: Option<usize>,
-    dead: bool,
-}
-
-impl Storage for Flash {
-    fn slot_capacity(&self) -> usize {
-        SLOT
-    }
-    fn read(&mut self, area: Area, offset: usize, buf: &mut [u8]) -> Result<(), Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        let a = &self.areas[area as usize];
-        let src = a
-            .get(offset..offset.checked_add(buf.len()).ok_or(Error::StorageFailure)?)
-            .ok_or(Error::StorageFailure)?;
-        buf.copy_from_slice(src);
-        Ok(())
-    }
-    fn erase(&mut self, area: Area) -> Result<(), Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        let torn = self.fail_at == Some(self.steps);
-        self.steps += 1;
-        let a = &mut self.areas[area as usize];
-        let n = if torn { a.len() / 2 } else { a.len() };
-        a[..n].fill(0xFF);
-        if torn {
-            self.dead = true;
-            return Err(Error::StorageFailure);
-        }
-        Ok(())
-    }
-    fn write(&mut self, area: Area, offset: usize, data: &[u8]) -> Result<(), Error> {
-        if self.dead {
-            return Err(Error::StorageFailure);
-        }
-        let torn = self.fail_at == Some(self.steps);
-        self.steps += 1;
-        let a = &mut self.areas[area as usize];
-        let end = offset
-            .checked_add(data.len())
-            .ok_or(Error::StorageFailure)?;
-        let dst = a.get_mut(offset..end).ok_or(Error::StorageFailure)?;
-        let n = if torn { data.len() / 2 } else { data.len() };
-        for (d, s) in dst.iter_mut().zip(data).take(n) {
-            *d &= *s;
-        }
-        if torn {
-            self.dead = true;
-            return Err(Error::StorageFailure);
-        }
-        Ok(())
-    }
-}
-
 fn outputs(model: &Model<'_>) -> Vec<u32> {
     let mut arena = vec![0.0f32; model.required_arena_len()];
     let mut all = Vec::new();
@@ -132,17 +72,7 @@ fn expected(f: &Fixture, seq: u32) -> Vec<u32> {
 fuzz_target!(|data: &[u8]| {
     let f = fixture();
     let base = Model::from_bytes(f.base.bytes()).unwrap();
-    let mut flash = Flash {
-        areas: [
-            vec![0xFF; SLOT],
-            vec![0xFF; SLOT],
-            vec![0xFF; ota::RECORD_SIZE],
-            vec![0xFF; ota::RECORD_SIZE],
-        ],
-        steps: 0,
-        fail_at: None,
-        dead: false,
-    };
+    let mut flash = SimFlash::new(SLOT);
     let mut committed = 0u32;
     let mut rotted = false;
     let mut counter = 0u32;
@@ -151,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
         match op[0] % 6 {
             0 => {
                 let k = a % f.signed.len();
-                let before = flash.areas.clone();
+                let before = flash.areas().clone();
                 match ota::install(&mut flash, &base, Some(&f.key), &f.signed[k]) {
                     Ok(r) => {
                         assert_eq!(r.counter, k as u32 + 1);
@@ -161,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
                         committed = r.counter;
                     }
                     Err(Error::StorageFailure | Error::WriteVerifyFailed) => {}
-                    Err(Error::StalePatch) => assert!(flash.areas == before),
+                    Err(Error::StalePatch) => assert!(flash.areas() == &before),
                     Err(e) => panic!("a signed patch refused: {e}"),
                 }
             }
@@ -170,14 +100,13 @@ fuzz_target!(|data: &[u8]| {
                 let mut bad = f.signed[k].clone();
                 let at = (a * 256 + b) % bad.len();
                 bad[at] ^= (b as u8) | 1;
-                let before = flash.areas.clone();
+                let before = flash.areas().clone();
                 assert!(ota::install(&mut flash, &base, Some(&f.key), &bad).is_err());
-                assert!(flash.areas == before, "a refused patch touched storage");
+                assert!(flash.areas() == &before, "a refused patch touched storage");
             }
-            2 => flash.fail_at = Some(flash.steps + a % 16),
+            2 => flash.fail_after(a % 16),
             3 => {
-                flash.dead = false;
-                flash.fail_at = None;
+                flash.reboot();
                 let mut buf = vec![0u8; SLOT];
                 let mut ram = vec![0.0f32; 256];
                 let booted = ota::boot(&mut flash, &base, Some(&f.key), &mut buf, &mut ram);
@@ -190,16 +119,17 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             4 => {
-                let area = a % 4;
-                let len = flash.areas[area].len();
-                flash.areas[area][b * 7 % len] ^= 1 << (a % 8);
+                let area = [Area::SlotA, Area::SlotB, Area::RecordA, Area::RecordB][a % 4];
+                let bytes = flash.area_mut(area);
+                let len = bytes.len();
+                bytes[b * 7 % len] ^= 1 << (a % 8);
                 rotted = true;
             }
             _ => {
-                let before = flash.areas.clone();
+                let before = flash.areas().clone();
                 let r = ota::install(&mut flash, &base, Some(&f.key), &f.unsigned);
                 assert!(r.is_err());
-                assert!(flash.areas == before);
+                assert!(flash.areas() == &before);
             }
         }
     }
