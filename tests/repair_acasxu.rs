@@ -99,12 +99,14 @@ fn repair_prop2(a: u32, b: u32, complete_check: bool) {
     if !complete_check {
         assert_eq!(out.partition.len(), out.subproperties);
         assert!(
-            out.partition.iter().all(|r| repair::leaf_holds(
-                &out.network,
-                case,
-                &r.lower,
-                &r.upper
-            )),
+            out.partition
+                .iter()
+                .all(|r| prorepair_host::verify::leaf_holds(
+                    &out.network,
+                    case,
+                    &r.lower,
+                    &r.upper
+                )),
             "N{a},{b}: a sub-box fails the leaf test"
         );
     }

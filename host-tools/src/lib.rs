@@ -20,3 +20,9 @@ pub mod testing;
 pub mod verify;
 
 pub use model::{Layer, Network};
+
+/// Diagnostics of the long-running algorithms (branch and bound, the repair loops) go to
+/// stderr when the environment variable `PROREPAIR_TRACE` is set.
+pub(crate) fn trace_enabled() -> bool {
+    std::env::var_os("PROREPAIR_TRACE").is_some()
+}

@@ -37,7 +37,7 @@
 //!    of sub-properties reaches a threshold (100, then doubling) and few are open, the
 //!    complete checker runs on the open sub-boxes only.
 //! 6. Final answer: in the margin-driven phase, `verify`'s own verdict on the whole
-//!    property for the final network. Otherwise, for every repaired property, `verify`'s leaf test ([`leaf_holds`],
+//!    property for the final network. Otherwise, for every repaired property, `verify`'s leaf test ([`verify::leaf_holds`],
 //!    the same CROWN bound, f32 rounding bound and slack that branch and bound applies to
 //!    a leaf) on every sub-box of the final partition, which covers each case box
 //!    exactly; for guards, the complete checker on the whole property.
@@ -669,10 +669,6 @@ impl Loop<'_> {
     }
 }
 
-/// The per-leaf test of `verify`'s branch and bound, which the region-wise loop's final
-/// verdict runs on every sub-box of its partition: one rule for "this box holds".
-pub use crate::verify::leaf_holds;
-
 /// Seeded uniform points of a box.
 fn sample_box(lower: &[f64], upper: &[f64], n: usize, seed: u64) -> Vec<Vec<f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -695,7 +691,7 @@ pub fn repair(
 ) -> Result<RepairOutcome, RepairError> {
     let start = Instant::now();
     // Progress on stderr for tuning, with PROREPAIR_TRACE set.
-    let trace = std::env::var_os("PROREPAIR_TRACE").is_some();
+    let trace = crate::trace_enabled();
     let deadline = start + options.timeout;
     let remaining = || deadline.saturating_duration_since(Instant::now());
     let split = options.split_layer.resolve(net)?;
@@ -1049,7 +1045,9 @@ pub fn repair(
                         state.proven.iter().filter(|s| s.property == ri).collect();
                     let failed: Vec<bool> = leaves
                         .par_iter()
-                        .map(|s| !leaf_holds(&current, &p.cases[s.case], &s.lower, &s.upper))
+                        .map(|s| {
+                            !verify::leaf_holds(&current, &p.cases[s.case], &s.lower, &s.upper)
+                        })
                         .collect();
                     if failed.iter().any(|&f| f) {
                         Verdict::Unknown {

@@ -670,6 +670,14 @@ pub fn repair_modules(
     cases: &[(String, Case)],
     options: &ModuleOptions,
 ) -> Result<ModulesRepair, RepairError> {
+    // The device format holds modules of 1..=MAX_MODULE_LAYERS affine layers, none empty.
+    let max_hidden = prorepair_core::patch::modules::MAX_MODULE_LAYERS - 1;
+    if options.hidden.contains(&0) || options.hidden.len() > max_hidden {
+        return Err(RepairError::Unsupported(format!(
+            "module hidden widths {:?}: each must be at least 1, and at most {max_hidden} hidden layers",
+            options.hidden
+        )));
+    }
     let start = Instant::now();
     let deadline = start + options.timeout;
     let n = base.input_dim();
@@ -757,7 +765,7 @@ fn repair_case(
     options: &ModuleOptions,
     deadline: Instant,
 ) -> Result<(Module, ModuleOutcome), RepairError> {
-    let trace = std::env::var_os("PROREPAIR_TRACE").is_some();
+    let trace = crate::trace_enabled();
     let dev = Device::Cpu;
     let n = domain.len();
     let rows: Vec<Vec<f64>> = case

@@ -14,7 +14,7 @@
 //!
 //! **What "holds" means for a point.** A point's proof is the forward pass of the
 //! repaired network in f64 with a margin above the f32 rounding bound: exactly verify's
-//! leaf rule ([`super::leaf_holds`]) on the degenerate box `[x, x]`, where CROWN is the
+//! leaf rule ([`crate::verify::leaf_holds`]) on the degenerate box `[x, x]`, where CROWN is the
 //! forward pass and the rounding bound is the one branch and bound demands. So a point
 //! that holds is classified as required on the device's f32 arithmetic too.
 
@@ -73,8 +73,9 @@ impl Point {
 /// Whether `net` provably classifies the point as required (see the module docs): every
 /// `y_label - y_j`, computed in f64, exceeds verify's required margin for that row under
 /// the f32 rounding bound at `x` ([`crate::verify::bab::required_margin`]), plus a
-/// relative f64 slack. This is verify's leaf rule on the box `[x, x]`, computed without
-/// CROWN (whose sigmoid relaxation has no slope on a zero-width interval).
+/// relative f64 slack. This is verify's leaf rule on the box `[x, x]` with the exact
+/// forward pass in place of CROWN and the whole-network rounding bound (not the per-row
+/// one `verify::leaf_holds` uses, which is tighter; see the issue notes).
 pub fn point_holds(net: &Network, p: &Point) -> bool {
     point_margin(net, p) > 0.0
 }
@@ -306,7 +307,7 @@ pub fn repair_points(
     options: &PointOptions,
 ) -> Result<PointOutcome, RepairError> {
     let start = Instant::now();
-    let trace = std::env::var_os("PROREPAIR_TRACE").is_some();
+    let trace = crate::trace_enabled();
     check_points(points, net, "points").map_err(|problem| RepairError::Property {
         property: "points".into(),
         problem,

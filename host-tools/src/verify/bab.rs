@@ -560,7 +560,7 @@ struct Trace {
 
 impl Trace {
     fn from_env(n: usize, branches0: u64) -> Option<Self> {
-        std::env::var_os("PROREPAIR_TRACE").map(|_| Self {
+        crate::trace_enabled().then(|| Self {
             start: Instant::now(),
             branches0,
             split_dims: vec![0; n],
