@@ -60,3 +60,28 @@ fn repair_with_patch_modules_then_apply() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("bad.prpt"), "{}", stderr(&out));
 }
+
+#[test]
+fn module_widths_the_device_format_cannot_hold_are_refused() {
+    let model = require_data!(&testing::acasxu_onnx(2, 1));
+    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let dir = scratch("cli_patch_modules", "widths");
+    let patch = dir.join("p.prpt");
+    for widths in ["0", "8,0", "8,8,8,8"] {
+        let out = host(&[
+            "repair",
+            s(&model),
+            "--spec",
+            s(&spec),
+            "--strategy",
+            "patch-modules",
+            "--module-hidden",
+            widths,
+            "--out",
+            s(&patch),
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{widths}: {}", stderr(&out));
+        assert!(stderr(&out).contains("hidden"), "{}", stderr(&out));
+        assert!(!patch.exists(), "{widths}: a patch was written");
+    }
+}

@@ -144,3 +144,23 @@ fn successful_repair_exits_0_and_writes_a_loadable_onnx() {
         stderr(&out)
     );
 }
+
+#[test]
+fn sequence_zero_is_a_usage_error() {
+    let model = require_data!(&testing::acasxu_onnx(2, 1));
+    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let patch = tmp("seq0.prpt");
+    let out = run(&[
+        "repair".as_ref(),
+        model.as_os_str(),
+        "--spec".as_ref(),
+        spec.as_os_str(),
+        "--out".as_ref(),
+        patch.as_os_str(),
+        "--sequence".as_ref(),
+        "0".as_ref(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--sequence"), "{}", stderr(&out));
+    assert!(!patch.exists());
+}

@@ -227,4 +227,46 @@ mod tests {
         assert!(read_public(&path).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn malformed_key_files_are_refused_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("prorepair-badkey-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let hex64 = "ab".repeat(32);
+        let cases = [
+            ("empty", String::new(), "not a key file"),
+            ("garbage", "\u{0}\u{1}binary".to_string(), "not a key file"),
+            (
+                "no key line",
+                format!("{SECRET_HEADER}\n"),
+                "missing the key line",
+            ),
+            ("short", format!("{SECRET_HEADER}\nabcd\n"), "64 hex digits"),
+            (
+                "not hex",
+                format!("{SECRET_HEADER}\n{}\n", "zz".repeat(32)),
+                "64 hex digits",
+            ),
+            (
+                "non-ASCII",
+                format!("{SECRET_HEADER}\n{}é\n", &hex64[..62]),
+                "64 hex digits",
+            ),
+            (
+                "trailing",
+                format!("{SECRET_HEADER}\n{hex64}\nmore\n"),
+                "trailing lines",
+            ),
+        ];
+        for (name, text, why) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            let err = read_secret(&path).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(name), "{name}: {err}");
+        }
+        let missing = read_secret(&dir.join("missing")).unwrap_err().to_string();
+        assert!(missing.contains("cannot read"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

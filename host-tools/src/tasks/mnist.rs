@@ -48,7 +48,13 @@ pub fn read_idx_images(path: &Path) -> Result<Vec<Vec<f64>>, String> {
         be32(&b, 12) as usize,
     );
     let size = rows * cols;
-    if b.len() != 16 + n * size {
+    // Checked: the counts come from the file, and a huge header must be an error, not
+    // an overflow.
+    let expected = n.checked_mul(size).and_then(|p| p.checked_add(16));
+    if size == 0 {
+        return Err(bad(&format!("images of {rows}x{cols} pixels")));
+    }
+    if Some(b.len()) != expected {
         return Err(bad(&format!(
             "{} bytes of pixels, the header says {n} images of {rows}x{cols}",
             b.len() - 16
@@ -180,6 +186,14 @@ mod tests {
         .unwrap();
         let e = read_idx_images(&p).unwrap_err();
         assert!(e.contains("bad.idx") && e.contains("2 images"), "{e}");
+        // Counts whose product overflows, and empty images: errors, not panics.
+        let mut huge = vec![0u8, 0, 8, 3, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        huge.extend([0xFF, 0xFF, 0xFF, 0xFF, 1, 2]);
+        std::fs::write(&p, &huge).unwrap();
+        assert!(read_idx_images(&p).unwrap_err().contains("bad.idx"));
+        std::fs::write(&p, [0u8, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 28]).unwrap();
+        let e = read_idx_images(&p).unwrap_err();
+        assert!(e.contains("0x28"), "{e}");
         let c = dir.join("bad.csv");
         std::fs::write(&c, "1,2,3\n1,x,3\n").unwrap();
         let e = read_csv_255(&c).unwrap_err();
