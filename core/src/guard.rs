@@ -2,6 +2,12 @@
 //! region the patch's proof covers, optionally monitors the outputs against a
 //! property's unsafe set and then answers a configured fallback advisory, and counts.
 //!
+//! "Inside" depends on the patch kind: a weight-delta patch covers its verified regions;
+//! a patch-modules patch covers the inputs inside a box indicator and a verified region
+//! ([`crate::patch::modules::ModulePatch::covers`]). Outside, nothing is claimed: the
+//! input is flagged (and, for patch modules, the base model's output runs unchanged
+//! unless a label indicator fires).
+//!
 //! The output monitor holds the unsafe set of a property the way VNN-LIB states it: a
 //! conjunction of linear rows `c . y <= d` over the outputs `y` (each row stored as
 //! `output_len` coefficients then `d`). The monitor trips when every row holds (the
@@ -11,6 +17,7 @@
 
 use crate::Error;
 use crate::model::Model;
+use crate::ota::{Booted, Running};
 use crate::patch::Patch;
 
 /// Most monitor rows (a property's unsafe set needs a handful).
@@ -101,8 +108,7 @@ pub struct Decision {
 /// A model with its verified regions, an optional output monitor and counters.
 #[derive(Debug, Clone, Copy)]
 pub struct Guard<'a> {
-    model: Model<'a>,
-    patch: Option<Patch<'a>>,
+    model: Running<'a>,
     monitor: Option<Monitor<'a>>,
     choice: Choice,
     counters: Counters,
@@ -119,25 +125,48 @@ impl<'a> Guard<'a> {
         monitor: Option<Monitor<'a>>,
         choice: Choice,
     ) -> Result<Self, Error> {
-        if let Some(p) = &patch {
-            if p.sequence() != model.patch_sequence() {
-                return Err(Error::StalePatch);
+        let running = match patch {
+            Some(p) => {
+                if p.sequence() != model.patch_sequence() {
+                    return Err(Error::StalePatch);
+                }
+                p.check_binding(&model.base())?;
+                Running::WeightDelta(model, p)
             }
-            p.check_binding(&model.base())?;
-        }
+            None => Running::Plain(model),
+        };
+        Self::for_running(running, monitor, choice)
+    }
+
+    /// Guard a model of either patch kind (e.g. [`Booted::model`]); its patch (if any)
+    /// gives the verified regions. A [`Running`] is built only from checked parts, so
+    /// only the monitor's output length is checked here.
+    pub fn for_running(
+        model: Running<'a>,
+        monitor: Option<Monitor<'a>>,
+        choice: Choice,
+    ) -> Result<Self, Error> {
         if monitor.is_some_and(|m| m.output_len != model.output_len()) {
             return Err(Error::BadMonitor);
         }
         Ok(Guard {
             model,
-            patch,
             monitor,
             choice,
             counters: Counters::default(),
         })
     }
 
-    /// Run one input: evaluate into `output` (see [`Model::evaluate`] for the argument
+    /// Guard what [`crate::ota::boot`] booted.
+    pub fn for_booted(
+        booted: &Booted<'a>,
+        monitor: Option<Monitor<'a>>,
+        choice: Choice,
+    ) -> Result<Self, Error> {
+        Self::for_running(booted.model, monitor, choice)
+    }
+
+    /// Run one input: evaluate into `output` (see [`Running::evaluate`] for the argument
     /// checks, the only errors), check the regions and the monitor, count, decide.
     pub fn run(
         &mut self,
@@ -161,7 +190,7 @@ impl<'a> Guard<'a> {
     }
 
     fn decide(&mut self, input: &[f32], output: &[f32]) -> Decision {
-        let inside = self.patch.is_some_and(|p| p.covers(input));
+        let inside = self.model.covers(input);
         let counter = if inside {
             &mut self.counters.inside
         } else {
@@ -189,7 +218,7 @@ impl<'a> Guard<'a> {
     }
 
     /// The guarded model.
-    pub fn model(&self) -> &Model<'a> {
+    pub fn model(&self) -> &Running<'a> {
         &self.model
     }
 }

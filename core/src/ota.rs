@@ -17,9 +17,15 @@
 //!  28  crc32       u32, CRC-32 (ISO-HDLC) of bytes 0..28
 //! ```
 //!
+//! Both patch kinds install and boot the same way ([`AnyPatch`]): a weight-delta patch
+//! (kind 1) runs as a patched [`Model`], a patch-modules patch (kind 2) as a
+//! [`ModulesModel`] over the untouched base; [`Running`] is either, and after a boot its
+//! evaluation fails only on wrong argument lengths (every patch check, and the copy of
+//! the patched parameters or module weights into caller RAM, happen in [`boot`]).
+//!
 //! [`install`] verifies the incoming patch completely (CRC, structure, signature under
-//! the device key, base-model SHA-256, layers and shapes, sequence above the stored
-//! counter, slot size) before it touches storage. It then writes the slot that the
+//! the device key, base-model SHA-256, layers and shapes or module widths and labels,
+//! sequence above the stored counter, slot size) before it touches storage. It then writes the slot that the
 //! newest record does NOT use, reads it back, and only then writes the new record over
 //! the OLDER record copy. Until that last write completes, the newest valid record is
 //! still the old one, pointing at an untouched slot; once it completes (its CRC holds)
@@ -42,8 +48,10 @@ pub mod sim;
 
 use crate::Error;
 use crate::format::{CRC32, read_u16, read_u32};
-use crate::model::Model;
-use crate::patch::{PUBLIC_KEY_SIZE, Patch};
+use crate::kernels::{self, Kernels};
+use crate::model::{Model, f32_arena};
+use crate::patch::modules::{MODULES_KIND, ModulePatch, ModulesModel, patch_kind_word};
+use crate::patch::{PUBLIC_KEY_SIZE, Patch, PatchKind};
 
 /// Size of one commit record copy in bytes.
 pub const RECORD_SIZE: usize = 32;
@@ -242,17 +250,230 @@ impl Records {
     }
 }
 
+/// A structurally valid patch of either kind, borrowed from its bytes.
+#[derive(Debug, Clone, Copy)]
+pub enum AnyPatch<'p> {
+    /// Kind 1: new values for some layers' parameters.
+    WeightDelta(Patch<'p>),
+    /// Kind 2: indicators and patch modules added to the base model's outputs.
+    Modules(ModulePatch<'p>),
+}
+
+impl<'p> AnyPatch<'p> {
+    /// Validate `bytes` completely as the kind its header names. The kind word is only
+    /// a dispatch hint here: each parser checks the CRC (which covers it) before it
+    /// trusts it, and anything that is not kind 2 gets kind 1's errors.
+    pub fn from_bytes(bytes: &'p [u8]) -> Result<Self, Error> {
+        match patch_kind_word(bytes) {
+            Some(MODULES_KIND) => ModulePatch::from_bytes(bytes).map(AnyPatch::Modules),
+            _ => Patch::from_bytes(bytes).map(AnyPatch::WeightDelta),
+        }
+    }
+
+    /// The patch kind.
+    pub fn kind(&self) -> PatchKind {
+        match self {
+            AnyPatch::WeightDelta(_) => PatchKind::WeightDelta,
+            AnyPatch::Modules(_) => PatchKind::Modules,
+        }
+    }
+
+    /// The patch's bytes.
+    pub fn as_bytes(&self) -> &'p [u8] {
+        match self {
+            AnyPatch::WeightDelta(p) => p.as_bytes(),
+            AnyPatch::Modules(p) => p.as_bytes(),
+        }
+    }
+
+    /// The monotonic sequence number.
+    pub fn sequence(&self) -> u32 {
+        match self {
+            AnyPatch::WeightDelta(p) => p.sequence(),
+            AnyPatch::Modules(p) => p.sequence(),
+        }
+    }
+
+    /// The device's signature policy (the same check for both kinds).
+    pub fn check_signature(&self, public_key: Option<&[u8; PUBLIC_KEY_SIZE]>) -> Result<(), Error> {
+        match self {
+            AnyPatch::WeightDelta(p) => p.check_signature(public_key),
+            AnyPatch::Modules(p) => p.check_signature(public_key),
+        }
+    }
+
+    /// The binding to `base`'s blob: SHA-256 and length, then layers and shapes (kind
+    /// 1) or every module's widths and labels (kind 2), and the regions' dimension.
+    pub fn check_binding(&self, base: &Model<'_>) -> Result<(), Error> {
+        match self {
+            AnyPatch::WeightDelta(p) => p.check_binding(base),
+            AnyPatch::Modules(p) => p.check_binding(base),
+        }
+    }
+
+    /// Caller RAM the patch needs to run, in f32 values: the patched layers' parameters
+    /// (kind 1) or the indicator boxes and repacked module weights (kind 2).
+    pub fn required_ram_len(&self) -> usize {
+        match self {
+            AnyPatch::WeightDelta(p) => p.required_ram_len(),
+            AnyPatch::Modules(p) => p.required_ram_len(),
+        }
+    }
+
+    /// [`AnyPatch::required_ram_len`] in bytes.
+    pub fn required_ram_bytes(&self) -> usize {
+        self.required_ram_len().saturating_mul(4)
+    }
+
+    /// True when the patch's proof covers `input`: inside a verified region (kind 1);
+    /// inside a box indicator and a verified region (kind 2, see
+    /// [`ModulePatch::covers`]).
+    pub fn covers(&self, input: &[f32]) -> bool {
+        match self {
+            AnyPatch::WeightDelta(p) => p.covers(input),
+            AnyPatch::Modules(p) => p.covers(input),
+        }
+    }
+}
+
+/// The model a device runs: the base (or a model whose patch is not known here), the
+/// base with a weight-delta patch applied, or the base plus patch modules. Built only
+/// from checked parts, so evaluation fails only on wrong argument lengths.
+#[derive(Debug, Clone, Copy)]
+pub enum Running<'a> {
+    /// A model without a patch to account for (the base model, usually).
+    Plain(Model<'a>),
+    /// The base with a weight-delta patch applied, and that patch (its regions).
+    WeightDelta(Model<'a>, Patch<'a>),
+    /// The base plus patch modules (the patch is inside).
+    Modules(ModulesModel<'a, 'a>),
+}
+
+impl<'a> Running<'a> {
+    /// Apply a patch of either kind to `base` (its base blob is used): check the binding
+    /// and copy the patched parameters or the module weights into `ram` (at least
+    /// [`AnyPatch::required_ram_len`] values). On error nothing runs differently.
+    pub fn apply(base: &Model<'a>, patch: AnyPatch<'a>, ram: &'a mut [f32]) -> Result<Self, Error> {
+        let base = base.base();
+        match patch {
+            AnyPatch::WeightDelta(p) => Ok(Running::WeightDelta(base.with_patch(&p, ram)?, p)),
+            AnyPatch::Modules(p) => Ok(Running::Modules(ModulesModel::new(&base, &p, ram)?)),
+        }
+    }
+
+    /// The patch that runs, if any.
+    pub fn patch(&self) -> Option<AnyPatch<'a>> {
+        match self {
+            Running::Plain(_) => None,
+            Running::WeightDelta(_, p) => Some(AnyPatch::WeightDelta(*p)),
+            Running::Modules(m) => Some(AnyPatch::Modules(m.patch())),
+        }
+    }
+
+    /// Sequence number of the running patch (0: none; a plain model's own).
+    pub fn patch_sequence(&self) -> u32 {
+        match self {
+            Running::Plain(m) | Running::WeightDelta(m, _) => m.patch_sequence(),
+            Running::Modules(m) => m.patch().sequence(),
+        }
+    }
+
+    /// The unpatched base model.
+    pub fn base(&self) -> Model<'a> {
+        match self {
+            Running::Plain(m) | Running::WeightDelta(m, _) => m.base(),
+            Running::Modules(m) => m.base(),
+        }
+    }
+
+    /// The model evaluated when it is one [`Model`] (not for patch modules, which add
+    /// their outputs to the base model's).
+    pub fn as_model(&self) -> Option<&Model<'a>> {
+        match self {
+            Running::Plain(m) | Running::WeightDelta(m, _) => Some(m),
+            Running::Modules(_) => None,
+        }
+    }
+
+    /// The caller RAM the running patch reads (patched layers or module weights).
+    pub fn patch_ram(&self) -> &'a [f32] {
+        match self {
+            Running::Plain(m) | Running::WeightDelta(m, _) => m.patch_ram(),
+            Running::Modules(m) => m.ram(),
+        }
+    }
+
+    /// Input length.
+    pub fn input_len(&self) -> usize {
+        self.base().input_len()
+    }
+
+    /// Output length.
+    pub fn output_len(&self) -> usize {
+        self.base().output_len()
+    }
+
+    /// Arena for [`Running::evaluate`], in f32 values.
+    pub fn required_arena_len(&self) -> usize {
+        match self {
+            Running::Plain(m) | Running::WeightDelta(m, _) => m.required_arena_len(),
+            Running::Modules(m) => m.required_arena_len(),
+        }
+    }
+
+    /// Arena for [`Running::evaluate_bytes`], in bytes.
+    pub fn required_arena_bytes(&self) -> usize {
+        self.required_arena_len().saturating_mul(4)
+    }
+
+    /// True when the running patch's proof covers `input` (false without a patch).
+    pub fn covers(&self, input: &[f32]) -> bool {
+        self.patch().is_some_and(|p| p.covers(input))
+    }
+
+    /// Evaluate with the fastest kernels. Fails only on the argument lengths.
+    pub fn evaluate(&self, input: &[f32], arena: &mut [f32], output: &mut [f32]) -> Result<(), Error> {
+        self.evaluate_with(kernels::best(), input, arena, output)
+    }
+
+    /// [`Running::evaluate`] with the arena as bytes (4-byte aligned, e.g. from C).
+    pub fn evaluate_bytes(
+        &self,
+        input: &[f32],
+        arena: &mut [u8],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
+        self.evaluate(input, f32_arena(arena)?, output)
+    }
+
+    /// [`Running::evaluate`] with an explicit kernel set.
+    pub fn evaluate_with(
+        &self,
+        kernels: &Kernels,
+        input: &[f32],
+        arena: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
+        match self {
+            Running::Plain(m) | Running::WeightDelta(m, _) => {
+                m.evaluate_with(kernels, input, arena, output)
+            }
+            Running::Modules(m) => m.evaluate_with(kernels, input, arena, output),
+        }
+    }
+}
+
 /// Every check a device makes before it accepts `bytes` as a patch for `base`: the
 /// patch on its own (CRC, structure), the signature under `public_key` (if the device
-/// has one), the binding to `base`'s blob (SHA-256, layers, shapes, regions) and a
-/// sequence number above `counter`.
+/// has one), the binding to `base`'s blob (SHA-256; layers and shapes, or module widths
+/// and labels; regions) and a sequence number above `counter`.
 pub fn verify_patch<'p>(
     bytes: &'p [u8],
     base: &Model<'_>,
     public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
     counter: u32,
-) -> Result<Patch<'p>, Error> {
-    let patch = Patch::from_bytes(bytes)?;
+) -> Result<AnyPatch<'p>, Error> {
+    let patch = AnyPatch::from_bytes(bytes)?;
     patch.check_signature(public_key)?;
     patch.check_binding(&base.base())?;
     if patch.sequence() <= counter {
@@ -342,10 +563,11 @@ pub enum BootSource {
 /// The result of [`boot`]: the model to run and the patch it runs (for the guard).
 #[derive(Debug, Clone, Copy)]
 pub struct Booted<'a> {
-    /// The running model (the base, or the base with the verified patch applied).
-    pub model: Model<'a>,
+    /// The running model: the base, the base with a verified weight-delta patch
+    /// applied, or the base plus verified patch modules.
+    pub model: Running<'a>,
     /// The verified patch, read into the caller's buffer (`None` for the base model).
-    pub patch: Option<Patch<'a>>,
+    pub patch: Option<AnyPatch<'a>>,
     /// Where the model came from.
     pub source: BootSource,
     /// The anti-rollback counter to enforce from now on.
@@ -356,8 +578,9 @@ pub struct Booted<'a> {
 /// every check again (CRC, structure, signature under `public_key`, binding to
 /// `base`, the record's length and CRC, the RAM size), else the older record's, else
 /// the base model. `patch_buf` receives the patch (at least the patch's length; it is
-/// borrowed by the result, for the guard's regions) and `ram` the patched layers
-/// (at least [`Patch::required_ram_len`] values).
+/// borrowed by the result: the guard's regions, and the module records of kind 2) and
+/// `ram` the patched layers or the module weights (at least
+/// [`AnyPatch::required_ram_len`] values). Patches of both kinds boot.
 pub fn boot<'a, S: Storage + ?Sized>(
     storage: &mut S,
     base: &Model<'a>,
@@ -370,7 +593,7 @@ pub fn boot<'a, S: Storage + ?Sized>(
     let counter = records.counter();
     let [newest, older] = records.by_age();
     let fallback = Booted {
-        model: base,
+        model: Running::Plain(base),
         patch: None,
         source: BootSource::FallbackBase,
         counter,
@@ -423,8 +646,8 @@ pub fn boot<'a, S: Storage + ?Sized>(
     let applied = patch_buf
         .get(..len)
         .ok_or(Error::Truncated)
-        .and_then(Patch::from_bytes)
-        .and_then(|p| Ok((p, base.with_patch(&p, ram)?)));
+        .and_then(AnyPatch::from_bytes)
+        .and_then(|p| Ok((p, Running::apply(&base, p, ram)?)));
     match applied {
         Ok((patch, model)) => Booted {
             model,

@@ -429,6 +429,29 @@ impl<'a> ModulePatch<'a> {
         copy_region(lo, up, self.region_dim, lower, upper)
     }
 
+    /// True when the proof covers `input`: it lies in a box indicator's box (where a
+    /// module acts) AND in one of the verified regions (the sub-boxes the repair proved,
+    /// rounded inward to f32). Both, because the indicator box is the property box
+    /// rounded *outward* (so the module also acts on a thin shell the proof does not
+    /// cover) and a label indicator has no proof at all. A patch without regions covers
+    /// nothing.
+    pub fn covers(&self, input: &[f32]) -> bool {
+        let in_region = input.len() == self.region_dim
+            && (0..self.region_count).any(|k| {
+                self.region_raw(k)
+                    .is_some_and(|(lo, up)| inside_raw(input, lo, up))
+            });
+        in_region
+            && self.modules().any(|m| {
+                m.indicator == IndicatorKind::Box
+                    && m.in_dim() == input.len()
+                    && m
+                        .box_data
+                        .split_at_checked(4 * input.len())
+                        .is_some_and(|(lo, up)| inside_raw(input, lo, up))
+            })
+    }
+
     fn region_raw(&self, k: usize) -> Option<(&'a [u8], &'a [u8])> {
         region_corners(
             self.bytes,
@@ -553,6 +576,11 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         self.patch
     }
 
+    /// The caller RAM holding the boxes and module weights.
+    pub fn ram(&self) -> &'m [f32] {
+        self.ram
+    }
+
     /// Arena for [`ModulesModel::evaluate`]: the base model's arena, a copy of the base
     /// output and two buffers of the widest module layer.
     pub fn required_arena_len(&self) -> usize {
@@ -672,6 +700,14 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         }
         Ok(())
     }
+}
+
+/// `lo[j] <= x[j] <= up[j]` for every j, the corners as raw little-endian f32 (a NaN
+/// input is never inside).
+fn inside_raw(x: &[f32], lo: &[u8], up: &[u8]) -> bool {
+    x.iter()
+        .enumerate()
+        .all(|(j, &v)| f32_at(lo, 4 * j) <= v && v <= f32_at(up, 4 * j))
 }
 
 /// Index of the largest value (the first on ties; NaN never wins).
