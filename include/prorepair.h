@@ -69,6 +69,11 @@
 #define PR_OTA_RECORD_SIZE 32
 
 /**
+ * Size in bytes of `pr_booted` on every target.
+ */
+#define PR_BOOTED_SIZE 512
+
+/**
  * The result of every `pr_*` function: `PR_OK` (0) or the one error that occurred.
  *
  * Values are stable: 1..=9 misuse of the API, 10..=39 an invalid model blob (from
@@ -380,6 +385,19 @@ typedef struct pr_model {
 } pr_model;
 
 /**
+ * The model `pr_ota_boot_any` booted, of either patch kind: opaque storage owned by the
+ * caller. No destructor, no heap. It refers to the base model's blob and to the
+ * `patch_buf` and `ram` given to `pr_ota_boot_any`: all must stay valid and unmodified
+ * while it (or a copy) is used. A zeroed one reads as `PR_MODEL_NOT_LOADED`.
+ */
+typedef struct pr_booted {
+  /**
+   * Opaque: a tag word, then the running model. Do not touch.
+   */
+  uint64_t _opaque[64];
+} pr_booted;
+
+/**
  * What the guard decided for one input (filled by `pr_guard_run`).
  */
 typedef struct pr_decision {
@@ -484,6 +502,10 @@ typedef struct pr_boot_info {
    * them to `pr_guard_init` for the verified regions.
    */
   size_t patch_len;
+  /**
+   * Kind of the running patch: 0 none (base model), 1 weight delta, 2 patch modules.
+   */
+  uint32_t kind;
 } pr_boot_info;
 
 #ifdef __cplusplus
@@ -524,6 +546,27 @@ enum pr_status pr_guard_init(struct pr_guard *out,
                              size_t monitor_len,
                              uint32_t fallback,
                              uint32_t choice);
+
+/**
+ * Initialise a guard for the model `pr_ota_boot_any` booted (either patch kind).
+ *
+ * Arguments and results as for `pr_guard_init`, with `booted` (borrowed for the call;
+ * the guard keeps a copy, so its blob, patch buffer and RAM must outlive the guard) in
+ * place of the model and its patch. "Inside" means: inside a verified region of a
+ * weight-delta patch; inside a box indicator and a verified region of a patch-modules
+ * patch; never for the base model.
+ *
+ * # Safety
+ * `out` NULL or writable `pr_guard` storage; `booted` NULL or a `pr_booted` filled by
+ * `pr_ota_boot_any` (or zeroed); `monitor_rows` NULL or readable for `monitor_len`
+ * floats, outliving the guard.
+ */
+enum pr_status pr_guard_init_booted(struct pr_guard *out,
+                                    const struct pr_booted *booted,
+                                    const float *monitor_rows,
+                                    size_t monitor_len,
+                                    uint32_t fallback,
+                                    uint32_t choice);
 
 /**
  * Run one input through the guard: evaluate the model into `output`, check the
@@ -764,14 +807,18 @@ enum pr_status pr_ota_install(const struct pr_model *model,
                               uint32_t *out_counter);
 
 /**
- * Boot: pick the committed patch and verify it again, else the previous commit, else
- * the base model; fill `*out_model` with the model to run.
+ * Boot a device that runs weight-delta patches: pick the committed patch and verify
+ * it again, else the previous commit, else the base model; fill `*out_model` with the
+ * model to run.
  *
  * A slot runs only if its patch passes every check again (CRC, structure, signature
  * under `public_key`, binding to the base blob, the commit record's length and CRC,
  * and fits `patch_buf` and `ram`). This function does not fail on storage contents:
  * with `PR_OK` the device always has a verified model (the base one at worst); only
- * bad arguments give an error.
+ * bad arguments give an error, and one more: when the verified commit is a
+ * patch-modules patch (kind 2, not expressible as a `pr_model`) it returns
+ * `PR_UNKNOWN_PATCH_KIND` and writes nothing (the caller keeps running `base`). A
+ * device that accepts patch-modules patches boots with `pr_ota_boot_any`.
  *
  * - `base`: borrowed, a loaded `pr_model` (its base blob is used).
  * - `storage`, `public_key`: as for `pr_ota_install`.
@@ -798,6 +845,81 @@ enum pr_status pr_ota_boot(const struct pr_model *base,
                            size_t ram_len,
                            struct pr_model *out_model,
                            struct pr_boot_info *out_info);
+
+/**
+ * Boot a device that runs patches of either kind into `*out`: as `pr_ota_boot`
+ * (the same checks, never fails on storage contents: with `PR_OK` a verified model
+ * runs, the base one at worst), for weight-delta (kind 1) and patch-modules (kind 2)
+ * patches alike. Everything that could go wrong with the patch is checked here, and
+ * the patched parameters or the module weights are copied into `ram` here, so that
+ * `pr_booted_evaluate` fails only on wrong arguments.
+ *
+ * - `base`, `storage`, `public_key`: as for `pr_ota_boot`.
+ * - `patch_buf`: `patch_buf_len` caller bytes (at least the slot's patch) that receive
+ *   the running patch. A kind-2 patch's module records are read from there at every
+ *   evaluation: keep it valid and unmodified while `*out` (or a copy) is used.
+ * - `ram`: `ram_len` bytes, 4-byte aligned, at least the running patch's
+ *   `pr_ota_ram_bytes` (size it for the largest patch the device accepts; a patch that
+ *   does not fit is not booted); valid and unmodified while `*out` is used.
+ * - `out`, `out_info`: written on `PR_OK` only. None of `patch_buf`, `ram`, the blob
+ *   and `*out` may overlap.
+ *
+ * Evaluate with `pr_booted_evaluate` (arena: `pr_booted_arena_bytes`); guard with
+ * `pr_guard_init_booted`.
+ *
+ * # Safety
+ * As for `pr_ota_boot`, with `out` NULL or writable `pr_booted` storage.
+ */
+enum pr_status pr_ota_boot_any(const struct pr_model *base,
+                               const struct pr_storage *storage,
+                               const uint8_t *public_key,
+                               uint8_t *patch_buf,
+                               size_t patch_buf_len,
+                               uint8_t *ram,
+                               size_t ram_len,
+                               struct pr_booted *out,
+                               struct pr_boot_info *out_info);
+
+/**
+ * `*out` = the RAM bytes a patch of either kind needs to run (`pr_ota_boot_any`'s
+ * `ram`): the patched layers of a weight-delta patch, the boxes and module weights of
+ * a patch-modules patch. Validates the patch alone.
+ *
+ * # Safety
+ * `patch` is NULL or readable for `patch_len` bytes; `out` is NULL or writable.
+ */
+enum pr_status pr_ota_ram_bytes(const uint8_t *patch, size_t patch_len, size_t *out);
+
+/**
+ * `*out` = the arena bytes `pr_booted_evaluate` needs.
+ *
+ * # Safety
+ * `b` is NULL or an initialised `pr_booted`; `out` is NULL or writable.
+ */
+enum pr_status pr_booted_arena_bytes(const struct pr_booted *b, size_t *out);
+
+/**
+ * Evaluate the booted model on one input: the base model, the base with its
+ * weight-delta patch, or base + indicators + modules (where no indicator fires, the
+ * base model's output bit for bit).
+ *
+ * Same buffer rules and errors as `pr_model_evaluate`, with `pr_booted_arena_bytes`
+ * for the arena; the patch RAM given to `pr_ota_boot_any` counts as the model's. After
+ * the argument checks evaluation cannot fail. No allocation; reentrant.
+ *
+ * # Safety
+ * `b` is NULL or a `pr_booted` filled by `pr_ota_boot_any` whose blob, patch buffer and
+ * RAM are valid; `input` readable for `input_len` floats; `arena` writable for
+ * `arena_len` bytes; `output` writable for `output_len` floats; no other thread writes
+ * any of them during the call.
+ */
+enum pr_status pr_booted_evaluate(const struct pr_booted *b,
+                                  const float *input,
+                                  size_t input_len,
+                                  uint8_t *arena,
+                                  size_t arena_len,
+                                  float *output,
+                                  size_t output_len);
 
 /**
  * `*out` = the exact number of RAM bytes `pr_model_apply_patch` needs for this patch

@@ -1,4 +1,6 @@
 //! The runtime guard in caller storage: verified regions, output monitor, counters.
+//! `pr_guard_init` guards a `pr_model` (with its weight-delta patch);
+//! `pr_guard_init_booted` guards what `pr_ota_boot_any` booted, of either patch kind.
 
 use core::mem::{align_of, size_of};
 
@@ -7,6 +9,7 @@ use prorepair_core::guard::{Choice, Guard, Monitor};
 
 use crate::boundary::guard;
 use crate::model::{eval_buffers, pr_model, read_model, span, tagged_payload};
+use crate::ota::{pr_booted, read_booted};
 use crate::status::pr_status::{self, *};
 
 /// Size in bytes of `pr_guard` on every target (C: `sizeof(pr_guard)`).
@@ -136,38 +139,128 @@ pub unsafe extern "C" fn pr_guard_init(
                 Err(e) => return e.into(),
             }
         };
-        let monitor = if monitor_rows.is_null() || monitor_len == 0 {
-            None
-        } else {
-            // SAFETY: non-null, aligned, readable for `monitor_len` floats and
-            // outliving the guard (contract).
-            let rows: &'static [f32] =
-                unsafe { core::slice::from_raw_parts(monitor_rows, monitor_len) };
-            match Monitor::new(rows, model.output_len(), fallback) {
-                Ok(m) => Some(m),
-                Err(e) => return e.into(),
+        // SAFETY: contract above, passed on.
+        match unsafe {
+            monitor_and_choice(
+                monitor_rows,
+                monitor_len,
+                model.output_len(),
+                fallback,
+                choice,
+            )
+        } {
+            Ok((monitor, choice)) => {
+                // SAFETY: contract above, passed on.
+                unsafe { store(out, Guard::new(model, patch, monitor, choice)) }
             }
-        };
-        // A plain integer from C (an out-of-range C enum value would be undefined in Rust).
-        let choice = match choice {
-            PR_CHOICE_HIGHEST => Choice::Highest,
-            PR_CHOICE_LOWEST => Choice::Lowest,
-            _ => return PR_BAD_MONITOR,
-        };
-        match Guard::new(model, patch, monitor, choice) {
-            Ok(g) => {
-                let words = out.cast::<u64>();
-                // SAFETY: `out` non-null, aligned, writable for PR_GUARD_SIZE bytes; the
-                // Guard fits at word 1 (const assertions). Tag written last.
-                unsafe {
-                    words.add(1).cast::<Guard<'static>>().write(g);
-                    words.write(GUARD_TAG);
-                }
-                PR_OK
-            }
-            Err(e) => e.into(),
+            Err(s) => s,
         }
     })
+}
+
+/// Initialise a guard for the model `pr_ota_boot_any` booted (either patch kind).
+///
+/// Arguments and results as for `pr_guard_init`, with `booted` (borrowed for the call;
+/// the guard keeps a copy, so its blob, patch buffer and RAM must outlive the guard) in
+/// place of the model and its patch. "Inside" means: inside a verified region of a
+/// weight-delta patch; inside a box indicator and a verified region of a patch-modules
+/// patch; never for the base model.
+///
+/// # Safety
+/// `out` NULL or writable `pr_guard` storage; `booted` NULL or a `pr_booted` filled by
+/// `pr_ota_boot_any` (or zeroed); `monitor_rows` NULL or readable for `monitor_len`
+/// floats, outliving the guard.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_guard_init_booted(
+    out: *mut pr_guard,
+    booted: *const pr_booted,
+    monitor_rows: *const f32,
+    monitor_len: usize,
+    fallback: u32,
+    choice: u32,
+) -> pr_status {
+    guard(PR_PANIC, || {
+        if out.is_null() {
+            return PR_NULL_POINTER;
+        }
+        if !out.is_aligned() || (!monitor_rows.is_null() && !monitor_rows.is_aligned()) {
+            return PR_MISALIGNED_POINTER;
+        }
+        // SAFETY: contract above, passed on.
+        let running = match unsafe { read_booted(booted) } {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        if monitor_len > isize::MAX as usize / 4 {
+            return PR_OVERFLOW;
+        }
+        // SAFETY: contract above, passed on.
+        match unsafe {
+            monitor_and_choice(
+                monitor_rows,
+                monitor_len,
+                running.output_len(),
+                fallback,
+                choice,
+            )
+        } {
+            Ok((monitor, choice)) => {
+                // SAFETY: contract above, passed on.
+                unsafe { store(out, Guard::for_running(running, monitor, choice)) }
+            }
+            Err(s) => s,
+        }
+    })
+}
+
+/// The optional monitor and the advisory choice from their C arguments.
+///
+/// # Safety
+/// `monitor_rows` is NULL or aligned, readable for `monitor_len` floats and outliving
+/// the guard.
+unsafe fn monitor_and_choice(
+    monitor_rows: *const f32,
+    monitor_len: usize,
+    output_len: usize,
+    fallback: u32,
+    choice: u32,
+) -> Result<(Option<Monitor<'static>>, Choice), pr_status> {
+    let monitor = if monitor_rows.is_null() || monitor_len == 0 {
+        None
+    } else {
+        // SAFETY: non-null, aligned, readable for `monitor_len` floats and outliving
+        // the guard (contract).
+        let rows: &'static [f32] =
+            unsafe { core::slice::from_raw_parts(monitor_rows, monitor_len) };
+        Some(Monitor::new(rows, output_len, fallback).map_err(pr_status::from)?)
+    };
+    // A plain integer from C (an out-of-range C enum value would be undefined in Rust).
+    let choice = match choice {
+        PR_CHOICE_HIGHEST => Choice::Highest,
+        PR_CHOICE_LOWEST => Choice::Lowest,
+        _ => return Err(PR_BAD_MONITOR),
+    };
+    Ok((monitor, choice))
+}
+
+/// Write a new guard (or the error) to `out`.
+///
+/// # Safety
+/// `out` is non-null, aligned and writable for `PR_GUARD_SIZE` bytes.
+unsafe fn store(out: *mut pr_guard, g: Result<Guard<'static>, prorepair_core::Error>) -> pr_status {
+    match g {
+        Ok(g) => {
+            let words = out.cast::<u64>();
+            // SAFETY: `out` non-null, aligned, writable for PR_GUARD_SIZE bytes (contract);
+            // the Guard fits at word 1 (const assertions). Tag written last.
+            unsafe {
+                words.add(1).cast::<Guard<'static>>().write(g);
+                words.write(GUARD_TAG);
+            }
+            PR_OK
+        }
+        Err(e) => e.into(),
+    }
 }
 
 /// The guard in `g`, or why there is none.

@@ -3,6 +3,7 @@
 use core::mem::{align_of, size_of};
 
 use prorepair_core::Model;
+use prorepair_core::ota::Running;
 
 use crate::boundary::guard;
 use crate::status::pr_status::{self, *};
@@ -256,7 +257,8 @@ pub(crate) fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
 /// The input, arena and output of one evaluation, as slices.
 pub(crate) type EvalBuffers<'b> = (&'b [f32], &'b mut [u8], &'b mut [f32]);
 
-/// The argument checks shared by `pr_model_evaluate` and `pr_guard_evaluate`: non-null,
+/// The argument checks shared by `pr_model_evaluate`, `pr_booted_evaluate` and
+/// `pr_guard_run` (any running model, so both patch kinds): non-null,
 /// aligned, lengths as the validated `model` fixes them, an arena large enough and
 /// f32-aligned, and no buffer that would alias a `&mut` (input, blob and patch RAM may
 /// share memory: they are only read; `other`, when given, is caller storage that the
@@ -268,7 +270,7 @@ pub(crate) type EvalBuffers<'b> = (&'b [f32], &'b mut [u8], &'b mut [f32]);
 /// thread writes any of them while the slices are used.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn eval_buffers<'b>(
-    model: &Model<'_>,
+    model: &Running<'_>,
     input: *const f32,
     input_len: usize,
     arena: *mut u8,
@@ -297,13 +299,17 @@ pub(crate) unsafe fn eval_buffers<'b>(
     if arena_needed > 0 && !arena.cast::<f32>().is_aligned() {
         return Err(PR_MISALIGNED_ARENA);
     }
-    let blob = model.as_bytes();
+    let blob = model.base().as_bytes();
     let input_span = span(input, input_len);
     let arena_span = span(arena.cast_const(), arena_needed);
     let output_span = span(output.cast_const(), output_len);
     let blob_span = span(blob.as_ptr(), blob.len());
     let ram = model.patch_ram();
     let ram_span = span(ram.as_ptr(), ram.len());
+    // The running patch's bytes are read during evaluation (module records) and by the
+    // guard (regions): read-only too.
+    let patch = model.patch().map_or(&[][..], |p| p.as_bytes());
+    let patch_span = span(patch.as_ptr(), patch.len());
     let other_span = other.unwrap_or((0, 0));
     // Pairs that would alias a `&mut` (input, blob and patch RAM may share memory:
     // they are only read).
@@ -314,6 +320,8 @@ pub(crate) unsafe fn eval_buffers<'b>(
         || overlaps(output_span, blob_span)
         || overlaps(arena_span, ram_span)
         || overlaps(output_span, ram_span)
+        || overlaps(arena_span, patch_span)
+        || overlaps(output_span, patch_span)
         || overlaps(arena_span, other_span)
         || overlaps(output_span, other_span)
     {
@@ -385,7 +393,14 @@ pub unsafe extern "C" fn pr_model_evaluate(
         // SAFETY: contract above, passed on; nothing else is borrowed from the caller.
         let (input, arena, output) = match unsafe {
             eval_buffers(
-                &model, input, input_len, arena, arena_len, output, output_len, None,
+                &Running::Plain(model),
+                input,
+                input_len,
+                arena,
+                arena_len,
+                output,
+                output_len,
+                None,
             )
         } {
             Ok(buffers) => buffers,

@@ -1,15 +1,23 @@
 //! Signed OTA patches through caller storage: install (A/B, power-fail safe) and boot.
 //! The protocol is the core's (`prorepair_core::ota`); C supplies the storage as
 //! callbacks in a `pr_storage`.
+//!
+//! Both patch kinds install with `pr_ota_install`. `pr_ota_boot_any` boots either kind
+//! into a `pr_booted` (evaluated with `pr_booted_evaluate`, guarded with
+//! `pr_guard_init_booted`); `pr_ota_boot` boots weight-delta patches into a `pr_model`.
 
 use core::ffi::{c_int, c_void};
+use core::mem::{align_of, size_of};
 
 use prorepair_core::Error;
-use prorepair_core::ota::{self, Area, BootSource, Slot, Storage};
-use prorepair_core::patch::PUBLIC_KEY_SIZE;
+use prorepair_core::ota::{self, AnyPatch, Area, BootSource, Booted, Running, Slot, Storage};
+use prorepair_core::patch::{PUBLIC_KEY_SIZE, PatchKind};
 
 use crate::boundary::guard;
-use crate::model::{overlaps, pr_model, read_model, span, write_model};
+use crate::model::{
+    eval_buffers, overlaps, pr_model, read_model, span, tagged_payload, write_model,
+};
+use crate::patch::write_ram_bytes;
 use crate::status::pr_status::{self, *};
 
 /// Size of an Ed25519 public key in bytes (the `public_key` arguments).
@@ -88,6 +96,50 @@ pub struct pr_boot_info {
     /// Bytes of the running patch at the start of `patch_buf` (0: base model); pass
     /// them to `pr_guard_init` for the verified regions.
     pub patch_len: usize,
+    /// Kind of the running patch: 0 none (base model), 1 weight delta, 2 patch modules.
+    pub kind: u32,
+}
+
+/// Size in bytes of `pr_booted` on every target.
+pub const PR_BOOTED_SIZE: usize = 512;
+
+/// The model `pr_ota_boot_any` booted, of either patch kind: opaque storage owned by the
+/// caller. No destructor, no heap. It refers to the base model's blob and to the
+/// `patch_buf` and `ram` given to `pr_ota_boot_any`: all must stay valid and unmodified
+/// while it (or a copy) is used. A zeroed one reads as `PR_MODEL_NOT_LOADED`.
+#[repr(C)]
+#[derive(Debug)]
+pub struct pr_booted {
+    /// Opaque: a tag word, then the running model. Do not touch.
+    _opaque: [u64; 64],
+}
+
+impl pr_booted {
+    /// Zeroed storage, not booted (what a C static or `{0}` gives).
+    pub const fn unloaded() -> Self {
+        pr_booted { _opaque: [0; 64] }
+    }
+}
+
+/// Word 0 of a filled `pr_booted` ("PRBOOT01").
+const BOOTED_TAG: u64 = u64::from_le_bytes(*b"PRBOOT01");
+
+const _: () = {
+    assert!(size_of::<pr_booted>() == PR_BOOTED_SIZE);
+    assert!(size_of::<u64>() + size_of::<Running<'static>>() <= PR_BOOTED_SIZE);
+    assert!(align_of::<Running<'static>>() <= align_of::<u64>());
+};
+
+/// The running model in `b`, copied out, or why there is none.
+///
+/// # Safety
+/// `b` is NULL or an initialised (zeroed or filled) `pr_booted` whose buffers are valid.
+pub(crate) unsafe fn read_booted(b: *const pr_booted) -> Result<Running<'static>, pr_status> {
+    // SAFETY: contract, passed on (a pr_booted is 64 u64 words, 8-aligned).
+    let payload = unsafe { tagged_payload(b, BOOTED_TAG) }?;
+    // SAFETY: the tag is written only after a valid Running at word 1 (fits and is
+    // aligned: const assertions); it is Copy, read by value.
+    Ok(unsafe { payload.cast::<Running<'static>>().read() })
 }
 
 /// `Storage` over the C callbacks (checked non-null before use).
@@ -242,14 +294,98 @@ pub unsafe extern "C" fn pr_ota_install(
     })
 }
 
-/// Boot: pick the committed patch and verify it again, else the previous commit, else
-/// the base model; fill `*out_model` with the model to run.
+/// The argument checks and the boot shared by `pr_ota_boot` and `pr_ota_boot_any`;
+/// `out` is the output storage (`out_len` bytes) that no buffer may overlap.
+///
+/// # Safety
+/// As for `pr_ota_boot`, with `out` writable for `out_len` bytes.
+#[allow(clippy::too_many_arguments)] // the C arguments, passed on
+unsafe fn boot_checked(
+    base: *const pr_model,
+    storage: *const pr_storage,
+    public_key: *const u8,
+    patch_buf: *mut u8,
+    patch_buf_len: usize,
+    ram: *mut u8,
+    ram_len: usize,
+    out: (usize, usize),
+    out_info: *mut pr_boot_info,
+) -> Result<(Booted<'static>, pr_boot_info), pr_status> {
+    // SAFETY: contract, passed on.
+    let base = unsafe { read_model(base) }?;
+    // SAFETY: contract, passed on.
+    let storage = unsafe { storage_ref(storage) }?;
+    if patch_buf.is_null() || ram.is_null() || out.0 == 0 || out_info.is_null() {
+        return Err(PR_NULL_POINTER);
+    }
+    if !out_info.is_aligned() {
+        return Err(PR_MISALIGNED_POINTER);
+    }
+    if patch_buf_len > isize::MAX as usize || ram_len > isize::MAX as usize {
+        return Err(PR_OVERFLOW);
+    }
+    if !ram.cast::<f32>().is_aligned() {
+        return Err(PR_MISALIGNED_PATCH_RAM);
+    }
+    let ram_floats = ram_len / 4;
+    let blob = base.as_bytes();
+    let ram_span = span(ram.cast_const(), ram_floats * 4);
+    let buf_span = span(patch_buf.cast_const(), patch_buf_len);
+    let blob_span = span(blob.as_ptr(), blob.len());
+    if overlaps(ram_span, buf_span)
+        || overlaps(ram_span, blob_span)
+        || overlaps(buf_span, blob_span)
+        || overlaps(ram_span, out)
+        || overlaps(buf_span, out)
+    {
+        return Err(PR_OVERLAPPING_BUFFERS);
+    }
+    // SAFETY: non-null, writable for the lengths (<= isize::MAX; contract), `ram`
+    // aligned for f32 (checked), pairwise disjoint and disjoint from the blob and the
+    // output (checked), so the `&mut` slices alias nothing; the caller keeps them valid
+    // while the booted model is used (the erased 'static).
+    let (buf, ram): (&'static mut [u8], &'static mut [f32]) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(patch_buf, patch_buf_len),
+            core::slice::from_raw_parts_mut(ram.cast::<f32>(), ram_floats),
+        )
+    };
+    // SAFETY: contract above.
+    let key = unsafe { key_ref(public_key) };
+    let booted = ota::boot(&mut CStorage(storage), &base, key, buf, ram);
+    let source = match booted.source {
+        BootSource::Base => pr_boot_source::PR_BOOT_BASE,
+        BootSource::Slot(Slot::A) => pr_boot_source::PR_BOOT_SLOT_A,
+        BootSource::Slot(Slot::B) => pr_boot_source::PR_BOOT_SLOT_B,
+        BootSource::FallbackSlot(Slot::A) => pr_boot_source::PR_BOOT_FALLBACK_SLOT_A,
+        BootSource::FallbackSlot(Slot::B) => pr_boot_source::PR_BOOT_FALLBACK_SLOT_B,
+        BootSource::FallbackBase => pr_boot_source::PR_BOOT_FALLBACK_BASE,
+    };
+    let info = pr_boot_info {
+        source,
+        sequence: booted.model.patch_sequence(),
+        counter: booted.counter,
+        patch_len: booted.patch.map_or(0, |p| p.as_bytes().len()),
+        kind: booted.patch.map_or(0, |p| match p.kind() {
+            PatchKind::WeightDelta => 1,
+            PatchKind::Modules => 2,
+        }),
+    };
+    Ok((booted, info))
+}
+
+/// Boot a device that runs weight-delta patches: pick the committed patch and verify
+/// it again, else the previous commit, else the base model; fill `*out_model` with the
+/// model to run.
 ///
 /// A slot runs only if its patch passes every check again (CRC, structure, signature
 /// under `public_key`, binding to the base blob, the commit record's length and CRC,
 /// and fits `patch_buf` and `ram`). This function does not fail on storage contents:
 /// with `PR_OK` the device always has a verified model (the base one at worst); only
-/// bad arguments give an error.
+/// bad arguments give an error, and one more: when the verified commit is a
+/// patch-modules patch (kind 2, not expressible as a `pr_model`) it returns
+/// `PR_UNKNOWN_PATCH_KIND` and writes nothing (the caller keeps running `base`). A
+/// device that accepts patch-modules patches boots with `pr_ota_boot_any`.
 ///
 /// - `base`: borrowed, a loaded `pr_model` (its base blob is used).
 /// - `storage`, `public_key`: as for `pr_ota_install`.
@@ -280,74 +416,194 @@ pub unsafe extern "C" fn pr_ota_boot(
     out_info: *mut pr_boot_info,
 ) -> pr_status {
     guard(PR_PANIC, || {
-        // SAFETY: contract above, passed on.
-        let base = match unsafe { read_model(base) } {
-            Ok(m) => m,
-            Err(s) => return s,
-        };
-        // SAFETY: contract above, passed on.
-        let storage = match unsafe { storage_ref(storage) } {
-            Ok(s) => s,
-            Err(s) => return s,
-        };
-        if patch_buf.is_null() || ram.is_null() || out_model.is_null() || out_info.is_null() {
-            return PR_NULL_POINTER;
-        }
-        if !out_model.is_aligned() || !out_info.is_aligned() {
+        if !out_model.is_aligned() {
             return PR_MISALIGNED_POINTER;
         }
-        if patch_buf_len > isize::MAX as usize || ram_len > isize::MAX as usize {
-            return PR_OVERFLOW;
-        }
-        if !ram.cast::<f32>().is_aligned() {
-            return PR_MISALIGNED_PATCH_RAM;
-        }
-        let ram_floats = ram_len / 4;
-        let blob = base.as_bytes();
-        let ram_span = span(ram.cast_const(), ram_floats * 4);
-        let buf_span = span(patch_buf.cast_const(), patch_buf_len);
-        let model_span = span(out_model.cast_const(), 1);
-        let blob_span = span(blob.as_ptr(), blob.len());
-        if overlaps(ram_span, buf_span)
-            || overlaps(ram_span, blob_span)
-            || overlaps(buf_span, blob_span)
-            || overlaps(ram_span, model_span)
-            || overlaps(buf_span, model_span)
-        {
-            return PR_OVERLAPPING_BUFFERS;
-        }
-        // SAFETY: non-null, writable for the lengths (<= isize::MAX; contract), `ram`
-        // aligned for f32 (checked), pairwise disjoint and disjoint from the blob and
-        // the output model (checked), so the `&mut` slices alias nothing; the caller
-        // keeps them valid while the booted model is used (the erased 'static).
-        let (buf, ram): (&'static mut [u8], &'static mut [f32]) = unsafe {
-            (
-                core::slice::from_raw_parts_mut(patch_buf, patch_buf_len),
-                core::slice::from_raw_parts_mut(ram.cast::<f32>(), ram_floats),
+        // SAFETY: contract above, passed on; `out_model` is writable for one pr_model.
+        let booted = unsafe {
+            boot_checked(
+                base,
+                storage,
+                public_key,
+                patch_buf,
+                patch_buf_len,
+                ram,
+                ram_len,
+                span(out_model.cast_const(), 1),
+                out_info,
             )
         };
-        // SAFETY: contract above.
-        let key = unsafe { key_ref(public_key) };
-        let booted = ota::boot(&mut CStorage(storage), &base, key, buf, ram);
-        let source = match booted.source {
-            BootSource::Base => pr_boot_source::PR_BOOT_BASE,
-            BootSource::Slot(Slot::A) => pr_boot_source::PR_BOOT_SLOT_A,
-            BootSource::Slot(Slot::B) => pr_boot_source::PR_BOOT_SLOT_B,
-            BootSource::FallbackSlot(Slot::A) => pr_boot_source::PR_BOOT_FALLBACK_SLOT_A,
-            BootSource::FallbackSlot(Slot::B) => pr_boot_source::PR_BOOT_FALLBACK_SLOT_B,
-            BootSource::FallbackBase => pr_boot_source::PR_BOOT_FALLBACK_BASE,
+        let (booted, info) = match booted {
+            Ok(b) => b,
+            Err(s) => return s,
         };
-        let info = pr_boot_info {
-            source,
-            sequence: booted.model.patch_sequence(),
-            counter: booted.counter,
-            patch_len: booted.patch.map_or(0, |p| p.as_bytes().len()),
+        let Some(model) = booted.model.as_model() else {
+            return PR_UNKNOWN_PATCH_KIND;
         };
         // SAFETY: both non-null, aligned (checked) and writable (contract).
         unsafe {
-            write_model(out_model, booted.model);
+            write_model(out_model, *model);
             out_info.write(info);
         }
         PR_OK
+    })
+}
+
+/// Boot a device that runs patches of either kind into `*out`: as `pr_ota_boot`
+/// (the same checks, never fails on storage contents: with `PR_OK` a verified model
+/// runs, the base one at worst), for weight-delta (kind 1) and patch-modules (kind 2)
+/// patches alike. Everything that could go wrong with the patch is checked here, and
+/// the patched parameters or the module weights are copied into `ram` here, so that
+/// `pr_booted_evaluate` fails only on wrong arguments.
+///
+/// - `base`, `storage`, `public_key`: as for `pr_ota_boot`.
+/// - `patch_buf`: `patch_buf_len` caller bytes (at least the slot's patch) that receive
+///   the running patch. A kind-2 patch's module records are read from there at every
+///   evaluation: keep it valid and unmodified while `*out` (or a copy) is used.
+/// - `ram`: `ram_len` bytes, 4-byte aligned, at least the running patch's
+///   `pr_ota_ram_bytes` (size it for the largest patch the device accepts; a patch that
+///   does not fit is not booted); valid and unmodified while `*out` is used.
+/// - `out`, `out_info`: written on `PR_OK` only. None of `patch_buf`, `ram`, the blob
+///   and `*out` may overlap.
+///
+/// Evaluate with `pr_booted_evaluate` (arena: `pr_booted_arena_bytes`); guard with
+/// `pr_guard_init_booted`.
+///
+/// # Safety
+/// As for `pr_ota_boot`, with `out` NULL or writable `pr_booted` storage.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)] // the C signature: buffers come as (pointer, length) pairs
+pub unsafe extern "C" fn pr_ota_boot_any(
+    base: *const pr_model,
+    storage: *const pr_storage,
+    public_key: *const u8,
+    patch_buf: *mut u8,
+    patch_buf_len: usize,
+    ram: *mut u8,
+    ram_len: usize,
+    out: *mut pr_booted,
+    out_info: *mut pr_boot_info,
+) -> pr_status {
+    guard(PR_PANIC, || {
+        if !out.is_aligned() {
+            return PR_MISALIGNED_POINTER;
+        }
+        // SAFETY: contract above, passed on; `out` is writable for one pr_booted.
+        let booted = unsafe {
+            boot_checked(
+                base,
+                storage,
+                public_key,
+                patch_buf,
+                patch_buf_len,
+                ram,
+                ram_len,
+                span(out.cast_const(), 1),
+                out_info,
+            )
+        };
+        let (booted, info) = match booted {
+            Ok(b) => b,
+            Err(s) => return s,
+        };
+        let words = out.cast::<u64>();
+        // SAFETY: `out` and `out_info` non-null, aligned (checked) and writable
+        // (contract); the Running fits at word 1 (const assertions). Tag written last.
+        unsafe {
+            words.add(1).cast::<Running<'static>>().write(booted.model);
+            words.write(BOOTED_TAG);
+            out_info.write(info);
+        }
+        PR_OK
+    })
+}
+
+/// `*out` = the RAM bytes a patch of either kind needs to run (`pr_ota_boot_any`'s
+/// `ram`): the patched layers of a weight-delta patch, the boxes and module weights of
+/// a patch-modules patch. Validates the patch alone.
+///
+/// # Safety
+/// `patch` is NULL or readable for `patch_len` bytes; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_ota_ram_bytes(
+    patch: *const u8,
+    patch_len: usize,
+    out: *mut usize,
+) -> pr_status {
+    // SAFETY: contract, passed on.
+    unsafe {
+        write_ram_bytes(patch, patch_len, out, |b| {
+            AnyPatch::from_bytes(b).map(|p| p.required_ram_bytes())
+        })
+    }
+}
+
+/// `*out` = the arena bytes `pr_booted_evaluate` needs.
+///
+/// # Safety
+/// `b` is NULL or an initialised `pr_booted`; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_booted_arena_bytes(b: *const pr_booted, out: *mut usize) -> pr_status {
+    guard(PR_PANIC, || {
+        if out.is_null() {
+            return PR_NULL_POINTER;
+        }
+        if !out.is_aligned() {
+            return PR_MISALIGNED_POINTER;
+        }
+        // SAFETY: contract, passed on.
+        match unsafe { read_booted(b) } {
+            Ok(r) => {
+                // SAFETY: non-null, aligned, writable (contract).
+                unsafe { out.write(r.required_arena_bytes()) };
+                PR_OK
+            }
+            Err(s) => s,
+        }
+    })
+}
+
+/// Evaluate the booted model on one input: the base model, the base with its
+/// weight-delta patch, or base + indicators + modules (where no indicator fires, the
+/// base model's output bit for bit).
+///
+/// Same buffer rules and errors as `pr_model_evaluate`, with `pr_booted_arena_bytes`
+/// for the arena; the patch RAM given to `pr_ota_boot_any` counts as the model's. After
+/// the argument checks evaluation cannot fail. No allocation; reentrant.
+///
+/// # Safety
+/// `b` is NULL or a `pr_booted` filled by `pr_ota_boot_any` whose blob, patch buffer and
+/// RAM are valid; `input` readable for `input_len` floats; `arena` writable for
+/// `arena_len` bytes; `output` writable for `output_len` floats; no other thread writes
+/// any of them during the call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_booted_evaluate(
+    b: *const pr_booted,
+    input: *const f32,
+    input_len: usize,
+    arena: *mut u8,
+    arena_len: usize,
+    output: *mut f32,
+    output_len: usize,
+) -> pr_status {
+    guard(PR_PANIC, || {
+        // SAFETY: contract, passed on.
+        let running = match unsafe { read_booted(b) } {
+            Ok(r) => r,
+            Err(s) => return s,
+        };
+        // SAFETY: contract, passed on.
+        let (input, arena, output) = match unsafe {
+            eval_buffers(
+                &running, input, input_len, arena, arena_len, output, output_len, None,
+            )
+        } {
+            Ok(buffers) => buffers,
+            Err(s) => return s,
+        };
+        match running.evaluate_bytes(input, arena, output) {
+            Ok(()) => PR_OK,
+            Err(e) => e.into(),
+        }
     })
 }

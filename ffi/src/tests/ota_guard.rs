@@ -125,6 +125,7 @@ fn boot(base: &pr_model, st: &pr_storage) -> Booted {
             sequence: 99,
             counter: 99,
             patch_len: 99,
+            kind: 99,
         },
         buf: vec![0; 4096],
         _ram: vec![0.0; 1024],
@@ -273,4 +274,251 @@ fn install_boot_and_guard_through_the_c_api() {
         (b.info.source, b.info.sequence),
         (pr_boot_source::PR_BOOT_SLOT_A, 1)
     );
+}
+
+/// A kind-2 patch for `blob` (sequence `seq`): a box module on [-0.5, 0.5]^5 and a
+/// label module, with one verified region (the box's half x4 <= 0).
+fn modules_patch(blob: &Aligned, seq: u32) -> Vec<u8> {
+    use prorepair_core::patch::modules::encode::{self as menc, IndicatorSpec, ModuleSpec};
+    let model = core_model(blob);
+    let (lower, upper) = ([-0.5f32; 5], [0.5f32; 5]);
+    let p1: Vec<f32> = (0..(5 * 4 + 4 + 4 * 5 + 5))
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 9.0)
+        .collect();
+    let p2: Vec<f32> = (0..(5 * 5 + 5)).map(|i| (i as f32 - 15.0) / 20.0).collect();
+    let specs = [
+        ModuleSpec {
+            indicator: IndicatorSpec::Box {
+                lower: &lower,
+                upper: &upper,
+            },
+            dims: &[5, 4, 5],
+            params: &p1,
+        },
+        ModuleSpec {
+            indicator: IndicatorSpec::Label(3),
+            dims: &[5, 5],
+            params: &p2,
+        },
+    ];
+    let region = [-0.5f32, -0.5, -0.5, -0.5, -0.5, 0.5, 0.5, 0.5, 0.5, 0.0];
+    let mut out = vec![0u8; menc::encoded_len(&specs, &region).unwrap()];
+    menc::write(&model, &specs, seq, &region, &mut out).unwrap();
+    out
+}
+
+#[test]
+fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
+    let base_blob = Aligned::new(&mlp_blob());
+    let repaired = Aligned::new(&repaired_mlp_blob());
+    let base = loaded(&base_blob);
+    let p1 = make_patch(&base_blob, &repaired, 1);
+    let m2 = modules_patch(&base_blob, 2);
+    let mut m = mem();
+    let st = storage(&mut m);
+    assert_eq!(install(&base, &st, None, &p1), (PR_OK, 1));
+    assert_eq!(install(&base, &st, None, &m2), (PR_OK, 2));
+    assert_eq!(install(&base, &st, None, &m2), (PR_STALE_PATCH, 77));
+
+    // RAM for either kind.
+    let mut need = 0usize;
+    // SAFETY: valid buffers.
+    assert_eq!(
+        unsafe { pr_ota_ram_bytes(m2.as_ptr(), m2.len(), &mut need) },
+        PR_OK
+    );
+    let mut need_modules = 0usize;
+    // SAFETY: valid buffers.
+    assert_eq!(
+        unsafe { pr_modules_ram_bytes(m2.as_ptr(), m2.len(), &mut need_modules) },
+        PR_OK
+    );
+    assert_eq!(need, need_modules);
+
+    // The weight-delta boot refuses to express a kind-2 commit as a pr_model.
+    let mut buf = vec![0u8; 4096];
+    let mut ram = vec![0.0f32; 1024];
+    let mut out_model = sentinel_model();
+    let mut info = pr_boot_info {
+        source: pr_boot_source::PR_BOOT_BASE,
+        sequence: 99,
+        counter: 99,
+        patch_len: 99,
+        kind: 99,
+    };
+    // SAFETY: valid, disjoint buffers.
+    let s = unsafe {
+        pr_ota_boot(
+            &base,
+            &st,
+            std::ptr::null(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            ram.as_mut_ptr().cast(),
+            4 * ram.len(),
+            &mut out_model,
+            &mut info,
+        )
+    };
+    assert_eq!(s, PR_UNKNOWN_PATCH_KIND);
+    assert_eq!((info.sequence, info.kind), (99, 99), "untouched on failure");
+
+    let mut booted = pr_booted::unloaded();
+    let mut arena_bytes = 0usize;
+    // SAFETY: valid pointers; the zeroed handle is reported, not used.
+    assert_eq!(
+        unsafe { pr_booted_arena_bytes(&booted, &mut arena_bytes) },
+        PR_MODEL_NOT_LOADED
+    );
+    // SAFETY: valid, disjoint buffers that outlive `booted` (this test).
+    let s = unsafe {
+        pr_ota_boot_any(
+            &base,
+            &st,
+            std::ptr::null(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            ram.as_mut_ptr().cast(),
+            4 * ram.len(),
+            &mut booted,
+            &mut info,
+        )
+    };
+    assert_eq!(s, PR_OK);
+    assert_eq!(info.source, pr_boot_source::PR_BOOT_SLOT_B);
+    assert_eq!(
+        (info.sequence, info.counter, info.patch_len, info.kind),
+        (2, 2, m2.len(), 2)
+    );
+    // SAFETY: valid pointers.
+    assert_eq!(
+        unsafe { pr_booted_arena_bytes(&booted, &mut arena_bytes) },
+        PR_OK
+    );
+
+    // pr_booted_evaluate equals pr_modules_evaluate on the same patch, bit for bit.
+    let mut mods = pr_modules::unloaded();
+    let mut mram = vec![0.0f32; need / 4];
+    // SAFETY: valid buffers; `m2` and `mram` outlive `mods`.
+    assert_eq!(
+        unsafe {
+            pr_modules_load(
+                &base,
+                m2.as_ptr(),
+                m2.len(),
+                mram.as_mut_ptr().cast(),
+                need,
+                &mut mods,
+            )
+        },
+        PR_OK
+    );
+    let mut arena = vec![0.0f32; arena_bytes / 4 + 1];
+    let mut g = pr_guard::unloaded();
+    // SAFETY: valid pointers; `booted`'s buffers outlive the guard.
+    assert_eq!(
+        unsafe { pr_guard_init_booted(&mut g, &booted, std::ptr::null(), 0, 0, PR_CHOICE_HIGHEST) },
+        PR_OK
+    );
+    let mut inside = 0;
+    for k in 0..64 {
+        let x: [f32; 5] =
+            std::array::from_fn(|i| (((k * 5 + i) as f32 * 0.618).fract() - 0.5) * 1.1);
+        let (mut y, mut want) = ([0.0f32; 5], [0.0f32; 5]);
+        // SAFETY: valid, disjoint buffers.
+        unsafe {
+            assert_eq!(
+                pr_booted_evaluate(
+                    &booted,
+                    x.as_ptr(),
+                    5,
+                    arena.as_mut_ptr().cast(),
+                    arena_bytes,
+                    y.as_mut_ptr(),
+                    5
+                ),
+                PR_OK
+            );
+            assert_eq!(
+                pr_modules_evaluate(
+                    &mods,
+                    x.as_ptr(),
+                    5,
+                    arena.as_mut_ptr().cast(),
+                    arena_bytes,
+                    want.as_mut_ptr(),
+                    5
+                ),
+                PR_OK
+            );
+        }
+        assert_eq!(y.map(f32::to_bits), want.map(f32::to_bits), "{x:?}");
+        let mut d = pr_decision {
+            inside: 9,
+            tripped: 9,
+            advisory: 9,
+        };
+        // SAFETY: valid, disjoint buffers.
+        let s = unsafe {
+            pr_guard_run(
+                &mut g,
+                x.as_ptr(),
+                5,
+                arena.as_mut_ptr().cast(),
+                arena_bytes,
+                y.as_mut_ptr(),
+                5,
+                &mut d,
+            )
+        };
+        assert_eq!(s, PR_OK);
+        let in_region = x.iter().all(|v| (-0.5..=0.5).contains(v)) && x[4] <= 0.0;
+        assert_eq!(d.inside, u32::from(in_region), "{x:?}");
+        inside += u32::from(in_region);
+    }
+    assert!(inside > 0);
+    let mut c = pr_counters {
+        inside: 0,
+        outside: 0,
+        monitor_trips: 0,
+    };
+    // SAFETY: valid pointers.
+    assert_eq!(unsafe { pr_guard_counters(&g, &mut c) }, PR_OK);
+    assert_eq!((c.inside, c.outside), (inside, 64 - inside));
+
+    // Argument errors of pr_booted_evaluate: wrong lengths, a short arena, overlap.
+    let x = [0.0f32; 5];
+    let mut y = [0.0f32; 5];
+    // SAFETY: valid buffers with the lengths given (the checks refuse the call).
+    unsafe {
+        let ev = |xl: usize, al: usize, yl: usize, out: *mut f32| {
+            pr_booted_evaluate(
+                &booted,
+                x.as_ptr(),
+                xl,
+                arena.as_ptr().cast_mut().cast(),
+                al,
+                out,
+                yl,
+            )
+        };
+        assert_eq!(ev(4, arena_bytes, 5, y.as_mut_ptr()), PR_INPUT_LENGTH);
+        assert_eq!(ev(5, arena_bytes, 4, y.as_mut_ptr()), PR_OUTPUT_LENGTH);
+        assert_eq!(
+            ev(5, arena_bytes - 4, 5, y.as_mut_ptr()),
+            PR_ARENA_TOO_SMALL
+        );
+        // The output inside the patch buffer the modules are read from.
+        assert_eq!(
+            ev(
+                5,
+                arena_bytes,
+                5,
+                buf.as_mut_ptr()
+                    .add(64 + buf.as_ptr().align_offset(4))
+                    .cast()
+            ),
+            PR_OVERLAPPING_BUFFERS
+        );
+    }
 }
