@@ -14,13 +14,18 @@
 //!   install then succeeds.
 //! - Runtime guard: inputs in the verified box run the repaired model and never trip the
 //!   property-2 monitor; the unrepaired model trips it on its counterexample.
+//! - Patch modules (kind 2): the patch-modules repair of the same network and property,
+//!   built here with the host library, installs over the weight-delta patch and boots;
+//!   its outputs equal the host's device evaluation (`patch::modules::eval_device`) bit
+//!   for bit, inside and outside the box; the guard counts inputs inside the box; a
+//!   flipped bit or a replay is refused with the flash unchanged.
 
 use std::sync::OnceLock;
 
 use prorepair_core::guard::{Choice, Guard, Monitor};
 use prorepair_core::ota::sim::SimFlash;
-use prorepair_core::ota::{self, Area, BootSource, Slot};
-use prorepair_core::{Error, Model, Patch};
+use prorepair_core::ota::{self, Area, BootSource, Running, Slot};
+use prorepair_core::{Error, Patch};
 use prorepair_host::compile::AlignedBlob;
 use prorepair_host::patch::sign;
 
@@ -110,7 +115,7 @@ macro_rules! fixture_or_skip {
 }
 
 /// Outputs of `model` on every input.
-fn outputs(model: &Model<'_>, inputs: &[[f32; 5]]) -> Vec<[f32; 5]> {
+fn outputs(model: &Running<'_>, inputs: &[[f32; 5]]) -> Vec<[f32; 5]> {
     let mut arena = vec![0.0f32; model.required_arena_len()];
     inputs
         .iter()
@@ -141,12 +146,12 @@ fn boot_outputs(
 fn expected(f: &Fixture, patch: Option<&[u8]>) -> Vec<[f32; 5]> {
     let base = f.blob.model().unwrap();
     let Some(bytes) = patch else {
-        return outputs(&base, &f.inputs);
+        return outputs(&Running::Plain(base), &f.inputs);
     };
     let p = Patch::from_bytes(bytes).unwrap();
     let mut ram = vec![0.0f32; p.required_ram_len()];
     let m = base.with_patch(&p, &mut ram).unwrap();
-    outputs(&m, &f.inputs)
+    outputs(&Running::WeightDelta(m, p), &f.inputs)
 }
 
 fn bits(rows: &[[f32; 5]]) -> Vec<[u32; 5]> {
@@ -460,5 +465,163 @@ fn guard_flags_inputs_outside_the_verified_box_and_monitors_property_2() {
     assert_eq!(
         Guard::new(base, Some(patch), None, Choice::Lowest).unwrap_err(),
         Error::StalePatch
+    );
+}
+
+#[test]
+fn patch_modules_repair_installs_over_a_weight_delta_and_boots_bit_exact() {
+    use prorepair_host::repair::patchmodules::{self, ModuleOptions};
+    let f = fixture_or_skip!();
+    let Some(onnx) =
+        prorepair_host::testing::data_path(&prorepair_host::testing::acasxu_onnx(2, 1))
+            .filter(|p| p.exists())
+    else {
+        eprintln!("SKIP: ACAS Xu N2,1 not found");
+        return;
+    };
+    let spec = prorepair_host::testing::data_path("acasxu/vnnlib/prop_2.vnnlib").unwrap();
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
+    let cases = prorepair_host::verify::cases_of(&net, &property).unwrap();
+    let named: Vec<_> = cases
+        .iter()
+        .cloned()
+        .map(|c| ("prop_2".to_string(), c))
+        .collect();
+    let options = ModuleOptions {
+        timeout: std::time::Duration::from_secs(120),
+        ..Default::default()
+    };
+    let r = patchmodules::repair_modules(&net, &named, &options).unwrap();
+    assert!(r.all_hold(), "{:?}", r.outcomes);
+    let key = sign::generate().unwrap();
+    let public = key.verifying_key().to_bytes();
+    let emit = |seq| {
+        let e =
+            prorepair_host::patch::modules::emit(&net, &r.modules, seq, &r.outcomes[0].partition)
+                .unwrap();
+        assert_eq!(e.base_blob, f.blob.bytes(), "one base blob for both kinds");
+        let mut bytes = e.bytes;
+        sign::sign_patch(&mut bytes, &key).unwrap();
+        bytes
+    };
+    let (m2, m3) = (emit(2), emit(3));
+    // The weight-delta repair (signed by this key), then the modules over it.
+    let mut delta = f.unsigned.clone();
+    sign::sign_patch(&mut delta, &key).unwrap();
+    let base = f.blob.model().unwrap();
+    let mut flash = SimFlash::new(SLOT);
+    ota::install(&mut flash, &base, Some(&public), &delta).unwrap();
+    ota::install(&mut flash, &base, Some(&public), &m2).unwrap();
+
+    // Inputs: the fixture's (mostly outside the box), a grid over the box, and points
+    // just outside its faces. The box: the module's indicator (the property box rounded
+    // outward to f32; the repair's partition, the verified regions, covers all of it).
+    let patchmodules::Indicator::Box(ind) = &r.modules.entries[0].0 else {
+        panic!("a box indicator")
+    };
+    let (lo, up) = (&ind.lower, &ind.upper);
+    let mut inputs: Vec<Vec<f32>> = f.inputs.iter().map(|x| x.to_vec()).collect();
+    for k in 0..243u32 {
+        inputs.push(
+            (0..5)
+                .map(|i| {
+                    let t = [0.0, 0.37, 1.0][((k / 3u32.pow(i)) % 3) as usize];
+                    (lo[i as usize] + t * (up[i as usize] - lo[i as usize])) as f32
+                })
+                .collect(),
+        );
+    }
+    for i in 0..5 {
+        let mut x: Vec<f32> = (0..5).map(|j| ((lo[j] + up[j]) / 2.0) as f32).collect();
+        x[i] = (up[i] as f32).next_up().next_up();
+        inputs.push(x.clone());
+        x[i] = (lo[i] as f32).next_down().next_down();
+        inputs.push(x);
+    }
+    let want = prorepair_host::patch::modules::eval_device(&net, &m2, &inputs).unwrap();
+
+    let mut buf = vec![0u8; SLOT];
+    let mut ram = vec![0.0f32; 1 << 16];
+    let booted = ota::boot(&mut flash, &base, Some(&public), &mut buf, &mut ram);
+    assert_eq!(booted.source, BootSource::Slot(Slot::B));
+    assert!(matches!(booted.model, Running::Modules(_)));
+    assert_eq!(booted.model.patch_sequence(), 2);
+    let mut arena = vec![0.0f32; booted.model.required_arena_len()];
+    let mut base_arena = vec![0.0f32; base.required_arena_len()];
+    let mut monitor_rows = Vec::new();
+    for j in 1..5 {
+        let mut row = [0.0f32; 6];
+        row[0] = -1.0;
+        row[j] = 1.0;
+        monitor_rows.extend(row);
+    }
+    let monitor = Monitor::new(&monitor_rows, 5, 4).unwrap();
+    let mut guard = Guard::for_booted(&booted, Some(monitor), Choice::Lowest).unwrap();
+    let (mut inside, mut changed) = (0u32, 0u32);
+    for (x, w) in inputs.iter().zip(&want) {
+        let mut y = [0.0f32; 5];
+        booted.model.evaluate(x, &mut arena, &mut y).unwrap();
+        assert_eq!(
+            y.map(f32::to_bits).to_vec(),
+            w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            "{x:?}"
+        );
+        let d = guard.run(x, &mut arena, &mut y).unwrap();
+        let in_box = x
+            .iter()
+            .zip(lo.iter().zip(up))
+            .all(|(&v, (&l, &u))| l <= f64::from(v) && f64::from(v) <= u);
+        // Inside is at most the indicator box.
+        if d.inside {
+            assert!(in_box, "{x:?}");
+            inside += 1;
+            assert!(!d.tripped, "property 2 is proven inside: {x:?} {y:?}");
+        }
+        let mut y0 = [0.0f32; 5];
+        base.evaluate(x, &mut base_arena, &mut y0).unwrap();
+        if !in_box {
+            assert_eq!(
+                y.map(f32::to_bits),
+                y0.map(f32::to_bits),
+                "outside: the base, {x:?}"
+            );
+        } else if y != y0 {
+            changed += 1;
+        }
+    }
+    assert!(
+        inside >= 200,
+        "{inside} of the 243 grid points counted inside"
+    );
+    assert!(changed > 0, "the module acts inside the box");
+    let c = guard.counters();
+    assert_eq!(c.inside + c.outside, inputs.len() as u32);
+    assert_eq!(c.inside, inside);
+
+    // Tamper and replay against the running kind-2 patch: refused, flash unchanged.
+    let before = flash.areas().clone();
+    for i in (0..m3.len()).step_by(7) {
+        let mut bad = m3.clone();
+        bad[i] ^= 1 << (i % 8);
+        assert!(
+            ota::install(&mut flash, &base, Some(&public), &bad).is_err(),
+            "{i}"
+        );
+    }
+    for old in [&m2, &delta] {
+        assert_eq!(
+            ota::install(&mut flash, &base, Some(&public), old),
+            Err(Error::StalePatch)
+        );
+    }
+    assert!(flash.areas() == &before);
+    ota::install(&mut flash, &base, Some(&public), &m3).unwrap();
+    let mut buf = vec![0u8; SLOT];
+    let mut ram = vec![0.0f32; 1 << 16];
+    let booted = ota::boot(&mut flash, &base, Some(&public), &mut buf, &mut ram);
+    assert_eq!(
+        (booted.source, booted.model.patch_sequence()),
+        (BootSource::Slot(Slot::A), 3)
     );
 }

@@ -432,7 +432,12 @@ impl<'a> Running<'a> {
     }
 
     /// Evaluate with the fastest kernels. Fails only on the argument lengths.
-    pub fn evaluate(&self, input: &[f32], arena: &mut [f32], output: &mut [f32]) -> Result<(), Error> {
+    pub fn evaluate(
+        &self,
+        input: &[f32],
+        arena: &mut [f32],
+        output: &mut [f32],
+    ) -> Result<(), Error> {
         self.evaluate_with(kernels::best(), input, arena, output)
     }
 
@@ -466,8 +471,8 @@ impl<'a> Running<'a> {
 /// Every check a device makes before it accepts `bytes` as a patch for `base`: the
 /// patch on its own (CRC, structure), the signature under `public_key` (if the device
 /// has one), the binding to `base`'s blob (SHA-256; layers and shapes, or module widths
-/// and labels; regions) and a sequence number above `counter`.
-pub fn verify_patch<'p>(
+/// and labels; regions) and a sequence number above `counter`. Either patch kind.
+pub fn verify_any<'p>(
     bytes: &'p [u8],
     base: &Model<'_>,
     public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
@@ -480,6 +485,21 @@ pub fn verify_patch<'p>(
         return Err(Error::StalePatch);
     }
     Ok(patch)
+}
+
+/// [`verify_any`] for a weight-delta patch only: a patch-modules patch that passes
+/// every check is still refused with [`Error::UnknownPatchKind`] (for callers that can
+/// run only a patched [`Model`]).
+pub fn verify_patch<'p>(
+    bytes: &'p [u8],
+    base: &Model<'_>,
+    public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+    counter: u32,
+) -> Result<Patch<'p>, Error> {
+    match verify_any(bytes, base, public_key, counter)? {
+        AnyPatch::WeightDelta(p) => Ok(p),
+        AnyPatch::Modules(_) => Err(Error::UnknownPatchKind),
+    }
 }
 
 /// Write `data` to `area` in [`WRITE_CHUNK`] steps, then read it back and compare.
@@ -504,7 +524,7 @@ fn write_verified<S: Storage + ?Sized>(
 }
 
 /// Install `patch` for the base model `base` (a patched model's base is used): verify
-/// it completely ([`verify_patch`] against the stored anti-rollback counter, and the
+/// it completely ([`verify_any`] against the stored anti-rollback counter, and the
 /// slot size), write it to the inactive slot, read it back, then commit it by writing
 /// the older record copy. Returns the new commit record.
 ///
@@ -518,7 +538,7 @@ pub fn install<S: Storage + ?Sized>(
     patch: &[u8],
 ) -> Result<Record, Error> {
     let records = Records::read_strict(storage)?;
-    let parsed = verify_patch(patch, base, public_key, records.counter())?;
+    let parsed = verify_any(patch, base, public_key, records.counter())?;
     if patch.len() > storage.slot_capacity() {
         return Err(Error::SlotTooSmall);
     }
@@ -622,7 +642,7 @@ pub fn boot<'a, S: Storage + ?Sized>(
         }
         // Sequence 0 is below every real patch: the counter is enforced by `install`;
         // here the record's own CRC binding says the slot is what was committed.
-        let ok = verify_patch(buf, &base, public_key, 0).is_ok_and(|p| {
+        let ok = verify_any(buf, &base, public_key, 0).is_ok_and(|p| {
             read_u32(buf, 12) == Some(record.patch_crc) && p.required_ram_len() <= ram.len()
         });
         if ok {

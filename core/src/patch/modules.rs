@@ -431,9 +431,9 @@ impl<'a> ModulePatch<'a> {
 
     /// True when the proof covers `input`: it lies in a box indicator's box (where a
     /// module acts) AND in one of the verified regions (the sub-boxes the repair proved,
-    /// rounded inward to f32). Both, because the indicator box is the property box
-    /// rounded *outward* (so the module also acts on a thin shell the proof does not
-    /// cover) and a label indicator has no proof at all. A patch without regions covers
+    /// rounded inward to f32). Both, because the format does not tie the two together
+    /// (the host's repair partitions exactly the indicator box, so there they coincide)
+    /// and a label indicator has no proof at all. A patch without regions covers
     /// nothing.
     pub fn covers(&self, input: &[f32]) -> bool {
         let in_region = input.len() == self.region_dim
@@ -445,8 +445,7 @@ impl<'a> ModulePatch<'a> {
             && self.modules().any(|m| {
                 m.indicator == IndicatorKind::Box
                     && m.in_dim() == input.len()
-                    && m
-                        .box_data
+                    && m.box_data
                         .split_at_checked(4 * input.len())
                         .is_some_and(|(lo, up)| inside_raw(input, lo, up))
             })
