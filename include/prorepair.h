@@ -774,7 +774,8 @@ enum pr_status pr_modules_evaluate(const struct pr_modules *m,
                                    size_t output_len);
 
 /**
- * Install a patch over the air, power-fail safe.
+ * Install a weight-delta patch over the air, power-fail safe (a patch-modules patch
+ * is refused with `PR_UNKNOWN_PATCH_KIND`: see `pr_ota_install_any`).
  *
  * Verifies the patch completely before touching storage: CRC and structure, the
  * Ed25519 signature under `public_key` (when given: unsigned patches are then refused
@@ -807,6 +808,22 @@ enum pr_status pr_ota_install(const struct pr_model *model,
                               uint32_t *out_counter);
 
 /**
+ * Install a patch of either kind (weight delta or patch modules) over the air: as
+ * `pr_ota_install`, with the same checks, arguments and guarantees; boot it with
+ * `pr_ota_boot_any`. A patch-modules patch is checked for the binding of every module
+ * (input and output widths, labels) to `model`'s base blob.
+ *
+ * # Safety
+ * As for `pr_ota_install`.
+ */
+enum pr_status pr_ota_install_any(const struct pr_model *model,
+                                  const struct pr_storage *storage,
+                                  const uint8_t *public_key,
+                                  const uint8_t *patch,
+                                  size_t patch_len,
+                                  uint32_t *out_counter);
+
+/**
  * Boot a device that runs weight-delta patches: pick the committed patch and verify
  * it again, else the previous commit, else the base model; fill `*out_model` with the
  * model to run.
@@ -815,10 +832,10 @@ enum pr_status pr_ota_install(const struct pr_model *model,
  * under `public_key`, binding to the base blob, the commit record's length and CRC,
  * and fits `patch_buf` and `ram`). This function does not fail on storage contents:
  * with `PR_OK` the device always has a verified model (the base one at worst); only
- * bad arguments give an error, and one more: when the verified commit is a
- * patch-modules patch (kind 2, not expressible as a `pr_model`) it returns
- * `PR_UNKNOWN_PATCH_KIND` and writes nothing (the caller keeps running `base`). A
- * device that accepts patch-modules patches boots with `pr_ota_boot_any`.
+ * bad arguments give an error. A committed patch-modules patch (installed with
+ * `pr_ota_install_any`) is not a weight-delta patch: it fails the checks here and the
+ * boot falls back past it (`PR_BOOT_FALLBACK_*`); such a device boots with
+ * `pr_ota_boot_any`.
  *
  * - `base`: borrowed, a loaded `pr_model` (its base blob is used).
  * - `storage`, `public_key`: as for `pr_ota_install`.

@@ -487,18 +487,103 @@ pub fn verify_any<'p>(
     Ok(patch)
 }
 
-/// [`verify_any`] for a weight-delta patch only: a patch-modules patch that passes
-/// every check is still refused with [`Error::UnknownPatchKind`] (for callers that can
-/// run only a patched [`Model`]).
+/// [`verify_any`] for a weight-delta patch only (a patch-modules patch is refused with
+/// [`Error::UnknownPatchKind`]); it carries no kind-2 code, for small firmware.
 pub fn verify_patch<'p>(
     bytes: &'p [u8],
     base: &Model<'_>,
     public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
     counter: u32,
 ) -> Result<Patch<'p>, Error> {
-    match verify_any(bytes, base, public_key, counter)? {
-        AnyPatch::WeightDelta(p) => Ok(p),
-        AnyPatch::Modules(_) => Err(Error::UnknownPatchKind),
+    let patch = Patch::from_bytes(bytes)?;
+    patch.check_signature(public_key)?;
+    patch.check_binding(&base.base())?;
+    if patch.sequence() <= counter {
+        return Err(Error::StalePatch);
+    }
+    Ok(patch)
+}
+
+/// Which patch kinds an [`install_as`] / [`boot_as`] accepts: [`AnyKind`] (what
+/// [`install`] and [`boot`] use) or [`WeightDeltaOnly`] (a device that runs only
+/// weight-delta patches; its code then carries nothing of kind 2, which keeps the OTA
+/// path of a small firmware small).
+pub trait Kinds {
+    /// [`AnyPatch::from_bytes`] restricted to the accepted kinds.
+    fn parse(bytes: &[u8]) -> Result<AnyPatch<'_>, Error>;
+    /// [`verify_any`] restricted to the accepted kinds.
+    fn verify<'p>(
+        bytes: &'p [u8],
+        base: &Model<'_>,
+        public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+        counter: u32,
+    ) -> Result<AnyPatch<'p>, Error>;
+    /// [`Running::apply`] restricted to the accepted kinds.
+    fn apply<'a>(
+        base: &Model<'a>,
+        patch: AnyPatch<'a>,
+        ram: &'a mut [f32],
+    ) -> Result<Running<'a>, Error>;
+}
+
+/// Both patch kinds.
+#[derive(Debug, Clone, Copy)]
+pub struct AnyKind;
+
+impl Kinds for AnyKind {
+    fn parse(bytes: &[u8]) -> Result<AnyPatch<'_>, Error> {
+        AnyPatch::from_bytes(bytes)
+    }
+
+    fn verify<'p>(
+        bytes: &'p [u8],
+        base: &Model<'_>,
+        public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+        counter: u32,
+    ) -> Result<AnyPatch<'p>, Error> {
+        verify_any(bytes, base, public_key, counter)
+    }
+
+    fn apply<'a>(
+        base: &Model<'a>,
+        patch: AnyPatch<'a>,
+        ram: &'a mut [f32],
+    ) -> Result<Running<'a>, Error> {
+        Running::apply(base, patch, ram)
+    }
+}
+
+/// Weight-delta patches only: a patch-modules patch is refused by install
+/// ([`Error::UnknownPatchKind`]) and not booted (boot falls back as for any patch that
+/// fails its checks).
+#[derive(Debug, Clone, Copy)]
+pub struct WeightDeltaOnly;
+
+impl Kinds for WeightDeltaOnly {
+    fn parse(bytes: &[u8]) -> Result<AnyPatch<'_>, Error> {
+        Patch::from_bytes(bytes).map(AnyPatch::WeightDelta)
+    }
+
+    fn verify<'p>(
+        bytes: &'p [u8],
+        base: &Model<'_>,
+        public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+        counter: u32,
+    ) -> Result<AnyPatch<'p>, Error> {
+        verify_patch(bytes, base, public_key, counter).map(AnyPatch::WeightDelta)
+    }
+
+    fn apply<'a>(
+        base: &Model<'a>,
+        patch: AnyPatch<'a>,
+        ram: &'a mut [f32],
+    ) -> Result<Running<'a>, Error> {
+        match patch {
+            AnyPatch::WeightDelta(p) => {
+                Ok(Running::WeightDelta(base.base().with_patch(&p, ram)?, p))
+            }
+            AnyPatch::Modules(_) => Err(Error::UnknownPatchKind),
+        }
     }
 }
 
@@ -537,8 +622,18 @@ pub fn install<S: Storage + ?Sized>(
     public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
     patch: &[u8],
 ) -> Result<Record, Error> {
+    install_as::<AnyKind, S>(storage, base, public_key, patch)
+}
+
+/// [`install`] accepting only the patch kinds `K` (e.g. [`WeightDeltaOnly`]).
+pub fn install_as<K: Kinds, S: Storage + ?Sized>(
+    storage: &mut S,
+    base: &Model<'_>,
+    public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+    patch: &[u8],
+) -> Result<Record, Error> {
     let records = Records::read_strict(storage)?;
-    let parsed = verify_any(patch, base, public_key, records.counter())?;
+    let parsed = K::verify(patch, base, public_key, records.counter())?;
     if patch.len() > storage.slot_capacity() {
         return Err(Error::SlotTooSmall);
     }
@@ -608,6 +703,18 @@ pub fn boot<'a, S: Storage + ?Sized>(
     patch_buf: &'a mut [u8],
     ram: &'a mut [f32],
 ) -> Booted<'a> {
+    boot_as::<AnyKind, S>(storage, base, public_key, patch_buf, ram)
+}
+
+/// [`boot`] running only the patch kinds `K` (e.g. [`WeightDeltaOnly`]: a committed
+/// patch of another kind fails its checks, and the boot falls back past it).
+pub fn boot_as<'a, K: Kinds, S: Storage + ?Sized>(
+    storage: &mut S,
+    base: &Model<'a>,
+    public_key: Option<&[u8; PUBLIC_KEY_SIZE]>,
+    patch_buf: &'a mut [u8],
+    ram: &'a mut [f32],
+) -> Booted<'a> {
     let base = base.base();
     let records = Records::read(storage);
     let counter = records.counter();
@@ -642,7 +749,7 @@ pub fn boot<'a, S: Storage + ?Sized>(
         }
         // Sequence 0 is below every real patch: the counter is enforced by `install`;
         // here the record's own CRC binding says the slot is what was committed.
-        let ok = verify_any(buf, &base, public_key, 0).is_ok_and(|p| {
+        let ok = K::verify(buf, &base, public_key, 0).is_ok_and(|p| {
             read_u32(buf, 12) == Some(record.patch_crc) && p.required_ram_len() <= ram.len()
         });
         if ok {
@@ -666,8 +773,8 @@ pub fn boot<'a, S: Storage + ?Sized>(
     let applied = patch_buf
         .get(..len)
         .ok_or(Error::Truncated)
-        .and_then(AnyPatch::from_bytes)
-        .and_then(|p| Ok((p, Running::apply(&base, p, ram)?)));
+        .and_then(K::parse)
+        .and_then(|p| Ok((p, K::apply(&base, p, ram)?)));
     match applied {
         Ok((patch, model)) => Booted {
             model,

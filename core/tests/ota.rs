@@ -11,7 +11,7 @@ use common::{Aligned, encode};
 use prorepair_core::format::encode::LayerSpec;
 use prorepair_core::guard::{Choice, Guard, Monitor};
 use prorepair_core::ota::sim::SimFlash;
-use prorepair_core::ota::{self, BootSource, Running};
+use prorepair_core::ota::{self, BootSource, Running, WeightDeltaOnly};
 use prorepair_core::patch::PatchKind;
 use prorepair_core::patch::encode::{PatchWriter, seal_ed25519};
 use prorepair_core::patch::modules::encode::{self as menc, IndicatorSpec, ModuleSpec};
@@ -86,7 +86,10 @@ fn boot(flash: &mut SimFlash, base: &Model<'_>, key: &[u8; 32]) -> (u32, BootSou
     let mut buf = vec![0u8; SLOT];
     let mut ram = vec![0.0f32; 1024];
     let b = ota::boot(flash, base, Some(key), &mut buf, &mut ram);
-    assert_eq!(b.patch.map_or(0, |p| p.sequence()), b.model.patch_sequence());
+    assert_eq!(
+        b.patch.map_or(0, |p| p.sequence()),
+        b.model.patch_sequence()
+    );
     (b.model.patch_sequence(), b.source, outputs(&b.model))
 }
 
@@ -320,7 +323,10 @@ fn patch_modules_install_boot_tamper_and_power_loss() {
 
     let mut flash = SimFlash::new(SLOT);
     let v0 = outputs(&Running::Plain(base));
-    assert_eq!(boot(&mut flash, &base, &key), (0, BootSource::Base, v0.clone()));
+    assert_eq!(
+        boot(&mut flash, &base, &key),
+        (0, BootSource::Base, v0.clone())
+    );
     install_with_power_cuts(&mut flash, &base, &key, (0, &v0), (1, &p1));
     let v1 = with(&base, &p1);
     install_with_power_cuts(&mut flash, &base, &key, (1, &v1), (2, &m2));
@@ -348,10 +354,17 @@ fn patch_modules_install_boot_tamper_and_power_loss() {
         assert_eq!(outputs(&b.model), want);
         for (k, x) in XS.iter().enumerate() {
             let in_box = x.iter().all(|v| (-0.5..=0.5).contains(v));
-            let y0: Vec<f32> = v0[3 * k..3 * k + 3].iter().map(|&b| f32::from_bits(b)).collect();
+            let y0: Vec<f32> = v0[3 * k..3 * k + 3]
+                .iter()
+                .map(|&b| f32::from_bits(b))
+                .collect();
             let label_fires = (0..3).max_by(|&a, &b| y0[a].total_cmp(&y0[b])) == Some(2);
             if !in_box && !label_fires {
-                assert_eq!(v2[3 * k..3 * k + 3], v0[3 * k..3 * k + 3], "outside: the base");
+                assert_eq!(
+                    v2[3 * k..3 * k + 3],
+                    v0[3 * k..3 * k + 3],
+                    "outside: the base"
+                );
             }
         }
         assert_ne!(v2[..3], v0[..3], "inside the box the module acts");
@@ -365,6 +378,25 @@ fn patch_modules_install_boot_tamper_and_power_loss() {
         assert_eq!(
             b.model.evaluate(&[0.0; 2], &mut arena, &mut y),
             Err(Error::InputLength)
+        );
+    }
+
+    // A device that runs weight-delta patches only: refuses to install kind 2, and
+    // boots past a kind-2 commit to the previous one (the kind-1 patch).
+    {
+        let mut f = flash.clone();
+        assert_eq!(
+            ota::install_as::<WeightDeltaOnly, _>(&mut f, &base, Some(&key), &m3),
+            Err(Error::UnknownPatchKind)
+        );
+        assert!(f == flash);
+        let mut buf = vec![0u8; SLOT];
+        let mut ram = vec![0.0f32; 1024];
+        let b = ota::boot_as::<WeightDeltaOnly, _>(&mut f, &base, Some(&key), &mut buf, &mut ram);
+        assert_eq!(b.source, BootSource::FallbackSlot(ota::Slot::A));
+        assert_eq!(
+            (b.model.patch_sequence(), outputs(&b.model)),
+            (1, v1.clone())
         );
     }
 
@@ -414,8 +446,14 @@ fn patch_modules_install_boot_tamper_and_power_loss() {
             Err(Error::StalePatch)
         );
     }
-    assert!(flash.areas() == &before, "refusals leave the flash untouched");
-    assert_eq!(boot(&mut flash, &base, &key), (2, BootSource::Slot(ota::Slot::B), v2.clone()));
+    assert!(
+        flash.areas() == &before,
+        "refusals leave the flash untouched"
+    );
+    assert_eq!(
+        boot(&mut flash, &base, &key),
+        (2, BootSource::Slot(ota::Slot::B), v2.clone())
+    );
 
     install_with_power_cuts(&mut flash, &base, &key, (2, &v2), (3, &m3));
     assert_eq!(boot(&mut flash, &base, &key).0, 3);
@@ -482,12 +520,23 @@ fn guard_with_patch_modules() {
             assert_eq!(y.map(f32::to_bits), base_y.map(f32::to_bits), "{x:?}");
         }
     }
-    assert!(inside > 100 && box_only > 100 && outside > 1000, "{inside} {box_only} {outside}");
+    assert!(
+        inside > 100 && box_only > 100 && outside > 1000,
+        "{inside} {box_only} {outside}"
+    );
     let c = g.counters();
-    assert_eq!((c.inside, c.outside, c.monitor_trips), (inside, outside, trips));
+    assert_eq!(
+        (c.inside, c.outside, c.monitor_trips),
+        (inside, outside, trips)
+    );
     // A base model has no regions: everything is outside.
     let mut plain = Guard::for_running(Running::Plain(base), None, Choice::Lowest).unwrap();
-    assert!(!plain.run(&[0.0; 3], &mut base_arena, &mut y).unwrap().inside);
+    assert!(
+        !plain
+            .run(&[0.0; 3], &mut base_arena, &mut y)
+            .unwrap()
+            .inside
+    );
     // A monitor for another output length is refused.
     let m4 = Monitor::new(&[1.0f32, 0.0, 0.0, 0.0, 0.0], 4, 0).unwrap();
     assert_eq!(

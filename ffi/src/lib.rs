@@ -17,9 +17,10 @@
 //!
 //! - OTA ([`pr_ota_install`], [`pr_ota_boot`]): signed patches installed through caller
 //!   storage callbacks ([`pr_storage`]) with A/B slots, an atomic commit and an
-//!   anti-rollback counter; boot picks a verified model. Both patch kinds install;
-//!   [`pr_ota_boot_any`] boots either into a [`pr_booted`] ([`pr_booted_evaluate`]),
-//!   [`pr_ota_boot`] weight-delta patches into a `pr_model`. The guard ([`pr_guard`],
+//!   anti-rollback counter; boot picks a verified model. [`pr_ota_install_any`] /
+//!   [`pr_ota_boot_any`] take both patch kinds and boot into a [`pr_booted`]
+//!   ([`pr_booted_evaluate`]); [`pr_ota_install`] / [`pr_ota_boot`] weight-delta patches
+//!   only, into a `pr_model`. The guard ([`pr_guard`],
 //!   [`pr_guard_run`]): verified regions, output monitor, fallback advisory, counters.
 //!
 //! Rules shared by every function: null pointers give `PR_NULL_POINTER`;
@@ -78,7 +79,7 @@ pub use modules::{
 pub use ota::{
     PR_BOOTED_SIZE, PR_OTA_RECORD_SIZE, PR_PUBLIC_KEY_SIZE, pr_area, pr_boot_info, pr_boot_source,
     pr_booted, pr_booted_arena_bytes, pr_booted_evaluate, pr_ota_boot, pr_ota_boot_any,
-    pr_ota_install, pr_ota_ram_bytes, pr_storage,
+    pr_ota_install, pr_ota_install_any, pr_ota_ram_bytes, pr_storage,
 };
 pub use patch::{pr_model_apply_patch, pr_model_patch_sequence, pr_patch_ram_bytes};
 pub use status::{pr_status, pr_status_str, pr_version};

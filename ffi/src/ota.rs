@@ -2,15 +2,20 @@
 //! The protocol is the core's (`prorepair_core::ota`); C supplies the storage as
 //! callbacks in a `pr_storage`.
 //!
-//! Both patch kinds install with `pr_ota_install`. `pr_ota_boot_any` boots either kind
-//! into a `pr_booted` (evaluated with `pr_booted_evaluate`, guarded with
-//! `pr_guard_init_booted`); `pr_ota_boot` boots weight-delta patches into a `pr_model`.
+//! Two flavours over the same storage and protocol: `pr_ota_install` / `pr_ota_boot`
+//! take weight-delta patches only and boot into a `pr_model` (a firmware using just
+//! these carries no patch-modules code); `pr_ota_install_any` / `pr_ota_boot_any` take
+//! both kinds and boot into a `pr_booted` (evaluated with `pr_booted_evaluate`, guarded
+//! with `pr_guard_init_booted`).
 
 use core::ffi::{c_int, c_void};
 use core::mem::{align_of, size_of};
 
 use prorepair_core::Error;
-use prorepair_core::ota::{self, AnyPatch, Area, BootSource, Booted, Running, Slot, Storage};
+use prorepair_core::ota::{
+    self, AnyKind, AnyPatch, Area, BootSource, Booted, Kinds, Running, Slot, Storage,
+    WeightDeltaOnly,
+};
 use prorepair_core::patch::{PUBLIC_KEY_SIZE, PatchKind};
 
 use crate::boundary::guard;
@@ -224,7 +229,8 @@ unsafe fn key_ref<'k>(key: *const u8) -> Option<&'k [u8; PUBLIC_KEY_SIZE]> {
     (!key.is_null()).then(|| unsafe { &*key.cast::<[u8; PUBLIC_KEY_SIZE]>() })
 }
 
-/// Install a patch over the air, power-fail safe.
+/// Install a weight-delta patch over the air, power-fail safe (a patch-modules patch
+/// is refused with `PR_UNKNOWN_PATCH_KIND`: see `pr_ota_install_any`).
 ///
 /// Verifies the patch completely before touching storage: CRC and structure, the
 /// Ed25519 signature under `public_key` (when given: unsigned patches are then refused
@@ -257,6 +263,51 @@ pub unsafe extern "C" fn pr_ota_install(
     patch_len: usize,
     out_counter: *mut u32,
 ) -> pr_status {
+    // SAFETY: contract above, passed on.
+    unsafe {
+        install_checked::<WeightDeltaOnly>(
+            model,
+            storage,
+            public_key,
+            patch,
+            patch_len,
+            out_counter,
+        )
+    }
+}
+
+/// Install a patch of either kind (weight delta or patch modules) over the air: as
+/// `pr_ota_install`, with the same checks, arguments and guarantees; boot it with
+/// `pr_ota_boot_any`. A patch-modules patch is checked for the binding of every module
+/// (input and output widths, labels) to `model`'s base blob.
+///
+/// # Safety
+/// As for `pr_ota_install`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pr_ota_install_any(
+    model: *const pr_model,
+    storage: *const pr_storage,
+    public_key: *const u8,
+    patch: *const u8,
+    patch_len: usize,
+    out_counter: *mut u32,
+) -> pr_status {
+    // SAFETY: contract above, passed on.
+    unsafe { install_checked::<AnyKind>(model, storage, public_key, patch, patch_len, out_counter) }
+}
+
+/// The body of `pr_ota_install` and `pr_ota_install_any`, accepting the kinds `K`.
+///
+/// # Safety
+/// As for `pr_ota_install`.
+unsafe fn install_checked<K: Kinds>(
+    model: *const pr_model,
+    storage: *const pr_storage,
+    public_key: *const u8,
+    patch: *const u8,
+    patch_len: usize,
+    out_counter: *mut u32,
+) -> pr_status {
     guard(PR_PANIC, || {
         // SAFETY: contract above, passed on.
         let model = match unsafe { read_model(model) } {
@@ -281,7 +332,7 @@ pub unsafe extern "C" fn pr_ota_install(
         let bytes = unsafe { core::slice::from_raw_parts(patch, patch_len) };
         // SAFETY: contract above.
         let key = unsafe { key_ref(public_key) };
-        match ota::install(&mut CStorage(storage), &model, key, bytes) {
+        match ota::install_as::<K, _>(&mut CStorage(storage), &model, key, bytes) {
             Ok(record) => {
                 if !out_counter.is_null() {
                     // SAFETY: non-null, aligned (checked), writable (contract).
@@ -300,7 +351,7 @@ pub unsafe extern "C" fn pr_ota_install(
 /// # Safety
 /// As for `pr_ota_boot`, with `out` writable for `out_len` bytes.
 #[allow(clippy::too_many_arguments)] // the C arguments, passed on
-unsafe fn boot_checked(
+unsafe fn boot_checked<K: Kinds>(
     base: *const pr_model,
     storage: *const pr_storage,
     public_key: *const u8,
@@ -352,7 +403,7 @@ unsafe fn boot_checked(
     };
     // SAFETY: contract above.
     let key = unsafe { key_ref(public_key) };
-    let booted = ota::boot(&mut CStorage(storage), &base, key, buf, ram);
+    let booted = ota::boot_as::<K, _>(&mut CStorage(storage), &base, key, buf, ram);
     let source = match booted.source {
         BootSource::Base => pr_boot_source::PR_BOOT_BASE,
         BootSource::Slot(Slot::A) => pr_boot_source::PR_BOOT_SLOT_A,
@@ -382,10 +433,10 @@ unsafe fn boot_checked(
 /// under `public_key`, binding to the base blob, the commit record's length and CRC,
 /// and fits `patch_buf` and `ram`). This function does not fail on storage contents:
 /// with `PR_OK` the device always has a verified model (the base one at worst); only
-/// bad arguments give an error, and one more: when the verified commit is a
-/// patch-modules patch (kind 2, not expressible as a `pr_model`) it returns
-/// `PR_UNKNOWN_PATCH_KIND` and writes nothing (the caller keeps running `base`). A
-/// device that accepts patch-modules patches boots with `pr_ota_boot_any`.
+/// bad arguments give an error. A committed patch-modules patch (installed with
+/// `pr_ota_install_any`) is not a weight-delta patch: it fails the checks here and the
+/// boot falls back past it (`PR_BOOT_FALLBACK_*`); such a device boots with
+/// `pr_ota_boot_any`.
 ///
 /// - `base`: borrowed, a loaded `pr_model` (its base blob is used).
 /// - `storage`, `public_key`: as for `pr_ota_install`.
@@ -421,7 +472,7 @@ pub unsafe extern "C" fn pr_ota_boot(
         }
         // SAFETY: contract above, passed on; `out_model` is writable for one pr_model.
         let booted = unsafe {
-            boot_checked(
+            boot_checked::<WeightDeltaOnly>(
                 base,
                 storage,
                 public_key,
@@ -437,6 +488,7 @@ pub unsafe extern "C" fn pr_ota_boot(
             Ok(b) => b,
             Err(s) => return s,
         };
+        // Always a Model: `WeightDeltaOnly` boots nothing else.
         let Some(model) = booted.model.as_model() else {
             return PR_UNKNOWN_PATCH_KIND;
         };
@@ -490,7 +542,7 @@ pub unsafe extern "C" fn pr_ota_boot_any(
         }
         // SAFETY: contract above, passed on; `out` is writable for one pr_booted.
         let booted = unsafe {
-            boot_checked(
+            boot_checked::<AnyKind>(
                 base,
                 storage,
                 public_key,

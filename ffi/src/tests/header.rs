@@ -48,6 +48,7 @@ fn header_declares_the_whole_api() {
         "pr_ota_install",
         "pr_ota_boot",
         "pr_ota_boot_any",
+        "pr_ota_install_any",
         "pr_ota_ram_bytes",
         "pr_booted_arena_bytes",
         "pr_booted_evaluate",

@@ -276,6 +276,22 @@ fn install_boot_and_guard_through_the_c_api() {
     );
 }
 
+fn install_any(model: &pr_model, st: &pr_storage, patch: &[u8]) -> (pr_status, u32) {
+    let mut counter = 77;
+    // SAFETY: valid pointers for the call.
+    let s = unsafe {
+        pr_ota_install_any(
+            model,
+            st,
+            std::ptr::null(),
+            patch.as_ptr(),
+            patch.len(),
+            &mut counter,
+        )
+    };
+    (s, counter)
+}
+
 /// A kind-2 patch for `blob` (sequence `seq`): a box module on [-0.5, 0.5]^5 and a
 /// label module, with one verified region (the box's half x4 <= 0).
 fn modules_patch(blob: &Aligned, seq: u32) -> Vec<u8> {
@@ -317,8 +333,10 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
     let mut m = mem();
     let st = storage(&mut m);
     assert_eq!(install(&base, &st, None, &p1), (PR_OK, 1));
-    assert_eq!(install(&base, &st, None, &m2), (PR_OK, 2));
-    assert_eq!(install(&base, &st, None, &m2), (PR_STALE_PATCH, 77));
+    // The weight-delta-only install refuses a kind-2 patch; the _any one takes it.
+    assert_eq!(install(&base, &st, None, &m2), (PR_UNKNOWN_PATCH_KIND, 77));
+    assert_eq!(install_any(&base, &st, &m2), (PR_OK, 2));
+    assert_eq!(install_any(&base, &st, &m2), (PR_STALE_PATCH, 77));
 
     // RAM for either kind.
     let mut need = 0usize;
@@ -335,7 +353,8 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
     );
     assert_eq!(need, need_modules);
 
-    // The weight-delta boot refuses to express a kind-2 commit as a pr_model.
+    // The weight-delta boot cannot run the kind-2 commit: it falls back past it to
+    // the previous commit (the weight-delta patch in slot A).
     let mut buf = vec![0u8; 4096];
     let mut ram = vec![0.0f32; 1024];
     let mut out_model = sentinel_model();
@@ -360,8 +379,9 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
             &mut info,
         )
     };
-    assert_eq!(s, PR_UNKNOWN_PATCH_KIND);
-    assert_eq!((info.sequence, info.kind), (99, 99), "untouched on failure");
+    assert_eq!(s, PR_OK);
+    assert_eq!(info.source, pr_boot_source::PR_BOOT_FALLBACK_SLOT_A);
+    assert_eq!((info.sequence, info.counter, info.kind), (1, 2, 1));
 
     let mut booted = pr_booted::unloaded();
     let mut arena_bytes = 0usize;
