@@ -1022,6 +1022,10 @@ fn bisect_dimension(
 /// modules whose anchor has the same label as `x'`, the (up to) ten with the largest
 /// cosine similarity between `N(x')` and the anchor output `N(x_i)`. `anchors[i]` is
 /// `(label, N(x_i))` for module `i`; returns module indices, most similar first.
+///
+/// A heuristic, NOT part of the proof: each module is proven only inside its own box,
+/// so what an allocated module does outside it is not claimed (and the device and the
+/// exported ONNX never apply it there). [`Allocation`] evaluates with it on the host.
 pub fn allocate(base_output: &[f64], label: usize, anchors: &[(usize, Vec<f64>)]) -> Vec<usize> {
     let norm = |v: &[f64]| v.iter().map(|a| a * a).sum::<f64>().sqrt();
     let ny = norm(base_output);
@@ -1037,6 +1041,69 @@ pub fn allocate(base_output: &[f64], label: usize, anchors: &[(usize, Vec<f64>)]
         .collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1));
     scored.into_iter().take(10).map(|(i, _)| i).collect()
+}
+
+/// Host-side evaluation with the patch allocation `tau` (AdvRepair Section 3.3), an
+/// option for measuring generalisation: the proven semantics inside the boxes, and
+/// outside every box the modules that [`allocate`] assigns.
+///
+/// Outside the boxes nothing is proven and the shipped patch does not do this (the
+/// device, the tract adapter and the exported ONNX apply a module only inside its box,
+/// so there `F(x) = N(x)` bit for bit). Use it to measure how the local repairs
+/// generalise, not as the repaired network's specification.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Allocation {
+    /// Per module entry: `(label, N(x_i))` of its anchor `x_i`.
+    pub anchors: Vec<(usize, Vec<f64>)>,
+}
+
+impl Allocation {
+    /// Anchors from the inputs the modules were trained around (`anchor_inputs[i]` for
+    /// entry `i`, e.g. the centre of robustness box `i` before clipping): label
+    /// `argmax N(x_i)` and output `N(x_i)`.
+    pub fn new(base: &Network, anchor_inputs: &[Vec<f64>]) -> Self {
+        let anchors = anchor_inputs
+            .iter()
+            .map(|x| {
+                let y = base.forward(x);
+                (argmax(&y).unwrap_or(0), y)
+            })
+            .collect();
+        Allocation { anchors }
+    }
+
+    /// Module indices allocated to the neighbourhood of `at` (the paper allocates at a
+    /// clean input `x'` and uses the same modules on all of `B(x', r)`): same predicted
+    /// label `argmax N(at)`, top ten by cosine similarity of `N(at)` to the anchors'
+    /// outputs.
+    pub fn modules_for(&self, base: &Network, at: &[f64]) -> Vec<usize> {
+        let y = base.forward(at);
+        allocate(&y, argmax(&y).unwrap_or(0), &self.anchors)
+    }
+
+    /// `F_tau(x)`: where an indicator of `modules` fires on `x`, exactly
+    /// [`PatchModules::eval`] (the proven semantics); elsewhere
+    /// `N(x) + sum of P_j(x) over j in tau(at)`, the modules allocated at `at` (`x`
+    /// itself when `None`).
+    pub fn eval(
+        &self,
+        modules: &PatchModules,
+        base: &Network,
+        x: &[f64],
+        at: Option<&[f64]>,
+    ) -> Vec<f64> {
+        let y0 = base.forward(x);
+        if modules.entries.iter().any(|(ind, _)| ind.fires(x, &y0)) {
+            return modules.eval(base, x);
+        }
+        let mut y = y0;
+        for j in self.modules_for(base, at.unwrap_or(x)) {
+            if let Some((_, m)) = modules.entries.get(j) {
+                y.iter_mut().zip(m.forward(x)).for_each(|(a, b)| *a += b);
+            }
+        }
+        y
+    }
 }
 
 #[cfg(test)]
@@ -1126,6 +1193,35 @@ mod tests {
             (0, vec![1.0, 1.0]),
         ];
         assert_eq!(allocate(&[1.0, 0.05], 0, &anchors), vec![0, 3, 2]);
+    }
+
+    #[test]
+    fn allocation_applies_modules_only_outside_the_boxes() {
+        let base = tiny_base();
+        let m = tiny_module();
+        let b = BoxBounds::new(vec![0.0, 0.0], vec![0.5, 0.5]);
+        let modules = PatchModules {
+            entries: vec![(Indicator::Box(b), m.clone())],
+        };
+        let alloc = Allocation::new(&base, &[vec![0.25, 0.25]]);
+        // Inside the box: the proven semantics, bit for bit.
+        let inside = [0.1, 0.4];
+        assert_eq!(
+            alloc.eval(&modules, &base, &inside, None),
+            modules.eval(&base, &inside)
+        );
+        // Outside: N(x) + the allocated module when the label matches, N(x) otherwise.
+        let out = [0.9, 0.8];
+        let y = base.forward(&out);
+        let same_label = argmax(&y) == Some(alloc.anchors[0].0);
+        let want: Vec<f64> = if same_label {
+            y.iter().zip(m.forward(&out)).map(|(a, b)| a + b).collect()
+        } else {
+            y.clone()
+        };
+        assert_eq!(alloc.eval(&modules, &base, &out, None), want);
+        assert_eq!(modules.eval(&base, &out), y, "without allocation: N(x)");
+        assert_eq!(alloc.modules_for(&base, &out).is_empty(), !same_label);
     }
 
     #[test]
