@@ -340,14 +340,14 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
 
     // RAM for either kind.
     let mut need = 0usize;
-    // SAFETY: valid buffers.
     assert_eq!(
+        // SAFETY: valid buffers.
         unsafe { pr_ota_ram_bytes(m2.as_ptr(), m2.len(), &mut need) },
         PR_OK
     );
     let mut need_modules = 0usize;
-    // SAFETY: valid buffers.
     assert_eq!(
+        // SAFETY: valid buffers.
         unsafe { pr_modules_ram_bytes(m2.as_ptr(), m2.len(), &mut need_modules) },
         PR_OK
     );
@@ -385,8 +385,8 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
 
     let mut booted = pr_booted::unloaded();
     let mut arena_bytes = 0usize;
-    // SAFETY: valid pointers; the zeroed handle is reported, not used.
     assert_eq!(
+        // SAFETY: valid pointers; the zeroed handle is reported, not used.
         unsafe { pr_booted_arena_bytes(&booted, &mut arena_bytes) },
         PR_MODEL_NOT_LOADED
     );
@@ -410,8 +410,8 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
         (info.sequence, info.counter, info.patch_len, info.kind),
         (2, 2, m2.len(), 2)
     );
-    // SAFETY: valid pointers.
     assert_eq!(
+        // SAFETY: valid pointers.
         unsafe { pr_booted_arena_bytes(&booted, &mut arena_bytes) },
         PR_OK
     );
@@ -419,8 +419,8 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
     // pr_booted_evaluate equals pr_modules_evaluate on the same patch, bit for bit.
     let mut mods = pr_modules::unloaded();
     let mut mram = vec![0.0f32; need / 4];
-    // SAFETY: valid buffers; `m2` and `mram` outlive `mods`.
     assert_eq!(
+        // SAFETY: valid buffers; `m2` and `mram` outlive `mods`.
         unsafe {
             pr_modules_load(
                 &base,
@@ -435,8 +435,8 @@ fn patch_modules_install_boot_evaluate_and_guard_through_the_c_api() {
     );
     let mut arena = vec![0.0f32; arena_bytes / 4 + 1];
     let mut g = pr_guard::unloaded();
-    // SAFETY: valid pointers; `booted`'s buffers outlive the guard.
     assert_eq!(
+        // SAFETY: valid pointers; `booted`'s buffers outlive the guard.
         unsafe { pr_guard_init_booted(&mut g, &booted, std::ptr::null(), 0, 0, PR_CHOICE_HIGHEST) },
         PR_OK
     );
