@@ -87,6 +87,18 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_COMPLETE_BUDGET") {
         o.complete_budget = Duration::from_secs_f64(v);
     }
+    if let Some(v) = get("PROREPAIR_BOUNDW") {
+        o.bound_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_GLOBAL_LAMBDA") {
+        o.global_fidelity_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_DECISIONW") {
+        o.decision_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_BOUND_BOXES") {
+        o.bound_boxes_per_round = v as usize;
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }
