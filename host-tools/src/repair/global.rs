@@ -17,6 +17,12 @@
 //!    (branch and bound, short budget). "holds" ends the phase (the proof); a
 //!    counterexample becomes an anchor; "unknown" raises `t` (more margin, easier proof).
 //!
+//! 4. Optional certified training ([`super::RepairOptions::bound_weight`] > 0): on
+//!    "unknown", branch and bound's open sub-boxes ([`verify::bab::open_leaves`]) join a
+//!    hinge on a lower bound of their desired margin (CROWN's backward pass in candle,
+//!    relaxations refreshed from the current network), instead of raising `t`. Off by
+//!    default: on ACAS Xu prop_2 it did not close the proofs and cost fidelity.
+//!
 //! Nothing here claims a property holds except `verify`'s verdict.
 
 use std::time::{Duration, Instant};
@@ -368,20 +374,14 @@ pub(super) fn run(
                     for c in cases {
                         let budget = remaining().mul_f64(0.1).min(options.bound_frontier_budget);
                         let per_case = options.bound_boxes_per_round / cases.len().max(1);
-                        match verify::bab::open_leaves(
-                            current,
-                            c,
-                            Instant::now() + budget,
-                            4096,
-                        ) {
+                        match verify::bab::open_leaves(current, c, Instant::now() + budget, 4096) {
                             verify::bab::Frontier::Open(leaves) => {
                                 // Spread over the frontier (worst gap first): the
                                 // near-closed boxes are the ones training can close.
                                 let k = per_case.max(1).min(leaves.len());
                                 collected += k;
-                                g.boxes.extend(
-                                    (0..k).map(|j| leaves[j * leaves.len() / k].clone()),
-                                );
+                                g.boxes
+                                    .extend((0..k).map(|j| leaves[j * leaves.len() / k].clone()));
                             }
                             // verify's run missed it: the next round's verify or sampling
                             // finds it again; nothing to bound here.
@@ -391,7 +391,7 @@ pub(super) fn run(
                     let excess = g.boxes.len().saturating_sub(options.bound_boxes_max);
                     g.boxes.drain(..excess);
                     // The proof needs a gap above f32 rounding only; a fraction of the
-                    // target margin leaves room for CROWN-IBP's looseness over CROWN.
+                    // target margin leaves room for the stale relaxations between refreshes.
                     g.target = 0.1 * target;
                 }
                 trainer.set_bound_boxes(&bound_groups, current)?;
@@ -410,10 +410,19 @@ pub(super) fn run(
             if trace && collected > 0 {
                 let mut all: Vec<f64> = trainer.bound_margins()?.into_iter().flatten().collect();
                 all.sort_by(f64::total_cmp);
-                let q = |f: f64| all.get(((all.len() as f64 - 1.0) * f) as usize).copied().unwrap_or(0.0);
+                let q = |f: f64| {
+                    all.get(((all.len() as f64 - 1.0) * f) as usize)
+                        .copied()
+                        .unwrap_or(0.0)
+                };
                 eprintln!(
                     "global round {rounds}: {collected} open sub-boxes collected ({} in the bound term), CROWN lower bounds: quartiles {:.3e} {:.3e} {:.3e} {:.3e} {:.3e}",
-                    all.len(), q(0.0), q(0.25), q(0.5), q(0.75), q(1.0),
+                    all.len(),
+                    q(0.0),
+                    q(0.25),
+                    q(0.5),
+                    q(0.75),
+                    q(1.0),
                 );
             }
             verified_now = true;
@@ -443,10 +452,18 @@ pub(super) fn run(
             trainer.refresh_bounds(current)?;
             let mut all: Vec<f64> = trainer.bound_margins()?.into_iter().flatten().collect();
             all.sort_by(f64::total_cmp);
-            let q = |f: f64| all.get(((all.len() as f64 - 1.0) * f) as usize).copied().unwrap_or(0.0);
+            let q = |f: f64| {
+                all.get(((all.len() as f64 - 1.0) * f) as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
             eprintln!(
                 "global round {rounds}: after {steps} Adam steps, CROWN lower bounds of the open boxes: quartiles {:.3e} {:.3e} {:.3e} {:.3e} {:.3e}, {} of {} >= 0",
-                q(0.0), q(0.25), q(0.5), q(0.75), q(1.0),
+                q(0.0),
+                q(0.25),
+                q(0.5),
+                q(0.75),
+                q(1.0),
                 all.iter().filter(|&&v| v >= 0.0).count(),
                 all.len()
             );

@@ -231,7 +231,10 @@ pub struct RepairOptions {
     pub decision_weight: f64,
     /// Weight of the certified-training term in that phase (0 disables it): when `verify`
     /// cannot decide, the sub-boxes its branch and bound left open get a hinge on a sound
-    /// lower bound (CROWN-IBP, differentiable in the weights) of their desired margin.
+    /// lower bound (CROWN's backward pass, differentiable in the weights) of their desired
+    /// margin. Off by default: measured on ACAS Xu prop_2 (BENCHMARKS.md, Repair) it
+    /// closes few of the open sub-boxes within the 2% parameter budget and, at weight
+    /// 100, costs fidelity (N1,2: 37.8% advisory agreement).
     pub bound_weight: f64,
     /// Most open sub-boxes taken per property and round for that term.
     pub bound_boxes_per_round: usize,
@@ -276,7 +279,7 @@ impl Default for RepairOptions {
             global_output_weight: 1000.0,
             global_fidelity_weight: 100.0,
             decision_weight: 0.0,
-            bound_weight: 100.0,
+            bound_weight: 0.0,
             bound_boxes_per_round: 128,
             bound_boxes_max: 512,
             bound_frontier_budget: Duration::from_millis(1500),

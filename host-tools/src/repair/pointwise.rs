@@ -208,7 +208,8 @@ pub struct Trainer {
     /// How many of the last Dense layers of `f_e` may change.
     pub trainable_layers: usize,
     /// Certified-training term: input boxes whose sound lower bound of the desired margin
-    /// (CROWN-IBP through the whole network, a function of the trainable weights) is
+    /// (CROWN's backward pass through the whole network, a function of the trainable
+    /// weights) is
     /// hinged at a target ([`Trainer::set_bound_boxes`]).
     bound: Vec<BoundData>,
     /// Weight of that term.
@@ -490,9 +491,13 @@ impl Trainer {
                 let lo = (gmin - y.broadcast_sub(&ya).map_err(candle)?)
                     .and_then(|t| t.relu()?.sum_keepdim(1)?.mean_all())
                     .map_err(candle)?;
-                let hi = (gmax - y.broadcast_sub(&yb).map_err(candle)?.neg().map_err(candle)?)
-                    .and_then(|t| t.relu()?.sum_keepdim(1)?.mean_all())
-                    .map_err(candle)?;
+                let hi = (gmax
+                    - y.broadcast_sub(&yb)
+                        .map_err(candle)?
+                        .neg()
+                        .map_err(candle)?)
+                .and_then(|t| t.relu()?.sum_keepdim(1)?.mean_all())
+                .map_err(candle)?;
                 let d = (lo + hi)
                     .and_then(|t| t.affine(self.decision_weight, 0.0))
                     .map_err(candle)?;
@@ -690,7 +695,7 @@ impl Trainer {
             .transpose()
     }
 
-    /// The current CROWN-IBP lower bounds of every box (group by group), for reports.
+    /// The current bound-term lower bounds of every box (group by group), for reports.
     pub fn bound_margins(&self) -> Result<Vec<Vec<f64>>, RepairError> {
         let Some(lbs) = self.bound_lower()? else {
             return Ok(Vec::new());
@@ -703,8 +708,7 @@ impl Trainer {
     /// True when every box's bound meets half its target (or there are no boxes).
     fn bounds_met(&self) -> Result<bool, RepairError> {
         let m = self.bound_margins()?;
-        Ok(m
-            .iter()
+        Ok(m.iter()
             .zip(&self.bound)
             .all(|(v, g)| v.iter().all(|&x| x >= 0.5 * g.target)))
     }
@@ -1107,12 +1111,12 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
     let inp = (pos
         .broadcast_mul(&g.lo.unsqueeze(1).map_err(c)?)
         .map_err(c)?
-        + neg.broadcast_mul(&g.hi.unsqueeze(1).map_err(c)?).map_err(c)?)
+        + neg
+            .broadcast_mul(&g.hi.unsqueeze(1).map_err(c)?)
+            .map_err(c)?)
     .and_then(|t| t.sum(2))
     .map_err(c)?;
-    let rows = (cst + inp)
-        .and_then(|t| t.broadcast_add(&g.d))
-        .map_err(c)?;
+    let rows = (cst + inp).and_then(|t| t.broadcast_add(&g.d)).map_err(c)?;
     // Per clause the best row, then the worst clause.
     let per_clause: Vec<Tensor> = g
         .clauses
@@ -1207,7 +1211,10 @@ mod tests {
             for ((lo, hi), lb) in boxes.iter().zip(lbs) {
                 for _ in 0..200 {
                     let x: Vec<f64> = (0..3).map(|i| rng.random_range(lo[i]..=hi[i])).collect();
-                    assert!(score(n, &x) >= lb - 1e-9, "bound {lb} above the score at {x:?}");
+                    assert!(
+                        score(n, &x) >= lb - 1e-9,
+                        "bound {lb} above the score at {x:?}"
+                    );
                 }
             }
         };

@@ -1487,8 +1487,11 @@ mod tests {
         // y = relu(x0 - x1) - relu(x1 - x0) = x0 - x1 on [0, 1]^2.
         let d1 = Dense::new(2, 2, vec![1.0, -1.0, -1.0, 1.0], vec![0.0; 2]).unwrap();
         let d2 = Dense::new(2, 1, vec![1.0, -1.0], vec![0.0]).unwrap();
-        let net = Network::new(vec![2], vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)])
-            .unwrap();
+        let net = Network::new(
+            vec![2],
+            vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)],
+        )
+        .unwrap();
         let case = |rhs: f64| Case {
             lower: vec![0.0, 0.0],
             upper: vec![1.0, 1.0],
@@ -1498,7 +1501,10 @@ mod tests {
             }],
         };
         let later = Instant::now() + std::time::Duration::from_secs(30);
-        assert_eq!(open_leaves(&net, &case(-5.0), later, 1000), Frontier::Open(vec![]));
+        assert_eq!(
+            open_leaves(&net, &case(-5.0), later, 1000),
+            Frontier::Open(vec![])
+        );
         match open_leaves(&net, &case(-0.5), later, 1000) {
             Frontier::Counterexample(x, y) => {
                 assert!(net.forward(&x)[0] <= -0.5 && y[0] <= -0.5, "{x:?} {y:?}");
