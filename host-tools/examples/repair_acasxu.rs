@@ -39,7 +39,8 @@ fn acasxu_domain() -> BoxBounds {
     )
 }
 
-/// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _LR, _STEPS, _RADIUS, _FIDN.
+/// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _GLOBAL_LAMBDA, _LR, _STEPS,
+/// _RADIUS, _FIDN, _BOUNDW (certified-training weight), _BOUND_BOXES, _DECISIONW, ...
 fn tuned(mut o: RepairOptions) -> RepairOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PROREPAIR_SPLIT") {
