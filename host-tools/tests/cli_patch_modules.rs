@@ -98,7 +98,11 @@ fn repair_with_patch_modules_then_apply() {
         .collect();
     let outside: Vec<String> = lo.iter().map(|l| (l - 0.05).to_string()).collect();
     let inputs = dir.join("in.csv");
-    std::fs::write(&inputs, format!("{}\n{}\n", centre.join(","), outside.join(","))).unwrap();
+    std::fs::write(
+        &inputs,
+        format!("{}\n{}\n", centre.join(","), outside.join(",")),
+    )
+    .unwrap();
     let blob = dir.join("base.bin");
     let out = host(&["compile", s(&model), "--out", s(&blob)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -125,7 +129,10 @@ fn repair_with_patch_modules_then_apply() {
         let (b, p) = (rows(&base_out), rows(&out));
         assert_eq!(p.len(), 2);
         assert_ne!(b[0], p[0], "the module acts inside the box");
-        assert_eq!(b[1], p[1], "outside the box the base's outputs, bit for bit");
+        assert_eq!(
+            b[1], p[1],
+            "outside the box the base's outputs, bit for bit"
+        );
     }
     // A key that did not sign the patch: refused, as on a device.
     let other = dir.join("other");

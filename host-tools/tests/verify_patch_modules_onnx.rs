@@ -81,7 +81,10 @@ fn verify_reads_the_exported_graph_holds_then_violated_when_weakened() {
     assert_eq!(pw.modules, r.modules, "boxes and weights are f32 already");
     let report = piecewise::verify_piecewise(&pw, &cases, &options, piecewise::MAX_CELLS);
     assert_eq!(report.report.verdict, Verdict::Holds, "{report:?}");
-    assert!(report.cells >= 1 && report.cells_with_modules >= 1, "{report:?}");
+    assert!(
+        report.cells >= 1 && report.cells_with_modules >= 1,
+        "{report:?}"
+    );
 
     // The same module with its output scaled to zero: the base's violation is back.
     let mut weak: PatchModules = r.modules.clone();

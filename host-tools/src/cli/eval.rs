@@ -189,8 +189,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
             };
             let model = blob.model().map_err(|e| CliError::file(&args.model, e))?;
             let rows = read_rows(&args.inputs, model.input_len())?;
-            let outputs =
-                modules_outputs(&model, path, &patch_bytes, args.key.as_deref(), &rows)?;
+            let outputs = modules_outputs(&model, path, &patch_bytes, args.key.as_deref(), &rows)?;
             emit(outputs, args.json.as_deref())?;
             return Ok(Outcome::Ok);
         }

@@ -100,8 +100,8 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     unsafe { verify::cache_thread_count(args.threads) };
     // A patch-modules graph (`apply --onnx-out` of a kind-2 patch) is a piecewise model,
     // verified cell by cell.
-    let model = crate::import::load_model(&args.model)
-        .map_err(|e| CliError::BadInput(e.to_string()))?;
+    let model =
+        crate::import::load_model(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
     let (net, piecewise) = match model {
         crate::import::Model::Network(n) => (n, None),
         crate::import::Model::Piecewise(p) => (p.base.clone(), Some(p)),

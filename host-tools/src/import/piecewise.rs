@@ -308,7 +308,10 @@ pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piece
             let at = g.producer.get(y).copied().unwrap_or(w);
             return Err(g.err(
                 at,
-                format!("'{y}' is used outside the indicator pattern of node '{}'", g.name(w)),
+                format!(
+                    "'{y}' is used outside the indicator pattern of node '{}'",
+                    g.name(w)
+                ),
             ));
         }
         matched.push(m);
@@ -465,9 +468,7 @@ fn match_module<'a>(
         if wv.iter().chain(&bv).any(|v| !v.is_finite()) {
             return Err(g.err(gemm, "a weight or bias is not finite"));
         }
-        layers.push(
-            Dense::new(in_dim, out_dim, wv, bv).map_err(|e| g.err(gemm, e))?,
-        );
+        layers.push(Dense::new(in_dim, out_dim, wv, bv).map_err(|e| g.err(gemm, e))?);
         let input = node.input[0].as_str();
         match g.producer.get(input) {
             Some(&r) if g.nodes[r].op_type == "Relu" => {
@@ -509,7 +510,11 @@ fn match_module<'a>(
         return Err(g.err(min, "the indicator must reduce over axis 1, keeping it"));
     }
     let ai = &g.nodes[and].input;
-    let op_of = |t: &str| g.producer.get(t).map_or("a graph input", |&p| g.nodes[p].op_type.as_str());
+    let op_of = |t: &str| {
+        g.producer
+            .get(t)
+            .map_or("a graph input", |&p| g.nodes[p].op_type.as_str())
+    };
     let (ge_t, le_t) = match (op_of(&ai[0]), op_of(&ai[1])) {
         ("GreaterOrEqual", "LessOrEqual") => (&ai[0], &ai[1]),
         ("LessOrEqual", "GreaterOrEqual") => (&ai[1], &ai[0]),
@@ -579,27 +584,39 @@ mod tests {
     use crate::model::Layer;
 
     fn base() -> Network {
-        let d1 = Dense::new(3, 4, (0..12).map(|i| (i as f64 * 0.7).sin()).collect(), vec![
-            0.1, -0.2, 0.3, 0.0,
-        ])
+        let d1 = Dense::new(
+            3,
+            4,
+            (0..12).map(|i| (i as f64 * 0.7).sin()).collect(),
+            vec![0.1, -0.2, 0.3, 0.0],
+        )
         .unwrap();
-        let d2 = Dense::new(4, 2, (0..8).map(|i| (i as f64 * 1.3).cos()).collect(), vec![
-            0.5, -0.5,
-        ])
+        let d2 = Dense::new(
+            4,
+            2,
+            (0..8).map(|i| (i as f64 * 1.3).cos()).collect(),
+            vec![0.5, -0.5],
+        )
         .unwrap();
-        Network::new(vec![3], vec![
-            Layer::Dense(d1),
-            Layer::Relu,
-            Layer::Dense(d2),
-        ])
+        Network::new(
+            vec![3],
+            vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)],
+        )
         .unwrap()
     }
 
     fn module(seed: f64) -> Module {
         Module {
             layers: vec![
-                Dense::new(3, 2, (0..6).map(|i| (i as f64 + seed).sin() as f32 as f64).collect(), vec![0.25, -0.125])
-                    .unwrap(),
+                Dense::new(
+                    3,
+                    2,
+                    (0..6)
+                        .map(|i| (i as f64 + seed).sin() as f32 as f64)
+                        .collect(),
+                    vec![0.25, -0.125],
+                )
+                .unwrap(),
                 Dense::new(2, 2, vec![1.0, -0.5, 0.75, 2.0], vec![0.0, 1.5]).unwrap(),
             ],
         }
@@ -623,7 +640,9 @@ mod tests {
             .entries
             .iter()
             .map(|(ind, m)| {
-                let Indicator::Box(b) = ind else { unreachable!() };
+                let Indicator::Box(b) = ind else {
+                    unreachable!()
+                };
                 OnnxModule {
                     lower: &b.lower,
                     upper: &b.upper,
@@ -663,7 +682,10 @@ mod tests {
         let err = super::super::load(&path).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
         // A plain network stays a plain network.
-        let plain = write("plain", &crate::export::to_onnx_bytes(&net, Some(&[1, 3])).unwrap());
+        let plain = write(
+            "plain",
+            &crate::export::to_onnx_bytes(&net, Some(&[1, 3])).unwrap(),
+        );
         assert!(matches!(
             super::super::load_model(&plain).unwrap(),
             super::super::Model::Network(_)
@@ -672,11 +694,14 @@ mod tests {
         let _ = std::fs::remove_file(plain);
     }
 
+    /// An edit of the exported graph.
+    type Edit = Box<dyn Fn(&mut pb::GraphProto)>;
+
     /// Changes to the pattern are refused with the file and the node named.
     #[test]
     fn anything_but_the_exact_pattern_is_a_clear_error() {
         let (_, _, bytes) = exported();
-        let cases: Vec<(&str, Box<dyn Fn(&mut pb::GraphProto)>)> = vec![
+        let cases: Vec<(&str, Edit)> = vec![
             (
                 "pm0_and",
                 Box::new(|g| {
@@ -688,7 +713,11 @@ mod tests {
                 "pm1_all",
                 Box::new(|g| {
                     let n = g.node.iter_mut().find(|n| n.name == "pm1_all").unwrap();
-                    n.attribute.iter_mut().find(|a| a.name == "axes").unwrap().ints = vec![0];
+                    n.attribute
+                        .iter_mut()
+                        .find(|a| a.name == "axes")
+                        .unwrap()
+                        .ints = vec![0];
                 }),
             ),
             (
