@@ -134,6 +134,24 @@ fn repair_with_patch_modules_then_apply() {
             "outside the box the base's outputs, bit for bit"
         );
     }
+    // The exported graph itself evaluates to the same outputs (host, f64, vs the device's
+    // f32).
+    let out = host(&["eval", s(&onnx), "--inputs", s(&inputs)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let device = host(&[
+        "eval",
+        s(&blob),
+        "--patch",
+        s(&patch),
+        "--inputs",
+        s(&inputs),
+    ]);
+    for (a, b) in rows(&out).iter().zip(rows(&device)) {
+        for (u, v) in a.split(',').zip(b.split(',')) {
+            let (u, v): (f64, f64) = (u.parse().unwrap(), v.parse().unwrap());
+            assert!((u - v).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
     // A key that did not sign the patch: refused, as on a device.
     let other = dir.join("other");
     assert!(host(&["keygen", "--out", s(&other)]).status.success());

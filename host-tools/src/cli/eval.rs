@@ -13,7 +13,8 @@ use crate::compile::AlignedBlob;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The model: a device blob from `compile` (evaluated by the device core, in f32),
-    /// or an ONNX / .nnet file (evaluated by the host IR, in f64).
+    /// or an ONNX / .nnet file (evaluated by the host IR, in f64; an ONNX graph of base +
+    /// patch modules from `apply --onnx-out` as that piecewise model).
     pub model: PathBuf,
     /// Input CSV: one input per row, the input tensor flattened row-major,
     /// comma-separated, no header.
@@ -233,8 +234,29 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         emit(outputs, args.json.as_deref())?;
     } else {
         drop(bytes);
-        let mut net =
-            crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+        let model = crate::import::load_model(&args.model)
+            .map_err(|e| CliError::BadInput(e.to_string()))?;
+        let mut net = match model {
+            crate::import::Model::Network(n) => n,
+            // An exported patch-modules graph: base + modules in f64 on the host.
+            crate::import::Model::Piecewise(pw) => {
+                if let Some(patch) = &args.patch {
+                    return Err(CliError::file(
+                        patch,
+                        format!(
+                            "{} already holds patch modules; give the base model",
+                            args.model.display()
+                        ),
+                    ));
+                }
+                let rows = read_rows(&args.inputs, pw.base.input_dim())?;
+                emit(
+                    rows.iter().map(|row| pw.forward(row)).collect(),
+                    args.json.as_deref(),
+                )?;
+                return Ok(Outcome::Ok);
+            }
+        };
         if let Some(patch) = &args.patch {
             if let Some(key_path) = &args.key {
                 // The signature as a device checks it; `apply` checks the binding.

@@ -21,6 +21,11 @@
 //! own rounding bound describes a different evaluation order. A counterexample of a cell is reported only after the piecewise
 //! model's own forward pass confirms it (a face point may belong to another cell's
 //! active set). Too many cells (over `max_cells`) is "unknown".
+//!
+//! The graph decides the indicator on its f32 input, exactly (the corners are f32). An
+//! f32 input of the case box is itself a point of the box, so the cell holding it, with
+//! its exact active set, covers it: no input rounding can select a module the proof did
+//! not consider there.
 
 use std::time::{Duration, Instant};
 
@@ -302,6 +307,20 @@ pub fn verify_piecewise(
         return finish(
             Verdict::Unknown {
                 reason: "label indicators cannot be verified by cell decomposition".into(),
+            },
+            stats,
+            0,
+            0,
+        );
+    }
+    if let Some(ci) = cases.iter().position(|c| {
+        boxes
+            .iter()
+            .any(|b| b.lower.len() != c.lower.len() || b.upper.len() != c.lower.len())
+    }) {
+        return finish(
+            Verdict::Unknown {
+                reason: format!("case {ci}: an indicator box does not have the input's length"),
             },
             stats,
             0,
