@@ -144,6 +144,18 @@ fn typed_model_from(path: &Path, bytes: &[u8]) -> Result<Parsed, ImportError> {
         } else {
             node.output.first().cloned().unwrap_or_default()
         };
+        if super::piecewise::PATTERN_OPS.contains(&node.op_type.as_str()) {
+            // Say what the file is: the commands that read it take the base model.
+            return Err(ImportError::UnsupportedUsage {
+                path: path.to_path_buf(),
+                op: node.op_type.clone(),
+                node: name,
+                problem: "a patch-modules graph (base + indicator + modules, as `apply \
+                          --onnx-out` writes it) is read by `verify` and `eval` only; \
+                          give the base model and the patch here"
+                    .into(),
+            });
+        }
         if !KNOWN_ONNX_OPS.contains(&node.op_type.as_str()) {
             return Err(ImportError::UnsupportedOperator {
                 path: path.to_path_buf(),

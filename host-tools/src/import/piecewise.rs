@@ -678,9 +678,10 @@ mod tests {
                 assert!((u - v).abs() < 1e-5, "{a:?} {b:?}");
             }
         }
-        // The straight-line importer refuses it, naming the file.
+        // The straight-line importer refuses it, naming the file and what it is.
         let err = super::super::load(&path).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("a patch-modules graph"), "{err}");
         // A plain network stays a plain network.
         let plain = write(
             "plain",
