@@ -386,8 +386,11 @@ pub fn verify_piecewise(
             Verdict::Holds if cell.active.is_empty() => {}
             Verdict::Holds => {
                 // Real arithmetic holds; now the margins against the rounding of the graph
-                // as it runs, with the rest of this cell's share of the budget.
-                let cell_deadline = (now + share).max(Instant::now() + Duration::from_millis(1));
+                // as it runs, with the rest of this cell's share (at least a quarter of it,
+                // within the total budget).
+                let cell_deadline = (now + share)
+                    .max(Instant::now() + share / 4)
+                    .min(deadline.max(Instant::now() + Duration::from_millis(1)));
                 match device_sound_cell(pw, &net, cell, &case, cell_deadline, MAX_DEVICE_BOXES) {
                     Ok(n) => stats.branches += n as u64,
                     Err(why) => {
