@@ -144,14 +144,16 @@ fn repair_prop2(a: u32, b: u32, complete_check: bool) {
     assert!(out.parameter_budget * 50 <= net.parameter_count());
 
     // Fidelity on 2,000 fresh seeded inputs of the whole domain outside the box. The
-    // issue's target is 99%; measured 98.5-98.8% on N2,1 so far (BENCHMARKS.md, Repair):
-    // this asserts what is reached, not the target.
+    // issue's target is 99%; measured on N2,1: 98.2-98.8% with the default fidelity
+    // weight, 99.15% with `global_fidelity_weight` 100 (not the default: it cost proofs
+    // elsewhere; BENCHMARKS.md, Repair): this asserts what is reached, not the target.
+    let floor = 0.98;
     let cases: Vec<_> = rp.cases.iter().collect();
     let points = repair::sample_outside(&acasxu_domain(), &cases, 2000, 2024);
     assert_eq!(points.len(), 2000);
     let fid = repair::measure_fidelity(&net, &out.network, &points);
     assert!(
-        fid.argmin_agreement >= 0.98,
+        fid.argmin_agreement >= floor,
         "N{a},{b}: advisory agreement {}",
         fid.argmin_agreement
     );

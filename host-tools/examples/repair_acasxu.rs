@@ -39,7 +39,8 @@ fn acasxu_domain() -> BoxBounds {
     )
 }
 
-/// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _LR, _STEPS, _RADIUS, _FIDN.
+/// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _GLOBAL_LAMBDA, _LR, _STEPS,
+/// _RADIUS, _FIDN, _BOUNDW (certified-training weight), _BOUND_BOXES, _DECISIONW, ...
 fn tuned(mut o: RepairOptions) -> RepairOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PROREPAIR_SPLIT") {
@@ -86,6 +87,18 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     }
     if let Some(v) = get("PROREPAIR_COMPLETE_BUDGET") {
         o.complete_budget = Duration::from_secs_f64(v);
+    }
+    if let Some(v) = get("PROREPAIR_BOUNDW") {
+        o.bound_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_GLOBAL_LAMBDA") {
+        o.global_fidelity_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_DECISIONW") {
+        o.decision_weight = v;
+    }
+    if let Some(v) = get("PROREPAIR_BOUND_BOXES") {
+        o.bound_boxes_per_round = v as usize;
     }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;

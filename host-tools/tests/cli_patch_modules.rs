@@ -1,7 +1,8 @@
 //! `repair --strategy patch-modules` and `apply` of a kind-2 patch end to end on ACAS Xu
-//! N2,1, property 2: exit 0, a patch and an ONNX graph written, the report says holds;
-//! `apply` rebuilds the same graph from the patch; a damaged patch is refused (exit 2,
-//! file named).
+//! N2,1, property 2: exit 0, a signed patch and an ONNX graph written, the report says
+//! holds; `apply` rebuilds the same graph from the patch; `verify` on that exported graph
+//! says holds; `inspect` and `eval --patch` read the kind-2 patch (signature checked with
+//! `--key`); a damaged patch is refused (exit 2, file named).
 
 mod common;
 use common::{host, s, scratch, stderr};
@@ -18,6 +19,10 @@ fn repair_with_patch_modules_then_apply() {
         dir.join("report.json"),
         dir.join("applied.onnx"),
     );
+    let key = dir.join("key");
+    let out = host(&["keygen", "--out", s(&key)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let public = dir.join("key.pub");
     let out = host(&[
         "repair",
         s(&model),
@@ -33,6 +38,8 @@ fn repair_with_patch_modules_then_apply() {
         s(&report),
         "--timeout",
         "120",
+        "--sign",
+        s(&key),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
@@ -50,6 +57,116 @@ fn repair_with_patch_modules_then_apply() {
         std::fs::read(&onnx).unwrap(),
         std::fs::read(&again).unwrap()
     );
+
+    // `verify` on the exported graph itself (base + indicator + module).
+    let out = host(&["verify", s(&onnx), s(&spec), "--json", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "holds", "{v}");
+    assert_eq!(v["piecewise"]["modules"], 1, "{v}");
+    assert!(v["piecewise"]["cells"].as_u64().unwrap() >= 1, "{v}");
+
+    // `inspect` describes the kind-2 patch and checks its signature.
+    let out = host(&["inspect", s(&patch), "--key", s(&public)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("kind          patch modules"), "{text}");
+    assert!(text.contains("modules       1 (93 parameters)"), "{text}");
+    assert!(text.contains("5-8-5"), "{text}");
+    assert!(text.contains("signature verified with"), "{text}");
+    let out = host(&["inspect", s(&patch), "--json", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["patch_kind"], "patch modules");
+    assert_eq!(v["modules"][0]["indicator"], "box");
+    assert_eq!(v["modules"][0]["widths"], serde_json::json!([5, 8, 5]));
+    assert_eq!(v["patch_bytes"], bytes.len());
+    assert!(v["signer"].is_string());
+
+    // `eval --patch`: base + module by the device core. Outside the box (second row) the
+    // outputs are the base's; inside (the box centre) the module changes them.
+    let mut lo = Vec::new();
+    let mut hi = Vec::new();
+    for j in 0..5 {
+        lo.push(v["modules"][0]["lower"][j].as_f64().unwrap());
+        hi.push(v["modules"][0]["upper"][j].as_f64().unwrap());
+    }
+    let centre: Vec<String> = lo
+        .iter()
+        .zip(&hi)
+        .map(|(l, u)| ((l + u) / 2.0).to_string())
+        .collect();
+    let outside: Vec<String> = lo.iter().map(|l| (l - 0.05).to_string()).collect();
+    let inputs = dir.join("in.csv");
+    std::fs::write(
+        &inputs,
+        format!("{}\n{}\n", centre.join(","), outside.join(",")),
+    )
+    .unwrap();
+    let blob = dir.join("base.bin");
+    let out = host(&["compile", s(&model), "--out", s(&blob)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let base_out = host(&["eval", s(&blob), "--inputs", s(&inputs)]);
+    assert_eq!(base_out.status.code(), Some(0), "{}", stderr(&base_out));
+    for m in [&model, &blob] {
+        let out = host(&[
+            "eval",
+            s(m),
+            "--patch",
+            s(&patch),
+            "--key",
+            s(&public),
+            "--inputs",
+            s(&inputs),
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let (b, p) = (rows(&base_out), rows(&out));
+        assert_eq!(p.len(), 2);
+        assert_ne!(b[0], p[0], "the module acts inside the box");
+        assert_eq!(
+            b[1], p[1],
+            "outside the box the base's outputs, bit for bit"
+        );
+    }
+    // The exported graph itself evaluates to the same outputs (host, f64, vs the device's
+    // f32).
+    let out = host(&["eval", s(&onnx), "--inputs", s(&inputs)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let device = host(&[
+        "eval",
+        s(&blob),
+        "--patch",
+        s(&patch),
+        "--inputs",
+        s(&inputs),
+    ]);
+    for (a, b) in rows(&out).iter().zip(rows(&device)) {
+        for (u, v) in a.split(',').zip(b.split(',')) {
+            let (u, v): (f64, f64) = (u.parse().unwrap(), v.parse().unwrap());
+            assert!((u - v).abs() < 1e-4, "{a} vs {b}");
+        }
+    }
+    // A key that did not sign the patch: refused, as on a device.
+    let other = dir.join("other");
+    assert!(host(&["keygen", "--out", s(&other)]).status.success());
+    let out = host(&[
+        "eval",
+        s(&blob),
+        "--patch",
+        s(&patch),
+        "--key",
+        s(&dir.join("other.pub")),
+        "--inputs",
+        s(&inputs),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("p.prpt"), "{}", stderr(&out));
 
     let mut bad = bytes.clone();
     let last = bad.len() - 80;

@@ -13,7 +13,8 @@ use crate::compile::AlignedBlob;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The model: a device blob from `compile` (evaluated by the device core, in f32),
-    /// or an ONNX / .nnet file (evaluated by the host IR, in f64).
+    /// or an ONNX / .nnet file (evaluated by the host IR, in f64; an ONNX graph of base +
+    /// patch modules from `apply --onnx-out` as that piecewise model).
     pub model: PathBuf,
     /// Input CSV: one input per row, the input tensor flattened row-major,
     /// comma-separated, no header.
@@ -23,13 +24,16 @@ pub struct Args {
     /// stdout.
     #[arg(long, value_name = "OUT")]
     pub json: Option<PathBuf>,
-    /// Apply this weight-delta patch first: to a blob through the device core (patched
-    /// layers in RAM, as on the device), to an ONNX / .nnet model through `apply`.
+    /// Apply this patch first. A weight-delta patch: to a blob through the device core
+    /// (patched layers in RAM, as on the device), to an ONNX / .nnet model through
+    /// `apply`. A patch-modules patch: base + indicator + modules evaluated by the device
+    /// core in f32 (an ONNX / .nnet model is compiled to its blob first), exactly as the
+    /// device computes them.
     #[arg(long, value_name = "PATCH")]
     pub patch: Option<PathBuf>,
-    /// With a model blob and --patch: act as a device holding this public key (KEY.pub):
-    /// the patch is applied only after every device check (signature under the key,
-    /// base-model SHA-256, layers, shapes, sequence).
+    /// With --patch: act as a device holding this public key (KEY.pub): the patch is
+    /// applied only after every device check (signature under the key, base-model
+    /// SHA-256, layers, shapes, sequence).
     #[arg(long, value_name = "KEY.pub", requires = "patch")]
     pub key: Option<PathBuf>,
 }
@@ -132,9 +136,65 @@ fn emit<T: serde::Serialize + std::fmt::Display>(
     }
 }
 
+/// Outputs of base + modules of a patch-modules patch, by the device core: the patch is
+/// validated, its signature checked with `key` when given, bound to `model` and
+/// evaluated on every row (in f32), as on the device.
+fn modules_outputs(
+    model: &prorepair_core::Model<'_>,
+    patch_path: &Path,
+    patch_bytes: &[u8],
+    key: Option<&Path>,
+    rows: &[Vec<f64>],
+) -> Result<Vec<Vec<f32>>, CliError> {
+    use prorepair_core::patch::modules::{ModulePatch, ModulesModel};
+    let patch = ModulePatch::from_bytes(patch_bytes)
+        .map_err(|e| CliError::file(patch_path, format!("invalid patch: {e}")))?;
+    if let Some(key_path) = key {
+        let key = crate::patch::sign::read_public(key_path)
+            .map_err(|e| CliError::BadInput(e.to_string()))?;
+        patch
+            .check_signature(Some(&key))
+            .map_err(|e| CliError::file(patch_path, format!("refused: {e}")))?;
+    }
+    let mut ram = vec![0f32; patch.required_ram_len()];
+    let mm = ModulesModel::new(model, &patch, &mut ram)
+        .map_err(|e| CliError::file(patch_path, format!("refused: {e}")))?;
+    let mut arena = vec![0f32; mm.required_arena_len()];
+    rows.iter()
+        .map(|row| {
+            let x: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+            let mut out = vec![0f32; model.output_len()];
+            mm.evaluate(&x, &mut arena, &mut out)
+                .map_err(|e| CliError::Internal(e.to_string()))?;
+            Ok(out)
+        })
+        .collect()
+}
+
 /// Run `eval`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     let bytes = read_file(&args.model)?;
+    // A patch-modules patch (kind 2) runs base + modules through the device core.
+    if let Some(path) = &args.patch {
+        let patch_bytes = read_file(path)?;
+        if crate::patch::modules::is_modules_patch(&patch_bytes) {
+            let blob = if is_model_blob(&bytes) {
+                load_blob(&args.model, &bytes)?
+            } else {
+                let net = crate::import::load(&args.model)
+                    .map_err(|e| CliError::BadInput(e.to_string()))?;
+                let compiled = crate::compile::compile(&net).map_err(|e| {
+                    CliError::file(&args.model, format!("cannot compile the base network: {e}"))
+                })?;
+                AlignedBlob::new(&compiled)
+            };
+            let model = blob.model().map_err(|e| CliError::file(&args.model, e))?;
+            let rows = read_rows(&args.inputs, model.input_len())?;
+            let outputs = modules_outputs(&model, path, &patch_bytes, args.key.as_deref(), &rows)?;
+            emit(outputs, args.json.as_deref())?;
+            return Ok(Outcome::Ok);
+        }
+    }
     if is_model_blob(&bytes) {
         let blob = load_blob(&args.model, &bytes)?;
         let base = blob.model().map_err(|e| CliError::file(&args.model, e))?;
@@ -174,8 +234,29 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         emit(outputs, args.json.as_deref())?;
     } else {
         drop(bytes);
-        let mut net =
-            crate::import::load(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+        let model = crate::import::load_model(&args.model)
+            .map_err(|e| CliError::BadInput(e.to_string()))?;
+        let mut net = match model {
+            crate::import::Model::Network(n) => n,
+            // An exported patch-modules graph: base + modules in f64 on the host.
+            crate::import::Model::Piecewise(pw) => {
+                if let Some(patch) = &args.patch {
+                    return Err(CliError::file(
+                        patch,
+                        format!(
+                            "{} already holds patch modules; give the base model",
+                            args.model.display()
+                        ),
+                    ));
+                }
+                let rows = read_rows(&args.inputs, pw.base.input_dim())?;
+                emit(
+                    rows.iter().map(|row| pw.forward(row)).collect(),
+                    args.json.as_deref(),
+                )?;
+                return Ok(Outcome::Ok);
+            }
+        };
         if let Some(patch) = &args.patch {
             if let Some(key_path) = &args.key {
                 // The signature as a device checks it; `apply` checks the binding.

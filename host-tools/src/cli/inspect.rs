@@ -38,6 +38,9 @@ fn hex(bytes: &[u8]) -> String {
 /// Run `inspect`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     let bytes = read_file(&args.file)?;
+    if crate::patch::modules::is_modules_patch(&bytes) {
+        return inspect_modules_patch(&args, &bytes);
+    }
     if crate::patch::is_patch(&bytes) {
         return inspect_patch(&args, &bytes);
     }
@@ -178,6 +181,107 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
             text,
             "  {:3}  {:<6} {:>7} values, {:>7} stored, {:>8} bytes",
             l.index, l.encoding, l.values, l.entries, l.bytes
+        );
+    }
+    let _ = writeln!(text, "regions       {}", info.regions);
+    if let Some(m) = binding {
+        let _ = writeln!(text, "applies to    {m}");
+    }
+    report::write_output(std::path::Path::new("-"), text.as_bytes())?;
+    Ok(Outcome::Ok)
+}
+
+/// `inspect PATCH` for a patch-modules patch (kind 2): kind, modules (indicator, widths,
+/// sizes, box summary), signer; `--key` and `--model` make the device's checks.
+fn inspect_modules_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
+    use prorepair_core::patch::modules::{ModulePatch, ModulesModel};
+    let mut info = crate::patch::modules::inspect(bytes)
+        .map_err(|e| CliError::file(&args.file, format!("invalid patch: {e}")))?;
+    let patch = ModulePatch::from_bytes(bytes).map_err(|e| CliError::file(&args.file, e))?;
+    if let Some(key_path) = &args.key {
+        let key = crate::patch::sign::read_public(key_path)
+            .map_err(|e| CliError::BadInput(e.to_string()))?;
+        patch.check_signature(Some(&key)).map_err(|e| {
+            CliError::file(
+                &args.file,
+                format!("signature check with {} failed: {e}", key_path.display()),
+            )
+        })?;
+        info.verified_with = Some(crate::patch::sign::key_hex(&key));
+    }
+    let binding = match &args.model {
+        None => None,
+        Some(path) => {
+            let model_bytes = read_file(path)?;
+            let blob = load_blob(path, &model_bytes)?;
+            let model = blob.model().map_err(|e| CliError::file(path, e))?;
+            let mut ram = vec![0f32; patch.required_ram_len()];
+            ModulesModel::new(&model, &patch, &mut ram).map_err(|e| {
+                CliError::file(
+                    &args.file,
+                    format!("does not apply to {}: {e}", path.display()),
+                )
+            })?;
+            Some(path.display().to_string())
+        }
+    };
+    if let Some(path) = &args.json {
+        let mut value =
+            serde_json::to_value(&info).map_err(|e| CliError::Internal(e.to_string()))?;
+        value["file"] = serde_json::json!(args.file.display().to_string());
+        value["patch_kind"] = value["kind"].clone();
+        value["kind"] = serde_json::json!("patch");
+        value["applies_to"] = serde_json::json!(binding);
+        report::write_json(path, &value)?;
+        return Ok(Outcome::Ok);
+    }
+    let mut text = String::new();
+    let _ = writeln!(text, "patch         {}", args.file.display());
+    let _ = writeln!(
+        text,
+        "kind          {} (format version {})",
+        info.kind, info.format_version
+    );
+    let _ = writeln!(text, "patch bytes   {}", info.patch_bytes);
+    let _ = writeln!(text, "sequence      {}", info.sequence);
+    let _ = writeln!(text, "base sha256   {}", info.base_sha256);
+    let _ = writeln!(text, "base bytes    {}", info.base_blob_bytes);
+    let _ = writeln!(text, "signature     {}", info.signature);
+    if let Some(signer) = &info.signer {
+        let check = match (&info.verified_with, &args.key) {
+            (Some(_), Some(path)) => format!("signature verified with {}", path.display()),
+            _ => "signature not checked: give --key KEY.pub".to_string(),
+        };
+        let _ = writeln!(text, "signer        key {signer} ({check})");
+    }
+    let _ = writeln!(text, "device RAM    {} bytes", info.ram_bytes);
+    let _ = writeln!(
+        text,
+        "modules       {} ({} parameters)",
+        info.modules.len(),
+        info.module_parameters
+    );
+    for (i, m) in info.modules.iter().enumerate() {
+        let widths: Vec<String> = m.widths.iter().map(|w| w.to_string()).collect();
+        let indicator = match (&m.lower, &m.upper, m.box_width, &m.labels) {
+            (Some(lo), Some(up), _, _) => {
+                let sides: Vec<String> = lo
+                    .iter()
+                    .zip(up)
+                    .map(|(l, u)| format!("[{l}, {u}]"))
+                    .collect();
+                format!("box {}", sides.join(" x "))
+            }
+            (_, _, Some((a, b)), _) => format!("box, widths {a} .. {b}"),
+            (_, _, _, Some(labels)) => format!("{} {labels:?}", m.indicator),
+            _ => m.indicator.to_string(),
+        };
+        let _ = writeln!(
+            text,
+            "  {i:3}  {:>14}  {:>6} parameters, {:>7} bytes  {indicator}",
+            widths.join("-"),
+            m.parameters,
+            m.bytes
         );
     }
     let _ = writeln!(text, "regions       {}", info.regions);

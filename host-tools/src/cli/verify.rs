@@ -36,7 +36,9 @@ impl From<MethodArg> for Method {
 /// Arguments of `verify`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The model (ONNX or .nnet).
+    /// The model (ONNX or .nnet). An ONNX graph of base + patch modules (from `apply
+    /// --onnx-out` with a patch-modules patch) is verified as that piecewise model, cell
+    /// by cell.
     pub model: PathBuf,
     /// The property (VNN-LIB; it states the unsafe set).
     pub spec: PathBuf,
@@ -96,7 +98,14 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     // SAFETY: the CLI's main thread, before any other thread is spawned (argument
     // parsing is single-threaded), so nothing reads the environment concurrently.
     unsafe { verify::cache_thread_count(args.threads) };
-    let net = load_model(&args.model)?;
+    // A patch-modules graph (`apply --onnx-out` of a kind-2 patch) is a piecewise model,
+    // verified cell by cell.
+    let model =
+        crate::import::load_model(&args.model).map_err(|e| CliError::BadInput(e.to_string()))?;
+    let (net, piecewise) = match model {
+        crate::import::Model::Network(n) => (n, None),
+        crate::import::Model::Piecewise(p) => (p.base.clone(), Some(p)),
+    };
     let property = load_property(&args.spec)?;
     let cases = verify::cases_of(&net, &property).map_err(|e| {
         CliError::BadInput(format!(
@@ -112,7 +121,23 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         seed: args.seed,
         progress: progress_bar(1000),
     };
-    let report = verify::verify_cases(&net, &cases, &options);
+    let (report, cells) = match &piecewise {
+        None => (verify::verify_cases(&net, &cases, &options), None),
+        Some(p) => {
+            let r = verify::piecewise::verify_piecewise(
+                p,
+                &cases,
+                &options,
+                verify::piecewise::MAX_CELLS,
+            );
+            let cells = json!({
+                "modules": p.modules.entries.len(),
+                "cells": r.cells,
+                "cells_with_modules": r.cells_with_modules,
+            });
+            (r.report, Some(cells))
+        }
+    };
     if let Some(pb) = &options.progress {
         pb.finish_and_clear();
     }
@@ -129,8 +154,20 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         "min_certified_margin": s.min_certified_margin,
         "f32_error_bound": s.f32_error_bound,
     });
+    let cells_note = cells.as_ref().map_or(String::new(), |c| {
+        format!(
+            "{} cells, {} with modules, ",
+            c["cells"], c["cells_with_modules"]
+        )
+    });
+    if let Some(c) = cells {
+        value["piecewise"] = c;
+    }
     let summary = match &report.verdict {
-        Verdict::Holds => format!("holds ({} branches, {:.3} s)", s.branches, s.time_s),
+        Verdict::Holds => format!(
+            "holds ({cells_note}{} branches, {:.3} s)",
+            s.branches, s.time_s
+        ),
         Verdict::Violated {
             counterexample,
             output,

@@ -17,6 +17,7 @@
 
 pub mod nnet;
 pub mod onnx;
+pub mod piecewise;
 
 use std::path::{Path, PathBuf};
 
@@ -132,6 +133,34 @@ pub fn load(path: &Path) -> Result<Network, ImportError> {
             path: path.to_path_buf(),
         }),
     }
+}
+
+/// What a model file holds: a straight-line network, or (an ONNX graph written by
+/// `apply --onnx-out` from a patch-modules patch) a base network with box-indicator
+/// patch modules.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Model {
+    /// A straight-line network.
+    Network(Network),
+    /// Base network plus indicator boxes and modules ([`piecewise`]).
+    Piecewise(piecewise::Piecewise),
+}
+
+/// [`load`], except that an ONNX graph using the patch-modules operators (`Where`,
+/// comparisons) is read as a [`piecewise::Piecewise`] model, strictly (see
+/// [`piecewise`]); `load` itself refuses such graphs.
+pub fn load_model(path: &Path) -> Result<Model, ImportError> {
+    let is_onnx = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("onnx"));
+    if is_onnx {
+        let proto = piecewise::read_proto(path)?;
+        if piecewise::is_piecewise_graph(&proto) {
+            return piecewise::from_proto(path, proto).map(Model::Piecewise);
+        }
+    }
+    load(path).map(Model::Network)
 }
 
 #[cfg(test)]

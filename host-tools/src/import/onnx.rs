@@ -52,6 +52,13 @@ pub fn load(path: &Path) -> Result<Network, ImportError> {
     Importer::new(path, &parsed.model, &parsed.onnx_ops)?.run()
 }
 
+/// [`load`] on ONNX bytes already in memory; `path` names them in errors (the
+/// patch-modules reader imports the base part of a graph this way).
+pub(crate) fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Network, ImportError> {
+    let parsed = typed_model_from(path, bytes)?;
+    Importer::new(path, &parsed.model, &parsed.onnx_ops)?.run()
+}
+
 /// ONNX operators the importer can map, directly or after tract's translation, plus
 /// the structural operators that only act on constants and shapes. Any other operator
 /// is reported by its ONNX name before tract runs.
@@ -104,6 +111,11 @@ fn typed_model(path: &Path) -> Result<Parsed, ImportError> {
         path: path.to_path_buf(),
         source,
     })?;
+    typed_model_from(path, &bytes)
+}
+
+/// [`typed_model`] on bytes in memory, named `path` in errors.
+fn typed_model_from(path: &Path, bytes: &[u8]) -> Result<Parsed, ImportError> {
     let invalid = |e: TractError| ImportError::InvalidOnnx {
         path: path.to_path_buf(),
         message: one_line(&e),
@@ -115,7 +127,7 @@ fn typed_model(path: &Path) -> Result<Parsed, ImportError> {
         message: format!("the ONNX reader failed while {what}"),
     };
     let proto = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        onnx.proto_model_for_read(&mut bytes.as_slice())
+        onnx.proto_model_for_read(&mut &bytes[..])
     }))
     .map_err(|_| caught("decoding the protobuf"))?
     .map_err(invalid)?;
@@ -132,6 +144,18 @@ fn typed_model(path: &Path) -> Result<Parsed, ImportError> {
         } else {
             node.output.first().cloned().unwrap_or_default()
         };
+        if super::piecewise::PATTERN_OPS.contains(&node.op_type.as_str()) {
+            // Say what the file is: the commands that read it take the base model.
+            return Err(ImportError::UnsupportedUsage {
+                path: path.to_path_buf(),
+                op: node.op_type.clone(),
+                node: name,
+                problem: "a patch-modules graph (base + indicator + modules, as `apply \
+                          --onnx-out` writes it) is read by `verify` and `eval` only; \
+                          give the base model and the patch here"
+                    .into(),
+            });
+        }
         if !KNOWN_ONNX_OPS.contains(&node.op_type.as_str()) {
             return Err(ImportError::UnsupportedOperator {
                 path: path.to_path_buf(),

@@ -124,6 +124,111 @@ pub fn emit(
     })
 }
 
+/// One module as `inspect` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModuleInfo {
+    /// "box", "label" or "label pair".
+    pub indicator: &'static str,
+    /// Layer widths, input first (e.g. `[5, 8, 5]`).
+    pub widths: Vec<usize>,
+    /// Weights plus biases.
+    pub parameters: usize,
+    /// Bytes of the module record.
+    pub bytes: usize,
+    /// Box indicator: smallest and largest interval width over the input elements.
+    pub box_width: Option<(f32, f32)>,
+    /// Box indicator with at most 16 inputs: the corners.
+    pub lower: Option<Vec<f32>>,
+    /// See `lower`.
+    pub upper: Option<Vec<f32>>,
+    /// Label indicators: the label(s).
+    pub labels: Option<Vec<usize>>,
+}
+
+/// What `inspect` shows about a patch-modules patch.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModulesInfo {
+    /// "patch modules".
+    pub kind: &'static str,
+    /// Patch format version.
+    pub format_version: u16,
+    /// Total bytes.
+    pub patch_bytes: usize,
+    /// Monotonic sequence number.
+    pub sequence: u32,
+    /// SHA-256 of the base model blob, lowercase hex.
+    pub base_sha256: String,
+    /// Length of the base model blob.
+    pub base_blob_bytes: usize,
+    /// "none" or "ed25519".
+    pub signature: &'static str,
+    /// The key fingerprint the patch names (claimed; see `verified_with`).
+    pub signer: Option<String>,
+    /// The public key (hex) the signature was verified with, when checked.
+    pub verified_with: Option<String>,
+    /// Device RAM the modules need (boxes and repacked weights).
+    pub ram_bytes: usize,
+    /// The modules in order.
+    pub modules: Vec<ModuleInfo>,
+    /// Total module parameters.
+    pub module_parameters: usize,
+    /// Verified input boxes carried for the runtime guard.
+    pub regions: usize,
+}
+
+/// Validate `bytes` as a kind-2 patch on its own (header, CRC, module records, regions)
+/// and describe it.
+pub fn inspect(bytes: &[u8]) -> Result<ModulesInfo, PatchError> {
+    let patch = ModulePatch::from_bytes(bytes)?;
+    let modules: Vec<ModuleInfo> = patch
+        .modules()
+        .map(|m| {
+            let is_box = m.indicator == IndicatorKind::Box;
+            let corners: Vec<(f32, f32)> = if is_box {
+                (0..m.in_dim()).filter_map(|j| m.box_bounds(j)).collect()
+            } else {
+                Vec::new()
+            };
+            let widths = corners.iter().map(|(l, u)| u - l);
+            let box_width = is_box.then(|| {
+                widths.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), w| {
+                    (a.min(w), b.max(w))
+                })
+            });
+            let small = is_box && corners.len() <= 16;
+            ModuleInfo {
+                indicator: m.indicator.name(),
+                widths: m.dims().to_vec(),
+                parameters: m.parameter_count(),
+                bytes: m.encoded_len(),
+                box_width,
+                lower: small.then(|| corners.iter().map(|c| c.0).collect()),
+                upper: small.then(|| corners.iter().map(|c| c.1).collect()),
+                labels: match m.indicator {
+                    IndicatorKind::Box => None,
+                    IndicatorKind::Label => Some(vec![m.label0]),
+                    IndicatorKind::LabelPair => Some(vec![m.label0, m.label1]),
+                },
+            }
+        })
+        .collect();
+    Ok(ModulesInfo {
+        kind: "patch modules",
+        format_version: prorepair_core::patch::PATCH_FORMAT_VERSION,
+        patch_bytes: bytes.len(),
+        sequence: patch.sequence(),
+        base_sha256: super::hex(&patch.base_sha256()),
+        base_blob_bytes: patch.base_len(),
+        signature: patch.signature_kind().name(),
+        signer: patch.signer_key_id().map(|id| super::hex(&id)),
+        verified_with: None,
+        ram_bytes: patch.required_ram_bytes(),
+        module_parameters: modules.iter().map(|m| m.parameters).sum(),
+        modules,
+        regions: patch.region_count(),
+    })
+}
+
 /// Read a kind-2 patch for `base` (validated and bound by the core) into host form.
 pub fn read(base: &Network, bytes: &[u8]) -> Result<PatchModules, PatchError> {
     let blob = super::compile_base(base)?;

@@ -17,6 +17,12 @@
 //!    (branch and bound, short budget). "holds" ends the phase (the proof); a
 //!    counterexample becomes an anchor; "unknown" raises `t` (more margin, easier proof).
 //!
+//! 4. Optional certified training ([`super::RepairOptions::bound_weight`] > 0): on
+//!    "unknown", branch and bound's open sub-boxes ([`verify::bab::open_leaves`]) join a
+//!    hinge on a lower bound of their desired margin (CROWN's backward pass in candle,
+//!    relaxations refreshed from the current network), instead of raising `t`. Off by
+//!    default: on ACAS Xu prop_2 it did not close the proofs and cost fidelity.
+//!
 //! Nothing here claims a property holds except `verify`'s verdict.
 
 use std::time::{Duration, Instant};
@@ -252,7 +258,19 @@ pub(super) fn run(
     let mut budget_scale = 1.0;
     let region_wise_weight = trainer.output_weight;
     trainer.output_weight = options.global_output_weight;
+    let region_wise_fidelity = trainer.fidelity_weight;
+    trainer.fidelity_weight = options.global_fidelity_weight;
     let mut reports: Vec<verify::Report> = Vec::new();
+    // Certified training: per repair property, the open sub-boxes collected so far.
+    let mut bound_groups: Vec<pointwise::BoundGroup> = props
+        .iter()
+        .map(|(_, _, desired)| pointwise::BoundGroup {
+            boxes: Vec::new(),
+            desired: desired.clone(),
+            target: 0.0,
+        })
+        .collect();
+    trainer.bound_weight = 0.0;
     let mut rounds = 0;
     let reason = loop {
         if remaining().is_zero() {
@@ -295,6 +313,8 @@ pub(super) fn run(
             }
             if reports.iter().all(|r| r.verdict == Verdict::Holds) {
                 trainer.output_weight = region_wise_weight;
+                trainer.fidelity_weight = region_wise_fidelity;
+                trainer.bound_weight = 0.0;
                 return Ok(GlobalResult {
                     reports,
                     proven: true,
@@ -345,7 +365,39 @@ pub(super) fn run(
                     Verdict::Holds => {}
                 }
             }
-            if unknown {
+            let mut collected = 0;
+            if unknown && options.bound_weight > 0.0 {
+                // Certified training: the sub-boxes branch and bound could not close get
+                // a hinge on a sound lower bound of their desired margin, so training
+                // shrinks how much the outputs vary over them (what the proof needs).
+                for (g, (_, cases, _)) in bound_groups.iter_mut().zip(&props) {
+                    for c in cases {
+                        let budget = remaining().mul_f64(0.1).min(options.bound_frontier_budget);
+                        let per_case = options.bound_boxes_per_round / cases.len().max(1);
+                        match verify::bab::open_leaves(current, c, Instant::now() + budget, 4096) {
+                            verify::bab::Frontier::Open(leaves) => {
+                                // Spread over the frontier (worst gap first): the
+                                // near-closed boxes are the ones training can close.
+                                let k = per_case.max(1).min(leaves.len());
+                                collected += k;
+                                g.boxes
+                                    .extend((0..k).map(|j| leaves[j * leaves.len() / k].clone()));
+                            }
+                            // verify's run missed it: the next round's verify or sampling
+                            // finds it again; nothing to bound here.
+                            verify::bab::Frontier::Counterexample(..) => {}
+                        }
+                    }
+                    let excess = g.boxes.len().saturating_sub(options.bound_boxes_max);
+                    g.boxes.drain(..excess);
+                    // The proof needs a gap above f32 rounding only; a fraction of the
+                    // target margin leaves room for the stale relaxations between refreshes.
+                    g.target = 0.1 * target;
+                }
+                trainer.set_bound_boxes(&bound_groups, current)?;
+                trainer.bound_weight = options.bound_weight;
+                budget_scale *= 1.5;
+            } else if unknown {
                 // A longer budget, and a little more margin (measured on ACAS Xu: a
                 // margin lifted from 0.05 to 0.1 only halves branch and bound's work, so
                 // time matters more than margin).
@@ -354,6 +406,24 @@ pub(super) fn run(
                 for a in &mut state.anchors {
                     a.margin = a.margin.max(target);
                 }
+            }
+            if trace && collected > 0 {
+                let mut all: Vec<f64> = trainer.bound_margins()?.into_iter().flatten().collect();
+                all.sort_by(f64::total_cmp);
+                let q = |f: f64| {
+                    all.get(((all.len() as f64 - 1.0) * f) as usize)
+                        .copied()
+                        .unwrap_or(0.0)
+                };
+                eprintln!(
+                    "global round {rounds}: {collected} open sub-boxes collected ({} in the bound term), CROWN lower bounds: quartiles {:.3e} {:.3e} {:.3e} {:.3e} {:.3e}",
+                    all.len(),
+                    q(0.0),
+                    q(0.25),
+                    q(0.5),
+                    q(0.75),
+                    q(1.0),
+                );
             }
             verified_now = true;
         }
@@ -378,6 +448,26 @@ pub(super) fn run(
             *current = trainer.network(net)?;
             state.version += 1;
         }
+        if trace && trainer.bound_weight > 0.0 {
+            trainer.refresh_bounds(current)?;
+            let mut all: Vec<f64> = trainer.bound_margins()?.into_iter().flatten().collect();
+            all.sort_by(f64::total_cmp);
+            let q = |f: f64| {
+                all.get(((all.len() as f64 - 1.0) * f) as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            };
+            eprintln!(
+                "global round {rounds}: after {steps} Adam steps, CROWN lower bounds of the open boxes: quartiles {:.3e} {:.3e} {:.3e} {:.3e} {:.3e}, {} of {} >= 0",
+                q(0.0),
+                q(0.25),
+                q(0.5),
+                q(0.75),
+                q(1.0),
+                all.iter().filter(|&&v| v >= 0.0).count(),
+                all.len()
+            );
+        }
         if trace && !verified_now {
             eprintln!(
                 "global round {rounds}: target {target:.4}, worst sampled/PGD score {worst:.4}, {} below target; {} new anchors ({} in all, {} proxy-box failures); {steps} Adam steps; {} changed; {:.2} s",
@@ -396,6 +486,8 @@ pub(super) fn run(
         }
     };
     trainer.output_weight = region_wise_weight;
+    trainer.fidelity_weight = region_wise_fidelity;
+    trainer.bound_weight = 0.0;
     Ok(GlobalResult {
         reports,
         proven: false,

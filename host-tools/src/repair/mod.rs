@@ -222,6 +222,28 @@ pub struct RepairOptions {
     /// Weight of the output hinge term in that phase (measured on ACAS Xu N4,7: at 100 the
     /// proxy-box distance and fidelity terms hold the weak points below the target).
     pub global_output_weight: f64,
+    /// Fidelity weight λ in the margin-driven phase. Measured on ACAS Xu prop_2 (loaded
+    /// machine, BENCHMARKS.md, Repair): 100 instead of 10 lifts the advisory agreement of
+    /// every repaired network to >= 98.98% (N1,2 96.98% -> 99.58%), but fewer networks
+    /// were proven within 20 s in each of three paired runs (6 vs 8, 3 vs 5; 30: 1 vs 4),
+    /// so the default keeps 10 (the proof comes first).
+    pub global_fidelity_weight: f64,
+    /// Weight of the decision-preserving fidelity term (the fidelity inputs keep their
+    /// original argmin and argmax output with half their original gaps; 0: off).
+    pub decision_weight: f64,
+    /// Weight of the certified-training term in that phase (0 disables it): when `verify`
+    /// cannot decide, the sub-boxes its branch and bound left open get a hinge on a sound
+    /// lower bound (CROWN's backward pass, differentiable in the weights) of their desired
+    /// margin. Off by default: measured on ACAS Xu prop_2 (BENCHMARKS.md, Repair) it
+    /// closes few of the open sub-boxes within the 2% parameter budget and, at weight
+    /// 100, costs fidelity (N1,2: 37.8% advisory agreement).
+    pub bound_weight: f64,
+    /// Most open sub-boxes taken per property and round for that term.
+    pub bound_boxes_per_round: usize,
+    /// Most open sub-boxes kept per property for that term (the newest).
+    pub bound_boxes_max: usize,
+    /// Budget of the branch-and-bound run that collects the open sub-boxes.
+    pub bound_frontier_budget: Duration,
 }
 
 impl Default for RepairOptions {
@@ -257,6 +279,12 @@ impl Default for RepairOptions {
             global_anchors_per_round: 64,
             complete_budget: global::COMPLETE_BUDGET,
             global_output_weight: 1000.0,
+            global_fidelity_weight: 10.0,
+            decision_weight: 0.0,
+            bound_weight: 0.0,
+            bound_boxes_per_round: 128,
+            bound_boxes_max: 512,
+            bound_frontier_budget: Duration::from_millis(1500),
         }
     }
 }
@@ -810,6 +838,7 @@ pub fn repair(
     )?;
     trainer.trainable_layers = options.trainable_layers;
     trainer.output_weight = options.output_weight;
+    trainer.decision_weight = options.decision_weight;
     let mut rounds = 0usize;
     let mut threshold = options.complete_threshold;
     let mut final_reason: Option<String> = None;

@@ -474,7 +474,7 @@ fn sub_box(
 /// `e' = |W| e + g (|W| (M + e) + |b|)` with `g = (1 + u) gamma_{n+1} + u` and `M` the
 /// interval magnitude of the layer input (verify::rounding's derivation; any summation
 /// order, FMA or not); ReLU does not increase the error.
-fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec<f64>, Vec<f64>) {
     use verify::rounding::{U32, gamma};
     let mut lo = lower.to_vec();
     let mut hi = upper.to_vec();

@@ -786,6 +786,80 @@ pub fn branch_and_bound_with(
     }
 }
 
+/// What [`open_leaves`] ended with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frontier {
+    /// The sub-boxes still open at the deadline (or when `max_open` was reached), worst
+    /// gap first; empty when every sub-box closed.
+    Open(Vec<(Vec<f64>, Vec<f64>)>),
+    /// A counterexample confirmed by the forward pass: (input, output).
+    Counterexample(Vec<f64>, Vec<f64>),
+}
+
+/// Repair's hook into branch and bound: the same bounding and splitting as
+/// [`branch_and_bound`] (CROWN, [`SplitRule::Halves`], no falsifier) on one case, but
+/// returning the sub-boxes it could not close by `deadline` (or once more than `max_open`
+/// are open) instead of a verdict. Why: certified training wants the boxes the verifier
+/// is stuck on. Nothing here claims a property holds: an empty frontier only steers the
+/// caller, whose proof stays [`super::verify_cases`].
+pub fn open_leaves(net: &Network, case: &Case, deadline: Instant, max_open: usize) -> Frontier {
+    let engine = LinearEngine::new(net, bounds::Method::Crown);
+    let cnet = CandleNet::new(net).ok();
+    let root_err = root_errors(net, case, &engine);
+    let pgd_nanos = AtomicU64::new(0);
+    let open = AtomicU64::new(1);
+    let ctx = Ctx {
+        net,
+        cnet: cnet.as_ref(),
+        case,
+        engine: &engine,
+        root_err: root_err.as_deref(),
+        start: Instant::now(),
+        pgd_nanos: &pgd_nanos,
+        open: &open,
+        split: SplitRule::Halves,
+    };
+    let mut stack = std::collections::BinaryHeap::from(vec![Domain {
+        lower: case.lower.clone(),
+        upper: case.upper.clone(),
+        active: (0..case.unsafe_set.len()).collect(),
+        depth: 0,
+        prior: None,
+        pre: None,
+        priority: f64::NEG_INFINITY,
+    }]);
+    let mut stuck: Vec<Domain> = Vec::new();
+    let batch_size = 4 * rayon::current_num_threads().max(1);
+    while !stack.is_empty() && Instant::now() < deadline && stack.len() <= max_open {
+        let take = stack.len().min(batch_size);
+        let batch: Vec<Domain> = (0..take).filter_map(|_| stack.pop()).collect();
+        open.store(stack.len() as u64, Ordering::Relaxed);
+        let results: Vec<(Domain, Outcome)> = batch
+            .into_par_iter()
+            .map(|d| {
+                let o = bound_domain(&ctx, &d);
+                (d, o)
+            })
+            .collect();
+        for (d, outcome) in results {
+            match outcome {
+                Outcome::Done(_) => {}
+                Outcome::Counterexample(x, y) => return Frontier::Counterexample(x, y),
+                Outcome::Split(children) => {
+                    let (a, b) = *children;
+                    stack.push(a);
+                    stack.push(b);
+                }
+                Outcome::Stuck(_) => stuck.push(d),
+            }
+        }
+    }
+    let mut left: Vec<Domain> = stack.into_sorted_vec();
+    left.reverse();
+    left.extend(stuck);
+    Frontier::Open(left.into_iter().map(|d| (d.lower, d.upper)).collect())
+}
+
 /// Log of the box volume, counting degenerate dimensions as width 1 (they never split).
 fn log_volume(lower: &[f64], upper: &[f64]) -> f64 {
     lower
@@ -1404,6 +1478,44 @@ pub enum SplitRule {
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
+
+    /// The repair hook: a holding case leaves nothing open, a violated one returns a
+    /// counterexample the forward pass confirms, and a spent deadline returns the root box.
+    #[test]
+    fn open_leaves_reports_the_frontier() {
+        use crate::model::{Dense, Layer};
+        // y = relu(x0 - x1) - relu(x1 - x0) = x0 - x1 on [0, 1]^2.
+        let d1 = Dense::new(2, 2, vec![1.0, -1.0, -1.0, 1.0], vec![0.0; 2]).unwrap();
+        let d2 = Dense::new(2, 1, vec![1.0, -1.0], vec![0.0]).unwrap();
+        let net = Network::new(
+            vec![2],
+            vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)],
+        )
+        .unwrap();
+        let case = |rhs: f64| Case {
+            lower: vec![0.0, 0.0],
+            upper: vec![1.0, 1.0],
+            unsafe_set: vec![Conj {
+                rows: vec![vec![1.0]],
+                rhs: vec![rhs],
+            }],
+        };
+        let later = Instant::now() + std::time::Duration::from_secs(30);
+        assert_eq!(
+            open_leaves(&net, &case(-5.0), later, 1000),
+            Frontier::Open(vec![])
+        );
+        match open_leaves(&net, &case(-0.5), later, 1000) {
+            Frontier::Counterexample(x, y) => {
+                assert!(net.forward(&x)[0] <= -0.5 && y[0] <= -0.5, "{x:?} {y:?}");
+            }
+            other => panic!("expected a counterexample, got {other:?}"),
+        }
+        assert_eq!(
+            open_leaves(&net, &case(-0.5), Instant::now(), 1000),
+            Frontier::Open(vec![(vec![0.0, 0.0], vec![1.0, 1.0])])
+        );
+    }
 
     /// Whenever the combination claims a positive gap, no sampled point of the box meets
     /// every lowered line (`l_k(x) <= e_k` for all k); and it does find gaps that no

@@ -28,6 +28,7 @@
 
 pub mod bab;
 pub mod falsify;
+pub mod piecewise;
 pub mod rounding;
 
 pub use bab::leaf_holds;
