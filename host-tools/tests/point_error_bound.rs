@@ -78,11 +78,8 @@ fn check(net: &Network, points: &[Vec<f64>]) -> Figures {
             }
         }
         let old = rounding::f32_error_bound(net, x, x);
-        let old_rows = rounding::spec_error_bounds(
-            net,
-            &rounding::interval_bounds(net, x, x),
-            &rows[n_out..],
-        );
+        let old_rows =
+            rounding::spec_error_bounds(net, &rounding::interval_bounds(net, x, x), &rows[n_out..]);
         let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         f.points += 1;
         f.mean_new += max(&bound[..n_out]);

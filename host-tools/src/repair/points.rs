@@ -398,14 +398,13 @@ pub fn repair_points(
             .map(|&i| {
                 let p = &points[i];
                 let h0 = current.forward_range(&p.x, 0, split);
-                // The proof needs y_label - y_j above verify's f32 rounding margin at the
-                // point, which dwarfs a fixed margin on these networks: certify the box
-                // with the anchor margin on top of 1.5 times it (slack for the change of
-                // the bound as the weights move).
-                // When that bound is hopeless (deep sigmoid networks: verify's bound grows
-                // by the weights' row sums at every layer, 4.8e5 on ERAN's sigmoid 6x200),
-                // no margin can prove the point: train to the anchor margin only, so the
-                // forward pass is fixed, and report the point as not proven.
+                // The proof needs y_label - y_j above the f32 rounding margin at the
+                // point: certify the box with the anchor margin on top of 1.5 times it
+                // (slack for the change of the bound as the weights move).
+                // When that bound is hopeless (a network the sharp point bound does not
+                // cover, where the |W|-product fallback reaches 1e4-1e5), no margin can
+                // prove the point: train to the anchor margin only, so the forward pass
+                // is fixed, and report the point as not proven.
                 let rounding = rounding_margin(&current, p);
                 let margin = if rounding <= MAX_ROUNDING_MARGIN {
                     options.anchor_margin + 1.5 * rounding
@@ -532,7 +531,13 @@ mod tests {
     /// Repair `n` fog-corrupted misclassified test images of `net_rel`; checks the
     /// proof (at least `min_proven` points), the forward pass and the clean accuracy on
     /// held-out test images.
-    fn repair_fog_points(net_rel: &str, n: usize, max_drop: f64, min_proven: usize, per_point: usize) {
+    fn repair_fog_points(
+        net_rel: &str,
+        n: usize,
+        max_drop: f64,
+        min_proven: usize,
+        per_point: usize,
+    ) {
         use crate::tasks::{self, corrupt::Corruption, mnist};
         let net_path = crate::require_data!(net_rel);
         let dir = crate::require_data!("mnist");

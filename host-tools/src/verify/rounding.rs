@@ -435,7 +435,10 @@ fn backward_error(
     for (s, local) in steps.iter().enumerate().rev() {
         let dim = local.eps.len();
         for (row, t) in total.iter_mut().enumerate() {
-            let (m, q) = (&mid[row * dim..(row + 1) * dim], &rad[row * dim..(row + 1) * dim]);
+            let (m, q) = (
+                &mid[row * dim..(row + 1) * dim],
+                &rad[row * dim..(row + 1) * dim],
+            );
             *t += m
                 .iter()
                 .zip(q)
@@ -457,7 +460,8 @@ fn backward_error(
                     .map(|(m, q)| (1.0 + gm) * q + gm * m.abs())
                     .collect();
                 let new_mid = matmul(r, d.out_dim, d.in_dim, &mid, &d.weight);
-                let mut new_rad = matmul(r, d.out_dim, d.in_dim, &widened, &abs_weights[dense_index]);
+                let mut new_rad =
+                    matmul(r, d.out_dim, d.in_dim, &widened, &abs_weights[dense_index]);
                 // The rad product's own rounding (non-negative terms: relative γ_n).
                 new_rad.iter_mut().for_each(|q| *q *= 1.0 + 2.0 * gm);
                 mid = new_mid;
@@ -505,10 +509,17 @@ fn smooth_slopes(layer: &Layer, z: f64, e: f64) -> (f64, f64) {
         }
     };
     let (a, b) = (z - e, z + e);
-    let near = if a <= 0.0 && b >= 0.0 { 0.0 } else { a.abs().min(b.abs()) };
+    let near = if a <= 0.0 && b >= 0.0 {
+        0.0
+    } else {
+        a.abs().min(b.abs())
+    };
     let far = a.abs().max(b.abs());
     let (lo, hi) = (deriv(far), deriv(near));
-    ((lo * (1.0 - 1e-12) - 1e-300).max(0.0), hi * (1.0 + 1e-12) + 1e-300)
+    (
+        (lo * (1.0 - 1e-12) - 1e-300).max(0.0),
+        hi * (1.0 + 1e-12) + 1e-300,
+    )
 }
 
 /// Sharp a-posteriori bounds on `|rows[k]·(f̂(x) - y(x))|` at one input `x`, where `f̂` is
@@ -569,7 +580,8 @@ pub fn point_forward_with_error(
                 let z = d.apply(&v);
                 let eps: Vec<f64> = (0..d.out_dim)
                     .map(|o| {
-                        let (mut mag, mut host, mut input) = (d.bias[o].abs(), d.bias[o].abs(), 0.0);
+                        let (mut mag, mut host, mut input) =
+                            (d.bias[o].abs(), d.bias[o].abs(), 0.0);
                         for ((w, a), err) in d.row(o).iter().zip(&v).zip(&e) {
                             mag += w.abs() * (a.abs() + err);
                             host += w.abs() * a.abs();
@@ -607,7 +619,11 @@ pub fn point_forward_with_error(
                     let (z, err) = (v[i], e[i]);
                     match layer {
                         Layer::Relu | Layer::LeakyRelu { .. } => {
-                            let alpha = if let Layer::LeakyRelu { alpha } = layer { *alpha } else { 0.0 };
+                            let alpha = if let Layer::LeakyRelu { alpha } = layer {
+                                *alpha
+                            } else {
+                                0.0
+                            };
                             (lo[i], hi[i]) = if z - err > 0.0 {
                                 (1.0, 1.0)
                             } else if z + err <= 0.0 {
@@ -617,7 +633,8 @@ pub fn point_forward_with_error(
                             };
                             if lo[i] < 1.0 && alpha > 0.0 {
                                 // The rounded product fl(fl32(α) x̂) (device), α x̃ (host).
-                                eps[i] = (2.0 * U32 + U64) * alpha * (z.abs() + err) * (1.0 + 1e-12);
+                                eps[i] =
+                                    (2.0 * U32 + U64) * alpha * (z.abs() + err) * (1.0 + 1e-12);
                             }
                         }
                         _ => {
@@ -628,7 +645,9 @@ pub fn point_forward_with_error(
                         }
                     }
                 }
-                let e_out: Vec<f64> = (0..n).map(|i| hi[i].max(lo[i].abs()) * e[i] + eps[i]).collect();
+                let e_out: Vec<f64> = (0..n)
+                    .map(|i| hi[i].max(lo[i].abs()) * e[i] + eps[i])
+                    .collect();
                 // Split an uncertain slope s ∈ [lo, hi] into its midpoint m and a local term:
                 // s δ = m δ + (s - m) δ with |(s - m) δ| <= (hi - lo)/2 · e. The backward
                 // pass then stays a signed point matrix: an interval slope would widen into
@@ -853,8 +872,17 @@ mod tests {
                 let old = f32_error_bound(&net, &x, &x);
                 for j in 0..5 {
                     let err = (f64::from(dev[j]) - y[j]).abs();
-                    assert!(err <= bound[j], "{}: output {j}: {err:e} > {:e}", act.kind(), bound[j]);
-                    assert!(bound[j] <= old[j], "{}: looser than the |W| bound", act.kind());
+                    assert!(
+                        err <= bound[j],
+                        "{}: output {j}: {err:e} > {:e}",
+                        act.kind(),
+                        bound[j]
+                    );
+                    assert!(
+                        bound[j] <= old[j],
+                        "{}: looser than the |W| bound",
+                        act.kind()
+                    );
                     worst = worst.max(err / bound[j]);
                     gain = gain.min(old[j] / bound[j]);
                 }
@@ -871,8 +899,10 @@ mod tests {
         let net = random_net(&mut rng, &[4, 6, 3], Layer::Gelu);
         assert!(point_error_bound(&net, &[0.1; 4]).is_none());
         let net = random_net(&mut rng, &[4, 6, 3], Layer::Relu);
-        assert!(point_error_bound(&net, &[0.1; 3]).is_none(), "wrong input length");
+        assert!(
+            point_error_bound(&net, &[0.1; 3]).is_none(),
+            "wrong input length"
+        );
         assert!(point_error_bounds(&net, &[0.1; 4], &[vec![1.0; 2]]).is_none());
     }
-
 }
