@@ -13,10 +13,11 @@
 //! point holds or the budget runs out.
 //!
 //! **What "holds" means for a point.** A point's proof is the forward pass of the
-//! repaired network in f64 with a margin above the f32 rounding bound: exactly verify's
-//! leaf rule ([`crate::verify::leaf_holds`]) on the degenerate box `[x, x]`, where CROWN is the
-//! forward pass and the rounding bound is the one branch and bound demands. So a point
-//! that holds is classified as required on the device's f32 arithmetic too.
+//! repaired network in f64 with every gap `y_label - y_j` above a sound bound on
+//! `|row·(f32 device output - f64 host output)|` at that point
+//! ([`crate::verify::rounding::point_error_bounds`]: signed error propagation, valid for
+//! every kernel of the core). So a point that holds is classified as required on the
+//! device's f32 arithmetic too.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -71,26 +72,49 @@ impl Point {
 }
 
 /// Whether `net` provably classifies the point as required (see the module docs): every
-/// `y_label - y_j`, computed in f64, exceeds verify's required margin for that row under
-/// the f32 rounding bound at `x` ([`crate::verify::bab::required_margin`]), plus a
-/// relative f64 slack. This is verify's leaf rule on the box `[x, x]` with the exact
-/// forward pass in place of CROWN and the whole-network rounding bound (not the per-row
-/// one `verify::leaf_holds` uses, which is tighter; see the issue notes).
+/// `y_label - y_j`, computed in f64, exceeds the f32 rounding bound of that row at the
+/// point plus verify's slack ([`crate::verify::bab::required_margin`]'s `1e-9`) and a
+/// relative `1e-9`. The rounding bound is the sharp signed one at the point
+/// ([`crate::verify::rounding::point_error_bounds`], which also covers the host pass's own
+/// f64 rounding); layer kinds it does not handle fall back to verify's whole-network
+/// bound ([`crate::verify::rounding::f32_error_bound`] on `[x, x]`).
 pub fn point_holds(net: &Network, p: &Point) -> bool {
     point_margin(net, p) > 0.0
+}
+
+/// Per constraint row of the point: the host output `y` and the rounding margin each
+/// row `y_label - y_j` must clear (module docs).
+fn output_and_margins(net: &Network, p: &Point) -> (Vec<f64>, Vec<Constraint>, Vec<f64>) {
+    let constraints = p.constraints(net.output_dim());
+    let rows: Vec<Vec<f64>> = constraints.iter().map(|k| k.c.clone()).collect();
+    match crate::verify::rounding::point_forward_with_error(net, &p.x, &rows) {
+        Some((y, bounds)) => {
+            let margins = bounds.iter().map(|b| b + 1e-9).collect();
+            (y, constraints, margins)
+        }
+        None => {
+            let y = net.forward(&p.x);
+            let err = crate::verify::rounding::f32_error_bound(net, &p.x, &p.x);
+            let margins = constraints
+                .iter()
+                .map(|k| crate::verify::bab::required_margin(&k.c, 0.0, &err))
+                .collect();
+            (y, constraints, margins)
+        }
+    }
 }
 
 /// The smallest proof gap of a point: `min_j (y_label - y_j) - required margin - slack`;
 /// positive iff [`point_holds`].
 pub fn point_margin(net: &Network, p: &Point) -> f64 {
-    let y = net.forward(&p.x);
-    let err = crate::verify::rounding::f32_error_bound(net, &p.x, &p.x);
-    p.constraints(y.len())
+    let (y, constraints, margins) = output_and_margins(net, p);
+    constraints
         .iter()
-        .map(|k| {
+        .zip(&margins)
+        .map(|(k, m)| {
             let gap = k.value(&y);
             if gap.is_finite() {
-                gap - crate::verify::bab::required_margin(&k.c, 0.0, &err) - 1e-9 * gap.abs()
+                gap - m - 1e-9 * gap.abs()
             } else {
                 f64::NEG_INFINITY
             }
@@ -99,16 +123,12 @@ pub fn point_margin(net: &Network, p: &Point) -> f64 {
 }
 
 /// Largest f32 rounding margin the proxy boxes are asked to clear (logit units).
-const MAX_ROUNDING_MARGIN: f64 = 1.0;
+const MAX_ROUNDING_MARGIN: f64 = 5.0;
 
-/// The largest margin verify requires of a row `y_label - y_j` at the point (f32
-/// rounding bound of the network at `x`).
+/// The largest rounding margin a row `y_label - y_j` must clear at the point (see
+/// [`point_holds`]).
 pub fn rounding_margin(net: &Network, p: &Point) -> f64 {
-    let err = crate::verify::rounding::f32_error_bound(net, &p.x, &p.x);
-    p.constraints(net.output_dim())
-        .iter()
-        .map(|k| crate::verify::bab::required_margin(&k.c, 0.0, &err))
-        .fold(0.0, f64::max)
+    output_and_margins(net, p).2.into_iter().fold(0.0, f64::max)
 }
 
 /// Per point: the f64 forward pass gives the label strictly above every other output.
@@ -248,7 +268,9 @@ impl Default for PointOptions {
             // Tuned on the fog task of mnist_relu_3_100 (BENCHMARKS.md, Repair (MNIST)):
             // the last Dense layer of f_e only, 5% of the parameters, a strong output hinge
             // and a fidelity term on clean images keep the clean accuracy.
-            anchor_margin: 0.3,
+            // 0.5: about what 0.3 plus 1.5x the old |W| rounding bound came to on 3_100,
+            // where these settings were tuned (the sharp point bound is ~1e-2).
+            anchor_margin: 0.5,
             box_iterations: 50,
             change_fraction: 0.05,
             trainable_layers: 1,
@@ -376,14 +398,13 @@ pub fn repair_points(
             .map(|&i| {
                 let p = &points[i];
                 let h0 = current.forward_range(&p.x, 0, split);
-                // The proof needs y_label - y_j above verify's f32 rounding margin at the
-                // point, which dwarfs a fixed margin on these networks: certify the box
-                // with the anchor margin on top of 1.5 times it (slack for the change of
-                // the bound as the weights move).
-                // When that bound is hopeless (deep sigmoid networks: verify's bound grows
-                // by the weights' row sums at every layer, 4.8e5 on ERAN's sigmoid 6x200),
-                // no margin can prove the point: train to the anchor margin only, so the
-                // forward pass is fixed, and report the point as not proven.
+                // The proof needs y_label - y_j above the f32 rounding margin at the
+                // point: certify the box with the anchor margin on top of 1.5 times it
+                // (slack for the change of the bound as the weights move).
+                // When that bound is hopeless (a network the sharp point bound does not
+                // cover, where the |W|-product fallback reaches 1e4-1e5), no margin can
+                // prove the point: train to the anchor margin only, so the forward pass
+                // is fixed, and report the point as not proven.
                 let rounding = rounding_margin(&current, p);
                 let margin = if rounding <= MAX_ROUNDING_MARGIN {
                     options.anchor_margin + 1.5 * rounding
@@ -508,8 +529,15 @@ mod tests {
     }
 
     /// Repair `n` fog-corrupted misclassified test images of `net_rel`; checks the
-    /// proof, the forward pass and the clean accuracy on held-out test images.
-    fn repair_fog_points(net_rel: &str, n: usize, max_drop: f64, proven: bool, per_point: usize) {
+    /// proof (at least `min_proven` points), the forward pass and the clean accuracy on
+    /// held-out test images.
+    fn repair_fog_points(
+        net_rel: &str,
+        n: usize,
+        max_drop: f64,
+        min_proven: usize,
+        per_point: usize,
+    ) {
         use crate::tasks::{self, corrupt::Corruption, mnist};
         let net_path = crate::require_data!(net_rel);
         let dir = crate::require_data!("mnist");
@@ -541,47 +569,48 @@ mod tests {
         let drop = mnist::accuracy(&net, &held_out) - mnist::accuracy(&out.network, &held_out);
         assert!(drop <= max_drop, "accuracy drop {drop}");
         assert!(out.changed_parameters > 0 && out.changed_parameters <= out.parameter_budget);
-        if !proven {
-            // Sound or silent: nothing is claimed where the rounding bound forbids it.
-            assert!(!out.verified && out.after.iter().all(|&b| !b));
-            return;
-        }
-        assert!(
-            out.verified,
-            "{} of {n} hold",
-            out.after.iter().filter(|&&b| b).count()
-        );
-        for p in &task.repair {
-            assert!(point_holds(&out.network, p));
-            assert!(point_margin(&out.network, p) > 0.0);
+        let held = out.after.iter().filter(|&&b| b).count();
+        assert!(held >= min_proven, "{held} of {n} hold");
+        assert_eq!(out.verified, held == n);
+        for (p, &ok) in task.repair.iter().zip(&out.after) {
+            assert_eq!(point_holds(&out.network, p), ok);
+            assert_eq!(point_margin(&out.network, p) > 0.0, ok);
+            // Sound or silent: a proven point is classified as required.
+            assert!(!ok || mnist::argmax(&out.network.forward(&p.x)) == p.label);
         }
     }
 
     #[test]
     fn repairs_corrupted_mnist_points_relu_3_100() {
-        repair_fog_points("mnist/nets/mnist_relu_3_100.onnx", 10, 0.02, true, 45);
+        repair_fog_points("mnist/nets/mnist_relu_3_100.onnx", 10, 0.02, 10, 45);
     }
 
     /// The non-ReLU path: sigmoid activations in f_e and f_c, CROWN's sigmoid
-    /// relaxation for the proxy boxes, candle's sigmoid in the trainer. The forward pass
-    /// is repaired; the proof is not claimed: verify's f32 rounding bound at these points
-    /// is ~4.8e5 on this 6-layer sigmoid network (it multiplies the weights' row sums at
-    /// every layer), far above any logit gap, so no point can pass verify's rule.
+    /// relaxation for the proxy boxes, candle's sigmoid in the trainer, and the proof at
+    /// the points by the sharp signed rounding bound (~6.5e-3 logits at MNIST points on
+    /// this 6-layer network, where the |W|-product bound is ~1.3e5).
     #[test]
     fn repairs_corrupted_mnist_points_sigmoid_6x200() {
         let net = crate::import::load(&crate::require_data!(
             "mnist/nets/ffnnSIGMOID__Point_6x200.onnx"
         ))
         .unwrap();
-        let x = vec![0.5; 784];
-        assert!(rounding_margin(&net, &Point { x, label: 0 }) > MAX_ROUNDING_MARGIN);
+        let dir = crate::require_data!("mnist");
+        let test = crate::tasks::mnist::test_set(&dir).unwrap();
+        let p = Point {
+            x: test.images[0].clone(),
+            label: test.labels[0],
+        };
+        assert!(rounding_margin(&net, &p) < 0.1);
         // A larger mask: the sigmoid features move less per parameter. No accuracy
-        // bound here: this repair costs 11.6% clean accuracy (a known gap, BENCHMARKS.md).
+        // bound here: this repair costs clean accuracy (a known gap, BENCHMARKS.md).
         repair_fog_points(
             "mnist/nets/ffnnSIGMOID__Point_6x200.onnx",
             5,
             1.0,
-            false,
+            // Every point with a certified proxy box is proven; one of the five gets no
+            // certified box in 50 shifts (proxy-box synthesis, not the proof, fails).
+            4,
             3000,
         );
     }
