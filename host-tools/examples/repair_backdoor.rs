@@ -13,7 +13,7 @@
 //! 0-999 (true labels) and the same columns as `repair_mnist corruption`, plus the
 //! generalisation before the repair and the attack success rate after it.
 //! Option overrides for tuning runs: the `PR_*` variables of `repair_mnist`, plus
-//! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds) and `PR_SPLIT` (split layer K).
+//! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds), `PR_ROUNDS` and `PR_SPLIT` (split layer K).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -62,6 +62,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_TIMEOUT") {
         o.timeout = std::time::Duration::from_secs_f64(v);
+    }
+    if let Some(v) = get("PR_ROUNDS") {
+        o.rounds = v as usize;
     }
     if let Some(v) = get("PR_SPLIT") {
         o.split_layer = SplitLayer::Layer(v as usize);
