@@ -168,6 +168,27 @@ fn main() {
         let gen1 = tasks::point_accuracy(&out.network, &task.generalisation);
         let asr1 = backdoor::attack_success_rate(&out.network, &task.generalisation, TARGET);
         if std::env::var_os("PR_DEBUG").is_some() {
+            // Which inputs the changed weights of the first repaired Dense layer read.
+            use prorepair_host::model::Layer;
+            let k = out.split_layer.saturating_sub(2);
+            if let (Layer::Dense(a), Layer::Dense(b)) = (&net.layers[k], &out.network.layers[k]) {
+                let cols: Vec<usize> = (0..a.weight.len())
+                    .filter(|&i| a.weight[i] != b.weight[i])
+                    .map(|i| i % a.in_dim)
+                    .collect();
+                let trig = cols
+                    .iter()
+                    .filter(|&&c| {
+                        a.in_dim == 784
+                            && backdoor::TRIGGER.contains(&(c / 28))
+                            && backdoor::TRIGGER.contains(&(c % 28))
+                    })
+                    .count();
+                eprintln!(
+                    "  layer {k}: {} weights changed, {trig} of them read trigger pixels",
+                    cols.len()
+                );
+            }
             for (p, ok) in task.repair.iter().zip(&out.after) {
                 if !ok {
                     eprintln!(
