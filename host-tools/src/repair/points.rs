@@ -389,6 +389,10 @@ pub fn repair_points(
     // One anchor per failing point, replaced by a fresh box when the point fails again.
     let mut anchors: Vec<Option<Anchor>> = vec![None; points.len()];
     let deadline = start + options.timeout;
+    // Rounds can re-break points that an earlier round proved (the points share the
+    // trained weights): when no round proves them all, hand back the round that proved
+    // the most, not merely the last one.
+    let mut best: Option<(usize, Network, Vec<bool>)> = None;
     while outcome.rounds < options.rounds && Instant::now() < deadline {
         outcome.rounds += 1;
         let failing: Vec<usize> = (0..points.len()).filter(|&i| !outcome.after[i]).collect();
@@ -482,6 +486,16 @@ pub fn repair_points(
         }
         if outcome.after.iter().all(|&b| b) {
             break;
+        }
+        let proven = outcome.after.iter().filter(|&&b| b).count();
+        if best.as_ref().is_none_or(|(n, _, _)| proven > *n) {
+            best = Some((proven, current.clone(), outcome.after.clone()));
+        }
+    }
+    if let Some((proven, network, after)) = best {
+        if proven > outcome.after.iter().filter(|&&b| b).count() {
+            current = network;
+            outcome.after = after;
         }
     }
     outcome.verified = outcome.after.iter().all(|&b| b);
