@@ -492,11 +492,12 @@ pub fn repair_points(
             best = Some((proven, current.clone(), outcome.after.clone()));
         }
     }
-    if let Some((proven, network, after)) = best {
-        if proven > outcome.after.iter().filter(|&&b| b).count() {
-            current = network;
-            outcome.after = after;
-        }
+    let proven_last = outcome.after.iter().filter(|&&b| b).count();
+    if let Some((proven, network, after)) = best
+        && proven > proven_last
+    {
+        current = network;
+        outcome.after = after;
     }
     outcome.verified = outcome.after.iter().all(|&b| b);
     outcome.classified = classified(&current, points);
