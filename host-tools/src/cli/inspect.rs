@@ -146,35 +146,23 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
         }
     };
     if let Some(path) = &args.json {
-        let mut value =
-            serde_json::to_value(&info).map_err(|e| CliError::Internal(e.to_string()))?;
-        value["file"] = serde_json::json!(args.file.display().to_string());
-        value["patch_kind"] = value["kind"].clone();
-        value["kind"] = serde_json::json!("patch");
-        value["applies_to"] = serde_json::json!(binding);
-        report::write_json(path, &value)?;
-        return Ok(Outcome::Ok);
+        return write_patch_json(args, path, &info, binding);
     }
-    let mut text = String::new();
-    let _ = writeln!(text, "patch         {}", args.file.display());
-    let _ = writeln!(
-        text,
-        "kind          {} (format version {})",
-        info.kind, info.format_version
+    let mut text = patch_header_text(
+        args,
+        &PatchHeader {
+            kind: info.kind,
+            format_version: info.format_version,
+            patch_bytes: info.patch_bytes,
+            sequence: info.sequence,
+            base_sha256: &info.base_sha256,
+            base_blob_bytes: info.base_blob_bytes,
+            signature: info.signature,
+            signer: info.signer.as_deref(),
+            verified: info.verified_with.is_some(),
+            ram_bytes: info.ram_bytes,
+        },
     );
-    let _ = writeln!(text, "patch bytes   {}", info.patch_bytes);
-    let _ = writeln!(text, "sequence      {}", info.sequence);
-    let _ = writeln!(text, "base sha256   {}", info.base_sha256);
-    let _ = writeln!(text, "base bytes    {}", info.base_blob_bytes);
-    let _ = writeln!(text, "signature     {}", info.signature);
-    if let Some(signer) = &info.signer {
-        let check = match (&info.verified_with, &args.key) {
-            (Some(_), Some(path)) => format!("signature verified with {}", path.display()),
-            _ => "signature not checked: give --key KEY.pub".to_string(),
-        };
-        let _ = writeln!(text, "signer        key {signer} ({check})");
-    }
-    let _ = writeln!(text, "device RAM    {} bytes", info.ram_bytes);
     let _ = writeln!(text, "layers        {} changed", info.layers.len());
     for l in &info.layers {
         let _ = writeln!(
@@ -183,12 +171,7 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
             l.index, l.encoding, l.values, l.entries, l.bytes
         );
     }
-    let _ = writeln!(text, "regions       {}", info.regions);
-    if let Some(m) = binding {
-        let _ = writeln!(text, "applies to    {m}");
-    }
-    report::write_output(std::path::Path::new("-"), text.as_bytes())?;
-    Ok(Outcome::Ok)
+    finish_patch_text(text, info.regions, binding)
 }
 
 /// `inspect PATCH` for a patch-modules patch (kind 2): kind, modules (indicator, widths,
@@ -226,35 +209,23 @@ fn inspect_modules_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError>
         }
     };
     if let Some(path) = &args.json {
-        let mut value =
-            serde_json::to_value(&info).map_err(|e| CliError::Internal(e.to_string()))?;
-        value["file"] = serde_json::json!(args.file.display().to_string());
-        value["patch_kind"] = value["kind"].clone();
-        value["kind"] = serde_json::json!("patch");
-        value["applies_to"] = serde_json::json!(binding);
-        report::write_json(path, &value)?;
-        return Ok(Outcome::Ok);
+        return write_patch_json(args, path, &info, binding);
     }
-    let mut text = String::new();
-    let _ = writeln!(text, "patch         {}", args.file.display());
-    let _ = writeln!(
-        text,
-        "kind          {} (format version {})",
-        info.kind, info.format_version
+    let mut text = patch_header_text(
+        args,
+        &PatchHeader {
+            kind: info.kind,
+            format_version: info.format_version,
+            patch_bytes: info.patch_bytes,
+            sequence: info.sequence,
+            base_sha256: &info.base_sha256,
+            base_blob_bytes: info.base_blob_bytes,
+            signature: info.signature,
+            signer: info.signer.as_deref(),
+            verified: info.verified_with.is_some(),
+            ram_bytes: info.ram_bytes,
+        },
     );
-    let _ = writeln!(text, "patch bytes   {}", info.patch_bytes);
-    let _ = writeln!(text, "sequence      {}", info.sequence);
-    let _ = writeln!(text, "base sha256   {}", info.base_sha256);
-    let _ = writeln!(text, "base bytes    {}", info.base_blob_bytes);
-    let _ = writeln!(text, "signature     {}", info.signature);
-    if let Some(signer) = &info.signer {
-        let check = match (&info.verified_with, &args.key) {
-            (Some(_), Some(path)) => format!("signature verified with {}", path.display()),
-            _ => "signature not checked: give --key KEY.pub".to_string(),
-        };
-        let _ = writeln!(text, "signer        key {signer} ({check})");
-    }
-    let _ = writeln!(text, "device RAM    {} bytes", info.ram_bytes);
     let _ = writeln!(
         text,
         "modules       {} ({} parameters)",
@@ -284,7 +255,72 @@ fn inspect_modules_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError>
             m.bytes
         );
     }
-    let _ = writeln!(text, "regions       {}", info.regions);
+    finish_patch_text(text, info.regions, binding)
+}
+
+/// The header fields both patch kinds share, for the text view.
+struct PatchHeader<'a> {
+    kind: &'a str,
+    format_version: u16,
+    patch_bytes: usize,
+    sequence: u32,
+    base_sha256: &'a str,
+    base_blob_bytes: usize,
+    signature: &'a str,
+    signer: Option<&'a str>,
+    verified: bool,
+    ram_bytes: usize,
+}
+
+/// `inspect --json` for either patch kind: the kind's own fields plus the file, the patch
+/// kind and the model it was checked against.
+fn write_patch_json(
+    args: &Args,
+    path: &std::path::Path,
+    info: &impl serde::Serialize,
+    binding: Option<String>,
+) -> Result<Outcome, CliError> {
+    let mut value = serde_json::to_value(info).map_err(|e| CliError::Internal(e.to_string()))?;
+    value["file"] = serde_json::json!(args.file.display().to_string());
+    value["patch_kind"] = value["kind"].clone();
+    value["kind"] = serde_json::json!("patch");
+    value["applies_to"] = serde_json::json!(binding);
+    report::write_json(path, &value)?;
+    Ok(Outcome::Ok)
+}
+
+/// The first lines of the text view, the same for both patch kinds.
+fn patch_header_text(args: &Args, h: &PatchHeader<'_>) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "patch         {}", args.file.display());
+    let _ = writeln!(
+        text,
+        "kind          {} (format version {})",
+        h.kind, h.format_version
+    );
+    let _ = writeln!(text, "patch bytes   {}", h.patch_bytes);
+    let _ = writeln!(text, "sequence      {}", h.sequence);
+    let _ = writeln!(text, "base sha256   {}", h.base_sha256);
+    let _ = writeln!(text, "base bytes    {}", h.base_blob_bytes);
+    let _ = writeln!(text, "signature     {}", h.signature);
+    if let Some(signer) = h.signer {
+        let check = match (h.verified, &args.key) {
+            (true, Some(path)) => format!("signature verified with {}", path.display()),
+            _ => "signature not checked: give --key KEY.pub".to_string(),
+        };
+        let _ = writeln!(text, "signer        key {signer} ({check})");
+    }
+    let _ = writeln!(text, "device RAM    {} bytes", h.ram_bytes);
+    text
+}
+
+/// The last lines of the text view (regions, binding), then print it.
+fn finish_patch_text(
+    mut text: String,
+    regions: usize,
+    binding: Option<String>,
+) -> Result<Outcome, CliError> {
+    let _ = writeln!(text, "regions       {regions}");
     if let Some(m) = binding {
         let _ = writeln!(text, "applies to    {m}");
     }
