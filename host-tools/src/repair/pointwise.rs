@@ -366,6 +366,31 @@ impl Trainer {
         self.features_from(x, 0)
     }
 
+    /// A dense layer's weight and bias as trained: base plus the masked delta. The
+    /// saliency probe sees every parameter (deltas outside the mask are zero: they never
+    /// get a gradient).
+    fn dense_parameters(
+        &self,
+        w0: &Tensor,
+        b0: &Tensor,
+        dw: &Var,
+        db: &Var,
+        mw: &Tensor,
+        mb: &Tensor,
+    ) -> Result<(Tensor, Tensor), RepairError> {
+        if self.probe {
+            Ok((
+                (w0 + dw.as_tensor()).map_err(candle)?,
+                (b0 + db.as_tensor()).map_err(candle)?,
+            ))
+        } else {
+            Ok((
+                (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?,
+                (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?,
+            ))
+        }
+    }
+
     /// `layers[start..split]` on a batch of that layer's inputs (the layers before
     /// `start` are frozen, so their outputs are computed once in f64).
     fn features_from(&self, x: &Tensor, start: usize) -> Result<Tensor, RepairError> {
@@ -381,19 +406,7 @@ impl Trainer {
                     mb,
                     ..
                 } => {
-                    // The saliency probe sees every parameter (deltas outside the mask
-                    // are zero: they never get a gradient).
-                    let (w, b) = if self.probe {
-                        (
-                            (w0 + dw.as_tensor()).map_err(candle)?,
-                            (b0 + db.as_tensor()).map_err(candle)?,
-                        )
-                    } else {
-                        (
-                            (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?,
-                            (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?,
-                        )
-                    };
+                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb)?;
                     h.matmul(&w.t().map_err(candle)?)
                         .map_err(candle)?
                         .broadcast_add(&b)
@@ -625,17 +638,7 @@ impl Trainer {
                     mb,
                     ..
                 } => {
-                    let (w, b) = if self.probe {
-                        (
-                            (w0 + dw.as_tensor()).map_err(candle)?,
-                            (b0 + db.as_tensor()).map_err(candle)?,
-                        )
-                    } else {
-                        (
-                            (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?,
-                            (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?,
-                        )
-                    };
+                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb)?;
                     steps.push(BoundStep::Affine(w.t().map_err(candle)?, b));
                 }
                 TrainLayer::Activation(Layer::Relu) => steps.push(BoundStep::Relu),
