@@ -5,6 +5,24 @@ use std::path::PathBuf;
 
 use super::eval::{is_model_blob, load_blob, read_file};
 use super::{CliError, Outcome, report};
+/// The shared header fields of either kind's info struct (`PatchInfo`, `ModulesInfo`:
+/// same field names, different types).
+macro_rules! patch_header {
+    ($info:expr) => {
+        PatchHeader {
+            kind: $info.kind,
+            format_version: $info.format_version,
+            patch_bytes: $info.patch_bytes,
+            sequence: $info.sequence,
+            base_sha256: &$info.base_sha256,
+            base_blob_bytes: $info.base_blob_bytes,
+            signature: $info.signature,
+            signer: $info.signer.as_deref(),
+            verified: $info.verified_with.is_some(),
+            ram_bytes: $info.ram_bytes,
+        }
+    };
+}
 
 /// Arguments of `inspect`.
 #[derive(Debug, clap::Args)]
@@ -148,21 +166,7 @@ fn inspect_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError> {
     if let Some(path) = &args.json {
         return write_patch_json(args, path, &info, binding);
     }
-    let mut text = patch_header_text(
-        args,
-        &PatchHeader {
-            kind: info.kind,
-            format_version: info.format_version,
-            patch_bytes: info.patch_bytes,
-            sequence: info.sequence,
-            base_sha256: &info.base_sha256,
-            base_blob_bytes: info.base_blob_bytes,
-            signature: info.signature,
-            signer: info.signer.as_deref(),
-            verified: info.verified_with.is_some(),
-            ram_bytes: info.ram_bytes,
-        },
-    );
+    let mut text = patch_header_text(args, &patch_header!(info));
     let _ = writeln!(text, "layers        {} changed", info.layers.len());
     for l in &info.layers {
         let _ = writeln!(
@@ -211,21 +215,7 @@ fn inspect_modules_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError>
     if let Some(path) = &args.json {
         return write_patch_json(args, path, &info, binding);
     }
-    let mut text = patch_header_text(
-        args,
-        &PatchHeader {
-            kind: info.kind,
-            format_version: info.format_version,
-            patch_bytes: info.patch_bytes,
-            sequence: info.sequence,
-            base_sha256: &info.base_sha256,
-            base_blob_bytes: info.base_blob_bytes,
-            signature: info.signature,
-            signer: info.signer.as_deref(),
-            verified: info.verified_with.is_some(),
-            ram_bytes: info.ram_bytes,
-        },
-    );
+    let mut text = patch_header_text(args, &patch_header!(info));
     let _ = writeln!(
         text,
         "modules       {} ({} parameters)",
