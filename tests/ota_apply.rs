@@ -214,47 +214,55 @@ fn assert_refused(f: &Fixture, flash: &mut SimFlash, bytes: &[u8]) -> Error {
     err
 }
 
+/// Offer `refuse` every single-bit and whole-byte flip of every byte of `good`, the
+/// bit-0 and whole-byte flips again with the CRC fixed up (a forger's first try: only
+/// structure checks or the signature can stop them), every truncation and one extra
+/// byte; `refuse` installs and returns the error (panicking if accepted). Returns how
+/// many were refused by the CRC and, with the CRC fixed up, by the signature.
+fn refuse_every_change(good: &[u8], mut refuse: impl FnMut(&[u8]) -> Error) -> (usize, usize) {
+    let (mut by_crc, mut by_signature) = (0usize, 0usize);
+    for i in 0..good.len() {
+        for bit in 0..8 {
+            let mut bad = good.to_vec();
+            bad[i] ^= 1 << bit;
+            if refuse(&bad) == Error::CrcMismatch {
+                by_crc += 1;
+            }
+        }
+        for mask in [0x01u8, 0xFF] {
+            let mut bad = good.to_vec();
+            bad[i] ^= mask;
+            if mask == 0xFF && refuse(&bad) == Error::CrcMismatch {
+                by_crc += 1;
+            }
+            // Bytes 12..16 are the CRC itself (then it is recomputed, undoing nothing).
+            let fixed = prorepair_core::patch::patch_crc(&bad).to_le_bytes();
+            bad[12..16].copy_from_slice(&fixed);
+            if bad == good {
+                continue;
+            }
+            if refuse(&bad) == Error::BadSignature {
+                by_signature += 1;
+            }
+        }
+    }
+    for len in 0..good.len() {
+        refuse(&good[..len]);
+    }
+    let mut longer = good.to_vec();
+    longer.push(0);
+    refuse(&longer);
+    (by_crc, by_signature)
+}
+
 #[test]
 fn every_byte_change_and_truncation_of_a_signed_patch_is_refused() {
     let f = fixture_or_skip!();
     let mut flash = running_v1(f);
     let v1 = expected(f, Some(&f.signed[0]));
     let good = &f.signed[1];
-    let mut by_signature = 0usize;
-    let mut by_crc = 0usize;
-    for i in 0..good.len() {
-        // Every single-bit flip and the whole-byte flip, as received.
-        for bit in 0..8 {
-            let mut bad = good.clone();
-            bad[i] ^= 1 << bit;
-            if assert_refused(f, &mut flash, &bad) == Error::CrcMismatch {
-                by_crc += 1;
-            }
-        }
-        for mask in [0x01u8, 0xFF] {
-            let mut bad = good.clone();
-            bad[i] ^= mask;
-            if mask == 0xFF && assert_refused(f, &mut flash, &bad) == Error::CrcMismatch {
-                by_crc += 1;
-            }
-            // The same change with the CRC fixed up: a forger's first try. Bytes
-            // 12..16 are the CRC itself (then it is recomputed, undoing nothing).
-            let fixed = prorepair_core::patch::patch_crc(&bad).to_le_bytes();
-            bad[12..16].copy_from_slice(&fixed);
-            if bad == *good {
-                continue;
-            }
-            if assert_refused(f, &mut flash, &bad) == Error::BadSignature {
-                by_signature += 1;
-            }
-        }
-    }
-    for len in 0..good.len() {
-        assert_refused(f, &mut flash, &good[..len]);
-    }
-    let mut longer = good.clone();
-    longer.push(0);
-    assert_refused(f, &mut flash, &longer);
+    let (by_crc, by_signature) =
+        refuse_every_change(good, |bad| assert_refused(f, &mut flash, bad));
     eprintln!(
         "{} bytes x 9 flips (8 bits, whole byte): {by_crc} refused by the CRC; 2 flips with \
          the CRC fixed up: {by_signature} refused by the signature (the rest by structure \
@@ -601,14 +609,16 @@ fn patch_modules_repair_installs_over_a_weight_delta_and_boots_bit_exact() {
 
     // Tamper and replay against the running kind-2 patch: refused, flash unchanged.
     let before = flash.areas().clone();
-    for i in (0..m3.len()).step_by(7) {
-        let mut bad = m3.clone();
-        bad[i] ^= 1 << (i % 8);
-        assert!(
-            ota::install(&mut flash, &base, Some(&public), &bad).is_err(),
-            "{i}"
-        );
-    }
+    let (_, by_signature) = refuse_every_change(&m3, |bad| {
+        let err = ota::install(&mut flash, &base, Some(&public), bad).expect_err("accepted");
+        assert!(flash.areas() == &before, "a refused patch changed storage");
+        err
+    });
+    assert!(
+        by_signature > m3.len(),
+        "{by_signature} of {} bytes",
+        m3.len()
+    );
     for old in [&m2, &delta] {
         assert_eq!(
             ota::install(&mut flash, &base, Some(&public), old),
