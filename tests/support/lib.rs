@@ -107,3 +107,29 @@ pub fn repair_n21_prop2() -> Option<N21Prop2Repair> {
         regions,
     })
 }
+
+/// The patch-modules repair (kind 2) of ACAS Xu N2,1 for property 2, as the end-to-end
+/// tests use it: `repair_modules` with a 120 s budget, asserted proven on every case.
+/// `None` when `../shared/data` is absent.
+pub fn repair_n21_prop2_modules() -> Option<(
+    prorepair_host::Network,
+    prorepair_host::repair::patchmodules::ModulesRepair,
+)> {
+    use prorepair_host::repair::patchmodules::{self, ModuleOptions};
+    let onnx = data_path(&acasxu_onnx(2, 1)).filter(|p| p.exists())?;
+    let spec = data_path("acasxu/vnnlib/prop_2.vnnlib").filter(|p| p.exists())?;
+    let net = prorepair_host::import::load(&onnx).unwrap();
+    let property = prorepair_host::spec::Property::from_vnnlib(&spec).unwrap();
+    let named: Vec<_> = prorepair_host::verify::cases_of(&net, &property)
+        .unwrap()
+        .into_iter()
+        .map(|c| ("prop_2".to_string(), c))
+        .collect();
+    let options = ModuleOptions {
+        timeout: std::time::Duration::from_secs(120),
+        ..Default::default()
+    };
+    let r = patchmodules::repair_modules(&net, &named, &options).unwrap();
+    assert!(r.all_hold(), "{:?}", r.outcomes);
+    Some((net, r))
+}
