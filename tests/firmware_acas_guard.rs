@@ -11,14 +11,12 @@
 //!
 //! Skips (with a message) when gcc or the ACAS Xu data are absent.
 
-use std::path::Path;
 use std::process::Command;
 
 use prorepair_core::Patch;
-use prorepair_host::compile::{AlignedBlob, c_array};
+use prorepair_host::compile::AlignedBlob;
 use prorepair_host::patch::sign;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const OTA_STEP: usize = 12;
 const FALLBACK: u32 = 1;
 
@@ -122,69 +120,24 @@ fn c_controller_guards_and_takes_a_signed_ota_patch_mid_flight() {
         }
     }
 
-    let archive = prorepair_tests::firmware_archive()
-        .clone()
-        .expect("libprorepair.a builds");
-    let dir = archive
-        .parent()
-        .unwrap()
-        .join("firmware-examples/acas_guard");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in [
-        ("base_model", &emitted.base_blob),
-        ("patch_signed", &signed),
-        ("patch_tampered", &tampered),
-        ("patch_unsigned", &unsigned),
-        ("public_key", &public.to_vec()),
-    ] {
-        std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
-    }
-    let mut text = format!(
-        "#define N_STEPS {}\n#define OTA_STEP {OTA_STEP}\nstatic const float inputs[N_STEPS][5] = {{\n",
-        rows.len()
+    let dir = prorepair_tests::c_example_dir("acas_guard", "acasxu_2_1");
+    prorepair_tests::write_c_headers(
+        &dir,
+        &[
+            ("base_model", &emitted.base_blob),
+            ("patch_signed", &signed),
+            ("patch_tampered", &tampered),
+            ("patch_unsigned", &unsigned),
+            ("public_key", &public),
+        ],
+        &format!("#define OTA_STEP {OTA_STEP}\n"),
+        "N_STEPS",
+        &rows,
     );
-    for r in &rows {
-        let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
-        text.push_str(&format!("    {{{}}},\n", v.join(", ")));
-    }
-    text.push_str("};\n");
-    std::fs::write(dir.join("inputs.h"), text).unwrap();
-
-    let build = |exe: &Path, sanitize: bool| {
-        let mut cmd = Command::new("gcc");
-        cmd.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"]);
-        if sanitize {
-            cmd.args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]);
-        }
-        let output = cmd
-            .arg("-I")
-            .arg(Path::new(ROOT).join("include"))
-            .arg("-I")
-            .arg(&dir)
-            .arg(Path::new(ROOT).join("firmware-examples/acas_guard/main.c"))
-            .arg("-o")
-            .arg(exe)
-            .arg("-L")
-            .arg(archive.parent().unwrap())
-            .arg("-lprorepair")
-            .output()
-            .expect("gcc runs");
-        assert!(
-            output.status.success(),
-            "gcc: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    let build = |exe: &str, sanitize: bool| {
+        prorepair_tests::build_c_example("acas_guard", "main.c", &dir, exe, sanitize, &[])
     };
-    let exe = dir.join("acas_guard");
-    build(&exe, true);
-    let run = Command::new(&exe).output().expect("the C program runs");
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "C program failed: {}\n{stdout}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(stdout.contains("\nok\n"), "{stdout}");
+    let stdout = prorepair_tests::run_c_example(&build("acas_guard", true));
     assert!(stdout.contains("power lost at write step"), "{stdout}");
     // Boots: base, base again after the torn install (0 = PR_BOOT_BASE), then slot A.
     let boots: Vec<&str> = stdout.lines().filter(|l| l.starts_with("boot ")).collect();
@@ -254,8 +207,7 @@ fn c_controller_guards_and_takes_a_signed_ota_patch_mid_flight() {
 
     // The same program under valgrind (no sanitizers), when installed.
     if have("valgrind") {
-        let plain = dir.join("acas_guard_plain");
-        build(&plain, false);
+        let plain = build("acas_guard_plain", false);
         let out = Command::new("valgrind")
             .args(["--error-exitcode=3", "--leak-check=full", "-q"])
             .arg(&plain)

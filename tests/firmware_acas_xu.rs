@@ -21,7 +21,6 @@ use prorepair_host::import::onnx::TractModel;
 use prorepair_tests::{acasxu_nnet, acasxu_onnx, data_path};
 
 /// The workspace root (the root package's manifest directory).
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// ACAS Xu networks the example is checked on: N1,1 and N2,9 (property 8 fails on it).
 const NETWORKS: [(u32, u32); 2] = [(1, 1), (2, 9)];
@@ -107,48 +106,6 @@ fn generate_headers(nnet_path: &Path, dir: &Path) -> NnetNormalization {
     );
     std::fs::write(dir.join("acasxu_norm.h"), text).unwrap();
     norm
-}
-
-/// Compile `source` (in firmware-examples/acas_xu) with the generated headers in `dir`
-/// and link it with the archive; sanitizers on or off; extra flags.
-fn build_c(
-    archive: &Path,
-    dir: &Path,
-    source: &str,
-    exe: &str,
-    sanitize: bool,
-    extra: &[&str],
-) -> PathBuf {
-    let out = dir.join(exe);
-    let mut gcc = Command::new("gcc");
-    gcc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"]);
-    if sanitize {
-        gcc.args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]);
-    } else {
-        gcc.arg("-O1");
-    }
-    gcc.args(extra)
-        .arg("-I")
-        .arg(Path::new(ROOT).join("include"))
-        .arg("-I")
-        .arg(dir)
-        .arg(
-            Path::new(ROOT)
-                .join("firmware-examples/acas_xu")
-                .join(source),
-        )
-        .arg("-o")
-        .arg(&out)
-        .arg("-L")
-        .arg(archive.parent().unwrap())
-        .arg("-lprorepair");
-    let output = gcc.output().expect("gcc runs");
-    assert!(
-        output.status.success(),
-        "gcc failed on {source}:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    out
 }
 
 /// Run `program` (optionally under valgrind) with `args` and `stdin`.
@@ -308,7 +265,8 @@ fn acas_xu_controller_matches_tract_on_raw_sensor_inputs() {
         let archive = archive().as_ref().expect("libprorepair.a builds");
         let dir = build_dir(archive, &format!("acas_xu_{a}_{b}"));
         let norm = generate_headers(&nnet_path, &dir);
-        let exe = build_c(archive, &dir, "main.c", "acas_xu_asan", true, &[]);
+        let exe =
+            prorepair_tests::build_c_example("acas_xu", "main.c", &dir, "acas_xu_asan", true, &[]);
         let tract = TractModel::load(&onnx_path).expect("tract loads the ONNX file");
 
         // Samples on stdin.
@@ -358,10 +316,10 @@ fn acas_xu_controller_checks_its_arena_and_its_input() {
     let dir = build_dir(archive, "acas_xu_checks");
     generate_headers(&nnet_path, &dir);
     // An arena smaller than the model needs is refused at start-up, before any input.
-    let small = build_c(
-        archive,
-        &dir,
+    let small = prorepair_tests::build_c_example(
+        "acas_xu",
         "main.c",
+        &dir,
         "acas_xu_small_arena",
         true,
         &["-DACASXU_ARENA_CAPACITY=16"],
@@ -375,7 +333,8 @@ fn acas_xu_controller_checks_its_arena_and_its_input() {
     );
     assert!(output.stdout.is_empty());
     // Bad input lines: exit code 2 with the line number; earlier lines were answered.
-    let exe = build_c(archive, &dir, "main.c", "acas_xu_asan", true, &[]);
+    let exe =
+        prorepair_tests::build_c_example("acas_xu", "main.c", &dir, "acas_xu_asan", true, &[]);
     for (text, answered) in [
         ("1000 0 0 500 500\n1000 0 0 500\n", 1),
         ("1 2 3 4 5 6\n", 0),
@@ -411,10 +370,10 @@ fn c_error_paths_give_their_status_and_leave_outputs_untouched() {
     let archive = archive().as_ref().expect("libprorepair.a builds");
     let dir = build_dir(archive, "error_paths");
     generate_headers(&nnet_path, &dir);
-    let exe = build_c(
-        archive,
-        &dir,
+    let exe = prorepair_tests::build_c_example(
+        "acas_xu",
         "error_paths.c",
+        &dir,
         "error_paths_asan",
         true,
         &[],
@@ -461,7 +420,8 @@ fn c_programs_are_clean_under_valgrind() {
     let archive = archive().as_ref().expect("libprorepair.a builds");
     let dir = build_dir(archive, "valgrind");
     let norm = generate_headers(&nnet_path, &dir);
-    let exe = build_c(archive, &dir, "main.c", "acas_xu_plain", false, &[]);
+    let exe =
+        prorepair_tests::build_c_example("acas_xu", "main.c", &dir, "acas_xu_plain", false, &[]);
     let output = run(&exe, &[], &samples_stdin(), true);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -474,10 +434,10 @@ fn c_programs_are_clean_under_valgrind() {
     let tract = TractModel::load(&onnx_path).expect("tract loads the ONNX file");
     check_against_tract(&lines, &SAMPLES, &norm, &tract);
 
-    let exe = build_c(
-        archive,
-        &dir,
+    let exe = prorepair_tests::build_c_example(
+        "acas_xu",
         "error_paths.c",
+        &dir,
         "error_paths_plain",
         false,
         &[],

@@ -8,22 +8,13 @@
 //!
 //! Skips (with a message) when gcc is absent.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use prorepair_host::cli::demo;
-use prorepair_host::compile::{AlignedBlob, c_array};
+use prorepair_host::compile::AlignedBlob;
 use prorepair_host::import::onnx::TractModel;
 use prorepair_host::model::Layer;
 use prorepair_host::repair::{self, RepairProperty};
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-
-fn archive() -> PathBuf {
-    prorepair_tests::firmware_archive()
-        .clone()
-        .expect("libprorepair.a builds")
-}
 
 fn have_gcc() -> bool {
     prorepair_tests::have_tool("gcc")
@@ -103,67 +94,22 @@ fn run_c_update(
     rows: &[[f32; 5]],
     input_shape: Option<&[usize]>,
 ) -> Vec<Vec<f64>> {
-    let archive = archive();
-    let dir = archive
-        .parent()
-        .unwrap()
-        .join("firmware-examples/patch_update")
-        .join(tag);
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in [
-        ("base_model", &emitted.base_blob),
-        ("patch_v1", &emitted.bytes),
-        ("patch_bad", &bad.to_vec()),
-        ("patch_other", &other_patch.bytes),
-    ] {
-        std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
-    }
-    let mut text = format!(
-        "#define N_INPUTS {}\nstatic const float inputs[N_INPUTS][5] = {{\n",
-        rows.len()
+    let dir = prorepair_tests::c_example_dir("patch_update", tag);
+    prorepair_tests::write_c_headers(
+        &dir,
+        &[
+            ("base_model", &emitted.base_blob),
+            ("patch_v1", &emitted.bytes),
+            ("patch_bad", bad),
+            ("patch_other", &other_patch.bytes),
+        ],
+        "",
+        "N_INPUTS",
+        rows,
     );
-    for r in rows {
-        let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
-        text.push_str(&format!("    {{{}}},\n", v.join(", ")));
-    }
-    text.push_str("};\n");
-    std::fs::write(dir.join("inputs.h"), text).unwrap();
-    let exe = dir.join("patch_update");
-    let output = Command::new("gcc")
-        .args([
-            "-std=c11",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-g",
-            "-fsanitize=address,undefined",
-            "-fno-sanitize-recover=all",
-        ])
-        .arg("-I")
-        .arg(Path::new(ROOT).join("include"))
-        .arg("-I")
-        .arg(&dir)
-        .arg(Path::new(ROOT).join("firmware-examples/patch_update/main.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(archive.parent().unwrap())
-        .arg("-lprorepair")
-        .output()
-        .expect("gcc runs");
-    assert!(
-        output.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let run = Command::new(&exe).output().expect("the C program runs");
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "C program failed: {}\n{stdout}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(stdout.contains("\nok\n"), "{stdout}");
+    let exe =
+        prorepair_tests::build_c_example("patch_update", "main.c", &dir, "patch_update", true, &[]);
+    let stdout = prorepair_tests::run_c_example(&exe);
     assert!(stdout.contains(&format!(
             "patch ram {}",
             prorepair_core::Patch::from_bytes(&emitted.bytes)

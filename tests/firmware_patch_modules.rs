@@ -12,18 +12,13 @@
 //!
 //! Skips (with a message) when gcc or the ACAS Xu data are absent.
 
-use std::path::Path;
-use std::process::Command;
-
 use prorepair_core::kernels;
 use prorepair_core::ota::{self, sim::SimFlash};
 use prorepair_core::patch::modules::{ModulePatch, ModulesModel};
 use prorepair_core::{Error, Patch};
-use prorepair_host::compile::{AlignedBlob, c_array};
+use prorepair_host::compile::AlignedBlob;
 use prorepair_host::patch::sign;
 use prorepair_host::repair::patchmodules::Indicator;
-
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// Rows `"<tag> K: y0 .. y4"` of the program's output.
 fn rows_of(stdout: &str, tag: &str) -> Vec<[f32; 5]> {
@@ -120,62 +115,29 @@ fn c_device_installs_and_boots_a_weight_delta_then_patch_modules() {
         }));
     }
 
-    let archive = prorepair_tests::firmware_archive()
-        .clone()
-        .expect("libprorepair.a builds");
-    let dir = archive
-        .parent()
-        .unwrap()
-        .join("firmware-examples/patch_modules");
-    std::fs::create_dir_all(&dir).unwrap();
-    for (name, bytes) in [
-        ("base_model", &delta_emitted.base_blob),
-        ("patch_delta", &delta),
-        ("patch_modules", &kind2),
-        ("patch_forged", &forged),
-        ("public_key", &public.to_vec()),
-    ] {
-        std::fs::write(dir.join(format!("{name}.h")), c_array(bytes, name)).unwrap();
-    }
-    let mut text = format!(
-        "#define N_INPUTS {}\nstatic const float inputs[N_INPUTS][5] = {{\n",
-        rows.len()
+    let dir = prorepair_tests::c_example_dir("patch_modules", "acasxu_2_1");
+    prorepair_tests::write_c_headers(
+        &dir,
+        &[
+            ("base_model", &delta_emitted.base_blob),
+            ("patch_delta", &delta),
+            ("patch_modules", &kind2),
+            ("patch_forged", &forged),
+            ("public_key", &public),
+        ],
+        "",
+        "N_INPUTS",
+        &rows,
     );
-    for r in &rows {
-        let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
-        text.push_str(&format!("    {{{}}},\n", v.join(", ")));
-    }
-    text.push_str("};\n");
-    std::fs::write(dir.join("inputs.h"), text).unwrap();
-    let exe = dir.join("patch_modules");
-    let output = Command::new("gcc")
-        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"])
-        .args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"])
-        .arg("-I")
-        .arg(Path::new(ROOT).join("include"))
-        .arg("-I")
-        .arg(&dir)
-        .arg(Path::new(ROOT).join("firmware-examples/patch_modules/main.c"))
-        .arg("-o")
-        .arg(&exe)
-        .arg("-L")
-        .arg(archive.parent().unwrap())
-        .arg("-lprorepair")
-        .output()
-        .expect("gcc runs");
-    assert!(
-        output.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let exe = prorepair_tests::build_c_example(
+        "patch_modules",
+        "main.c",
+        &dir,
+        "patch_modules",
+        true,
+        &[],
     );
-    let run = Command::new(&exe).output().expect("the C program runs");
-    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    assert!(
-        run.status.success(),
-        "C program failed: {}\n{stdout}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(stdout.ends_with("\nok\n"), "{stdout}");
+    let stdout = prorepair_tests::run_c_example(&exe);
     // Boots: base, weight delta (slot A), again after the refused forgery, then the
     // modules (slot B); the weight-delta-only boot falls back to slot A.
     let boots: Vec<&str> = stdout.lines().filter(|l| l.starts_with("boot ")).collect();

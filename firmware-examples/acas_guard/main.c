@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "prorepair.h"
+#include "../common/expect.h"
 #include "base_model.h"
 #include "patch_signed.h"
 #include "patch_tampered.h"
@@ -71,15 +72,6 @@ static const float g_monitor[4 * 6] = {
     -1, 0, 0, 1, 0, 0,
     -1, 0, 0, 0, 1, 0,
 };
-
-static int expect(enum pr_status got, enum pr_status want, const char *what) {
-    if (got != want) {
-        fprintf(stderr, "%s: got %d (%s), want %d (%s)\n", what, (int)got,
-                pr_status_str((int)got), (int)want, pr_status_str((int)want));
-        return 1;
-    }
-    return 0;
-}
 
 /* Power-on: boot the committed model (verified) and arm the guard with its regions. */
 static int reboot(void) {

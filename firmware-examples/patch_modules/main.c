@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "prorepair.h"
+#include "../common/expect.h"
 #include "base_model.h"
 #include "patch_delta.h"
 #include "patch_modules.h"
@@ -62,15 +63,6 @@ static const pr_storage g_storage = {
     .erase = flash_erase,
     .write = flash_write,
 };
-
-static int expect(enum pr_status got, enum pr_status want, const char *what) {
-    if (got != want) {
-        fprintf(stderr, "%s: got %d (%s), want %d (%s)\n", what, (int)got,
-                pr_status_str((int)got), (int)want, pr_status_str((int)want));
-        return 1;
-    }
-    return 0;
-}
 
 static void print_row(const char *tag, size_t k, const float y[5]) {
     printf("%s %zu: %.9g %.9g %.9g %.9g %.9g\n", tag, k, (double)y[0], (double)y[1],

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "prorepair.h"
+#include "../common/expect.h"
 #include "base_model.h"
 #include "patch_v1.h"
 #include "patch_bad.h"
@@ -36,15 +37,6 @@
 static pr_model g_model;
 static float g_arena[ARENA_BYTES / sizeof(float)];
 static float g_patch_ram[PATCH_RAM_BYTES / sizeof(float)];
-
-static int expect(enum pr_status got, enum pr_status want, const char *what) {
-    if (got != want) {
-        fprintf(stderr, "%s: got %d (%s), want %d (%s)\n", what, (int)got,
-                pr_status_str((int)got), (int)want, pr_status_str((int)want));
-        return 1;
-    }
-    return 0;
-}
 
 static int run_all(const char *tag, float out[][5]) {
     for (size_t k = 0; k < N_INPUTS; ++k) {

@@ -7,9 +7,12 @@
 //! cargo run -p prorepair-host --example repair_mnist -- adversarial [K...] [--tasks N]
 //! ```
 //!
-//! Corruption: repair set = 100 misclassified corrupted images from test indices 0-999,
-//! generalisation = the misclassified corrupted images from 1000-9999; reported: points
-//! proven, clean test accuracy before/after, generalisation, time of the repair.
+//! Corruption: repair set = 100 misclassified corrupted images from test indices 0-999.
+//! Two generalisation figures: the paper's *Gene* (Section 6.1.3 and Appendix B.1.2:
+//! the share of the generalisation set, ALL 9,000 corrupted images of indices
+//! 1000-9999, classified correctly after the repair; shown with its value before), and
+//! the stricter share of those the network misclassified before that it now gets
+//! right. Also reported: points proven, clean test accuracy before/after, time.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -33,7 +36,8 @@ fn net_path(name: &str) -> PathBuf {
 }
 
 /// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
-/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`).
+/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
+/// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds).
 fn tuned(mut o: PointOptions) -> PointOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PR_CHANGE") {
@@ -60,6 +64,15 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     if let Some(v) = get("PR_FIDELITY_N") {
         o.fidelity_inputs.truncate(v as usize);
     }
+    if let Some(v) = get("PR_PER_POINT") {
+        o.parameters_per_point = v as usize;
+    }
+    if let Some(v) = get("PR_RADIUS") {
+        o.radius = v;
+    }
+    if let Some(v) = get("PR_TIMEOUT") {
+        o.timeout = std::time::Duration::from_secs_f64(v);
+    }
     o
 }
 
@@ -82,13 +95,23 @@ fn corruption(args: &[String]) {
         100.0 * acc0
     );
     println!(
-        "| kind | repair set | proven | acc. before | acc. after | drop | generalisation (n) | changed | time (s) |"
+        "| kind | repair set | proven | acc. before | acc. after | drop | Gene: all corrupted 1000-9999, before -> after | fixed among the misclassified (n) | changed | time (s) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    let (mut drops, mut gens, mut times) = (Vec::new(), Vec::new(), Vec::new());
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let (mut drops, mut gens, mut genes, mut times) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for kind in kinds {
         let t0 = Instant::now();
         let task = tasks::corruption_task(&net, &test, kind, 100, 2024);
+        // The paper's generalisation set: every corrupted image of 1000-9999, with the
+        // same corruption seeds as the task.
+        let all_corrupted: Vec<points::Point> = (1000..test.len().min(10_000))
+            .map(|i| points::Point {
+                x: kind.apply(&test.images[i], 2024 ^ i as u64),
+                label: test.labels[i],
+            })
+            .collect();
+        let gene0 = tasks::point_accuracy(&net, &all_corrupted);
         let build = t0.elapsed().as_secs_f64();
         let options = tuned(PointOptions {
             fidelity_inputs: tasks::every(&train, 10),
@@ -126,8 +149,9 @@ fn corruption(args: &[String]) {
         }
         let acc1 = mnist::accuracy(&out.network, &test);
         let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
+        let gene = tasks::point_accuracy(&out.network, &all_corrupted);
         println!(
-            "| {} | {} | {}/{} | {:.2}% | {:.2}% | {:.2}% | {:.1}% ({}) | {} | {:.2} |",
+            "| {} | {} | {}/{} | {:.2}% | {:.2}% | {:.2}% | {:.1}% -> {:.1}% | {:.1}% ({}) | {} | {:.2} |",
             kind.name(),
             task.repair.len(),
             proven,
@@ -135,6 +159,8 @@ fn corruption(args: &[String]) {
             100.0 * acc0,
             100.0 * acc1,
             100.0 * (acc0 - acc1),
+            100.0 * gene0,
+            100.0 * gene,
             100.0 * generalisation,
             task.generalisation.len(),
             out.changed_parameters,
@@ -148,12 +174,14 @@ fn corruption(args: &[String]) {
         );
         drops.push(acc0 - acc1);
         gens.push(generalisation);
+        genes.push(gene);
         times.push(out.time_s);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!(
-        "| mean | | | | | {:.2}% | {:.1}% | | {:.2} |",
+        "| mean | | | | | {:.2}% | {:.1}% | {:.1}% | | {:.2} |",
         100.0 * mean(&drops),
+        100.0 * mean(&genes),
         100.0 * mean(&gens),
         mean(&times)
     );

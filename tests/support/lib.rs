@@ -4,7 +4,7 @@
 pub use prorepair_host::require_data;
 pub use prorepair_host::testing::*;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
@@ -132,4 +132,104 @@ pub fn repair_n21_prop2_modules() -> Option<(
     let r = patchmodules::repair_modules(&net, &named, &options).unwrap();
     assert!(r.all_hold(), "{:?}", r.outcomes);
     Some((net, r))
+}
+
+/// Compile `firmware-examples/{example}/{source}` with gcc (`-std=c11 -Wall -Wextra
+/// -Werror -g`; ASan/UBSan when `sanitize`, else `-O1`; then `extra`), the generated
+/// headers in `dir` on the include path, and link it with the firmware archive; the
+/// executable `dir/exe`. Panics with gcc's message when it fails.
+pub fn build_c_example(
+    example: &str,
+    source: &str,
+    dir: &Path,
+    exe: &str,
+    sanitize: bool,
+    extra: &[&str],
+) -> PathBuf {
+    let archive = firmware_archive().clone().expect("libprorepair.a builds");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = dir.join(exe);
+    let mut gcc = Command::new("gcc");
+    gcc.args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-g"]);
+    if sanitize {
+        gcc.args(["-fsanitize=address,undefined", "-fno-sanitize-recover=all"]);
+    } else {
+        gcc.arg("-O1");
+    }
+    gcc.args(extra)
+        .arg("-I")
+        .arg(root.join("include"))
+        .arg("-I")
+        .arg(dir)
+        .arg(root.join("firmware-examples").join(example).join(source))
+        .arg("-o")
+        .arg(&out)
+        .arg("-L")
+        .arg(archive.parent().unwrap())
+        .arg("-lprorepair");
+    let output = gcc.output().expect("gcc runs");
+    assert!(
+        output.status.success(),
+        "gcc failed on {example}/{source}:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    out
+}
+
+/// A scratch directory for the generated headers and executables of one C example,
+/// next to the firmware archive (`target/.../firmware-examples/{example}/{tag}`).
+pub fn c_example_dir(example: &str, tag: &str) -> PathBuf {
+    let archive = firmware_archive().clone().expect("libprorepair.a builds");
+    let dir = archive
+        .parent()
+        .unwrap()
+        .join("firmware-examples")
+        .join(example)
+        .join(tag);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Write each `(name, bytes)` as the C header `dir/{name}.h` defining `{name}` and
+/// `{name}_len`, and `dir/inputs.h` with `prelude` then `#define {count} n` and
+/// `static const float inputs[{count}][5]` holding `rows` exactly.
+pub fn write_c_headers(
+    dir: &Path,
+    arrays: &[(&str, &[u8])],
+    prelude: &str,
+    count: &str,
+    rows: &[[f32; 5]],
+) {
+    for (name, bytes) in arrays {
+        std::fs::write(
+            dir.join(format!("{name}.h")),
+            prorepair_host::compile::c_array(bytes, name),
+        )
+        .unwrap();
+    }
+    let mut text = format!(
+        "{prelude}#define {count} {}\nstatic const float inputs[{count}][5] = {{\n",
+        rows.len()
+    );
+    for r in rows {
+        let v: Vec<String> = r.iter().map(|x| format!("{x:?}f")).collect();
+        text.push_str(&format!("    {{{}}},\n", v.join(", ")));
+    }
+    text.push_str("};\n");
+    std::fs::write(dir.join("inputs.h"), text).unwrap();
+}
+
+/// Run a C example and return its standard output, asserting that it exits 0 and that
+/// its last line is "ok".
+pub fn run_c_example(exe: &Path) -> String {
+    let run = Command::new(exe).output().expect("the C program runs");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "C program {} failed: {}\n{stdout}",
+        exe.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(stdout.ends_with("ok\n"), "{stdout}");
+    stdout
 }
