@@ -290,10 +290,11 @@ fn main() {
     let onnx_path = data.join(format!("mnist/nets/{net_name}.onnx"));
     let net = import::load(&onnx_path).expect("import");
     // The base's layers up to the feature layer: PGD runs on them plus the module.
-    let prefix: Vec<prorepair_host::Layer> = match patchmodules::feature_layer_index(&net, feature_layer) {
-        Some(at) => net.layers[..=at].to_vec(),
-        None => Vec::new(),
-    };
+    let prefix: Vec<prorepair_host::Layer> =
+        match patchmodules::feature_layer_index(&net, feature_layer) {
+            Some(at) => net.layers[..=at].to_vec(),
+            None => Vec::new(),
+        };
     let images = gunzip(&data.join("mnist/t10k-images-idx3-ubyte.gz"));
     let labels = gunzip(&data.join("mnist/t10k-labels-idx1-ubyte.gz"));
     let n_img = u32::from_be_bytes(images[4..8].try_into().unwrap()) as usize;

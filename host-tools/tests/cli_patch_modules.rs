@@ -282,7 +282,11 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
     )
     .unwrap();
     let blob = dir.join("base.bin");
-    assert!(host(&["compile", s(&model), "--out", s(&blob)]).status.success());
+    assert!(
+        host(&["compile", s(&model), "--out", s(&blob)])
+            .status
+            .success()
+    );
     let rows = |o: &std::process::Output| -> Vec<String> {
         String::from_utf8_lossy(&o.stdout)
             .lines()
@@ -290,13 +294,23 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
             .collect()
     };
     let base_out = host(&["eval", s(&blob), "--inputs", s(&inputs)]);
-    let device = host(&["eval", s(&blob), "--patch", s(&patch), "--inputs", s(&inputs)]);
+    let device = host(&[
+        "eval",
+        s(&blob),
+        "--patch",
+        s(&patch),
+        "--inputs",
+        s(&inputs),
+    ]);
     assert_eq!(device.status.code(), Some(0), "{}", stderr(&device));
     let graph = host(&["eval", s(&onnx), "--inputs", s(&inputs)]);
     assert_eq!(graph.status.code(), Some(0), "{}", stderr(&graph));
     let (b, d, g) = (rows(&base_out), rows(&device), rows(&graph));
     assert_ne!(b[0], d[0], "the module acts inside the box");
-    assert_eq!(b[2], d[2], "outside the box the base's outputs, bit for bit");
+    assert_eq!(
+        b[2], d[2],
+        "outside the box the base's outputs, bit for bit"
+    );
     for (a, c) in g.iter().zip(&d) {
         for (u, w) in a.split(',').zip(c.split(',')) {
             let (u, w): (f64, f64) = (u.parse().unwrap(), w.parse().unwrap());

@@ -93,7 +93,11 @@ fn feature_layer_modules_on_mnist_are_proven_and_agree_everywhere() {
     assert!(r.all_hold(), "{:?}", r.outcomes);
     for (_, m) in &r.modules.entries {
         assert_eq!(m.feature_layer, 2);
-        assert_eq!(m.parameter_count(), 100 * 8 + 8 + 8 * 10 + 10, "898 parameters");
+        assert_eq!(
+            m.parameter_count(),
+            100 * 8 + 8 + 8 * 10 + 10,
+            "898 parameters"
+        );
     }
 
     // The kind-2 patch says what each module reads, and reads back the same.
@@ -142,7 +146,10 @@ fn feature_layer_modules_on_mnist_are_proven_and_agree_everywhere() {
         let yt = tract.run(x).expect("tract runs");
         for ((h, d), t) in host.iter().zip(yd).zip(&yt) {
             let tol = 1e-4 * (1.0 + h.abs());
-            assert!((h - f64::from(*d)).abs() < tol, "host {host:?} device {yd:?}");
+            assert!(
+                (h - f64::from(*d)).abs() < tol,
+                "host {host:?} device {yd:?}"
+            );
             assert!((d - t).abs() as f64 <= tol, "device {yd:?} tract {yt:?}");
         }
     }
@@ -163,7 +170,11 @@ fn feature_layer_modules_on_mnist_are_proven_and_agree_everywhere() {
 
     // `apply --onnx-out`'s graph is read back as base + feature modules, and holds.
     let path = dir.join("repaired.onnx");
-    std::fs::write(&path, patch::modules::to_onnx(&net, &r.modules, None).unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        patch::modules::to_onnx(&net, &r.modules, None).unwrap(),
+    )
+    .unwrap();
     let pw = match import::load_model(&path).expect("reads the exported graph") {
         Model::Piecewise(p) => p,
         Model::Network(_) => panic!("read as a straight-line network"),

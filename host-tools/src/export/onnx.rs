@@ -396,7 +396,13 @@ pub fn to_onnx_bytes_with_modules(
                     .clone();
                 let name = format!("pm_h{k}");
                 if !nodes.iter().any(|n| n.name == name) {
-                    nodes.push(node("Flatten", name.clone(), vec![act], &name, vec![int("axis", 1)]));
+                    nodes.push(node(
+                        "Flatten",
+                        name.clone(),
+                        vec![act],
+                        &name,
+                        vec![int("axis", 1)],
+                    ));
                 }
                 name
             }

@@ -873,8 +873,15 @@ mod tests {
         let feature = Module {
             feature_layer: 1,
             layers: vec![
-                Dense::new(4, 2, (0..8).map(|i| (i as f64 * 0.3).cos() as f32 as f64).collect(), vec![0.5, -1.0])
-                    .unwrap(),
+                Dense::new(
+                    4,
+                    2,
+                    (0..8)
+                        .map(|i| (i as f64 * 0.3).cos() as f32 as f64)
+                        .collect(),
+                    vec![0.5, -1.0],
+                )
+                .unwrap(),
             ],
         };
         let modules = PatchModules {

@@ -38,6 +38,14 @@
 //!   has the largest cosine similarity with `N(x')`. It is a documented helper, not part
 //!   of the shipped semantics (the device applies modules only inside their boxes).
 //! - Indicator boxes may not overlap (the proof of one module assumes it acts alone).
+//! - Modules at a feature layer ([`ModuleOptions::feature_layer`], AdvRepair Section 3.4):
+//!   the module reads the base's K-th activation `h_K(x)` (a ReLU output) instead of `x`;
+//!   the indicator stays the input box. Unlike the paper's sampled feature boxes, the
+//!   proof stays sound: on each sub-box the module is bounded over CROWN's bounds of
+//!   `h_K` on that sub-box, and its f32 error starts from the base's rounding bound of
+//!   `h_K` (`verify::rounding` on the base up to layer K). This bounds base and module
+//!   separately (sound, looser than bounding [`combined_network`], which `verify` on the
+//!   exported graph uses to re-check the repair).
 
 use std::time::{Duration, Instant};
 
@@ -516,7 +524,12 @@ pub fn combined_network_at_feature(
         }
         for o in 0..d.out_dim {
             let row = width + o;
-            b[row] = d.bias[o] - if last { olo[o] } else { 0.0 };
+            b[row] = d.bias[o]
+                - if last {
+                    olo.get(o).copied().unwrap_or(0.0)
+                } else {
+                    0.0
+                };
             for (jj, &wv) in d.row(o).iter().enumerate() {
                 let col = if first { jj } else { width + jj };
                 w[row * in_w + col] = wv;
@@ -1097,13 +1110,17 @@ fn repair_case(
         // Training (Algorithm 2) on every sub-box of this module.
         let s = subs.len();
         let lo = Tensor::from_vec(
-            subs.iter().flat_map(|b| b.module_box().0.to_vec()).collect(),
+            subs.iter()
+                .flat_map(|b| b.module_box().0.to_vec())
+                .collect(),
             (s, m_in),
             &dev,
         )
         .map_err(candle)?;
         let hi = Tensor::from_vec(
-            subs.iter().flat_map(|b| b.module_box().1.to_vec()).collect(),
+            subs.iter()
+                .flat_map(|b| b.module_box().1.to_vec())
+                .collect(),
             (s, m_in),
             &dev,
         )
@@ -1431,8 +1448,13 @@ mod tests {
             vec![2],
             vec![
                 Layer::Dense(
-                    Dense::new(2, 3, vec![1.0, 1.0, -1.0, 2.0, 0.5, -0.3], vec![0.0, -0.5, 0.2])
-                        .unwrap(),
+                    Dense::new(
+                        2,
+                        3,
+                        vec![1.0, 1.0, -1.0, 2.0, 0.5, -0.3],
+                        vec![0.0, -0.5, 0.2],
+                    )
+                    .unwrap(),
                 ),
                 Layer::Relu,
                 Layer::Dense(
@@ -1445,7 +1467,10 @@ mod tests {
                     .unwrap(),
                 ),
                 Layer::Relu,
-                Layer::Dense(Dense::new(3, 2, vec![1.0, -0.5, 0.25, -1.0, 0.5, 2.0], vec![0.1, -0.2]).unwrap()),
+                Layer::Dense(
+                    Dense::new(3, 2, vec![1.0, -0.5, 0.25, -1.0, 0.5, 2.0], vec![0.1, -0.2])
+                        .unwrap(),
+                ),
             ],
         )
         .unwrap()
@@ -1455,8 +1480,20 @@ mod tests {
         Module {
             feature_layer: k,
             layers: vec![
-                Dense::new(3, 4, (0..12).map(|i| (i as f64 * 0.7).sin()).collect(), vec![0.1, -0.3, 0.2, 0.0]).unwrap(),
-                Dense::new(4, 2, (0..8).map(|i| (i as f64 * 1.3).cos()).collect(), vec![0.5, -0.5]).unwrap(),
+                Dense::new(
+                    3,
+                    4,
+                    (0..12).map(|i| (i as f64 * 0.7).sin()).collect(),
+                    vec![0.1, -0.3, 0.2, 0.0],
+                )
+                .unwrap(),
+                Dense::new(
+                    4,
+                    2,
+                    (0..8).map(|i| (i as f64 * 1.3).cos()).collect(),
+                    vec![0.5, -0.5],
+                )
+                .unwrap(),
             ],
         }
     }
@@ -1472,7 +1509,10 @@ mod tests {
         assert_eq!(feature_width(&base, 2).unwrap(), 3);
         let e = feature_width(&base, 3).unwrap_err().to_string();
         assert!(e.contains("2 activation layer"), "{e}");
-        assert_eq!(feature_of(&base, 2, &[0.3, -0.2]), base.forward_range(&[0.3, -0.2], 0, 4));
+        assert_eq!(
+            feature_of(&base, 2, &[0.3, -0.2]),
+            base.forward_range(&[0.3, -0.2], 0, 4)
+        );
     }
 
     #[test]
@@ -1502,7 +1542,12 @@ mod tests {
                 let got = comb.forward(&x);
                 for (j, (a, b)) in want.iter().zip(&got).enumerate() {
                     assert!((a - b).abs() < 1e-9, "K={k}: {want:?} vs {got:?}");
-                    assert!(lo[j] <= *b && *b <= hi[j], "K={k}: {b} outside [{}, {}]", lo[j], hi[j]);
+                    assert!(
+                        lo[j] <= *b && *b <= hi[j],
+                        "K={k}: {b} outside [{}, {}]",
+                        lo[j],
+                        hi[j]
+                    );
                 }
                 assert_eq!(pm.eval(&base, &x), want);
             }
@@ -1525,8 +1570,16 @@ mod tests {
                 rhs: vec![0.0],
             }],
         };
-        let before = verify::verify_cases(&base, std::slice::from_ref(&case), &verify::Options::default());
-        assert!(matches!(before.verdict, verify::Verdict::Violated { .. }), "{:?}", before.verdict);
+        let before = verify::verify_cases(
+            &base,
+            std::slice::from_ref(&case),
+            &verify::Options::default(),
+        );
+        assert!(
+            matches!(before.verdict, verify::Verdict::Violated { .. }),
+            "{:?}",
+            before.verdict
+        );
         let opts = ModuleOptions {
             timeout: Duration::from_secs(60),
             feature_layer: 2,
@@ -1537,8 +1590,17 @@ mod tests {
         let m = &r.modules.entries[0].1;
         assert_eq!((m.feature_layer, m.input_dim()), (2, 3));
         // The proof is independent of the training bound: verify the combined network.
-        let comb = combined_network(&base, m, &BoxBounds::new(case.lower.clone(), case.upper.clone())).unwrap();
-        let v = verify::verify_cases(&comb, std::slice::from_ref(&case), &verify::Options::default());
+        let comb = combined_network(
+            &base,
+            m,
+            &BoxBounds::new(case.lower.clone(), case.upper.clone()),
+        )
+        .unwrap();
+        let v = verify::verify_cases(
+            &comb,
+            std::slice::from_ref(&case),
+            &verify::Options::default(),
+        );
         assert_eq!(v.verdict, verify::Verdict::Holds, "{:?}", v.verdict);
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         for _ in 0..500 {
@@ -1549,7 +1611,10 @@ mod tests {
         let x = [1.5, 0.0];
         assert_eq!(r.modules.eval(&base, &x), base.forward(&x));
         // Non-ReLU feature layers and out-of-range K are refused.
-        let bad_k = ModuleOptions { feature_layer: 3, ..opts.clone() };
+        let bad_k = ModuleOptions {
+            feature_layer: 3,
+            ..opts.clone()
+        };
         assert!(repair_modules(&base, &[("p".into(), case.clone())], &bad_k).is_err());
     }
 
