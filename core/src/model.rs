@@ -518,6 +518,21 @@ impl<'a> Model<'a> {
         arena: &mut [f32],
         output: &mut [f32],
     ) -> Result<(), Error> {
+        self.evaluate_tapped(kernels, input, arena, output, &mut |_, _| {})
+    }
+
+    /// [`Model::evaluate_with`], calling `tap(layer, values)` after every evaluation step
+    /// with the index of the step's last layer and its result (so a fused Dense + ReLU
+    /// reports the ReLU's index and output). Patch modules at a feature layer copy the
+    /// activation they read this way, without a second buffer plan.
+    pub(crate) fn evaluate_tapped(
+        &self,
+        kernels: &Kernels,
+        input: &[f32],
+        arena: &mut [f32],
+        output: &mut [f32],
+        tap: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), Error> {
         if input.len() != self.input_len() {
             return Err(Error::InputLength);
         }
@@ -576,7 +591,8 @@ impl<'a> Model<'a> {
                     Current::B,
                 ),
             };
-            layers::apply(kernels, &layer, fused_relu, src, dst)?;
+            layers::apply(kernels, &layer, fused_relu, src, &mut *dst)?;
+            tap(i - 1, dst);
             current = next;
             current_len = out_len;
         }

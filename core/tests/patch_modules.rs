@@ -432,3 +432,222 @@ fn module_patches_are_signed_and_checked_like_weight_deltas() {
         Err(Error::BadSignature)
     );
 }
+
+/// Module at feature layer 1 (the ReLU after the first Dense, width 4): box on the input,
+/// 4 -> 5 -> 2; plus a label module at the same layer, 4 -> 2.
+const DIMS_F: [usize; 3] = [4, 5, 2];
+const DIMS_FL: [usize; 2] = [4, 2];
+
+fn params_f() -> Vec<f32> {
+    (0..(20 + 5 + 10 + 2))
+        .map(|i| ((i * 17 % 19) as f32 - 9.0) / 8.0)
+        .collect()
+}
+
+fn feature_patch(model: &Model<'_>, dims: &[usize], layers: &[usize]) -> Result<Vec<u8>, Error> {
+    let (pf, pl) = (
+        params_f(),
+        (0..10).map(|i| (i as f32 - 5.0) / 4.0).collect::<Vec<_>>(),
+    );
+    let pf = &pf[..dims.windows(2).map(|w| w[0] * w[1] + w[1]).sum::<usize>()];
+    let specs = [
+        ModuleSpec {
+            indicator: IndicatorSpec::Box {
+                lower: &LO,
+                upper: &UP,
+            },
+            dims,
+            params: pf,
+        },
+        ModuleSpec {
+            indicator: IndicatorSpec::Label(0),
+            dims: &DIMS_FL,
+            params: &pl,
+        },
+    ];
+    let n = menc::encoded_len_with_input_layers(&specs, layers, &[])?;
+    let mut out = vec![0u8; n];
+    menc::write_with_input_layers(model, &specs, layers, 4, &[], &mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn feature_layer_modules_read_the_kth_activation() {
+    let blob = base();
+    let model = Model::from_bytes(blob.bytes()).unwrap();
+    let bytes = feature_patch(&model, &DIMS_F, &[1, 1]).unwrap();
+    let patch = ModulePatch::from_bytes(&bytes).unwrap();
+    let recs: Vec<_> = patch.modules().collect();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(
+        (recs[0].input_layer, recs[0].in_dim(), recs[0].box_len()),
+        (1, 4, 3)
+    );
+    assert_eq!((recs[1].input_layer, recs[1].box_len()), (1, 0));
+    assert_eq!(recs[0].box_bounds(2), Some((0.0, 0.5)));
+    assert_eq!(recs[0].box_bounds(3), None);
+    // The record header: indicator u16, layer_count u8, input_layer u8.
+    assert_eq!(
+        &bytes[PATCH_HEADER_SIZE..PATCH_HEADER_SIZE + 4],
+        &[1, 0, 2, 1]
+    );
+    let mut ram = vec![0f32; patch.required_ram_len()];
+    let mm = ModulesModel::new(&model, &patch, &mut ram).unwrap();
+    // The arena holds the base's, its output copy, the one kept feature (4) and 2 x 5.
+    assert_eq!(
+        mm.required_arena_len(),
+        model.required_arena_len() + 2 + 4 + 10
+    );
+    let mut arena = vec![0f32; mm.required_arena_len()];
+    let (pf, pl) = (
+        params_f(),
+        (0..10).map(|i| (i as f32 - 5.0) / 4.0).collect::<Vec<_>>(),
+    );
+    let mut fired = [0usize; 2];
+    for t in 0..200 {
+        // Half near the box, half spread over [-1, 1]^3 (where the base's label varies).
+        let scale = if t < 100 { (40.0, 0.1) } else { (15.0, 1.0) };
+        let x: Vec<f32> = (0..3)
+            .map(|j| ((t * 7 + j * 13) % 31) as f32 / scale.0 - scale.1)
+            .collect();
+        let xf: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let mut want = base_ref(&xf);
+        let h: Vec<f64> = {
+            let w1: Vec<f32> = W1.iter().chain(&B1).copied().collect();
+            mlp(&[3, 4], &w1, &xf)
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect()
+        };
+        let base_label = if want[0] >= want[1] { 0 } else { 1 };
+        let inside = x.iter().all(|&v| (0.0..=0.5).contains(&v));
+        if inside {
+            fired[0] += 1;
+            for (y, d) in want.iter_mut().zip(mlp(&DIMS_F, &pf, &h)) {
+                *y += d;
+            }
+        }
+        if base_label == 0 {
+            fired[1] += 1;
+            for (y, d) in want.iter_mut().zip(mlp(&DIMS_FL, &pl, &h)) {
+                *y += d;
+            }
+        }
+        let mut out = [0f32; 2];
+        mm.evaluate(&x, &mut arena, &mut out).unwrap();
+        for (a, b) in out.iter().zip(&want) {
+            assert!((f64::from(*a) - b).abs() < 1e-4, "{out:?} vs {want:?}");
+        }
+        if !inside && base_label != 0 {
+            let mut plain = [0f32; 2];
+            let mut ba = vec![0f32; model.required_arena_len()];
+            model.evaluate(&x, &mut ba, &mut plain).unwrap();
+            assert_eq!(out.map(f32::to_bits), plain.map(f32::to_bits));
+        }
+    }
+    assert!(fired[0] > 0 && fired[1] > 0 && fired[1] < 200, "{fired:?}");
+    // One value short of the arena is refused, not a panic.
+    let mut short = vec![0f32; mm.required_arena_len() - 1];
+    let mut out = [0f32; 2];
+    assert_eq!(
+        mm.evaluate(&[0.1; 3], &mut short, &mut out),
+        Err(Error::ArenaTooSmall)
+    );
+}
+
+#[test]
+fn bad_feature_layers_are_refused_at_binding() {
+    let blob = base();
+    let model = Model::from_bytes(blob.bytes()).unwrap();
+    let bind = |bytes: &[u8]| {
+        let p = ModulePatch::from_bytes(bytes).unwrap();
+        let mut ram = vec![0f32; p.required_ram_len()];
+        ModulesModel::new(&model, &p, &mut ram).map(|_| ())
+    };
+    // The base has one activation layer: K = 2 does not exist.
+    let bytes = feature_patch(&model, &DIMS_F, &[2, 2]).unwrap();
+    assert_eq!(bind(&bytes), Err(Error::PatchModuleMismatch));
+    // K = 1 has 4 values: a module reading 3 does not fit (and one reading the input at
+    // K = 0 with dims[0] = 4 does not either).
+    let bytes = feature_patch(&model, &[3, 5, 2], &[1, 1]);
+    let bytes = bytes.unwrap();
+    assert_eq!(bind(&bytes), Err(Error::PatchModuleMismatch));
+    let bytes = feature_patch(&model, &[4, 2], &[1, 0]).unwrap();
+    assert_eq!(bind(&bytes), Err(Error::PatchModuleMismatch));
+    // At input layer 0 the box must have the module's input length (the encoder refuses).
+    assert_eq!(
+        feature_patch(&model, &DIMS_F, &[0, 1]),
+        Err(Error::BadPatchModule)
+    );
+    // Input layers that do not fit a byte, or a list of the wrong length, are not written.
+    assert!(feature_patch(&model, &DIMS_F, &[256, 1]).is_err());
+    assert!(feature_patch(&model, &DIMS_F, &[1]).is_err());
+    // A box length of zero is damage.
+    let mut bytes = feature_patch(&model, &DIMS_F, &[1, 1]).unwrap();
+    let at = PATCH_HEADER_SIZE + 12 + 4 * DIMS_F.len();
+    bytes[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    fix_crc(&mut bytes);
+    assert_eq!(
+        ModulePatch::from_bytes(&bytes).map(|_| ()),
+        Err(Error::BadPatchModule)
+    );
+    // A box on something else than the input length is refused at binding.
+    let mut bytes = feature_patch(&model, &DIMS_F, &[1, 1]).unwrap();
+    let before = bytes.len();
+    bytes[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+    // 2 corners of 2 instead of 3: shift the rest down by 8 bytes and fix the lengths.
+    bytes.drain(at + 4 + 16..at + 4 + 24);
+    let total = bytes.len() as u32;
+    bytes[8..12].copy_from_slice(&total.to_le_bytes());
+    let payload = (before - 8 - PATCH_HEADER_SIZE - 64) as u32;
+    bytes[60..64].copy_from_slice(&payload.to_le_bytes());
+    fix_crc(&mut bytes);
+    assert_eq!(bind(&bytes), Err(Error::PatchModuleMismatch));
+}
+
+#[test]
+fn at_most_four_distinct_feature_layers() {
+    let w = [1.0f32, 0.0, 0.0, 1.0];
+    let b = [0.0f32; 2];
+    let mut layers = vec![LayerSpec::Dense {
+        in_dim: 2,
+        out_dim: 2,
+        weight: &w,
+        bias: &b,
+    }];
+    layers.extend([LayerSpec::Relu; 5]);
+    let blob = encode(&[2], &layers);
+    let model = Model::from_bytes(blob.bytes()).unwrap();
+    let p = [0.5f32; 6];
+    let dims = [2usize, 2];
+    let spec = ModuleSpec {
+        indicator: IndicatorSpec::Label(0),
+        dims: &dims,
+        params: &p,
+    };
+    let write = |layers: &[usize]| {
+        let specs = vec![spec; layers.len()];
+        let n = menc::encoded_len_with_input_layers(&specs, layers, &[]).unwrap();
+        let mut out = vec![0u8; n];
+        menc::write_with_input_layers(&model, &specs, layers, 1, &[], &mut out).unwrap();
+        out
+    };
+    let four = write(&[1, 2, 3, 4, 4, 0]);
+    let p4 = ModulePatch::from_bytes(&four).unwrap();
+    assert_eq!(p4.check_binding(&model), Ok(()));
+    let mut ram = vec![0f32; p4.required_ram_len()];
+    let mm = ModulesModel::new(&model, &p4, &mut ram).unwrap();
+    let mut arena = vec![0f32; mm.required_arena_len()];
+    let mut out = [0f32; 2];
+    // x = (1, -1): every activation is (1, 0), label 0 fires all six modules, each adds
+    // 0.5 * (sum of its input) + 0.5 = 1 (or 0.5 * 0 + 0.5 for the input module).
+    mm.evaluate(&[1.0, -1.0], &mut arena, &mut out).unwrap();
+    assert_eq!(out, [1.0 + 5.0 + 0.5, 5.5]);
+    let five = write(&[1, 2, 3, 4, 5]);
+    assert_eq!(
+        ModulePatch::from_bytes(&five)
+            .unwrap()
+            .check_binding(&model),
+        Err(Error::PatchModuleMismatch)
+    );
+}

@@ -24,8 +24,19 @@
 //! test image gets its allocated modules. `tau` is a host-side heuristic: nothing is
 //! proven outside the boxes.
 //!
+//! Modules at a feature layer (`PM_FEATURE_LAYER=K`, default 0 = the input): each module
+//! reads the base's K-th ReLU output (mnist_relu_3_100 has a ReLU after each of its three
+//! Dense layers, the output one included, so K = 2 is the last hidden layer:
+//! 100 -> 8 -> 10 = 898 parameters instead of 784 -> 8 -> 10 = 6,370). The table
+//! then adds the patch bytes, and `PM_VERIFY_ONNX=N` (default 3) re-verifies the first N
+//! properties with `verify` on the exported ONNX graph (read back by the piecewise
+//! importer). The generalisation table is skipped at a feature layer (its module sum
+//! reads the input). `PM_NET` picks another network of `mnist/nets` (default
+//! mnist_relu_3_100).
+//!
 //! ```text
 //! cargo run --release -p prorepair-host --example patchmodules_mnist -- [R,R..] [N,N..] [TIMEOUT_S]
+//! PM_FEATURE_LAYER=2 cargo run -p prorepair-host --example patchmodules_mnist -- 0.05,0.1 50,100
 //! ```
 //! Reads the gzip-compressed IDX files with the system `gzip -dc` (no decompressor in
 //! the workspace's dependencies).
@@ -206,6 +217,48 @@ fn sum_of_modules(mods: &[&patchmodules::Module]) -> Option<Network> {
     .ok()
 }
 
+/// Export base + modules as ONNX, read the graph back with the piecewise importer and
+/// `verify` the first `count` properties on it; "k/count holds (s)" or the failure.
+fn verify_exported(
+    net: &Network,
+    modules: &patchmodules::PatchModules,
+    chosen: &[(usize, Case, Vec<f64>)],
+    count: usize,
+    timeout: f64,
+) -> String {
+    use prorepair_host::import::piecewise;
+    use prorepair_host::verify::{self, Options, piecewise::verify_piecewise};
+    let t = Instant::now();
+    let bytes = match prorepair_host::patch::modules::to_onnx(net, modules, None) {
+        Ok(b) => b,
+        Err(e) => return format!("export: {e}"),
+    };
+    let path = std::env::temp_dir().join(format!("pm_mnist_{}.onnx", std::process::id()));
+    if let Err(e) = std::fs::write(&path, &bytes) {
+        return format!("write: {e}");
+    }
+    let pw = match piecewise::load(&path) {
+        Ok(pw) => pw,
+        Err(e) => return format!("import: {e}"),
+    };
+    let _ = std::fs::remove_file(&path);
+    let mut holds = 0;
+    let n = count.min(chosen.len());
+    for (_, c, _) in &chosen[..n] {
+        let opts = Options {
+            timeout: Duration::from_secs_f64(timeout / 4.0),
+            ..Default::default()
+        };
+        let r = verify_piecewise(&pw, std::slice::from_ref(c), &opts, 64);
+        if r.report.verdict == verify::Verdict::Holds {
+            holds += 1;
+        } else {
+            eprintln!("verify on the exported ONNX: {:?}", r.report.verdict);
+        }
+    }
+    format!("{holds}/{n} holds ({:.1} s)", t.elapsed().as_secs_f64())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let radii: Vec<f64> = args
@@ -221,11 +274,27 @@ fn main() {
         .ok()
         .map(|s| s.split(',').filter_map(|v| v.parse().ok()).collect())
         .unwrap_or_else(|| vec![8]);
+    let feature_layer: usize = std::env::var("PM_FEATURE_LAYER")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let verify_onnx: usize = std::env::var("PM_VERIFY_ONNX")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let net_name = std::env::var("PM_NET").unwrap_or_else(|_| "mnist_relu_3_100".into());
     let Some(data) = testing::data_dir() else {
         eprintln!("SKIP: ../shared/data is absent");
         return;
     };
-    let net = import::load(&data.join("mnist/nets/mnist_relu_3_100.onnx")).expect("import");
+    let onnx_path = data.join(format!("mnist/nets/{net_name}.onnx"));
+    let net = import::load(&onnx_path).expect("import");
+    // The base's layers up to the feature layer: PGD runs on them plus the module.
+    let prefix: Vec<prorepair_host::Layer> =
+        match patchmodules::feature_layer_index(&net, feature_layer) {
+            Some(at) => net.layers[..=at].to_vec(),
+            None => Vec::new(),
+        };
     let images = gunzip(&data.join("mnist/t10k-images-idx3-ubyte.gz"));
     let labels = gunzip(&data.join("mnist/t10k-labels-idx1-ubyte.gz"));
     let n_img = u32::from_be_bytes(images[4..8].try_into().unwrap()) as usize;
@@ -243,20 +312,20 @@ fn main() {
     };
     let acc0 = accuracy(&|x| net.forward(x));
     println!(
-        "mnist_relu_3_100: test accuracy {:.2}% on {} images; module hidden {hidden:?}",
+        "{net_name}: test accuracy {:.2}% on {} images; module hidden {hidden:?}, feature layer {feature_layer}",
         100.0 * acc0,
         test.len()
     );
     let heldout: usize = std::env::var("PM_HELDOUT")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(if feature_layer == 0 { 100 } else { 0 });
     let mut generalisation: Vec<String> = Vec::new();
     let cnet = CandleNet::new(&net).expect("candle net");
     println!(
-        "| r | properties | repaired (proven) | time (s) | sub-boxes | module params | accuracy before | after | drawdown | PGD (20 restarts) adversarial in repaired boxes |"
+        "| r | properties | repaired (proven) | time (s) | sub-boxes | module params | patch bytes | accuracy before | after | drawdown | PGD (20 restarts) adversarial in repaired boxes | verify on the exported ONNX |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for &r in &radii {
         // Adversarial examples, in test-set order, as many as the largest count needs.
         let max_count = counts.iter().copied().max().unwrap_or(0);
@@ -296,12 +365,13 @@ fn main() {
                 hidden: hidden.clone(),
                 auto_learning_rate: true,
                 timeout: Duration::from_secs_f64(timeout),
+                feature_layer,
                 ..Default::default()
             };
             let rep = match patchmodules::repair_modules(&net, &named, &options) {
                 Ok(rep) => rep,
                 Err(e) => {
-                    println!("| {r} | {n} | error: {e} | | | | | | | |");
+                    println!("| {r} | {n} | error: {e} | | | | | | | | | |");
                     continue;
                 }
             };
@@ -321,19 +391,20 @@ fn main() {
                 if !matches!(ind, Indicator::Box(_)) {
                     continue;
                 }
+                // The module as a network on the input (after the base's prefix up to its
+                // feature layer, if any).
                 let mnet = Network::new(
                     vec![784],
-                    module
-                        .layers
+                    prefix
                         .iter()
-                        .enumerate()
-                        .flat_map(|(i, d)| {
+                        .cloned()
+                        .chain(module.layers.iter().enumerate().flat_map(|(i, d)| {
                             let mut v = vec![prorepair_host::Layer::Dense(d.clone())];
                             if i + 1 < module.layers.len() {
                                 v.push(prorepair_host::Layer::Relu);
                             }
                             v
-                        })
+                        }))
                         .collect(),
                 )
                 .expect("module network");
@@ -348,8 +419,22 @@ fn main() {
                     broken += 1;
                 }
             }
+            // The shipped patch (with the proven sub-boxes as its regions) and `verify` on
+            // the exported ONNX graph for the first properties.
+            let regions: Vec<(Vec<f64>, Vec<f64>)> = rep
+                .outcomes
+                .iter()
+                .flat_map(|o| o.partition.iter().cloned())
+                .collect();
+            let patch_bytes = prorepair_host::patch::modules::emit(&net, &rep.modules, 1, &regions)
+                .map_or_else(|e| format!("error: {e}"), |p| p.bytes.len().to_string());
+            let verified = if rep.all_hold() && verify_onnx > 0 {
+                verify_exported(&net, &rep.modules, chosen, verify_onnx, timeout)
+            } else {
+                "-".to_string()
+            };
             println!(
-                "| {r} | {} | {}/{} | {:.1} | {} | {} | {:.2}% | {:.2}% | {:.2} | {} |",
+                "| {r} | {} | {}/{} | {:.1} | {} | {} | {patch_bytes} | {:.2}% | {:.2}% | {:.2} | {} | {verified} |",
                 chosen.len(),
                 proven,
                 chosen.len(),
@@ -362,6 +447,9 @@ fn main() {
                 broken
             );
             let _ = std::io::stdout().flush();
+            if feature_layer > 0 || held.is_empty() {
+                continue;
+            }
             // Generalisation with and without the allocation tau (anchors: the clean
             // images the modules were trained around).
             let anchors: Vec<Vec<f64>> =

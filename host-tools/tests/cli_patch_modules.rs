@@ -202,3 +202,131 @@ fn module_widths_the_device_format_cannot_hold_are_refused() {
         assert!(!patch.exists(), "{widths}: a patch was written");
     }
 }
+
+#[test]
+fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
+    let model = require_data!(&testing::acasxu_onnx(2, 1));
+    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let dir = scratch("cli_patch_modules", "feature");
+    let (patch, onnx, report) = (
+        dir.join("p.prpt"),
+        dir.join("repaired.onnx"),
+        dir.join("report.json"),
+    );
+    // ACAS Xu has six hidden ReLU layers of 50: K = 6 is the last one.
+    let out = host(&[
+        "repair",
+        s(&model),
+        "--spec",
+        s(&spec),
+        "--strategy",
+        "patch-modules",
+        "--feature-layer",
+        "6",
+        "--out",
+        s(&patch),
+        "--onnx-out",
+        s(&onnx),
+        "--report",
+        s(&report),
+        "--timeout",
+        "120",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["status"], "holds");
+    assert_eq!(r["feature_layer"], 6);
+    assert_eq!(r["module_parameters"], 50 * 8 + 8 + 8 * 5 + 5);
+
+    let out = host(&["inspect", s(&patch)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("50-8-5"), "{text}");
+    assert!(text.contains("reads activation 6"), "{text}");
+    let out = host(&["inspect", s(&patch), "--json", "-"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["modules"][0]["input_layer"], 6);
+
+    // `verify` on the exported graph (the module reads the sixth ReLU's output there).
+    let out = host(&["verify", s(&onnx), s(&spec), "--json", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let vv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(vv["status"], "holds", "{vv}");
+
+    // `eval --patch` (device core) and the exported graph agree inside the box; outside
+    // it the device gives the base's outputs bit for bit.
+    let (lo, hi): (Vec<f64>, Vec<f64>) = (0..5)
+        .map(|j| {
+            (
+                v["modules"][0]["lower"][j].as_f64().unwrap(),
+                v["modules"][0]["upper"][j].as_f64().unwrap(),
+            )
+        })
+        .unzip();
+    let row = |f: &dyn Fn(f64, f64) -> f64| -> String {
+        lo.iter()
+            .zip(&hi)
+            .map(|(&l, &u)| f(l, u).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let inputs = dir.join("in.csv");
+    std::fs::write(
+        &inputs,
+        format!(
+            "{}\n{}\n{}\n",
+            row(&|l, u| (l + u) / 2.0),
+            row(&|l, u| 0.75 * l + 0.25 * u),
+            row(&|l, _| l - 0.05)
+        ),
+    )
+    .unwrap();
+    let blob = dir.join("base.bin");
+    assert!(
+        host(&["compile", s(&model), "--out", s(&blob)])
+            .status
+            .success()
+    );
+    let rows = |o: &std::process::Output| -> Vec<String> {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let base_out = host(&["eval", s(&blob), "--inputs", s(&inputs)]);
+    let device = host(&[
+        "eval",
+        s(&blob),
+        "--patch",
+        s(&patch),
+        "--inputs",
+        s(&inputs),
+    ]);
+    assert_eq!(device.status.code(), Some(0), "{}", stderr(&device));
+    let graph = host(&["eval", s(&onnx), "--inputs", s(&inputs)]);
+    assert_eq!(graph.status.code(), Some(0), "{}", stderr(&graph));
+    let (b, d, g) = (rows(&base_out), rows(&device), rows(&graph));
+    assert_ne!(b[0], d[0], "the module acts inside the box");
+    assert_eq!(
+        b[2], d[2],
+        "outside the box the base's outputs, bit for bit"
+    );
+    for (a, c) in g.iter().zip(&d) {
+        for (u, w) in a.split(',').zip(c.split(',')) {
+            let (u, w): (f64, f64) = (u.parse().unwrap(), w.parse().unwrap());
+            assert!((u - w).abs() < 1e-4, "{a} vs {c}");
+        }
+    }
+
+    // A layer the network does not have, and the option with the weights strategy.
+    for extra in [
+        &["--strategy", "patch-modules", "--feature-layer", "7"][..],
+        &["--feature-layer", "3"][..],
+    ] {
+        let mut argv = vec!["repair", s(&model), "--spec", s(&spec), "--out", s(&patch)];
+        argv.extend_from_slice(extra);
+        let out = host(&argv);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("feature"), "{}", stderr(&out));
+    }
+}

@@ -15,20 +15,37 @@
 //!   module_count records, each:
 //!     0  indicator     u16: 1 = input box, 2 = label (argmax of N(x) is label0),
 //!                      3 = label pair (N(x) ranks label0 first and label1 second)
-//!     2  layer_count   u16 in 1..=MAX_MODULE_LAYERS (ReLU between layers)
+//!     2  layer_count   u8 in 1..=MAX_MODULE_LAYERS (ReLU between layers)
+//!     3  input_layer   u8: what the module reads. 0 = the model input; K >= 1 = the
+//!                      output of the base's K-th activation layer (Relu, LeakyRelu,
+//!                      Sigmoid, Tanh or Gelu entries of its layer table, counted from 1
+//!                      in table order; a fused Dense + ReLU is two entries, the ReLU
+//!                      counts). Offsets 2..4 were one u16 layer_count before feature
+//!                      layers existed; its high byte was always 0, so those patches
+//!                      read unchanged as input_layer 0.
 //!     4  label0        u32 (0 for a box)
 //!     8  label1        u32 (0 unless a label pair; label1 != label0)
-//!    12  dims          (layer_count + 1) u32, each >= 1: the model's input length,
+//!    12  dims          (layer_count + 1) u32, each >= 1: the length of what the module
+//!                      reads (the model's input length, or that activation's length),
 //!                      the hidden widths, the model's output length
-//!        box only:     dims[0] f32 lower, then dims[0] f32 upper (finite, lower <= upper)
+//!        box only:     input_layer >= 1 only: box_len u32 >= 1, the model's input
+//!                      length (the indicator stays on the input); box_len = dims[0]
+//!                      when input_layer is 0. Then box_len f32 lower, box_len f32
+//!                      upper (finite, lower <= upper)
 //!        per layer:    out x in f32 weights (row-major), then out f32 biases (finite)
 //!   region_count x (region_dim f32 lower, region_dim f32 upper), as kind 1
 //! ```
 //!
+//! Binding ([`ModulePatch::check_binding`]) checks every input_layer against the base:
+//! it must exist and dims[0] must equal its output length; one patch reads at most
+//! [`MAX_FEATURE_LAYERS`] distinct feature layers.
+//!
 //! Evaluation ([`ModulesModel`]) copies the boxes and the module weights once into
 //! caller RAM ([`ModulePatch::required_ram_len`]; weights repacked panel-major for the
 //! SIMD dense kernel) and then evaluates base + indicators + modules with no allocation
-//! and no failure after the length checks.
+//! and no failure after the length checks. The base forward pass copies each feature
+//! layer's activation into the arena as it passes it
+//! ([`ModulesModel::required_arena_len`] counts them).
 
 #[cfg(feature = "encode")]
 pub mod encode;
@@ -38,7 +55,7 @@ use super::{
     copy_region, region_corners,
 };
 use crate::Error;
-use crate::format::{DENSE_PANEL, dense_panel_len, read_u16, read_u32};
+use crate::format::{DENSE_PANEL, LayerKind, dense_panel_len, read_u16, read_u32};
 use crate::kernels::{self, Kernels};
 use crate::model::{Model, f32_arena};
 
@@ -50,6 +67,8 @@ pub const MAX_MODULES: usize = 4096;
 pub const MAX_MODULE_LAYERS: usize = 4;
 /// Fixed part of a module record, before the dims.
 pub const MODULE_RECORD_HEADER: usize = 12;
+/// Most distinct feature layers (input_layer >= 1) the modules of one patch may read.
+pub const MAX_FEATURE_LAYERS: usize = 4;
 
 /// When a module applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +120,11 @@ pub struct ModuleRecord<'a> {
     /// `label1` (label-pair indicators).
     pub label1: usize,
     layer_count: usize,
+    /// What the module reads: 0 = the model input, K = the K-th activation's output.
+    pub input_layer: usize,
     dims: [usize; MAX_MODULE_LAYERS + 1],
+    /// Values per box corner (0 unless a box).
+    box_len: usize,
     /// Box corners (empty unless a box).
     box_data: &'a [u8],
     /// Weights and biases, layer by layer.
@@ -120,9 +143,14 @@ impl ModuleRecord<'_> {
         self.layer_count
     }
 
-    /// Input length.
+    /// Input length (of what the module reads).
     pub fn in_dim(&self) -> usize {
         self.dims[0]
+    }
+
+    /// Values per box corner: the model's input length (0 unless a box).
+    pub fn box_len(&self) -> usize {
+        self.box_len
     }
 
     /// Output length.
@@ -142,12 +170,12 @@ impl ModuleRecord<'_> {
 
     /// Box corner `j`: `(lower, upper)` (boxes only).
     pub fn box_bounds(&self, j: usize) -> Option<(f32, f32)> {
-        if self.indicator != IndicatorKind::Box || j >= self.in_dim() {
+        if self.indicator != IndicatorKind::Box || j >= self.box_len {
             return None;
         }
         Some((
             f32_at(self.box_data, 4 * j),
-            f32_at(self.box_data, 4 * (self.in_dim() + j)),
+            f32_at(self.box_data, 4 * (self.box_len + j)),
         ))
     }
 
@@ -159,11 +187,7 @@ impl ModuleRecord<'_> {
     /// f32 values this module takes in caller RAM: box corners, then per layer the
     /// panel-major weights and the biases.
     pub fn ram_len(&self) -> Option<usize> {
-        let mut n = if self.indicator == IndicatorKind::Box {
-            self.in_dim().checked_mul(2)?
-        } else {
-            0
-        };
+        let mut n = self.box_len.checked_mul(2)?;
         for w in self.dims().windows(2) {
             let (i, o) = (*w.first()?, *w.get(1)?);
             n = n.checked_add(dense_panel_len(i, o)?)?.checked_add(o)?;
@@ -183,7 +207,14 @@ fn module_at(
     let indicator = read_u16(region, at)
         .and_then(IndicatorKind::from_word)
         .ok_or(Error::BadPatchModule)?;
-    let layer_count = read_u16(region, at.checked_add(2).ok_or(Error::Overflow)?)
+    let layer_count = region
+        .get(at.checked_add(2).ok_or(Error::Overflow)?)
+        .copied()
+        .map(usize::from)
+        .ok_or(Error::BadPatchModule)?;
+    let input_layer = region
+        .get(at.checked_add(3).ok_or(Error::Overflow)?)
+        .copied()
         .map(usize::from)
         .ok_or(Error::BadPatchModule)?;
     if !(1..=MAX_MODULE_LAYERS).contains(&layer_count) {
@@ -210,16 +241,23 @@ fn module_at(
         }
         p += 4;
     }
-    let in_dim = dims[0];
-    let box_len = if indicator == IndicatorKind::Box {
-        in_dim.checked_mul(8).ok_or(Error::Overflow)?
-    } else {
-        0
+    let box_dim = match (indicator, input_layer) {
+        (IndicatorKind::Box, 0) => dims[0],
+        (IndicatorKind::Box, _) => {
+            let n = read_u32(region, p).ok_or(Error::BadPatchModule)? as usize;
+            p = p.checked_add(4).ok_or(Error::Overflow)?;
+            if n == 0 {
+                return Err(Error::BadPatchModule);
+            }
+            n
+        }
+        _ => 0,
     };
-    let box_end = p.checked_add(box_len).ok_or(Error::Overflow)?;
+    let box_bytes = box_dim.checked_mul(8).ok_or(Error::Overflow)?;
+    let box_end = p.checked_add(box_bytes).ok_or(Error::Overflow)?;
     let box_data = region.get(p..box_end).ok_or(Error::BadPatchModule)?;
-    for j in 0..if validate { in_dim.min(box_len / 8) } else { 0 } {
-        let (l, u) = (f32_at(box_data, 4 * j), f32_at(box_data, 4 * (in_dim + j)));
+    for j in 0..if validate { box_dim } else { 0 } {
+        let (l, u) = (f32_at(box_data, 4 * j), f32_at(box_data, 4 * (box_dim + j)));
         if !(l.is_finite() && u.is_finite() && l <= u) {
             return Err(Error::BadPatchModule);
         }
@@ -252,7 +290,9 @@ fn module_at(
         label0,
         label1,
         layer_count,
+        input_layer,
         dims,
+        box_len: box_dim,
         box_data,
         params,
         encoded_len: params_end - at,
@@ -444,7 +484,7 @@ impl<'a> ModulePatch<'a> {
         in_region
             && self.modules().any(|m| {
                 m.indicator == IndicatorKind::Box
-                    && m.in_dim() == input.len()
+                    && m.box_len == input.len()
                     && m.box_data
                         .split_at_checked(4 * input.len())
                         .is_some_and(|(lo, up)| inside_raw(input, lo, up))
@@ -484,15 +524,96 @@ impl<'a> ModulePatch<'a> {
         let out = model.output_len();
         for m in self.modules() {
             let labels_ok = match m.indicator {
-                IndicatorKind::Box => true,
+                IndicatorKind::Box => m.box_len == model.input_len(),
                 IndicatorKind::Label => m.label0 < out,
                 IndicatorKind::LabelPair => m.label0 < out && m.label1 < out,
             };
-            if m.in_dim() != model.input_len() || m.out_dim() != out || !labels_ok {
+            let reads = if m.input_layer == 0 {
+                Some(model.input_len())
+            } else {
+                feature_layer(model, m.input_layer).map(|(_, len)| len)
+            };
+            if reads != Some(m.in_dim()) || m.out_dim() != out || !labels_ok {
                 return Err(Error::PatchModuleMismatch);
             }
         }
-        Ok(())
+        self.feature_slots(model).map(|_| ())
+    }
+
+    /// The distinct feature layers the modules read, in order of first use, with their
+    /// place in the arena's feature area; at most [`MAX_FEATURE_LAYERS`].
+    fn feature_slots(&self, model: &Model<'_>) -> Result<FeatureSlots, Error> {
+        let mut slots = FeatureSlots::default();
+        for m in self.modules() {
+            let k = m.input_layer;
+            if k == 0 || slots.get(k).is_some() {
+                continue;
+            }
+            let (layer, len) = feature_layer(model, k).ok_or(Error::PatchModuleMismatch)?;
+            let slot = slots
+                .slots
+                .get_mut(slots.count)
+                .ok_or(Error::PatchModuleMismatch)?;
+            *slot = FeatureSlot {
+                k,
+                layer,
+                offset: slots.total,
+                len,
+            };
+            slots.count += 1;
+            slots.total = slots.total.checked_add(len).ok_or(Error::Overflow)?;
+        }
+        Ok(slots)
+    }
+}
+
+/// True for the layer kinds a feature layer index counts.
+fn is_activation(kind: LayerKind) -> bool {
+    matches!(
+        kind,
+        LayerKind::Relu
+            | LayerKind::LeakyRelu
+            | LayerKind::Sigmoid
+            | LayerKind::Tanh
+            | LayerKind::Gelu
+    )
+}
+
+/// `(layer index, output length)` of `model`'s `k`-th activation layer (`k` >= 1).
+fn feature_layer(model: &Model<'_>, k: usize) -> Option<(usize, usize)> {
+    model
+        .layers()
+        .enumerate()
+        .filter(|(_, info)| is_activation(info.layer.kind()))
+        .nth(k.checked_sub(1)?)
+        .map(|(i, info)| (i, info.output.len()))
+}
+
+/// Where one feature layer's activation is kept during an evaluation.
+#[derive(Debug, Clone, Copy, Default)]
+struct FeatureSlot {
+    /// The feature layer number (input_layer).
+    k: usize,
+    /// Its index in the base's layer table.
+    layer: usize,
+    /// Start in the arena's feature area.
+    offset: usize,
+    /// Values.
+    len: usize,
+}
+
+/// The feature layers of a bound patch.
+#[derive(Debug, Clone, Copy, Default)]
+struct FeatureSlots {
+    slots: [FeatureSlot; MAX_FEATURE_LAYERS],
+    count: usize,
+    /// Values of the whole feature area.
+    total: usize,
+}
+
+impl FeatureSlots {
+    fn get(&self, k: usize) -> Option<&FeatureSlot> {
+        self.slots.get(..self.count)?.iter().find(|s| s.k == k)
     }
 }
 
@@ -503,6 +624,7 @@ pub struct ModulesModel<'m, 'p> {
     model: Model<'m>,
     patch: ModulePatch<'p>,
     ram: &'m [f32],
+    features: FeatureSlots,
 }
 
 impl<'m, 'p> ModulesModel<'m, 'p> {
@@ -514,6 +636,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         ram: &'m mut [f32],
     ) -> Result<Self, Error> {
         patch.check_binding(model)?;
+        let features = patch.feature_slots(model)?;
         let ram = ram
             .get_mut(..patch.required_ram_len())
             .ok_or(Error::PatchRamTooSmall)?;
@@ -525,7 +648,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
             let dst = ram.get_mut(at..end).ok_or(Error::PatchRamTooSmall)?;
             let mut d = 0usize;
             if m.indicator == IndicatorKind::Box {
-                let n = m.in_dim();
+                let n = m.box_len();
                 for j in 0..n {
                     let (l, u) = m.box_bounds(j).ok_or(Error::BadPatchModule)?;
                     *dst.get_mut(j).ok_or(Error::Overflow)? = l;
@@ -562,6 +685,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
             model: *model,
             patch: *patch,
             ram,
+            features,
         })
     }
 
@@ -581,11 +705,13 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
     }
 
     /// Arena for [`ModulesModel::evaluate`]: the base model's arena, a copy of the base
-    /// output and two buffers of the widest module layer.
+    /// output, a copy of each feature layer's activation the modules read, and two
+    /// buffers of the widest module layer.
     pub fn required_arena_len(&self) -> usize {
         self.model
             .required_arena_len()
             .saturating_add(self.model.output_len())
+            .saturating_add(self.features.total)
             .saturating_add(self.patch.max_width().saturating_mul(2))
     }
 
@@ -629,11 +755,26 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
         let (base_arena, rest) = arena
             .split_at_mut_checked(self.model.required_arena_len())
             .ok_or(Error::ArenaTooSmall)?;
-        self.model
-            .evaluate_with(kernels, input, base_arena, output)?;
         let (base_out, rest) = rest
-            .split_at_mut_checked(output.len())
+            .split_at_mut_checked(self.model.output_len())
             .ok_or(Error::ArenaTooSmall)?;
+        let (feats, rest) = rest
+            .split_at_mut_checked(self.features.total)
+            .ok_or(Error::ArenaTooSmall)?;
+        let slots = self.features;
+        let mut keep = |layer: usize, values: &[f32]| {
+            for s in slots.slots.iter().take(slots.count) {
+                if s.layer == layer
+                    && let Some(dst) = feats.get_mut(s.offset..s.offset.saturating_add(s.len))
+                    && dst.len() == values.len()
+                {
+                    dst.copy_from_slice(values);
+                }
+            }
+        };
+        self.model
+            .evaluate_tapped(kernels, input, base_arena, output, &mut keep)?;
+        let feats: &[f32] = feats;
         base_out.copy_from_slice(output);
         let w = self.patch.max_width();
         let (buf_a, rest) = rest.split_at_mut_checked(w).ok_or(Error::ArenaTooSmall)?;
@@ -643,7 +784,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
             let len = m.ram_len().unwrap_or(0);
             let ram = self.ram.get(at..at.saturating_add(len)).unwrap_or(&[]);
             at = at.saturating_add(len);
-            let n = m.in_dim();
+            let n = m.box_len();
             let (fires, params) = match m.indicator {
                 IndicatorKind::Box => {
                     let (lo, rest) = ram.split_at(n.min(ram.len()));
@@ -660,10 +801,17 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
             if !fires {
                 continue;
             }
-            // Layers alternate between the two buffers; the first reads the input.
+            // Layers alternate between the two buffers; the first reads the input or the
+            // kept feature.
+            let source: &[f32] = match self.features.get(m.input_layer) {
+                Some(s) if m.input_layer > 0 => feats
+                    .get(s.offset..s.offset.saturating_add(s.len))
+                    .unwrap_or(&[]),
+                _ => input,
+            };
             let mut p = 0usize;
-            let mut in_a = false; // where the current activation is (false: input)
-            let mut cur_len = n;
+            let mut in_a = false; // where the current activation is (false: source)
+            let mut cur_len = m.in_dim();
             let layers = m.layer_count();
             for (k, dims) in m.dims().windows(2).enumerate() {
                 let &[i, o] = dims else { continue };
@@ -675,7 +823,7 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
                 let relu = k + 1 < layers;
                 let ok = if k == 0 {
                     let dst = buf_a.get_mut(..o).unwrap_or(&mut []);
-                    (kernels.dense)(panels, bias, input, dst, relu)
+                    (kernels.dense)(panels, bias, source, dst, relu)
                 } else if in_a {
                     let src = buf_a.get(..cur_len).unwrap_or(&[]);
                     let dst = buf_b.get_mut(..o).unwrap_or(&mut []);

@@ -237,9 +237,14 @@ fn inspect_modules_patch(args: &Args, bytes: &[u8]) -> Result<Outcome, CliError>
             (_, _, _, Some(labels)) => format!("{} {labels:?}", m.indicator),
             _ => m.indicator.to_string(),
         };
+        // A module at a feature layer reads the base's K-th activation, not the input.
+        let reads = match m.input_layer {
+            0 => String::new(),
+            k => format!(", reads activation {k}"),
+        };
         let _ = writeln!(
             text,
-            "  {i:3}  {:>14}  {:>6} parameters, {:>7} bytes  {indicator}",
+            "  {i:3}  {:>14}  {:>6} parameters, {:>7} bytes  {indicator}{reads}",
             widths.join("-"),
             m.parameters,
             m.bytes

@@ -79,6 +79,13 @@ pub struct Args {
     /// Hidden widths of each patch module, comma-separated (`--strategy patch-modules`).
     #[arg(long, value_delimiter = ',', default_value = "8")]
     pub module_hidden: Vec<usize>,
+    /// What each patch module reads (`--strategy patch-modules`): 0 = the network input;
+    /// K >= 1 = the output of the network's K-th activation layer (counting ReLU and
+    /// other activation layers from the input), which must be a ReLU. Modules at a
+    /// late layer are much smaller (e.g. 100 -> 8 -> 10 instead of 784 -> 8 -> 10); the
+    /// indicator stays the input box and the repair stays proven.
+    #[arg(long, default_value_t = 0, value_name = "K")]
+    pub feature_layer: usize,
 }
 
 /// The repair strategy.
@@ -262,6 +269,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         None => None,
     };
     check_output_dirs(&args)?;
+    if args.feature_layer != 0 && args.strategy != Strategy::PatchModules {
+        return Err(CliError::BadInput(
+            "--feature-layer applies to --strategy patch-modules only".into(),
+        ));
+    }
     if args.strategy == Strategy::PatchModules {
         return super::repair_modules::run(&args, &net, &properties, signer.as_ref());
     }

@@ -54,6 +54,7 @@ pub(crate) fn run(
         hidden: args.module_hidden.clone(),
         timeout: budget.saturating_sub(start.elapsed()),
         seed: args.seed,
+        feature_layer: args.feature_layer,
         ..Default::default()
     };
     let outcome = if todo.is_empty() {
@@ -98,6 +99,7 @@ pub(crate) fn run(
         "properties": props,
         "modules": modules.as_ref().map_or(0, |m| m.entries.len()),
         "module_hidden": args.module_hidden,
+        "feature_layer": args.feature_layer,
         "module_parameters": modules.as_ref().map_or(0, |m| m.parameter_count()),
         "changed_parameters": 0,
         "subproperties": outcome.as_ref().map_or(0, |o| o.outcomes.iter().map(|c| c.sub_boxes).sum::<usize>()),

@@ -319,6 +319,9 @@ pub fn to_onnx_bytes(net: &Network, input_shape: Option<&[usize]>) -> Result<Vec
     Ok(model.encode_to_vec())
 }
 
+/// ONNX operators that are activation layers (what a feature layer K counts).
+pub const ACTIVATION_OPS: &[&str] = &["Relu", "LeakyRelu", "Sigmoid", "Tanh", "Gelu"];
+
 /// One box-indicator patch module for [`to_onnx_bytes_with_modules`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnnxModule<'a> {
@@ -328,12 +331,17 @@ pub struct OnnxModule<'a> {
     pub upper: &'a [f64],
     /// Affine layers, ReLU between them.
     pub layers: &'a [crate::model::Dense],
+    /// What the module reads: 0 = the input, K >= 1 = the output of the base's K-th
+    /// activation node (flattened), as [`crate::repair::patchmodules::Module::feature_layer`].
+    pub feature_layer: usize,
 }
 
 /// `net` plus box-indicator patch modules as one ONNX graph (AdvRepair, Definition 3.2):
 /// for each module in order, `y <- Where(lower <= x <= upper, y + P(x), y)`, the
 /// indicator being `GreaterOrEqual`/`LessOrEqual`, `And`, then `ReduceMin` over the
-/// elements (as float) cast back to bool. Outside every box the graph returns the base
+/// elements (as float) cast back to bool. A module at feature layer K reads
+/// `Flatten(axis = 1)` of the base's K-th activation node output instead of `x` (the box
+/// still compares `x`). Outside every box the graph returns the base
 /// network's output tensor itself, bit for bit. Box corners are stored as f32 exactly as
 /// given (callers pass f32-representable corners).
 pub fn to_onnx_bytes_with_modules(
@@ -366,8 +374,39 @@ pub fn to_onnx_bytes_with_modules(
         "pm_x",
         vec![int("axis", 1)],
     ));
+    // The base's activation outputs in layer order, for modules at a feature layer.
+    let activations: Vec<String> = nodes
+        .iter()
+        .filter(|n| ACTIVATION_OPS.contains(&n.op_type.as_str()))
+        .filter_map(|n| n.output.first().cloned())
+        .collect();
     let mut current = "pm_base".to_string();
     for (i, m) in modules.iter().enumerate() {
+        // The module's input: the flattened input, or Flatten(axis = 1) of the K-th
+        // activation (one Flatten per feature layer, shared by its modules).
+        let source = match m.feature_layer {
+            0 => "pm_x".to_string(),
+            k => {
+                let act = activations
+                    .get(k - 1)
+                    .ok_or(ExportError::Unsupported {
+                        index: k,
+                        kind: "feature layer beyond the network's activation layers",
+                    })?
+                    .clone();
+                let name = format!("pm_h{k}");
+                if !nodes.iter().any(|n| n.name == name) {
+                    nodes.push(node(
+                        "Flatten",
+                        name.clone(),
+                        vec![act],
+                        &name,
+                        vec![int("axis", 1)],
+                    ));
+                }
+                name
+            }
+        };
         if m.lower.len() != n || m.upper.len() != n {
             return Err(ExportError::InputShape {
                 shape: vec![m.lower.len()],
@@ -420,7 +459,7 @@ pub fn to_onnx_bytes_with_modules(
             &p("cond"),
             vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
         ));
-        let mut h = "pm_x".to_string();
+        let mut h = source;
         for (k, d) in m.layers.iter().enumerate() {
             let (w, b, out) = (
                 p(&format!("w{k}")),

@@ -7,7 +7,11 @@
 //! `y_i = Where(cond_i, Add(y_{i-1}, P_i(x)), y_{i-1})` with
 //! `cond_i = Cast<bool>(ReduceMin<axes=[1]>(Cast<float>(And(x >= lower_i, x <= upper_i))))`
 //! and `P_i = Gemm (Relu Gemm)*` (transB = 1, no other attribute) reading `x`, the graph
-//! input itself or its `Flatten(axis = 1)`. What is left, `y_0`, must be computed by
+//! input itself or its `Flatten(axis = 1)`, or (a module at a feature layer) reading
+//! `Flatten(axis = 1)` of a `Relu` node's output in the base part; that Relu is the
+//! base's K-th activation node, and the imported base must have exactly as many
+//! activation layers as the base part has activation nodes, so K means the same layer
+//! on both sides. What is left, `y_0`, must be computed by
 //! the other nodes alone; they are imported as an ordinary straight-line network (the
 //! ONNX importer, with all its checks). Every node must belong to exactly one of the two
 //! parts. Anything else is an error naming the file and the node: the reader accepts
@@ -224,6 +228,8 @@ struct Matched {
     layers: Vec<Dense>,
     /// The node producing this module's input tensor `x` (a Flatten), if any.
     nodes: Vec<usize>,
+    /// A module at a feature layer: the tensor its Flatten reads (a base activation).
+    feature: Option<String>,
 }
 
 pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piecewise, ImportError> {
@@ -395,22 +401,90 @@ pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piece
     for (k, m) in matched.into_iter().enumerate() {
         let first_in = m.layers.first().map_or(0, |d| d.in_dim);
         let last_out = m.layers.last().map_or(0, |d| d.out_dim);
-        if m.lower.len() != n || first_in != n || last_out != n_out {
+        let feature_layer = match &m.feature {
+            Some(f) => feature_layer_of(&g, &base_nodes, &base, f, k)?,
+            None => 0,
+        };
+        let reads = crate::repair::patchmodules::feature_width(&base, feature_layer)
+            .map_err(|e| graph_err(format!("patch module {k}: {e}")))?;
+        if m.lower.len() != n || first_in != reads || last_out != n_out {
             return Err(graph_err(format!(
-                "patch module {k}: box of {} values, module {first_in} -> {last_out}; the \
-                 base network is {n} -> {n_out}",
+                "patch module {k}: box of {} values, module {first_in} -> {last_out} at \
+                 feature layer {feature_layer} ({reads} values); the base network is \
+                 {n} -> {n_out}",
                 m.lower.len()
             )));
         }
         entries.push((
             Indicator::Box(BoxBounds::new(m.lower, m.upper)),
-            Module { layers: m.layers },
+            Module {
+                layers: m.layers,
+                feature_layer,
+            },
         ));
     }
     Ok(Piecewise {
         base,
         modules: PatchModules { entries },
     })
+}
+
+/// The feature layer K of a module whose Flatten reads `tensor`: `tensor` must be the
+/// output of a `Relu` node of the base part, K counts the activation nodes from the input
+/// up to it, and the imported base must have as many activation layers as the base part
+/// has activation nodes (so K names the same layer in the host network).
+fn feature_layer_of(
+    g: &Graph<'_>,
+    base_nodes: &HashSet<usize>,
+    base: &Network,
+    tensor: &str,
+    module: usize,
+) -> Result<usize, ImportError> {
+    use crate::export::onnx::ACTIVATION_OPS;
+    let at = g.producer.get(tensor).copied();
+    let Some(p) = at.filter(|p| base_nodes.contains(p) && g.nodes[*p].op_type == "Relu") else {
+        let i = at.unwrap_or(0);
+        return Err(g.err(
+            i,
+            format!(
+                "patch module {module} reads '{tensor}', which is not the output of a Relu of \
+                 the base network"
+            ),
+        ));
+    };
+    // Ancestors of the Relu (itself included) that are activations.
+    let mut seen = HashSet::new();
+    let mut stack = vec![p];
+    let mut k = 0;
+    while let Some(i) = stack.pop() {
+        if !seen.insert(i) {
+            continue;
+        }
+        if ACTIVATION_OPS.contains(&g.nodes[i].op_type.as_str()) {
+            k += 1;
+        }
+        stack.extend(
+            g.nodes[i]
+                .input
+                .iter()
+                .filter_map(|t| g.producer.get(t.as_str()).copied()),
+        );
+    }
+    let in_graph = base_nodes
+        .iter()
+        .filter(|&&i| ACTIVATION_OPS.contains(&g.nodes[i].op_type.as_str()))
+        .count();
+    let in_base = base.layers.iter().filter(|l| l.is_activation()).count();
+    if in_graph != in_base {
+        return Err(g.err(
+            p,
+            format!(
+                "patch module {module} reads a feature layer, but the base graph's {in_graph} \
+                 activation node(s) import as {in_base} activation layer(s)"
+            ),
+        ));
+    }
+    Ok(k)
 }
 
 /// Match one `Where` node's module (see the module docs). `x` is the module input tensor,
@@ -529,10 +603,35 @@ fn match_module<'a>(
     let le = g.expect(le_t, "LessOrEqual", 2, 1, and)?;
     nodes.extend([ge, le]);
     let (ge_in, le_in) = (&g.nodes[ge].input, &g.nodes[le].input);
-    if ge_in[0] != x_in || le_in[0] != x_in {
+    // A module at a feature layer reads Flatten(axis = 1) of a base tensor (checked to be
+    // an activation once the base part is known); its box still compares x.
+    let mut feature = None;
+    if ge_in[0] != x_in {
+        let fl = g.producer.get(x_in).copied().filter(|&f| {
+            let n = &g.nodes[f];
+            n.op_type == "Flatten"
+                && n.input.len() == 1
+                && n.output.len() == 1
+                && g.only_attrs(f, &["axis"]).is_ok()
+                && g.int_attr(f, "axis").unwrap_or(1) == 1
+        });
+        let Some(f) = fl else {
+            return Err(g.err(
+                ge,
+                format!(
+                    "the module input '{x_in}' must be the compared input or Flatten(axis = 1) \
+                     of a base activation"
+                ),
+            ));
+        };
+        nodes.push(f);
+        feature = Some(g.nodes[f].input[0].clone());
+    }
+    let x_in = ge_in[0].as_str();
+    if le_in[0] != x_in {
         return Err(g.err(
             ge,
-            format!("the box must compare the module input '{x_in}' (x >= lower, x <= upper)"),
+            format!("the box must compare one input '{x_in}' (x >= lower, x <= upper)"),
         ));
     }
     let (lower, ld) = g.constant(&ge_in[1], ge)?;
@@ -574,6 +673,7 @@ fn match_module<'a>(
         upper,
         layers,
         nodes,
+        feature,
     })
 }
 
@@ -607,6 +707,7 @@ mod tests {
 
     fn module(seed: f64) -> Module {
         Module {
+            feature_layer: 0,
             layers: vec![
                 Dense::new(
                     3,
@@ -647,6 +748,7 @@ mod tests {
                     lower: &b.lower,
                     upper: &b.upper,
                     layers: &m.layers,
+                    feature_layer: m.feature_layer,
                 }
             })
             .collect();
@@ -760,5 +862,77 @@ mod tests {
             assert!(err.contains(&format!("node '{node}'")), "{node}: {err}");
             let _ = std::fs::remove_file(path);
         }
+    }
+
+    /// A module at feature layer 1 (the base's ReLU, 4 values) next to an input module:
+    /// read back with its layer; a feature Flatten that reads anything but a base Relu
+    /// output is refused, naming the node.
+    #[test]
+    fn feature_layer_modules_read_back_and_nothing_looser() {
+        let net = base();
+        let feature = Module {
+            feature_layer: 1,
+            layers: vec![
+                Dense::new(
+                    4,
+                    2,
+                    (0..8)
+                        .map(|i| (i as f64 * 0.3).cos() as f32 as f64)
+                        .collect(),
+                    vec![0.5, -1.0],
+                )
+                .unwrap(),
+            ],
+        };
+        let modules = PatchModules {
+            entries: vec![
+                (
+                    Indicator::Box(BoxBounds::new(vec![-1.0, -1.0, 0.0], vec![0.5, 1.0, 1.0])),
+                    feature,
+                ),
+                (
+                    Indicator::Box(BoxBounds::new(vec![0.75, -0.5, -1.0], vec![1.0, 0.5, 0.25])),
+                    module(2.0),
+                ),
+            ],
+        };
+        let list: Vec<OnnxModule<'_>> = modules
+            .entries
+            .iter()
+            .map(|(ind, m)| {
+                let Indicator::Box(b) = ind else {
+                    unreachable!()
+                };
+                OnnxModule {
+                    lower: &b.lower,
+                    upper: &b.upper,
+                    layers: &m.layers,
+                    feature_layer: m.feature_layer,
+                }
+            })
+            .collect();
+        let bytes = to_onnx_bytes_with_modules(&net, Some(&[1, 3]), &list).unwrap();
+        let path = write("feature", &bytes);
+        let super::super::Model::Piecewise(pw) = super::super::load_model(&path).unwrap() else {
+            panic!("not read as piecewise")
+        };
+        assert_eq!(pw.modules, modules);
+        for k in 0..50 {
+            let x: Vec<f64> = (0..3).map(|j| ((k * 3 + j) as f64 * 0.37).sin()).collect();
+            let (a, b) = (pw.forward(&x), modules.eval(&net, &x));
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-5, "{a:?} {b:?}");
+            }
+        }
+        // The feature Flatten reading the base's first Gemm (before the ReLU) instead.
+        let mut proto = pb::ModelProto::decode(bytes.as_slice()).unwrap();
+        let g = proto.graph.as_mut().unwrap();
+        let gemm = g.node.iter().find(|n| n.op_type == "Gemm").unwrap().output[0].clone();
+        g.node.iter_mut().find(|n| n.name == "pm_h1").unwrap().input[0] = gemm;
+        let bad = write("feature-bad", &proto.encode_to_vec());
+        let err = super::super::load_model(&bad).unwrap_err().to_string();
+        assert!(err.contains("not the output of a Relu"), "{err}");
+        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(bad);
     }
 }

@@ -111,9 +111,15 @@ pub fn emit(
             count += 1;
         }
     }
-    let len = encode::encoded_len(&specs, &flat)?;
+    // What each module reads: the input (0) or a feature layer (checked at binding below).
+    let input_layers: Vec<usize> = modules
+        .entries
+        .iter()
+        .map(|(_, m)| m.feature_layer)
+        .collect();
+    let len = encode::encoded_len_with_input_layers(&specs, &input_layers, &flat)?;
     let mut bytes = vec![0u8; len];
-    encode::write(&model, &specs, sequence, &flat, &mut bytes)?;
+    encode::write_with_input_layers(&model, &specs, &input_layers, sequence, &flat, &mut bytes)?;
     // The emitted patch must bind to its own base through the device core.
     ModulePatch::from_bytes(&bytes)?.check_binding(&model)?;
     Ok(EmittedModules {
@@ -131,6 +137,8 @@ pub struct ModuleInfo {
     pub indicator: &'static str,
     /// Layer widths, input first (e.g. `[5, 8, 5]`).
     pub widths: Vec<usize>,
+    /// What the module reads: 0 = the model input, K = the base's K-th activation output.
+    pub input_layer: usize,
     /// Weights plus biases.
     pub parameters: usize,
     /// Bytes of the module record.
@@ -185,7 +193,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ModulesInfo, PatchError> {
         .map(|m| {
             let is_box = m.indicator == IndicatorKind::Box;
             let corners: Vec<(f32, f32)> = if is_box {
-                (0..m.in_dim()).filter_map(|j| m.box_bounds(j)).collect()
+                (0..m.box_len()).filter_map(|j| m.box_bounds(j)).collect()
             } else {
                 Vec::new()
             };
@@ -199,6 +207,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ModulesInfo, PatchError> {
             ModuleInfo {
                 indicator: m.indicator.name(),
                 widths: m.dims().to_vec(),
+                input_layer: m.input_layer,
                 parameters: m.parameter_count(),
                 bytes: m.encoded_len(),
                 box_width,
@@ -241,7 +250,7 @@ pub fn read(base: &Network, bytes: &[u8]) -> Result<PatchModules, PatchError> {
         let indicator = match m.indicator {
             IndicatorKind::Box => {
                 let (mut lo, mut up) = (Vec::new(), Vec::new());
-                for j in 0..m.in_dim() {
+                for j in 0..m.box_len() {
                     let (l, u) = m
                         .box_bounds(j)
                         .ok_or_else(|| PatchError::Mismatch(format!("box corner {j}")))?;
@@ -273,7 +282,13 @@ pub fn read(base: &Network, bytes: &[u8]) -> Result<PatchModules, PatchError> {
             let bias = take(o)?;
             layers.push(Dense::new(i, o, weight, bias).map_err(PatchError::Mismatch)?);
         }
-        entries.push((indicator, Module { layers }));
+        entries.push((
+            indicator,
+            Module {
+                layers,
+                feature_layer: m.input_layer,
+            },
+        ));
     }
     Ok(PatchModules { entries })
 }
@@ -317,6 +332,7 @@ pub fn to_onnx(
                 lower: &b.lower,
                 upper: &b.upper,
                 layers: &m.layers,
+                feature_layer: m.feature_layer,
             }),
             _ => {
                 return Err(PatchError::Mismatch(

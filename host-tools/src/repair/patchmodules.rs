@@ -38,6 +38,14 @@
 //!   has the largest cosine similarity with `N(x')`. It is a documented helper, not part
 //!   of the shipped semantics (the device applies modules only inside their boxes).
 //! - Indicator boxes may not overlap (the proof of one module assumes it acts alone).
+//! - Modules at a feature layer ([`ModuleOptions::feature_layer`], AdvRepair Section 3.4):
+//!   the module reads the base's K-th activation `h_K(x)` (a ReLU output) instead of `x`;
+//!   the indicator stays the input box. Unlike the paper's sampled feature boxes, the
+//!   proof stays sound: on each sub-box the module is bounded over CROWN's bounds of
+//!   `h_K` on that sub-box, and its f32 error starts from the base's rounding bound of
+//!   `h_K` (`verify::rounding` on the base up to layer K). This bounds base and module
+//!   separately (sound, looser than bounding [`combined_network`], which `verify` on the
+//!   exported graph uses to re-check the repair).
 
 use std::time::{Duration, Instant};
 
@@ -52,12 +60,59 @@ use crate::bounds::BoxBounds;
 use crate::model::{Dense, Layer, Network};
 use crate::verify::{self, Case};
 
-/// A patch module: `Dense (ReLU Dense)*`, reading the network input, writing one value per
-/// network output.
+/// A patch module: `Dense (ReLU Dense)*`, reading the network input (or, with
+/// `feature_layer` K > 0, the base network's activation after its K-th activation layer;
+/// see [`feature_layer_index`]), writing one value per network output.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Module {
     /// The affine layers; a ReLU sits between consecutive ones.
     pub layers: Vec<Dense>,
+    /// What the module reads: 0 = the network input, K >= 1 = the output of the base's
+    /// K-th activation layer (counting ReLU, LeakyReLU, Sigmoid, Tanh and GELU layers in
+    /// order, exactly as the device core counts them in its layer table).
+    pub feature_layer: usize,
+}
+
+/// Index in `base.layers` of the K-th activation layer (`k` >= 1; see
+/// [`Module::feature_layer`]), `None` when the network has fewer.
+pub fn feature_layer_index(base: &Network, k: usize) -> Option<usize> {
+    if k == 0 {
+        return None;
+    }
+    base.layers
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.is_activation())
+        .nth(k - 1)
+        .map(|(i, _)| i)
+}
+
+/// Width of what a module at feature layer `k` reads (the input length for 0), or what is
+/// wrong with `k`.
+pub fn feature_width(base: &Network, k: usize) -> Result<usize, RepairError> {
+    if k == 0 {
+        return Ok(base.input_dim());
+    }
+    let count = base.layers.iter().filter(|l| l.is_activation()).count();
+    let at = feature_layer_index(base, k).ok_or_else(|| {
+        RepairError::Unsupported(format!(
+            "feature layer {k}: the network has {count} activation layer(s) (valid: 0..={count})"
+        ))
+    })?;
+    let shapes = base
+        .shapes()
+        .map_err(|e| RepairError::Unsupported(e.to_string()))?;
+    Ok(shapes[at + 1].iter().product())
+}
+
+/// What a module at feature layer `k` reads on input `x`: `x` itself for 0, else the base
+/// activation after its K-th activation layer (`x` when `k` is out of range; callers
+/// validate `k` with [`feature_width`]).
+pub fn feature_of(base: &Network, k: usize, x: &[f64]) -> Vec<f64> {
+    match feature_layer_index(base, k) {
+        Some(at) => base.forward_range(x, 0, at + 1),
+        None => x.to_vec(),
+    }
 }
 
 impl Module {
@@ -169,7 +224,8 @@ impl PatchModules {
         let mut y = y0.clone();
         for (ind, m) in &self.entries {
             if ind.fires(x, &y0) {
-                y.iter_mut().zip(m.forward(x)).for_each(|(a, b)| *a += b);
+                let h = feature_of(base, m.feature_layer, x);
+                y.iter_mut().zip(m.forward(&h)).for_each(|(a, b)| *a += b);
             }
         }
         y
@@ -208,6 +264,11 @@ pub struct ModuleOptions {
     pub timeout: Duration,
     /// Seed of the module initialisation.
     pub seed: u64,
+    /// What the modules read ([`Module::feature_layer`]): 0 = the network input, K >= 1 =
+    /// the output of the base's K-th activation layer, which must be a ReLU. The
+    /// indicator stays the input box and the proof stays sound: the module is bounded on
+    /// sound bounds of that activation over each sub-box.
+    pub feature_layer: usize,
 }
 
 impl Default for ModuleOptions {
@@ -223,6 +284,7 @@ impl Default for ModuleOptions {
             max_sub_boxes: 20_000,
             timeout: Duration::from_secs(300),
             seed: 0,
+            feature_layer: 0,
         }
     }
 }
@@ -300,6 +362,9 @@ pub fn combined_network(
     module: &Module,
     domain: &BoxBounds,
 ) -> Result<Network, RepairError> {
+    if module.feature_layer > 0 {
+        return combined_network_at_feature(base, module, domain);
+    }
     let n = base.input_dim();
     let n_out = base.output_dim();
     if module.input_dim() != n || module.output_dim() != n_out || domain.len() != n {
@@ -407,6 +472,126 @@ pub fn combined_network(
     Network::new(vec![n], layers).map_err(|e| RepairError::Unsupported(e.to_string()))
 }
 
+/// [`combined_network`] for a module at feature layer K >= 1: the base's layers up to
+/// and including its K-th activation (which must be a ReLU, so the feature `h` is
+/// non-negative and the carrying ReLUs pass it unchanged), then the module beside a copy
+/// of `h`, its output shifted non-negative by its interval lower bound over the feature
+/// box (sound interval bounds of `h` on `domain`), then the rest of the base with the
+/// module output carried alongside, and a final affine layer adding the two. Exact in
+/// real arithmetic on `domain`. The base after layer K must be Dense/ReLU/Flatten.
+pub fn combined_network_at_feature(
+    base: &Network,
+    module: &Module,
+    domain: &BoxBounds,
+) -> Result<Network, RepairError> {
+    let k = module.feature_layer;
+    let n = base.input_dim();
+    let n_out = base.output_dim();
+    let width = feature_width(base, k)?;
+    let at = feature_layer_index(base, k).unwrap_or(0);
+    if !matches!(base.layers.get(at), Some(Layer::Relu)) {
+        return Err(RepairError::Unsupported(format!(
+            "feature layer {k} is a {} layer: modules read only ReLU outputs (non-negative, \
+             so they can be carried through ReLUs soundly)",
+            base.layers.get(at).map_or("missing", |l| l.kind())
+        )));
+    }
+    if module.input_dim() != width || module.output_dim() != n_out || domain.len() != n {
+        return Err(RepairError::Unsupported(format!(
+            "module {}->{} or box of {} does not fit the network {n}->{n_out} at feature \
+             layer {k} (width {width})",
+            module.input_dim(),
+            module.output_dim(),
+            domain.len()
+        )));
+    }
+    let bounds = verify::rounding::interval_bounds(base, &domain.lower, &domain.upper);
+    let (hlo, hhi) = &bounds[at + 1];
+    let (olo, _) = module.interval(hlo, hhi);
+    // Stage 0: the base up to its K-th activation, unchanged.
+    let mut layers: Vec<Layer> = base.layers[..=at].to_vec();
+    // Stage 1: [h ; module hidden] ... ; last module layer -> [h ; o - olo].
+    let depth = module.layers.len();
+    for (i, d) in module.layers.iter().enumerate() {
+        let first = i == 0;
+        let last = i + 1 == depth;
+        let in_w = width + if first { 0 } else { d.in_dim };
+        let out_w = width + d.out_dim;
+        let mut w = vec![0.0; out_w * in_w];
+        let mut b = vec![0.0; out_w];
+        for j in 0..width {
+            w[j * in_w + j] = 1.0;
+        }
+        for o in 0..d.out_dim {
+            let row = width + o;
+            b[row] = d.bias[o]
+                - if last {
+                    olo.get(o).copied().unwrap_or(0.0)
+                } else {
+                    0.0
+                };
+            for (jj, &wv) in d.row(o).iter().enumerate() {
+                let col = if first { jj } else { width + jj };
+                w[row * in_w + col] = wv;
+            }
+        }
+        layers.push(Layer::Dense(
+            Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
+        ));
+        layers.push(Layer::Relu);
+    }
+    // Stage 2: the rest of the base on the feature track, the module output alongside.
+    let mut track = width;
+    for layer in &base.layers[at + 1..] {
+        match layer {
+            Layer::Flatten => {}
+            Layer::Relu => layers.push(Layer::Relu),
+            Layer::Dense(d) => {
+                let in_w = track + n_out;
+                let out_w = d.out_dim + n_out;
+                let mut w = vec![0.0; out_w * in_w];
+                let mut b = vec![0.0; out_w];
+                for o in 0..d.out_dim {
+                    b[o] = d.bias[o];
+                    for (j, &wv) in d.row(o).iter().enumerate() {
+                        w[o * in_w + j] = wv;
+                    }
+                }
+                for j in 0..n_out {
+                    w[(d.out_dim + j) * in_w + track + j] = 1.0;
+                }
+                layers.push(Layer::Dense(
+                    Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
+                ));
+                track = d.out_dim;
+            }
+            other => {
+                return Err(RepairError::Unsupported(format!(
+                    "patch modules at a feature layer need Dense/ReLU layers after it, found {}",
+                    other.kind()
+                )));
+            }
+        }
+    }
+    if track != n_out {
+        return Err(RepairError::Unsupported(
+            "the base network's output does not follow from its feature layer".into(),
+        ));
+    }
+    // Stage 3: y + (o - olo) + olo.
+    let in_w = 2 * n_out;
+    let mut w = vec![0.0; n_out * in_w];
+    for j in 0..n_out {
+        w[j * in_w + j] = 1.0;
+        w[j * in_w + n_out + j] = 1.0;
+    }
+    layers.push(Layer::Dense(
+        Dense::new(in_w, n_out, w, olo).map_err(RepairError::Unsupported)?,
+    ));
+    Network::new(base.input_shape.clone(), layers)
+        .map_err(|e| RepairError::Unsupported(e.to_string()))
+}
+
 /// One sub-box of a case with the base network's fixed CROWN data.
 struct SubBox {
     lower: Vec<f64>,
@@ -422,13 +607,45 @@ struct SubBox {
     base_err: Vec<f64>,
     /// Bound on `|N(x)|` per output on the device (exact bound plus rounding error).
     base_abs: Vec<f64>,
+    /// Feature-layer modules: sound bounds of the feature over the sub-box and a bound
+    /// on its device f32 rounding error (all empty for input modules).
+    feature_lower: Vec<f64>,
+    feature_upper: Vec<f64>,
+    feature_err: Vec<f64>,
 }
 
+impl SubBox {
+    /// The box the module's input ranges over: the feature box, or the sub-box itself.
+    fn module_box(&self) -> (&[f64], &[f64]) {
+        if self.feature_lower.is_empty() {
+            (&self.lower, &self.upper)
+        } else {
+            (&self.feature_lower, &self.feature_upper)
+        }
+    }
+
+    /// Bound on the device rounding error of the module's input.
+    fn module_input_err(&self) -> Vec<f64> {
+        if self.feature_lower.is_empty() {
+            self.lower
+                .iter()
+                .zip(&self.upper)
+                .map(|(l, u)| verify::rounding::U32 * l.abs().max(u.abs()))
+                .collect()
+        } else {
+            self.feature_err.clone()
+        }
+    }
+}
+
+/// `feature`: for a feature-layer module, the index in `base.layers` of the activation it
+/// reads ([`feature_layer_index`]).
 fn sub_box(
     base: &Network,
     rows: &[Vec<f64>],
     lower: Vec<f64>,
     upper: Vec<f64>,
+    feature: Option<usize>,
 ) -> Result<SubBox, RepairError> {
     let engine = verify::bab::engine_for(base, verify::Method::Complete);
     let b = engine
@@ -458,6 +675,21 @@ fn sub_box(
         .zip(&elem_err)
         .map(|((l, u), e)| l.abs().max(u.abs()) + e)
         .collect();
+    // The feature's sound bounds (CROWN's intermediate bounds) and its device rounding
+    // error: the same derivation on the base's prefix up to that activation.
+    let (mut feature_lower, mut feature_upper, mut feature_err) = (vec![], vec![], vec![]);
+    if let Some(at) = feature {
+        let (fl, fu) = bounds
+            .get(at + 1)
+            .cloned()
+            .ok_or_else(|| RepairError::Unsupported("feature layer out of range".into()))?;
+        let prefix = base
+            .slice(0, at + 1)
+            .map_err(|e| RepairError::Unsupported(e.to_string()))?;
+        feature_err = verify::rounding::f32_error_bound_from(&prefix, &bounds[..at + 2]);
+        feature_lower = fl;
+        feature_upper = fu;
+    }
     Ok(SubBox {
         lower,
         upper,
@@ -466,6 +698,9 @@ fn sub_box(
         margin: 0.0,
         base_err,
         base_abs,
+        feature_lower,
+        feature_upper,
+        feature_err,
     })
 }
 
@@ -475,14 +710,26 @@ fn sub_box(
 /// interval magnitude of the layer input (verify::rounding's derivation; any summation
 /// order, FMA or not); ReLU does not increase the error.
 pub(crate) fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let e: Vec<f64> = lower
+        .iter()
+        .zip(upper)
+        .map(|(l, u)| verify::rounding::U32 * l.abs().max(u.abs()))
+        .collect();
+    module_f32_error_from(m, lower, upper, e)
+}
+
+/// [`module_f32_error`] for a module input in `[lower, upper]` (exact values) whose device
+/// value is off by at most `input_err` (a feature computed by the base in f32).
+pub(crate) fn module_f32_error_from(
+    m: &Module,
+    lower: &[f64],
+    upper: &[f64],
+    input_err: Vec<f64>,
+) -> (Vec<f64>, Vec<f64>) {
     use verify::rounding::{U32, gamma};
     let mut lo = lower.to_vec();
     let mut hi = upper.to_vec();
-    let mut e: Vec<f64> = lo
-        .iter()
-        .zip(&hi)
-        .map(|(l, u)| U32 * l.abs().max(u.abs()))
-        .collect();
+    let mut e = input_err;
     for (i, d) in m.layers.iter().enumerate() {
         let g = (1.0 + U32) * gamma(d.in_dim + 1) + U32;
         let mag: Vec<f64> = lo
@@ -503,6 +750,7 @@ pub(crate) fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec
         }
         let single = Module {
             layers: vec![d.clone()],
+            feature_layer: 0,
         };
         let (mut nl, mut nh) = single.interval(&lo, &hi);
         if i + 1 < m.layers.len() {
@@ -528,8 +776,9 @@ pub(crate) fn module_f32_error(m: &Module, lower: &[f64], upper: &[f64]) -> (Vec
 /// intersection), `lower(c.P)` interval arithmetic on the f32 module weights.
 fn sum_check(b: &SubBox, module: &Module, case: &Case, rows: &[Vec<f64>], rhs: &[f64]) -> bool {
     use verify::rounding::U32;
-    let (mlo, mhi) = module.interval(&b.lower, &b.upper);
-    let (merr, mabs) = module_f32_error(module, &b.lower, &b.upper);
+    let (flo, fhi) = b.module_box();
+    let (mlo, mhi) = module.interval(flo, fhi);
+    let (merr, mabs) = module_f32_error_from(module, flo, fhi, b.module_input_err());
     let mut r = 0;
     case.unsafe_set.iter().all(|conj| {
         let mut excluded = false;
@@ -559,6 +808,8 @@ fn sum_check(b: &SubBox, module: &Module, case: &Case, rows: &[Vec<f64>], rhs: &
 struct TrainModule {
     weights: Vec<Var>,
     biases: Vec<Var>,
+    /// Copied into the trained [`Module`].
+    feature_layer: usize,
 }
 
 impl TrainModule {
@@ -578,7 +829,11 @@ impl TrainModule {
             );
             biases.push(Var::zeros((1, o), DType::F64, dev).map_err(candle)?);
         }
-        Ok(Self { weights, biases })
+        Ok(Self {
+            weights,
+            biases,
+            feature_layer: 0,
+        })
     }
 
     /// Interval lower bounds of `C P(x)` over each box: `S x rows`.
@@ -626,7 +881,10 @@ impl TrainModule {
                     .map_err(RepairError::Unsupported)?,
             );
         }
-        Ok(Module { layers })
+        Ok(Module {
+            layers,
+            feature_layer: self.feature_layer,
+        })
     }
 }
 
@@ -682,6 +940,18 @@ pub fn repair_modules(
     let deadline = start + options.timeout;
     let n = base.input_dim();
     let n_out = base.output_dim();
+    let module_in = feature_width(base, options.feature_layer)?;
+    if let Some(at) = feature_layer_index(base, options.feature_layer)
+        && !matches!(base.layers[at], Layer::Relu)
+    {
+        // The combined network that re-verifies the repair (and the exported graph's
+        // verifier) carry the feature through ReLUs, which needs it non-negative.
+        return Err(RepairError::Unsupported(format!(
+            "feature layer {} is a {} layer: patch modules read only ReLU outputs",
+            options.feature_layer,
+            base.layers[at].kind()
+        )));
+    }
     // Indicator boxes: outward f32 rounding; they must be pairwise disjoint.
     let boxes: Vec<BoxBounds> = cases
         .iter()
@@ -724,7 +994,7 @@ pub fn repair_modules(
         .enumerate()
         .map(|(i, (name, case))| {
             let case_start = Instant::now();
-            let mut dims = vec![n];
+            let mut dims = vec![module_in];
             dims.extend(&options.hidden);
             dims.push(n_out);
             let (module, mut outcome) = repair_case(
@@ -792,19 +1062,24 @@ fn repair_case(
     let c_abs = c.abs().map_err(candle)?;
     let rhs = Tensor::from_vec(rhs_v, (1, n_rows), &dev).map_err(candle)?;
 
+    let feature = feature_layer_index(base, options.feature_layer);
+    let m_in = dims[0];
     let mut subs = vec![sub_box(
         base,
         &rows,
         domain.lower.clone(),
         domain.upper.clone(),
+        feature,
     )?];
     subs[0].margin = options.margin;
-    let tm = TrainModule::new(dims, seed, &dev)?;
+    let mut tm = TrainModule::new(dims, seed, &dev)?;
+    tm.feature_layer = options.feature_layer;
     let vars: Vec<Var> = tm.weights.iter().chain(&tm.biases).cloned().collect();
     let mut lr = options.learning_rate;
     if options.auto_learning_rate {
-        let lo = Tensor::from_vec(domain.lower.clone(), (1, n), &dev).map_err(candle)?;
-        let hi = Tensor::from_vec(domain.upper.clone(), (1, n), &dev).map_err(candle)?;
+        let (flo, fhi) = subs[0].module_box();
+        let lo = Tensor::from_vec(flo.to_vec(), (1, m_in), &dev).map_err(candle)?;
+        let hi = Tensor::from_vec(fhi.to_vec(), (1, m_in), &dev).map_err(candle)?;
         let m: Vec<f64> = tm
             .spec_lower(&lo, &hi, &c, &c_abs)
             .and_then(|t| t.flatten_all())
@@ -835,14 +1110,18 @@ fn repair_case(
         // Training (Algorithm 2) on every sub-box of this module.
         let s = subs.len();
         let lo = Tensor::from_vec(
-            subs.iter().flat_map(|b| b.lower.clone()).collect(),
-            (s, n),
+            subs.iter()
+                .flat_map(|b| b.module_box().0.to_vec())
+                .collect(),
+            (s, m_in),
             &dev,
         )
         .map_err(candle)?;
         let hi = Tensor::from_vec(
-            subs.iter().flat_map(|b| b.upper.clone()).collect(),
-            (s, n),
+            subs.iter()
+                .flat_map(|b| b.module_box().1.to_vec())
+                .collect(),
+            (s, m_in),
             &dev,
         )
         .map_err(candle)?;
@@ -952,7 +1231,7 @@ fn repair_case(
         let new: Vec<SubBox> = halves
             .into_par_iter()
             .map(|(l, u, m)| {
-                sub_box(base, &rows, l, u).map(|mut b| {
+                sub_box(base, &rows, l, u, feature).map(|mut b| {
                     b.margin = m;
                     b
                 })
@@ -988,7 +1267,8 @@ fn bisect_dimension(
     c_flat: &[f64],
 ) -> usize {
     let n_out = module.output_dim();
-    let (mlo, mhi) = module.interval(&b.lower, &b.upper);
+    let (flo, fhi) = b.module_box();
+    let (mlo, mhi) = module.interval(flo, fhi);
     let mut score = vec![0.0; n];
     for r in ranges {
         let best = r
@@ -1099,7 +1379,8 @@ impl Allocation {
         let mut y = y0;
         for j in self.modules_for(base, at.unwrap_or(x)) {
             if let Some((_, m)) = modules.entries.get(j) {
-                y.iter_mut().zip(m.forward(x)).for_each(|(a, b)| *a += b);
+                let h = feature_of(base, m.feature_layer, x);
+                y.iter_mut().zip(m.forward(&h)).for_each(|(a, b)| *a += b);
             }
         }
         y
@@ -1112,6 +1393,7 @@ mod tests {
 
     fn tiny_module() -> Module {
         Module {
+            feature_layer: 0,
             layers: vec![
                 Dense::new(
                     2,
@@ -1158,6 +1440,182 @@ mod tests {
                 assert!((a - b).abs() < 1e-9, "{want:?} vs {got:?}");
             }
         }
+    }
+
+    /// Dense 2->3, ReLU, Dense 3->3, ReLU, Dense 3->2: two ReLU feature layers of width 3.
+    fn deep_base() -> Network {
+        Network::new(
+            vec![2],
+            vec![
+                Layer::Dense(
+                    Dense::new(
+                        2,
+                        3,
+                        vec![1.0, 1.0, -1.0, 2.0, 0.5, -0.3],
+                        vec![0.0, -0.5, 0.2],
+                    )
+                    .unwrap(),
+                ),
+                Layer::Relu,
+                Layer::Dense(
+                    Dense::new(
+                        3,
+                        3,
+                        vec![1.0, -1.0, 0.5, 0.3, 1.0, -0.7, -0.4, 0.6, 1.1],
+                        vec![0.2, 0.0, -0.1],
+                    )
+                    .unwrap(),
+                ),
+                Layer::Relu,
+                Layer::Dense(
+                    Dense::new(3, 2, vec![1.0, -0.5, 0.25, -1.0, 0.5, 2.0], vec![0.1, -0.2])
+                        .unwrap(),
+                ),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn feature_module(k: usize) -> Module {
+        Module {
+            feature_layer: k,
+            layers: vec![
+                Dense::new(
+                    3,
+                    4,
+                    (0..12).map(|i| (i as f64 * 0.7).sin()).collect(),
+                    vec![0.1, -0.3, 0.2, 0.0],
+                )
+                .unwrap(),
+                Dense::new(
+                    4,
+                    2,
+                    (0..8).map(|i| (i as f64 * 1.3).cos()).collect(),
+                    vec![0.5, -0.5],
+                )
+                .unwrap(),
+            ],
+        }
+    }
+
+    #[test]
+    fn feature_layers_count_activations() {
+        let base = deep_base();
+        assert_eq!(feature_layer_index(&base, 0), None);
+        assert_eq!(feature_layer_index(&base, 1), Some(1));
+        assert_eq!(feature_layer_index(&base, 2), Some(3));
+        assert_eq!(feature_layer_index(&base, 3), None);
+        assert_eq!(feature_width(&base, 0).unwrap(), 2);
+        assert_eq!(feature_width(&base, 2).unwrap(), 3);
+        let e = feature_width(&base, 3).unwrap_err().to_string();
+        assert!(e.contains("2 activation layer"), "{e}");
+        assert_eq!(
+            feature_of(&base, 2, &[0.3, -0.2]),
+            base.forward_range(&[0.3, -0.2], 0, 4)
+        );
+    }
+
+    #[test]
+    fn combined_network_at_a_feature_layer_equals_base_plus_module_of_the_feature() {
+        let base = deep_base();
+        let domain = BoxBounds::new(vec![-1.0, -0.5], vec![1.0, 2.0]);
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        for k in [1, 2] {
+            let m = feature_module(k);
+            let comb = combined_network(&base, &m, &domain).unwrap();
+            let bounds = verify::rounding::interval_bounds(&comb, &domain.lower, &domain.upper);
+            let (lo, hi) = bounds.last().unwrap();
+            let pm = PatchModules {
+                entries: vec![(Indicator::Box(domain.clone()), m.clone())],
+            };
+            for _ in 0..300 {
+                let x: Vec<f64> = (0..2)
+                    .map(|d| rng.random_range(domain.lower[d]..=domain.upper[d]))
+                    .collect();
+                let h = feature_of(&base, k, &x);
+                let want: Vec<f64> = base
+                    .forward(&x)
+                    .iter()
+                    .zip(m.forward(&h))
+                    .map(|(a, b)| a + b)
+                    .collect();
+                let got = comb.forward(&x);
+                for (j, (a, b)) in want.iter().zip(&got).enumerate() {
+                    assert!((a - b).abs() < 1e-9, "K={k}: {want:?} vs {got:?}");
+                    assert!(
+                        lo[j] <= *b && *b <= hi[j],
+                        "K={k}: {b} outside [{}, {}]",
+                        lo[j],
+                        hi[j]
+                    );
+                }
+                assert_eq!(pm.eval(&base, &x), want);
+            }
+        }
+        // A feature layer that is not a ReLU is refused with a reason.
+        let mut tanh = deep_base();
+        tanh.layers[3] = Layer::Tanh;
+        let e = combined_network(&tanh, &feature_module(2), &domain).unwrap_err();
+        assert!(e.to_string().contains("Tanh"), "{e}");
+    }
+
+    #[test]
+    fn repairs_a_tiny_violated_property_at_a_feature_layer() {
+        let base = deep_base();
+        let case = Case {
+            lower: vec![-1.0, -0.5],
+            upper: vec![1.0, 2.0],
+            unsafe_set: vec![verify::Conj {
+                rows: vec![vec![1.0, -1.0]],
+                rhs: vec![0.0],
+            }],
+        };
+        let before = verify::verify_cases(
+            &base,
+            std::slice::from_ref(&case),
+            &verify::Options::default(),
+        );
+        assert!(
+            matches!(before.verdict, verify::Verdict::Violated { .. }),
+            "{:?}",
+            before.verdict
+        );
+        let opts = ModuleOptions {
+            timeout: Duration::from_secs(60),
+            feature_layer: 2,
+            ..Default::default()
+        };
+        let r = repair_modules(&base, &[("p".into(), case.clone())], &opts).unwrap();
+        assert!(r.all_hold(), "{:?}", r.outcomes);
+        let m = &r.modules.entries[0].1;
+        assert_eq!((m.feature_layer, m.input_dim()), (2, 3));
+        // The proof is independent of the training bound: verify the combined network.
+        let comb = combined_network(
+            &base,
+            m,
+            &BoxBounds::new(case.lower.clone(), case.upper.clone()),
+        )
+        .unwrap();
+        let v = verify::verify_cases(
+            &comb,
+            std::slice::from_ref(&case),
+            &verify::Options::default(),
+        );
+        assert_eq!(v.verdict, verify::Verdict::Holds, "{:?}", v.verdict);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..500 {
+            let x = vec![rng.random_range(-1.0..=1.0), rng.random_range(-0.5..=2.0)];
+            let y = r.modules.eval(&base, &x);
+            assert!(y[0] > y[1]);
+        }
+        let x = [1.5, 0.0];
+        assert_eq!(r.modules.eval(&base, &x), base.forward(&x));
+        // Non-ReLU feature layers and out-of-range K are refused.
+        let bad_k = ModuleOptions {
+            feature_layer: 3,
+            ..opts.clone()
+        };
+        assert!(repair_modules(&base, &[("p".into(), case.clone())], &bad_k).is_err());
     }
 
     #[test]

@@ -33,7 +33,9 @@ use super::{Case, Options, Report, Stats, Verdict};
 use crate::bounds::BoxBounds;
 use crate::import::piecewise::Piecewise;
 use crate::model::Network;
-use crate::repair::patchmodules::{Indicator, combined_network, module_f32_error};
+use crate::repair::patchmodules::{
+    Indicator, combined_network, feature_layer_index, module_f32_error, module_f32_error_from,
+};
 
 /// Default cap on the number of cells per case.
 pub const MAX_CELLS: usize = 4096;
@@ -175,7 +177,19 @@ fn device_row_errors(
     let mut module_errs = vec![0.0; total_abs.len()];
     for &i in active {
         let m = &pw.modules.entries[i].1;
-        let (e, a) = module_f32_error(m, lower, upper);
+        // A module at a feature layer reads the base's f32 activation there: its exact
+        // range and its device error come from the base's bounds on this box.
+        let (e, a) = match feature_layer_index(base, m.feature_layer) {
+            Some(at) if at + 2 <= bounds.len() => {
+                let (flo, fhi) = &bounds[at + 1];
+                let ferr = match base.slice(0, at + 1) {
+                    Ok(prefix) => rounding::f32_error_bound_from(&prefix, &bounds[..at + 2]),
+                    Err(_) => vec![f64::INFINITY; flo.len()],
+                };
+                module_f32_error_from(m, flo, fhi, ferr)
+            }
+            _ => module_f32_error(m, lower, upper),
+        };
         for j in 0..total_abs.len() {
             module_errs[j] += e.get(j).copied().unwrap_or(f64::INFINITY);
             total_abs[j] += a.get(j).copied().unwrap_or(f64::INFINITY);
@@ -435,11 +449,16 @@ pub fn verify_piecewise(
     finish(verdict, stats, total, with_modules)
 }
 
-/// The straight-line network equal to the piecewise model on `cell`.
+/// The straight-line network equal to the piecewise model on `cell`. Modules at the
+/// deepest feature layer are combined first: [`combined_network`] keeps the base's layers
+/// up to a feature layer unchanged, so a later module's (shallower or input) layer is
+/// still the base's there.
 fn cell_network(pw: &Piecewise, cell: &Cell) -> Result<Network, String> {
     let domain = BoxBounds::new(cell.lower.clone(), cell.upper.clone());
     let mut net = pw.base.clone();
-    for &i in &cell.active {
+    let mut order = cell.active.clone();
+    order.sort_by_key(|&i| std::cmp::Reverse(pw.modules.entries[i].1.feature_layer));
+    for &i in &order {
         net =
             combined_network(&net, &pw.modules.entries[i].1, &domain).map_err(|e| e.to_string())?;
     }
@@ -529,6 +548,7 @@ mod tests {
         )
         .unwrap();
         let constant = |c: f64| Module {
+            feature_layer: 0,
             layers: vec![
                 Dense::new(2, 1, vec![0.0, 0.0], vec![0.0]).unwrap(),
                 Dense::new(1, 1, vec![0.0], vec![c]).unwrap(),

@@ -47,7 +47,7 @@ impl ModuleSpec<'_> {
         Some(n)
     }
 
-    fn encoded_len(&self) -> Result<usize, Error> {
+    fn encoded_len(&self, input_layer: usize) -> Result<usize, Error> {
         let layers = self.dims.len().saturating_sub(1);
         if !(1..=MAX_MODULE_LAYERS).contains(&layers) || self.dims.contains(&0) {
             return Err(Error::BadPatchModule);
@@ -58,8 +58,15 @@ impl ModuleSpec<'_> {
         }
         let box_len = match self.indicator {
             IndicatorSpec::Box { lower, upper } => {
-                let n = *self.dims.first().ok_or(Error::BadPatchModule)?;
-                if lower.len() != n
+                // At a feature layer the box stays on the model input, so it has its
+                // own length (a u32 before the corners).
+                let n = if input_layer == 0 {
+                    *self.dims.first().ok_or(Error::BadPatchModule)?
+                } else {
+                    lower.len()
+                };
+                if n == 0
+                    || lower.len() != n
                     || upper.len() != n
                     || lower
                         .iter()
@@ -68,7 +75,7 @@ impl ModuleSpec<'_> {
                 {
                     return Err(Error::BadPatchModule);
                 }
-                8 * n
+                8 * n + if input_layer == 0 { 0 } else { 4 }
             }
             IndicatorSpec::Label(_) => 0,
             IndicatorSpec::LabelPair(a, b) => {
@@ -87,12 +94,37 @@ impl ModuleSpec<'_> {
 
 /// Exact length of the patch for `modules` and `regions` (f32 values).
 pub fn encoded_len(modules: &[ModuleSpec<'_>], regions: &[f32]) -> Result<usize, Error> {
+    encoded_len_with_input_layers(modules, &[], regions)
+}
+
+/// The input layer of module `i` (see the record's `input_layer`): `input_layers[i]`, or 0
+/// for all when `input_layers` is empty.
+fn input_layer_of(input_layers: &[usize], count: usize, i: usize) -> Result<usize, Error> {
+    if input_layers.is_empty() {
+        return Ok(0);
+    }
+    if input_layers.len() != count {
+        return Err(Error::BadPatchModule);
+    }
+    let k = *input_layers.get(i).ok_or(Error::BadPatchModule)?;
+    u8::try_from(k).map_err(|_| Error::BadPatchModule)?;
+    Ok(k)
+}
+
+/// [`encoded_len`] for modules reading feature layers: `input_layers[i]` is module `i`'s
+/// input layer (0 = the model input, K = the K-th activation's output; empty = all 0).
+pub fn encoded_len_with_input_layers(
+    modules: &[ModuleSpec<'_>],
+    input_layers: &[usize],
+    regions: &[f32],
+) -> Result<usize, Error> {
     if !(1..=MAX_MODULES).contains(&modules.len()) {
         return Err(Error::BadPatchModule);
     }
     let mut n = PATCH_HEADER_SIZE + SIGNATURE_SIZE;
-    for m in modules {
-        n = n.checked_add(m.encoded_len()?).ok_or(Error::Overflow)?;
+    for (i, m) in modules.iter().enumerate() {
+        let k = input_layer_of(input_layers, modules.len(), i)?;
+        n = n.checked_add(m.encoded_len(k)?).ok_or(Error::Overflow)?;
     }
     let n = n
         .checked_add(regions.len().checked_mul(4).ok_or(Error::Overflow)?)
@@ -111,6 +143,21 @@ pub fn write(
     regions: &[f32],
     out: &mut [u8],
 ) -> Result<usize, Error> {
+    write_with_input_layers(base, modules, &[], sequence, regions, out)
+}
+
+/// [`write`] for modules reading feature layers (`input_layers` as in
+/// [`encoded_len_with_input_layers`]). Whether each input layer exists in `base` with
+/// the module's input length is checked when the patch is bound
+/// ([`super::ModulePatch::check_binding`]).
+pub fn write_with_input_layers(
+    base: &Model<'_>,
+    modules: &[ModuleSpec<'_>],
+    input_layers: &[usize],
+    sequence: u32,
+    regions: &[f32],
+    out: &mut [u8],
+) -> Result<usize, Error> {
     if sequence == 0 {
         return Err(Error::StalePatch);
     }
@@ -125,7 +172,7 @@ pub fn write(
     {
         return Err(Error::BadPatchRegion);
     }
-    let total = encoded_len(modules, regions)?;
+    let total = encoded_len_with_input_layers(modules, input_layers, regions)?;
     let out = out.get_mut(..total).ok_or(Error::BufferTooSmall)?;
     out.fill(0);
     let mut w = Cursor { out, at: 0 };
@@ -149,21 +196,26 @@ pub fn write(
     w.word(region_count)?;
     w.word(if region_count == 0 { 0 } else { dim })?;
     w.at = PATCH_HEADER_SIZE;
-    for m in modules {
+    for (i, m) in modules.iter().enumerate() {
+        let input_layer = input_layer_of(input_layers, modules.len(), i)?;
         let (kind, a, b) = match m.indicator {
             IndicatorSpec::Box { .. } => (IndicatorKind::Box, 0, 0),
             IndicatorSpec::Label(l) => (IndicatorKind::Label, l, 0),
             IndicatorSpec::LabelPair(l0, l1) => (IndicatorKind::LabelPair, l0, l1),
         };
         w.put(&(kind as u16).to_le_bytes())?;
-        let layers = u16::try_from(m.dims.len() - 1).map_err(|_| Error::BadPatchModule)?;
-        w.put(&layers.to_le_bytes())?;
+        let layers = u8::try_from(m.dims.len() - 1).map_err(|_| Error::BadPatchModule)?;
+        let input_layer = u8::try_from(input_layer).map_err(|_| Error::BadPatchModule)?;
+        w.put(&[layers, input_layer])?;
         w.word(a)?;
         w.word(b)?;
         for &d in m.dims {
             w.word(d)?;
         }
         if let IndicatorSpec::Box { lower, upper } = m.indicator {
+            if input_layer > 0 {
+                w.word(lower.len())?;
+            }
             for v in lower.iter().chain(upper) {
                 w.put(&v.to_le_bytes())?;
             }
