@@ -374,7 +374,9 @@ impl Default for LocalBoxOptions {
             parameter_budget: 200,
             repair_steps: 300,
             rounds: 3,
-            learning_rate: 0.05,
+            // Measured on the adversarial task (BENCHMARKS.md, Repair (MNIST)): 0.05
+            // proves as fast but costs up to 2.4% accuracy at k = 100; 0.003 is slower.
+            learning_rate: 0.01,
             output_weight: 100.0,
             bound_weight: 100.0,
             bound_target: 0.5,
