@@ -195,7 +195,12 @@ fn adversarial(args: &[String]) {
     // Fidelity inputs: every 10th correctly classified mnist_5k image (never a task image).
     let fidelity: Vec<Vec<f64>> = (0..train.len())
         .filter(|&i| mnist::argmax(&net.forward(&train.images[i])) == train.labels[i])
-        .step_by(10)
+        .step_by(
+            std::env::var("PR_FIDELITY_STEP")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10),
+        )
         .map(|i| train.images[i].clone())
         .collect();
     println!("network mnist_relu_3_100: clean test accuracy {:.2}%", 100.0 * acc0);
@@ -267,7 +272,8 @@ fn adversarial(args: &[String]) {
 
 /// Option overrides for the local-box repair (`PR_BOX_BUDGET`, `PR_BOX_LR`,
 /// `PR_BOX_STEPS`, `PR_BOX_BOUND_WEIGHT`, `PR_BOX_TARGET`, `PR_BOX_FIDELITY_WEIGHT`,
-/// `PR_BOX_MARGIN`, `PR_BOX_LAYERS`, `PR_BOX_OUTPUT_WEIGHT`), for tuning runs.
+/// `PR_BOX_MARGIN`, `PR_BOX_LAYERS`, `PR_BOX_OUTPUT_WEIGHT`, `PR_BOX_DECISION_WEIGHT`,
+/// `PR_FIDELITY_STEP`), for tuning runs.
 fn tuned_box(
     mut o: prorepair_host::repair::regionwise::LocalBoxOptions,
 ) -> prorepair_host::repair::regionwise::LocalBoxOptions {
@@ -298,6 +304,9 @@ fn tuned_box(
     }
     if let Some(v) = get("PR_BOX_OUTPUT_WEIGHT") {
         o.output_weight = v;
+    }
+    if let Some(v) = get("PR_BOX_DECISION_WEIGHT") {
+        o.decision_weight = v;
     }
     o
 }

@@ -355,6 +355,9 @@ pub struct LocalBoxOptions {
     pub bound_target: f64,
     /// Weight of the fidelity term.
     pub fidelity_weight: f64,
+    /// Weight of the decision-preserving term: each fidelity input keeps its original
+    /// argmax with at least half its original gaps (0: off).
+    pub decision_weight: f64,
     /// Inputs whose features are kept (fidelity term); e.g. correctly classified data.
     pub fidelity_inputs: Vec<Vec<f64>>,
     /// Wall-clock budget, the final verification included.
@@ -381,6 +384,7 @@ impl Default for LocalBoxOptions {
             bound_weight: 100.0,
             bound_target: 0.5,
             fidelity_weight: 2.0,
+            decision_weight: 0.0,
             fidelity_inputs: Vec::new(),
             timeout: Duration::from_secs(60),
             seed: 0,
@@ -571,6 +575,7 @@ pub fn repair_local_boxes(
     trainer.trainable_layers = options.trainable_layers;
     trainer.output_weight = options.output_weight;
     trainer.bound_weight = options.bound_weight;
+    trainer.decision_weight = options.decision_weight;
     // Inputs to anchor (with their constraints) and boxes to certify, grown each round.
     let mut targets: Vec<(Vec<f64>, Vec<Constraint>)> = Vec::new();
     let mut groups: Vec<BoundGroup> = Vec::new();
