@@ -203,7 +203,10 @@ fn adversarial(args: &[String]) {
         )
         .map(|i| train.images[i].clone())
         .collect();
-    println!("network mnist_relu_3_100: clean test accuracy {:.2}%", 100.0 * acc0);
+    println!(
+        "network mnist_relu_3_100: clean test accuracy {:.2}%",
+        100.0 * acc0
+    );
     println!(
         "| k | r | tasks | held before | proven | not proven | proven in < 3 s | mean time (s) | max time (s) | mean acc. drop | max acc. drop |"
     );
@@ -254,7 +257,10 @@ fn adversarial(args: &[String]) {
                 out.changed_parameters,
                 100.0 * drop,
                 out.time_s,
-                p.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default()
+                p.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default()
             );
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;

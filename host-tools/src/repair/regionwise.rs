@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use super::desired::{Constraint, DesiredSet};
-use super::{RepairError, SplitLayer};
 use super::pointwise::spec_of;
+use super::{RepairError, SplitLayer};
 use crate::bounds::{self, BoxBounds, Method};
 use crate::model::Network;
 use crate::verify::Case;
@@ -489,7 +489,10 @@ pub fn repair_local_boxes(
             if c.lower.len() != net.input_dim() {
                 return Err(RepairError::Property {
                     property: p.name.clone(),
-                    problem: format!("case {i}: the box does not have {} entries", net.input_dim()),
+                    problem: format!(
+                        "case {i}: the box does not have {} entries",
+                        net.input_dim()
+                    ),
                 });
             }
             per.push(d);
@@ -584,8 +587,12 @@ pub fn repair_local_boxes(
             let d = &desired[pi][ci];
             let constraints: Vec<Constraint> = d.all_options().cloned().collect();
             if outcome.properties[pi].repaired {
-                let centre: Vec<f64> =
-                    c.lower.iter().zip(&c.upper).map(|(l, u)| 0.5 * (l + u)).collect();
+                let centre: Vec<f64> = c
+                    .lower
+                    .iter()
+                    .zip(&c.upper)
+                    .map(|(l, u)| 0.5 * (l + u))
+                    .collect();
                 targets.push((centre, constraints.clone()));
             }
             groups.push(BoundGroup {
@@ -682,9 +689,17 @@ pub fn repair_local_boxes(
                     for (ci, c) in p.cases.iter().enumerate() {
                         let budget = remaining().min(Duration::from_millis(500));
                         if let crate::verify::bab::Frontier::Open(open) =
-                            crate::verify::bab::open_leaves(&current, c, Instant::now() + budget, 64)
+                            crate::verify::bab::open_leaves(
+                                &current,
+                                c,
+                                Instant::now() + budget,
+                                64,
+                            )
                         {
-                            let gi = properties[..pi].iter().map(|q| q.cases.len()).sum::<usize>()
+                            let gi = properties[..pi]
+                                .iter()
+                                .map(|q| q.cases.len())
+                                .sum::<usize>()
                                 + ci;
                             groups[gi].boxes.extend(open.into_iter().take(32));
                         }
@@ -720,12 +735,15 @@ pub fn repair_local_boxes(
             .iter()
             .enumerate()
             .flat_map(|(pi, p)| {
-                p.cases.iter().enumerate().map(move |(ci, c)| super::Region {
-                    property: pi,
-                    case: ci,
-                    lower: c.lower.clone(),
-                    upper: c.upper.clone(),
-                })
+                p.cases
+                    .iter()
+                    .enumerate()
+                    .map(move |(ci, c)| super::Region {
+                        property: pi,
+                        case: ci,
+                        lower: c.lower.clone(),
+                        upper: c.upper.clone(),
+                    })
             })
             .collect();
     }
@@ -808,8 +826,8 @@ mod tests {
     fn repairs_mnist_local_robustness_boxes_with_proof() {
         use crate::tasks::{adversarial, mnist};
         use crate::verify::{self, Verdict};
-        let net = crate::import::load(&crate::require_data!("mnist/nets/mnist_relu_3_100.onnx"))
-            .unwrap();
+        let net =
+            crate::import::load(&crate::require_data!("mnist/nets/mnist_relu_3_100.onnx")).unwrap();
         let dir = crate::require_data!("mnist");
         let train = mnist::read_csv_255(&dir.join("mnist_5k.csv.gz")).unwrap();
         let test = mnist::test_set(&dir).unwrap();
@@ -832,7 +850,8 @@ mod tests {
                 fidelity_inputs: fidelity.clone(),
                 ..LocalBoxOptions::default()
             };
-            let out = repair_local_boxes(&net, std::slice::from_ref(&t.property), &options).unwrap();
+            let out =
+                repair_local_boxes(&net, std::slice::from_ref(&t.property), &options).unwrap();
             assert_eq!(out.properties[0].before, "violated", "{}", t.property.name);
             assert!(out.verified, "{}: {:?}", t.property.name, out.properties[0]);
             let r = verify::verify_cases(
@@ -845,7 +864,12 @@ mod tests {
             );
             assert_eq!(r.verdict, Verdict::Holds, "{}", t.property.name);
             let c = &t.property.cases[0];
-            let centre: Vec<f64> = c.lower.iter().zip(&c.upper).map(|(l, u)| 0.5 * (l + u)).collect();
+            let centre: Vec<f64> = c
+                .lower
+                .iter()
+                .zip(&c.upper)
+                .map(|(l, u)| 0.5 * (l + u))
+                .collect();
             assert_eq!(mnist::argmax(&out.network.forward(&centre)), t.label);
             let drop = acc0 - mnist::accuracy(&out.network, &held_out);
             assert!(drop <= 0.01, "{}: accuracy drop {drop}", t.property.name);
@@ -857,8 +881,8 @@ mod tests {
     /// local-box path does not apply (the CLI keeps the region-wise repair there).
     #[test]
     fn local_boxes_do_not_apply_to_acas_xu_property_2() {
-        let net = crate::import::load(&crate::require_data!(&crate::testing::acasxu_onnx(2, 1)))
-            .unwrap();
+        let net =
+            crate::import::load(&crate::require_data!(&crate::testing::acasxu_onnx(2, 1))).unwrap();
         let spec = crate::spec::Property::from_vnnlib(&crate::require_data!(
             "acasxu/vnnlib/prop_2_coc_minimal.vnnlib"
         ))

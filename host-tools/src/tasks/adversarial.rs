@@ -104,10 +104,11 @@ mod tests {
 
     #[test]
     fn box_perturbs_the_first_k_nonzero_pixels_only() {
-        let x = vec![0.0, 0.5, 0.0, 0.95, 0.05, 0.3];
-        let c = local_box(&x, 1, 3, 0.1, 3);
-        assert_eq!(c.lower, vec![0.0, 0.4, 0.0, 0.85, 0.0, 0.3]);
-        assert_eq!(c.upper, vec![0.0, 0.6, 0.0, 1.0, 0.15, 0.3]);
+        // Binary fractions: the bounds are exact. Pixel 5 is the fourth non-zero one.
+        let x = vec![0.0, 0.5, 0.0, 0.875, 0.125, 0.3];
+        let c = local_box(&x, 1, 3, 0.25, 3);
+        assert_eq!(c.lower, vec![0.0, 0.25, 0.0, 0.625, 0.0, 0.3]);
+        assert_eq!(c.upper, vec![0.0, 0.75, 0.0, 1.0, 0.375, 0.3]);
         // Unsafe: y_1 - y_0 <= 0 or y_1 - y_2 <= 0.
         assert_eq!(c.unsafe_set.len(), 2);
         assert_eq!(c.unsafe_set[0].rows[0], vec![-1.0, 1.0, 0.0]);
