@@ -247,8 +247,9 @@ fn adversarial(args: &[String]) {
             } else {
                 open += 1;
             }
+            let share = regionwise::unstable_share(&net, &t.property.cases[0]).unwrap_or(f64::NAN);
             eprintln!(
-                "  image {} (label {}): before {}, after {}, {} rounds, {} changed, drop {:.2}%, {:.2} s{}",
+                "  image {} (label {}, unstable ReLU share {share:.3}): before {}, after {}, {} rounds, {} changed, drop {:.2}%, {:.2} s{}",
                 t.index,
                 t.label,
                 p.before,
@@ -322,6 +323,25 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("corruption") => corruption(&args[1..]),
         Some("adversarial") => adversarial(&args[1..]),
+        Some("unstable") => {
+            // The CLI's dispatch figure for a VNN-LIB property: CROWN's unstable ReLU
+            // share over each case box.
+            use prorepair_host::repair::{RepairProperty, regionwise};
+            let (Some(model), Some(spec)) = (args.get(1), args.get(2)) else {
+                eprintln!("usage: repair_mnist unstable MODEL SPEC.vnnlib");
+                std::process::exit(2)
+            };
+            let net = prorepair_host::import::load(std::path::Path::new(model)).expect("model");
+            let p = prorepair_host::spec::Property::from_vnnlib(std::path::Path::new(spec))
+                .expect("spec");
+            let p = RepairProperty::from_spec(spec, &p, &net).expect("property");
+            for c in &p.cases {
+                println!(
+                    "{spec}: unstable share {:?}",
+                    regionwise::unstable_share(&net, c)
+                );
+            }
+        }
         _ => {
             eprintln!(
                 "usage: repair_mnist corruption [NET] [KIND...] | adversarial [K...] [--tasks N] [--timeout S] [--general]"

@@ -222,11 +222,6 @@ pub(super) fn onnx_output<'a>(
     Ok(Some((out, bytes)))
 }
 
-/// Most unstable ReLU share (CROWN over the case box) for which the local-box repair is
-/// tried first: measured on mnist_relu_3_100 (BENCHMARKS.md, Repair (MNIST)), the boxes
-/// of the adversarial task sit far below it, ACAS Xu property boxes far above.
-const LOCAL_BOX_MAX_UNSTABLE: f64 = 0.25;
-
 /// Weight repair: small local-robustness boxes ([`repair::regionwise::local_boxes_apply`])
 /// first by [`repair::regionwise::repair_local_boxes`] with half the budget, then (or
 /// otherwise) the region-wise [`repair::repair`] with what is left. Returns the outcome
@@ -236,7 +231,9 @@ fn repair_weights(
     properties: &[RepairProperty],
     options: &RepairOptions,
 ) -> Result<(repair::RepairOutcome, &'static str), CliError> {
-    use repair::regionwise::{LocalBoxOptions, local_boxes_apply, repair_local_boxes};
+    use repair::regionwise::{
+        LOCAL_BOX_MAX_UNSTABLE, LocalBoxOptions, local_boxes_apply, repair_local_boxes,
+    };
     let start = std::time::Instant::now();
     let cases: Vec<&crate::verify::Case> = properties.iter().flat_map(|p| &p.cases).collect();
     if local_boxes_apply(net, &cases, LOCAL_BOX_MAX_UNSTABLE) {
