@@ -229,6 +229,58 @@ pub(super) fn onnx_output<'a>(
     Ok(Some((out, bytes)))
 }
 
+/// Weight repair: small local-robustness boxes ([`repair::regionwise::local_boxes_apply`])
+/// first by [`repair::regionwise::repair_local_boxes`] with half the budget, then (or
+/// otherwise) the region-wise [`repair::repair`] with what is left. Returns the outcome
+/// and the path that produced it (`local-box` or `region-wise`).
+fn repair_weights(
+    net: &crate::model::Network,
+    properties: &[RepairProperty],
+    options: &RepairOptions,
+) -> Result<(repair::RepairOutcome, &'static str), CliError> {
+    use repair::regionwise::{
+        LOCAL_BOX_MAX_UNSTABLE, LocalBoxOptions, local_boxes_apply, repair_local_boxes,
+    };
+    let start = std::time::Instant::now();
+    let cases: Vec<&crate::verify::Case> = properties.iter().flat_map(|p| &p.cases).collect();
+    if local_boxes_apply(net, &cases, LOCAL_BOX_MAX_UNSTABLE) {
+        let domain = options.fidelity_domain.clone().unwrap_or_else(|| {
+            let n = net.input_dim();
+            let (mut lo, mut hi) = (vec![f64::INFINITY; n], vec![f64::NEG_INFINITY; n]);
+            for c in &cases {
+                for j in 0..n {
+                    lo[j] = lo[j].min(c.lower[j]);
+                    hi[j] = hi[j].max(c.upper[j]);
+                }
+            }
+            let w: Vec<f64> = lo.iter().zip(&hi).map(|(l, h)| h - l).collect();
+            BoxBounds::new(
+                lo.iter().zip(&w).map(|(l, w)| l - w).collect(),
+                hi.iter().zip(&w).map(|(h, w)| h + w).collect(),
+            )
+        });
+        let local = LocalBoxOptions {
+            split_layer: options.split_layer,
+            timeout: options.timeout / 2,
+            fidelity_inputs: repair::sample_outside(&domain, &cases, 256, options.seed),
+            seed: options.seed,
+            ..LocalBoxOptions::default()
+        };
+        let out = repair_local_boxes(net, properties, &local).map_err(map_repair_error)?;
+        if out.verified {
+            return Ok((out, "local-box"));
+        }
+        let rest = RepairOptions {
+            timeout: options.timeout.saturating_sub(start.elapsed()),
+            ..options.clone()
+        };
+        let out = repair::repair(net, properties, &rest).map_err(map_repair_error)?;
+        return Ok((out, "region-wise"));
+    }
+    let out = repair::repair(net, properties, options).map_err(map_repair_error)?;
+    Ok((out, "region-wise"))
+}
+
 /// Run `repair`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
     // The signing key is read first: a bad key fails before a long repair.
@@ -285,7 +337,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         seed: args.seed,
         ..RepairOptions::default()
     };
-    let outcome = repair::repair(&net, &properties, &options).map_err(map_repair_error)?;
+    let (outcome, method) = repair_weights(&net, &properties, &options)?;
 
     let props: Vec<_> = outcome
         .properties
@@ -305,6 +357,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let status = if outcome.verified { "holds" } else { "unknown" };
     let value = json!({
         "status": status,
+        "method": method,
         "model": args.model.display().to_string(),
         "properties": props,
         "split_layer": outcome.split_layer,

@@ -3,6 +3,7 @@
 //! builders and evaluation figures below (test accuracy, generalisation on held-out
 //! failing inputs, property satisfaction, time).
 
+pub mod adversarial;
 pub mod backdoor;
 pub mod corrupt;
 pub mod gzip;
