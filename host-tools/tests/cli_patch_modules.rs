@@ -247,6 +247,15 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["modules"][0]["input_layer"], 6);
 
+    // `apply` rebuilds the same graph from the patch alone.
+    let again = dir.join("applied.onnx");
+    let out = host(&["apply", s(&model), s(&patch), "--onnx-out", s(&again)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&onnx).unwrap(),
+        std::fs::read(&again).unwrap()
+    );
+
     // `verify` on the exported graph (the module reads the sixth ReLU's output there).
     let out = host(&["verify", s(&onnx), s(&spec), "--json", "-"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
