@@ -62,6 +62,17 @@ pub trait BoundEngine: Sync {
     ) -> Option<Vec<(Vec<f64>, Vec<f64>)>> {
         None
     }
+    /// Cheaper, possibly looser, sound bounds for ranking candidate splits, when the
+    /// engine has them (`None`: rank with [`Self::spec_lower_within`]).
+    fn spec_lower_rank(
+        &self,
+        _lower: &[f64],
+        _upper: &[f64],
+        _rows: &[Vec<f64>],
+        _prior: Option<&[bounds::BoxBounds]>,
+    ) -> Option<Result<SpecLower, String>> {
+        None
+    }
 }
 
 /// Interval bound propagation: `min c·y` from the output intervals.
@@ -112,6 +123,8 @@ pub struct LinearEngine<'a> {
     /// `Crown` or `AlphaCrown`.
     pub method: bounds::Method,
     chain: Option<bounds::DenseReluChain<'a>>,
+    /// The chain with forward-only intermediate bounds, for ranking splits (few inputs).
+    rank: Option<bounds::DenseReluChain<'a>>,
 }
 
 impl<'a> LinearEngine<'a> {
@@ -121,7 +134,16 @@ impl<'a> LinearEngine<'a> {
             .then(|| bounds::DenseReluChain::new(net, 0, net.layers.len()))
             .flatten()
             .map(|c| c.sparse_intermediate(SPARSE).forward_intermediate(FORWARD));
-        Self { net, method, chain }
+        let rank = chain
+            .as_ref()
+            .filter(|c| RANK_FORWARD_ONLY && c.forward_enabled())
+            .map(|c| c.clone().forward_only(true));
+        Self {
+            net,
+            method,
+            chain,
+            rank,
+        }
     }
 }
 
@@ -170,6 +192,17 @@ impl BoundEngine for LinearEngine<'_> {
         )
     }
 
+    fn spec_lower_rank(
+        &self,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+        prior: Option<&[bounds::BoxBounds]>,
+    ) -> Option<Result<SpecLower, String>> {
+        let chain = self.rank.as_ref()?;
+        Some(self.spec_lower_chain(Some(chain), lower, upper, rows, prior))
+    }
+
     fn spec_lower_within(
         &self,
         lower: &[f64],
@@ -177,9 +210,23 @@ impl BoundEngine for LinearEngine<'_> {
         rows: &[Vec<f64>],
         prior: Option<&[bounds::BoxBounds]>,
     ) -> Result<SpecLower, String> {
+        self.spec_lower_chain(self.chain.as_ref(), lower, upper, rows, prior)
+    }
+}
+
+impl LinearEngine<'_> {
+    /// [`BoundEngine::spec_lower_within`] through `chain` (the generic engine if `None`).
+    fn spec_lower_chain(
+        &self,
+        chain: Option<&bounds::DenseReluChain<'_>>,
+        lower: &[f64],
+        upper: &[f64],
+        rows: &[Vec<f64>],
+        prior: Option<&[bounds::BoxBounds]>,
+    ) -> Result<SpecLower, String> {
         let input = bounds::BoxBounds::new(lower.to_vec(), upper.to_vec());
         let spec = rows.concat();
-        let b = match &self.chain {
+        let b = match chain {
             Some(chain) => {
                 chain.linear_bounds_within(&input, &spec, rows.len(), self.method, prior)
             }
@@ -223,6 +270,10 @@ const SPARSE: bool = false;
 /// leave unstable ([`bounds::DenseReluChain::forward_intermediate`]; used only on inputs
 /// of at most 32 dimensions). Spec bounds as tight as dense CROWN's, much cheaper.
 const FORWARD: bool = true;
+
+/// Rank candidate splits with forward-only intermediate bounds (no backward pass for any
+/// intermediate neuron), then bound only the chosen halves fully.
+const RANK_FORWARD_ONLY: bool = true;
 
 /// The bounding engine for a method (`Complete` bounds sub-boxes with CROWN).
 pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
@@ -1185,8 +1236,10 @@ fn bound_domain(ctx: &Ctx<'_>, d: &Domain) -> Outcome {
     if let Some((l, r)) = split.children {
         left.priority = open_gap_of(&l, &child_owner, case, &left.lower, &left.upper);
         right.priority = open_gap_of(&r, &child_owner, case, &right.lower, &right.upper);
-        left.pre = Some(std::sync::Arc::new(l));
-        right.pre = Some(std::sync::Arc::new(r));
+        if split.exact {
+            left.pre = Some(std::sync::Arc::new(l));
+            right.pre = Some(std::sync::Arc::new(r));
+        }
     }
     Outcome::Split(Box::new((left, right)))
 }
@@ -1305,6 +1358,8 @@ struct Split {
     dim: usize,
     mid: f64,
     children: Option<(SpecLower, SpecLower)>,
+    /// The children's bounds are the engine's own (else only for ranking and priority).
+    exact: bool,
     /// A confirmed counterexample met on the way (at a minimiser of a half's linear
     /// lower bound).
     counterexample: Option<(Vec<f64>, Vec<f64>)>,
@@ -1402,6 +1457,7 @@ fn choose_split(
         mid: 0.5 * (d.lower[smear_dim] + d.upper[smear_dim]),
         children: None,
         counterexample: None,
+        exact: false,
     };
     let widest = dims.iter().map(|&i| rel(i)).fold(0.0f64, f64::max);
     dims.retain(|&i| rel(i) >= 1e-3 * widest);
@@ -1438,14 +1494,12 @@ fn choose_split(
             let (mut lu, mut rl) = (d.upper.clone(), d.lower.clone());
             lu[dim] = mid;
             rl[dim] = mid;
-            let l = ctx
-                .engine
-                .spec_lower_within(&d.lower, &lu, rows, prior)
-                .ok()?;
-            let r = ctx
-                .engine
-                .spec_lower_within(&rl, &d.upper, rows, prior)
-                .ok()?;
+            let bound = |lo: &[f64], hi: &[f64]| match ctx.engine.spec_lower_rank(lo, hi, rows, prior) {
+                Some(b) => b.ok(),
+                None => ctx.engine.spec_lower_within(lo, hi, rows, prior).ok(),
+            };
+            let l = bound(&d.lower, &lu)?;
+            let r = bound(&rl, &d.upper)?;
             let gl = open_gap_of(&l, owner, case, &d.lower, &lu);
             let gr = open_gap_of(&r, owner, case, &rl, &d.upper);
             let key = (gl.min(0.0) + gr.min(0.0), gl + gr);
@@ -1460,6 +1514,7 @@ fn choose_split(
             mid: by_smear.mid,
             children: None,
             counterexample: Some(cex),
+            exact: false,
         });
     }
     let best = evaluated
@@ -1478,11 +1533,17 @@ fn choose_split(
         }
     };
     let (dim, mid, _, l, r, _) = evaluated.into_iter().nth(pick)?;
+    // Ranking bounds are looser than the engine's own: the halves are bounded afresh.
+    let exact = ctx
+        .engine
+        .spec_lower_rank(&d.lower, &d.upper, &[], prior)
+        .is_none();
     Some(Split {
         dim,
         mid,
         children: Some((l, r)),
         counterexample: None,
+        exact,
     })
 }
 
