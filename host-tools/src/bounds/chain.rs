@@ -426,7 +426,10 @@ impl Forward {
         stacked.clear();
         stacked.resize(2 * n * 2 * m, 0.0);
         for j in 0..n {
-            let (l, u) = (&self.lower[j * m..(j + 1) * m], &self.upper[j * m..(j + 1) * m]);
+            let (l, u) = (
+                &self.lower[j * m..(j + 1) * m],
+                &self.upper[j * m..(j + 1) * m],
+            );
             let top = &mut stacked[j * 2 * m..(j + 1) * 2 * m];
             top[..m].copy_from_slice(l);
             top[m..].copy_from_slice(u);
@@ -1057,7 +1060,9 @@ mod tests {
         let input = BoxBounds::ball(&[0.1; 40], 0.2);
         let spec = vec![1.0, -1.0, 0.0];
         let chain = DenseReluChain::new(&net, 0, net.layers.len()).unwrap();
-        let a = chain.linear_bounds(&input, &spec, 1, Method::Crown).unwrap();
+        let a = chain
+            .linear_bounds(&input, &spec, 1, Method::Crown)
+            .unwrap();
         let b = chain
             .forward_intermediate(true)
             .linear_bounds(&input, &spec, 1, Method::Crown)

@@ -230,7 +230,10 @@ pub(super) fn run(
     let start = Instant::now();
     // The last FINAL_VERIFY_SHARE of the time is kept for one verify of the final network:
     // without it a round that trains past the deadline leaves a repaired network unproven.
-    let train_deadline = start + deadline.saturating_duration_since(start).mul_f64(1.0 - FINAL_VERIFY_SHARE);
+    let train_deadline = start
+        + deadline
+            .saturating_duration_since(start)
+            .mul_f64(1.0 - FINAL_VERIFY_SHARE);
     let remaining = || train_deadline.saturating_duration_since(Instant::now());
     let net = state.original;
     let props: Vec<(usize, Vec<Case>, DesiredSet)> = state
@@ -505,7 +508,10 @@ pub(super) fn run(
                 verify::verify_cases(
                     current,
                     cases,
-                    &verify_options(left.div_f64(props.len().max(1) as f64), options.seed + *pi as u64),
+                    &verify_options(
+                        left.div_f64(props.len().max(1) as f64),
+                        options.seed + *pi as u64,
+                    ),
                 )
             })
             .collect();
@@ -513,7 +519,10 @@ pub(super) fn run(
             eprintln!(
                 "global final verify (network version {}, last verified {verified_version:?}): {:?} ({} branches) {:.2} s",
                 state.version,
-                final_reports.iter().map(|r| r.verdict.status()).collect::<Vec<_>>(),
+                final_reports
+                    .iter()
+                    .map(|r| r.verdict.status())
+                    .collect::<Vec<_>>(),
                 final_reports.iter().map(|r| r.stats.branches).sum::<u64>(),
                 start.elapsed().as_secs_f64()
             );

@@ -1494,10 +1494,11 @@ fn choose_split(
             let (mut lu, mut rl) = (d.upper.clone(), d.lower.clone());
             lu[dim] = mid;
             rl[dim] = mid;
-            let bound = |lo: &[f64], hi: &[f64]| match ctx.engine.spec_lower_rank(lo, hi, rows, prior) {
-                Some(b) => b.ok(),
-                None => ctx.engine.spec_lower_within(lo, hi, rows, prior).ok(),
-            };
+            let bound =
+                |lo: &[f64], hi: &[f64]| match ctx.engine.spec_lower_rank(lo, hi, rows, prior) {
+                    Some(b) => b.ok(),
+                    None => ctx.engine.spec_lower_within(lo, hi, rows, prior).ok(),
+                };
             let l = bound(&d.lower, &lu)?;
             let r = bound(&rl, &d.upper)?;
             let gl = open_gap_of(&l, owner, case, &d.lower, &lu);
