@@ -272,8 +272,12 @@ const SPARSE: bool = false;
 const FORWARD: bool = true;
 
 /// Rank candidate splits with forward-only intermediate bounds (no backward pass for any
-/// intermediate neuron), then bound only the chosen halves fully.
-const RANK_FORWARD_ONLY: bool = true;
+/// intermediate neuron), then bound only the chosen halves fully. Off: measured on the
+/// VNN-COMP ACAS Xu set (BENCHMARKS.md, session 5) it makes a Halves branch ~1.5x cheaper
+/// and property 1 ~1.2-1.6x faster, but the looser ranking picks much worse splits on
+/// some instances (N5,1 property 3: 179 -> 65,651 sub-boxes; N1,3 property 1: 135 ->
+/// 1,539), and the whole set took longer.
+const RANK_FORWARD_ONLY: bool = false;
 
 /// The bounding engine for a method (`Complete` bounds sub-boxes with CROWN).
 pub fn engine_for(net: &Network, method: Method) -> Box<dyn BoundEngine + '_> {
@@ -1524,6 +1528,12 @@ fn choose_split(
         .max_by(|(_, a), (_, b)| a.2.0.total_cmp(&b.2.0).then(a.2.1.total_cmp(&b.2.1)))?
         .0;
     // No split improves the open gap noticeably (a plateau of the relaxation): smear.
+    // Halves ranked with looser bounds are compared with the parent's gap under the same
+    // bounds (against the exact gap they would rarely look like an improvement).
+    let base = match ctx.engine.spec_lower_rank(&d.lower, &d.upper, rows, prior) {
+        Some(Ok(b)) => open_gap_of(&b, owner, case, &d.lower, &d.upper),
+        _ => base,
+    };
     let improvement = evaluated[best].2.0 - 2.0 * base;
     let pick = if improvement > 0.01 * base.abs() {
         best
