@@ -592,9 +592,11 @@ impl<'a> DenseReluChain<'a> {
     /// `d` inputs instead of backward CROWN's `O(L^2 n^3)`. Their intervals (intersected
     /// with IBP and `prior`) decide which neurons are stable; backward CROWN then runs
     /// only for the neurons they leave unstable. The relaxation of a stable neuron is exact
-    /// whatever its bounds, so the spec bounds are CROWN's or tighter (the unstable ones
-    /// get CROWN's bound intersected with the forward one); the stable neurons' intervals
-    /// are the forward ones (for the f32 error bound's magnitudes). Worth it only for few
+    /// whatever its bounds and the unstable ones get CROWN's bound intersected with the
+    /// forward one, so the spec bounds are usually CROWN's or tighter, but not always: the
+    /// adaptive lower slope follows the interval, and a tighter interval can flip it to a
+    /// looser line (seen on a few ACAS Xu sub-boxes). The stable neurons' intervals are the
+    /// forward ones (looser than CROWN's on deep layers, for the f32 error magnitudes). Worth it only for few
     /// inputs (ACAS Xu: 5): ignored when the chain has more than [`FORWARD_MAX_INPUTS`].
     pub fn forward_intermediate(mut self, forward: bool) -> Self {
         self.forward = forward && self.n_in <= FORWARD_MAX_INPUTS;
@@ -1017,8 +1019,8 @@ mod tests {
             let b = chain
                 .linear_bounds_within(&input, &spec, 2, Method::Crown, Some(&pb.layer_bounds))
                 .unwrap();
-            // Not looser than dense CROWN on the same box, beyond f64 noise (forward only
-            // may be looser).
+            // Not looser than dense CROWN on these boxes, beyond f64 noise (not guaranteed in
+            // general, see `forward_intermediate`; forward only may be looser).
             let d = dense
                 .linear_bounds(&input, &spec, 2, Method::Crown)
                 .unwrap();

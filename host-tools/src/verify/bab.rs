@@ -282,7 +282,8 @@ const SPARSE: bool = false;
 
 /// Forward symbolic intermediate bounds with backward CROWN only for the neurons they
 /// leave unstable ([`bounds::DenseReluChain::forward_intermediate`]; used only on inputs
-/// of at most 32 dimensions). Spec bounds as tight as dense CROWN's, much cheaper.
+/// of at most 32 dimensions). Spec bounds about as tight as dense CROWN's (usually
+/// tighter, on a few boxes looser), cheaper per sub-box (~1.2x on ACAS Xu, measured).
 const FORWARD: bool = true;
 
 /// Rank candidate splits with forward-only intermediate bounds (no backward pass for any
