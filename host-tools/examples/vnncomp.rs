@@ -311,7 +311,10 @@ fn write_section(
             let end = rest
                 .find("\n## ")
                 .map_or(old.len(), |i| start + heading.len() + i + 1);
-            format!("{}{}{}", &old[..start], s, &old[end..])
+            // Dated `### ` subsections (history written by hand) stay after the new table.
+            let section = &old[start + heading.len()..end];
+            let kept = section.find("\n### ").map_or("", |i| &section[i + 1..]);
+            format!("{}{}{}{}", &old[..start], s, kept, &old[end..])
         }
         None if old.is_empty() => format!("# Benchmarks\n\n{s}"),
         None => format!("{}\n{s}", old.trim_end()),

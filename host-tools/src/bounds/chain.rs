@@ -245,6 +245,12 @@ pub struct DenseReluChain<'a> {
     n_in: usize,
     n_out: usize,
     sparse: bool,
+    forward: bool,
+    /// With `forward`: no backward pass for any intermediate bound (see
+    /// [`Self::forward_only`]).
+    forward_only: bool,
+    /// Per op, `[W+ | W-]` of a Dense op when `forward` (else empty).
+    split: Vec<Vec<f64>>,
 }
 
 /// ReLU relaxation over one box plus the gathered live rows of the Dense layer below.
@@ -383,6 +389,113 @@ impl State {
     }
 }
 
+/// Inputs above which [`DenseReluChain::forward_intermediate`] is ignored: the forward
+/// functions have one coefficient per input, so wide inputs lose the advantage.
+pub const FORWARD_MAX_INPUTS: usize = 32;
+
+/// Forward symbolic bounds: per neuron, `lower` and `upper` linear functions of the chain
+/// input, row-major `dim x (n_in + 1)`, the last column the constant.
+#[derive(Debug, Default)]
+struct Forward {
+    m: usize,
+    lower: Vec<f64>,
+    upper: Vec<f64>,
+    spare_l: Vec<f64>,
+    spare_u: Vec<f64>,
+}
+
+impl Forward {
+    /// The identity on `n` inputs.
+    fn identity(&mut self, n: usize) {
+        self.m = n + 1;
+        self.lower.clear();
+        self.lower.resize(n * self.m, 0.0);
+        for i in 0..n {
+            self.lower[i * self.m + i] = 1.0;
+        }
+        self.upper.clone_from(&self.lower);
+    }
+
+    /// Through `y = W x + b`: positive weights carry each side to the same side,
+    /// negative ones to the other. One product `[W+ | W-] x [[L, U], [U, L]]` with
+    /// `split = [W+ | W-]` (`out x 2 in`, see [`split_weights`]).
+    fn affine(&mut self, d: &Dense, split: &[f64]) {
+        let (m, n) = (self.m, d.in_dim);
+        // [[L, U], [U, L]]: `2 in x 2m`.
+        let stacked = &mut self.spare_l;
+        stacked.clear();
+        stacked.resize(2 * n * 2 * m, 0.0);
+        for j in 0..n {
+            let (l, u) = (
+                &self.lower[j * m..(j + 1) * m],
+                &self.upper[j * m..(j + 1) * m],
+            );
+            let top = &mut stacked[j * 2 * m..(j + 1) * 2 * m];
+            top[..m].copy_from_slice(l);
+            top[m..].copy_from_slice(u);
+            let bottom = &mut stacked[(n + j) * 2 * m..(n + j + 1) * 2 * m];
+            bottom[..m].copy_from_slice(u);
+            bottom[m..].copy_from_slice(l);
+        }
+        let out = &mut self.spare_u;
+        out.clear();
+        out.resize(d.out_dim * 2 * m, 0.0);
+        kernel::gemm(d.out_dim, 2 * n, 2 * m, split, stacked, out);
+        self.lower.clear();
+        self.upper.clear();
+        for (o, row) in out.chunks(2 * m).enumerate() {
+            self.lower.extend_from_slice(&row[..m]);
+            self.upper.extend_from_slice(&row[m..]);
+            self.lower[(o + 1) * m - 1] += d.bias[o];
+            self.upper[(o + 1) * m - 1] += d.bias[o];
+        }
+    }
+
+    /// Through a ReLU relaxed over the pre-activation bounds `b`: `lower slope x lower`,
+    /// `upper slope x upper + intercept` (both slopes are non-negative).
+    fn relu(&mut self, b: &BoxBounds) {
+        let m = self.m;
+        for (i, (&l, &u)) in b.lower.iter().zip(&b.upper).enumerate() {
+            let r = relax::relu(l, u);
+            let (ls, us) = (r.lower.slope, r.upper.slope);
+            self.lower[i * m..(i + 1) * m]
+                .iter_mut()
+                .for_each(|v| *v *= ls);
+            self.upper[i * m..(i + 1) * m]
+                .iter_mut()
+                .for_each(|v| *v *= us);
+            self.upper[(i + 1) * m - 1] += r.upper.intercept;
+        }
+    }
+
+    /// The intervals of the functions over the input box (centre/radius form).
+    fn concretise(&self, centre: &[f64], radius: &[f64]) -> BoxBounds {
+        let m = self.m;
+        let side = |row: &[f64], sign: f64| {
+            let (mut mid, mut dev) = (row[m - 1], 0.0);
+            for ((a, x), r) in row.iter().zip(centre).zip(radius) {
+                mid += a * x;
+                dev += a.abs() * r;
+            }
+            mid + sign * dev
+        };
+        BoxBounds {
+            lower: self.lower.chunks(m).map(|r| side(r, -1.0)).collect(),
+            upper: self.upper.chunks(m).map(|r| side(r, 1.0)).collect(),
+        }
+    }
+}
+
+/// `[W+ | W-]` of a Dense layer, row-major `out x 2 in`.
+fn split_weights(d: &Dense) -> Vec<f64> {
+    let mut v = Vec::with_capacity(2 * d.weight.len());
+    for o in 0..d.out_dim {
+        v.extend(d.row(o).iter().map(|w| w.max(0.0)));
+        v.extend(d.row(o).iter().map(|w| w.min(0.0)));
+    }
+    v
+}
+
 /// IBP through a dense layer in the centre/radius form.
 fn dense_interval(d: &Dense, input: &BoxBounds) -> BoxBounds {
     let (centre, radius) = input.centre_radius();
@@ -435,6 +548,9 @@ impl<'a> DenseReluChain<'a> {
             n_in,
             n_out,
             sparse: false,
+            forward: false,
+            forward_only: false,
+            split: Vec::new(),
         })
     }
 
@@ -468,6 +584,47 @@ impl<'a> DenseReluChain<'a> {
     pub fn sparse_intermediate(mut self, sparse: bool) -> Self {
         self.sparse = sparse;
         self
+    }
+
+    /// Forward symbolic intermediate bounds (as Neurify/DeepPoly without back-substitution):
+    /// every neuron's lower and upper linear function of the chain input, carried forward
+    /// through each Dense layer and ReLU relaxation in one pass, `O(L n^2 (d + 1))` for
+    /// `d` inputs instead of backward CROWN's `O(L^2 n^3)`. Their intervals (intersected
+    /// with IBP and `prior`) decide which neurons are stable; backward CROWN then runs
+    /// only for the neurons they leave unstable. The relaxation of a stable neuron is exact
+    /// whatever its bounds and the unstable ones get CROWN's bound intersected with the
+    /// forward one, so the spec bounds are usually CROWN's or tighter, but not always: the
+    /// adaptive lower slope follows the interval, and a tighter interval can flip it to a
+    /// looser line (seen on a few ACAS Xu sub-boxes). The stable neurons' intervals are the
+    /// forward ones (looser than CROWN's on deep layers, for the f32 error magnitudes). Worth it only for few
+    /// inputs (ACAS Xu: 5): ignored when the chain has more than [`FORWARD_MAX_INPUTS`].
+    pub fn forward_intermediate(mut self, forward: bool) -> Self {
+        self.forward = forward && self.n_in <= FORWARD_MAX_INPUTS;
+        self.split = if self.forward {
+            self.ops
+                .iter()
+                .map(|op| match op {
+                    Op::Dense(d) => split_weights(d),
+                    _ => Vec::new(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self
+    }
+
+    /// With [`Self::forward_intermediate`] on: take the forward intervals (with IBP and
+    /// `prior`) as they are, without the backward pass for unstable neurons. Sound and
+    /// several times cheaper, but looser on deep layers: for ranking candidate splits.
+    pub fn forward_only(mut self, on: bool) -> Self {
+        self.forward_only = on;
+        self
+    }
+
+    /// Whether forward symbolic intermediate bounds are in use (asked for, and few inputs).
+    pub fn forward_enabled(&self) -> bool {
+        self.forward
     }
 
     /// Number of input elements of the chain.
@@ -525,6 +682,11 @@ impl<'a> DenseReluChain<'a> {
         bounds.push(input.clone());
         let mut steps: Vec<Option<ReluStep>> = vec![None; n];
         let mut state = State::default();
+        let mut fwd = self.forward.then(|| {
+            let mut f = Forward::default();
+            f.identity(self.n_in);
+            f
+        });
         for k in 0..n {
             if let Op::Relu(dim) = self.ops[k] {
                 let Op::Dense(d) = self.ops[k - 1] else {
@@ -563,15 +725,29 @@ impl<'a> DenseReluChain<'a> {
                 Some(p) => interval.intersect(p),
                 None => interval,
             };
+            // The forward functions of this op's output (ReLU: relaxed over the bounds
+            // of its input, the same relaxation as the backward passes use).
+            let interval = match &mut fwd {
+                Some(f) => {
+                    match self.ops[k] {
+                        Op::Dense(d) => f.affine(d, &self.split[k]),
+                        Op::Relu(_) => f.relu(&bounds[k]),
+                        Op::Flatten => {}
+                    }
+                    interval.intersect(&f.concretise(&centre, &radius))
+                }
+                None => interval,
+            };
             let next = match (self.ops[k], self.ops.get(k + 1)) {
                 (Op::Dense(d), Some(Op::Relu(_))) => {
                     // CROWN bound of this Dense output: start from W (the identity
                     // pushed through the layer) and go down to the input. Sparse: only
                     // the neurons the interval leaves unstable.
-                    let picked: Option<Vec<usize>> = self.sparse.then(|| {
+                    let picked: Option<Vec<usize>> = (self.sparse || self.forward).then(|| {
                         (0..d.out_dim)
                             .filter(|&i| {
-                                relax::relu_is_unstable(interval.lower[i], interval.upper[i])
+                                !(self.forward && self.forward_only)
+                                    && relax::relu_is_unstable(interval.lower[i], interval.upper[i])
                             })
                             .collect()
                     });
@@ -821,6 +997,82 @@ mod tests {
 
     /// Bounds of a sub-box intersected with the parent box's bounds stay sound and are
     /// never looser than the parent's.
+    #[test]
+    fn forward_intermediate_bounds_contain_sampled_values() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(21);
+        for trial in 0..8 {
+            let net = random_net(&mut rng, &[5, 20, 20, 20, 4], trial % 4 == 3);
+            let c: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let parent = BoxBounds::ball(&c, [0.05, 0.3, 1.0][trial % 3]);
+            let spec: Vec<f64> = (0..2 * 4).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let dense = DenseReluChain::new(&net, 0, net.layers.len()).unwrap();
+            let chain = dense
+                .clone()
+                .forward_intermediate(true)
+                .forward_only(trial % 2 == 1);
+            let pb = chain
+                .linear_bounds(&parent, &spec, 2, Method::Crown)
+                .unwrap();
+            // A child box with the parent's bounds as prior, as branch and bound uses it.
+            let mut input = parent.clone();
+            input.upper[trial % 5] = c[trial % 5];
+            let b = chain
+                .linear_bounds_within(&input, &spec, 2, Method::Crown, Some(&pb.layer_bounds))
+                .unwrap();
+            // Not looser than dense CROWN on these boxes, beyond f64 noise (not guaranteed in
+            // general, see `forward_intermediate`; forward only may be looser).
+            let d = dense
+                .linear_bounds(&input, &spec, 2, Method::Crown)
+                .unwrap();
+            for r in (0..2).filter(|_| trial % 2 == 0) {
+                assert!(b.lower[r] >= d.lower[r] - 1e-9 * (1.0 + d.lower[r].abs()));
+                assert!(b.upper[r] <= d.upper[r] + 1e-9 * (1.0 + d.upper[r].abs()));
+            }
+            for _ in 0..300 {
+                let x = random_point(&mut rng, &input.lower, &input.upper);
+                let mut v = x.clone();
+                for (k, layer) in net.layers.iter().enumerate() {
+                    v = layer.apply(&v);
+                    assert!(
+                        b.layer_bounds[k + 1].contains(&v, 1e-9),
+                        "trial {trial} layer {k}"
+                    );
+                }
+                for r in 0..2 {
+                    let y: f64 = spec[r * 4..(r + 1) * 4]
+                        .iter()
+                        .zip(&v)
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    let t = 1e-9 * (1.0 + y.abs());
+                    assert!(
+                        b.lower[r] <= y + t && y <= b.upper[r] + t,
+                        "trial {trial} row {r}"
+                    );
+                    assert!(b.lower_at(r, &x) <= y + t && y <= b.upper_at(r, &x) + t);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn forward_intermediate_is_ignored_on_wide_inputs() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let net = random_net(&mut rng, &[40, 10, 3], false);
+        let input = BoxBounds::ball(&[0.1; 40], 0.2);
+        let spec = vec![1.0, -1.0, 0.0];
+        let chain = DenseReluChain::new(&net, 0, net.layers.len()).unwrap();
+        let a = chain
+            .linear_bounds(&input, &spec, 1, Method::Crown)
+            .unwrap();
+        let b = chain
+            .forward_intermediate(true)
+            .linear_bounds(&input, &spec, 1, Method::Crown)
+            .unwrap();
+        assert_eq!(a.lower, b.lower);
+        assert_eq!(a.upper, b.upper);
+    }
+
     #[test]
     fn bounds_within_a_parent_box_contain_sampled_values() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);

@@ -228,7 +228,13 @@ pub(super) fn run(
     trace: bool,
 ) -> Result<GlobalResult, RepairError> {
     let start = Instant::now();
-    let remaining = || deadline.saturating_duration_since(Instant::now());
+    // The last FINAL_VERIFY_SHARE of the time is kept for one verify of the final network:
+    // without it a round that trains past the deadline leaves a repaired network unproven.
+    let train_deadline = start
+        + deadline
+            .saturating_duration_since(start)
+            .mul_f64(1.0 - FINAL_VERIFY_SHARE);
+    let remaining = || train_deadline.saturating_duration_since(Instant::now());
     let net = state.original;
     let props: Vec<(usize, Vec<Case>, DesiredSet)> = state
         .props
@@ -272,6 +278,8 @@ pub(super) fn run(
         .collect();
     trainer.bound_weight = 0.0;
     let mut rounds = 0;
+    let mut verified_version: Option<usize> = None;
+    let mut last_worst = f64::NEG_INFINITY;
     let reason = loop {
         if remaining().is_zero() {
             break format!("timeout in the margin-driven phase (target margin {target:.3})");
@@ -286,10 +294,12 @@ pub(super) fn run(
             options.seed.wrapping_add(rounds as u64 * 7919),
         )?;
         let worst = weak.first().map_or(f64::INFINITY, |w| w.score);
+        last_worst = worst;
         // Verify once no weak point is left well below the target.
         let mut verified_now = false;
         if worst >= 0.25 * target {
             let budget = remaining().min(options.complete_budget.mul_f64(budget_scale));
+            verified_version = Some(state.version);
             reports = props
                 .iter()
                 .map(|(pi, cases, _)| {
@@ -488,6 +498,43 @@ pub(super) fn run(
     trainer.output_weight = region_wise_weight;
     trainer.fidelity_weight = region_wise_fidelity;
     trainer.bound_weight = 0.0;
+    // The reserved time: verify the final network once more with all of it, unless its
+    // last sampled/PGD search found a violation (then verify would only confirm it).
+    let left = deadline.saturating_duration_since(Instant::now());
+    if last_worst >= 0.0 && !left.is_zero() {
+        let final_reports: Vec<verify::Report> = props
+            .iter()
+            .map(|(pi, cases, _)| {
+                verify::verify_cases(
+                    current,
+                    cases,
+                    &verify_options(
+                        left.div_f64(props.len().max(1) as f64),
+                        options.seed + *pi as u64,
+                    ),
+                )
+            })
+            .collect();
+        if trace {
+            eprintln!(
+                "global final verify (network version {}, last verified {verified_version:?}): {:?} ({} branches) {:.2} s",
+                state.version,
+                final_reports
+                    .iter()
+                    .map(|r| r.verdict.status())
+                    .collect::<Vec<_>>(),
+                final_reports.iter().map(|r| r.stats.branches).sum::<u64>(),
+                start.elapsed().as_secs_f64()
+            );
+        }
+        let proven = final_reports.iter().all(|r| r.verdict == Verdict::Holds);
+        return Ok(GlobalResult {
+            reports: final_reports,
+            proven,
+            reason: (!proven).then_some(reason),
+            rounds,
+        });
+    }
     Ok(GlobalResult {
         reports,
         proven: false,
@@ -495,6 +542,10 @@ pub(super) fn run(
         rounds,
     })
 }
+
+/// Share of the margin-driven phase's time kept for the final verify
+/// (see [`run`]).
+const FINAL_VERIFY_SHARE: f64 = 0.3;
 
 /// The default budget of one complete check in this phase.
 pub(super) const COMPLETE_BUDGET: Duration = Duration::from_secs(4);
