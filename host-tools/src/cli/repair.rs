@@ -79,6 +79,26 @@ pub struct Args {
     /// Hidden widths of each patch module, comma-separated (`--strategy patch-modules`).
     #[arg(long, value_delimiter = ',', default_value = "8")]
     pub module_hidden: Vec<usize>,
+    /// When a patch module fires (`--strategy patch-modules`): `box` (one module per
+    /// violated property, only inside its input box; elsewhere the output is the
+    /// original's bit for bit), `label` (one module per label, firing wherever the
+    /// original network's argmax is that label, ties to the lower index: generalises to
+    /// new inputs but also changes clean inputs of that label), `label-pair` (one module
+    /// per ordered pair, firing where the original ranks the pair first and second,
+    /// strictly; no module fires on ties).
+    #[arg(long, value_enum, default_value = "box")]
+    pub indicator: IndicatorForm,
+}
+
+/// The indicator form of `--strategy patch-modules`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IndicatorForm {
+    /// Property-guided: one input box per property.
+    Box,
+    /// Untargeted label: the original network's argmax.
+    Label,
+    /// Targeted label pair: the original network's strict top two.
+    LabelPair,
 }
 
 /// The repair strategy.
