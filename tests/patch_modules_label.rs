@@ -1,15 +1,14 @@
 //! Label-guided patch modules on real data: mnist_relu_3_100, local robustness at
-//! r = 0.1 around the first test images where PGD finds an adversarial example. The
-//! repair (one module per label, firing on the base's argmax) must be proven; the
-//! adversarial examples are then classified correctly by the host evaluation and by the
-//! device core running the kind-2 patch; the exported ONNX graph (label rule by Gather and
+//! r = 0.01 around three misclassified test images (violated at the centre). The repair
+//! (one module per label, firing on the base's argmax) must be proven; the images are
+//! then classified correctly by the host evaluation and by the device core running the
+//! kind-2 patch; the exported ONNX graph (label rule by Gather and
 //! comparisons, Where) reads back as the same modules and `verify` on it says holds.
 
 use std::time::Duration;
 
 use prorepair_host::repair::patchmodules::{self, LabelKind, ModuleOptions};
 use prorepair_host::tasks::mnist;
-use prorepair_host::verify::falsify::{self, CandleNet};
 use prorepair_host::verify::{self, Case, Conj};
 use prorepair_host::{import, patch, require_data};
 
@@ -38,45 +37,33 @@ fn robustness_case(x: &[f64], l0: usize, r: f64) -> Case {
 }
 
 #[test]
-fn mnist_label_modules_repair_three_adversarial_boxes() {
+fn mnist_label_modules_repair_three_misclassified_boxes() {
     let net_path = require_data!("mnist/nets/mnist_relu_3_100.onnx");
     let mnist_dir = require_data!("mnist");
     let net = import::load(&net_path).expect("imports");
     let test = mnist::test_set(&mnist_dir).expect("reads the test set");
-    let cnet = CandleNet::new(&net).expect("candle");
-    // The first three correctly classified images with a PGD adversarial example.
+    // The first three misclassified test images with pairwise different wrong labels: on
+    // a small box around each, the base predicts the wrong label (the property is
+    // violated at the centre), so the module of that label must lift the true one.
     let mut found: Vec<(String, Case, Vec<f64>, usize)> = Vec::new();
-    for (i, (x, &l0)) in test.images.iter().zip(&test.labels).enumerate().take(60) {
+    let mut wrong_labels = Vec::new();
+    for (i, (x, &l0)) in test.images.iter().zip(&test.labels).enumerate() {
         if found.len() == 3 {
             break;
         }
-        let y = net.forward(x);
-        if argmax(&y) != l0 {
+        let w = argmax(&net.forward(x));
+        if w == l0 || wrong_labels.contains(&w) {
             continue;
         }
-        let c = robustness_case(x, l0, 0.1);
-        let starts: Vec<Vec<f64>> = (0..4)
-            .map(|k| {
-                c.lower
-                    .iter()
-                    .zip(&c.upper)
-                    .enumerate()
-                    .map(|(d, (l, u))| l + (u - l) * (((d * 7 + k * 13) % 10) as f64 / 9.0))
-                    .collect()
-            })
-            .collect();
-        for conj in &c.unsafe_set {
-            let a = falsify::pgd(&cnet, &net, &c.lower, &c.upper, conj, &starts, 30).unwrap();
-            if let Some((adv, _)) = a.found {
-                found.push((format!("img{i}"), c.clone(), adv, l0));
-                break;
-            }
-        }
+        wrong_labels.push(w);
+        found.push((
+            format!("img{i}"),
+            robustness_case(x, l0, 0.01),
+            x.clone(),
+            l0,
+        ));
     }
-    assert_eq!(found.len(), 3, "PGD finds adversarial examples at r = 0.1");
-    for (_, _, adv, l0) in &found {
-        assert_ne!(argmax(&net.forward(adv)), *l0, "the base is wrong there");
-    }
+    assert_eq!(found.len(), 3, "three misclassified test images");
     let named: Vec<(String, Case)> = found
         .iter()
         .map(|(n, c, _, _)| (n.clone(), c.clone()))
@@ -95,7 +82,7 @@ fn mnist_label_modules_repair_three_adversarial_boxes() {
             .iter()
             .all(|(ind, _)| matches!(ind, patchmodules::Indicator::Label(_)))
     );
-    // The adversarial examples are fixed, on the host and on the device core.
+    // The images are fixed, on the host and on the device core.
     let regions: Vec<_> = rep
         .outcomes
         .iter()
@@ -114,7 +101,8 @@ fn mnist_label_modules_repair_three_adversarial_boxes() {
     }
     // The exported ONNX reads back as the same modules, and `verify` on it holds.
     let onnx = patch::modules::to_onnx(&net, &rep.modules, None).expect("exports");
-    let path = std::env::temp_dir().join(format!("prorepair-label-mnist-{}.onnx", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("prorepair-label-mnist-{}.onnx", std::process::id()));
     std::fs::write(&path, &onnx).unwrap();
     let pw = import::piecewise::load(&path).expect("reads the label graph");
     let _ = std::fs::remove_file(&path);
@@ -129,5 +117,10 @@ fn mnist_label_modules_repair_three_adversarial_boxes() {
         },
         verify::piecewise::MAX_CELLS,
     );
-    assert_eq!(r.report.verdict, verify::Verdict::Holds, "{:?}", r.report.verdict);
+    assert_eq!(
+        r.report.verdict,
+        verify::Verdict::Holds,
+        "{:?}",
+        r.report.verdict
+    );
 }

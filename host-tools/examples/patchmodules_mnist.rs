@@ -321,7 +321,17 @@ fn label_run(
         .iter()
         .enumerate()
         .filter(|(k, (i, c, _))| {
-            label_pgd_breaks(net, cnet, &cmods, &rep.modules, c, test[*i].1, 2, 50, 1000 + *k as u64)
+            label_pgd_breaks(
+                net,
+                cnet,
+                &cmods,
+                &rep.modules,
+                c,
+                test[*i].1,
+                2,
+                50,
+                1000 + *k as u64,
+            )
         })
         .count();
     let held_ok = held
@@ -333,7 +343,17 @@ fn label_run(
         .enumerate()
         .filter(|(k, (i, c, adv))| {
             argmax(&rep.modules.eval(net, adv)) == test[*i].1
-                && !label_pgd_breaks(net, cnet, &cmods, &rep.modules, c, test[*i].1, 2, 50, 5000 + *k as u64)
+                && !label_pgd_breaks(
+                    net,
+                    cnet,
+                    &cmods,
+                    &rep.modules,
+                    c,
+                    test[*i].1,
+                    2,
+                    50,
+                    5000 + *k as u64,
+                )
         })
         .count();
     let pct = |k: usize| 100.0 * k as f64 / held.len().max(1) as f64;
@@ -449,7 +469,9 @@ fn main() {
         for &n in &counts {
             let chosen = &props[..n.min(props.len())];
             if let Some(kind) = label_kind {
-                label_run(&net, &cnet, &test, r, chosen, held, kind, &hidden, timeout, acc0);
+                label_run(
+                    &net, &cnet, &test, r, chosen, held, kind, &hidden, timeout, acc0,
+                );
                 continue;
             }
             let named: Vec<(String, Case)> = chosen

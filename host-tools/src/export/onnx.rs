@@ -537,7 +537,11 @@ pub fn to_onnx_bytes_with_label_modules(
             }
             Some(s) => {
                 parts.push((top, vec![s], true));
-                parts.push((s, (0..n_out).filter(|&j| j != top && j != s).collect(), true));
+                parts.push((
+                    s,
+                    (0..n_out).filter(|&j| j != top && j != s).collect(),
+                    true,
+                ));
             }
         }
         parts.retain(|(_, others, _)| !others.is_empty());
@@ -591,7 +595,13 @@ pub fn to_onnx_bytes_with_label_modules(
         })?;
         for (k, c) in conds.iter().enumerate().skip(1) {
             let out = p(&format!("both{k}"));
-            nodes.push(node("Mul", out.clone(), vec![cond, c.clone()], &out, vec![]));
+            nodes.push(node(
+                "Mul",
+                out.clone(),
+                vec![cond, c.clone()],
+                &out,
+                vec![],
+            ));
             cond = out;
         }
         nodes.push(node(

@@ -313,7 +313,12 @@ pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piece
         let gathers: usize = matched
             .iter()
             .filter(|m| m.label.as_ref().is_some_and(|(_, b, _)| b == y))
-            .map(|m| m.nodes.iter().filter(|&&i| g.nodes[i].op_type == "Gather").count())
+            .map(|m| {
+                m.nodes
+                    .iter()
+                    .filter(|&&i| g.nodes[i].op_type == "Gather")
+                    .count()
+            })
             .sum();
         if g.uses.get(y).copied() != Some(2 + gathers) {
             let at = g.producer.get(y).copied().unwrap_or(w);
@@ -671,7 +676,11 @@ fn match_label_rule(
     let Some(&to_bool) = g.producer.get(cond) else {
         return Ok(None);
     };
-    let inner = g.nodes[to_bool].input.first().map(String::as_str).unwrap_or("");
+    let inner = g.nodes[to_bool]
+        .input
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
     let Some(&top) = g.producer.get(inner) else {
         return Ok(None);
     };
@@ -727,8 +736,17 @@ fn match_label_rule(
             return Err(g.err(to_float, "the comparisons must be cast to float"));
         }
         let cmp_t = g.nodes[to_float].input[0].as_str();
-        let strict = g.producer.get(cmp_t).is_some_and(|&c| g.nodes[c].op_type == "Greater");
-        let cmp = g.expect(cmp_t, if strict { "Greater" } else { "GreaterOrEqual" }, 2, 1, to_float)?;
+        let strict = g
+            .producer
+            .get(cmp_t)
+            .is_some_and(|&c| g.nodes[c].op_type == "Greater");
+        let cmp = g.expect(
+            cmp_t,
+            if strict { "Greater" } else { "GreaterOrEqual" },
+            2,
+            1,
+            to_float,
+        )?;
         g.only_attrs(cmp, &[])?;
         let mut idx = Vec::new();
         for t in &g.nodes[cmp].input {
@@ -758,24 +776,48 @@ fn match_label_rule(
     }
     let base_t = base_t.unwrap_or_default();
     // Recover the rule and demand the exact parts the exporter writes for it.
-    let err = || g.err(w, format!("label indicator parts {parts:?} are neither a label nor a pair rule"));
+    let err = || {
+        g.err(
+            w,
+            format!("label indicator parts {parts:?} are neither a label nor a pair rule"),
+        )
+    };
     let Some(&(first, _, first_strict)) = parts.first() else {
         return Err(err());
     };
-    let all_ids: Vec<usize> = parts.iter().flat_map(|(s, o, _)| o.iter().copied().chain([*s])).collect();
+    let all_ids: Vec<usize> = parts
+        .iter()
+        .flat_map(|(s, o, _)| o.iter().copied().chain([*s]))
+        .collect();
     let n_out = all_ids.iter().max().map_or(0, |m| m + 1);
     let expected = |rule: (usize, Option<usize>)| -> Vec<(usize, Vec<usize>, bool)> {
         let (top, second) = rule;
         let mut v = match second {
-            None => vec![(top, (0..top).collect(), true), (top, (top + 1..n_out).collect(), false)],
-            Some(s) => vec![(top, vec![s], true), (s, (0..n_out).filter(|&j| j != top && j != s).collect(), true)],
+            None => vec![
+                (top, (0..top).collect(), true),
+                (top, (top + 1..n_out).collect(), false),
+            ],
+            Some(s) => vec![
+                (top, vec![s], true),
+                (
+                    s,
+                    (0..n_out).filter(|&j| j != top && j != s).collect(),
+                    true,
+                ),
+            ],
         };
         v.retain(|(_, o, _)| !o.is_empty());
         v
     };
     let candidates = [
         (first, None),
-        (first, parts.first().and_then(|(_, o, _)| o.first().copied()).filter(|_| first_strict)),
+        (
+            first,
+            parts
+                .first()
+                .and_then(|(_, o, _)| o.first().copied())
+                .filter(|_| first_strict),
+        ),
     ];
     for rule in candidates {
         if rule.1 == Some(rule.0) {

@@ -345,8 +345,7 @@ pub fn to_onnx(
             }),
             _ => {
                 return Err(PatchError::Mismatch(
-                    "box and label indicators mixed in one patch cannot be exported to ONNX"
-                        .into(),
+                    "box and label indicators mixed in one patch cannot be exported to ONNX".into(),
                 ));
             }
         }

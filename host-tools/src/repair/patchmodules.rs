@@ -51,9 +51,9 @@ use super::RepairError;
 use crate::bounds::BoxBounds;
 
 mod label;
-pub use label::{LabelKind, LabelProof, prove_label_cases, repair_modules_label};
 use crate::model::{Dense, Layer, Network};
 use crate::verify::{self, Case};
+pub use label::{LabelKind, LabelProof, prove_label_cases, repair_modules_label};
 
 /// A patch module: `Dense (ReLU Dense)*`, reading the network input, writing one value per
 /// network output.

@@ -154,7 +154,11 @@ fn label_sub(
 }
 
 /// Output interval of a module under training over `S` boxes: `(lo, hi)`, `S x n_out`.
-fn module_interval(tm: &TrainModule, lo: &Tensor, hi: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+fn module_interval(
+    tm: &TrainModule,
+    lo: &Tensor,
+    hi: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor)> {
     let mut mid = ((lo + hi)? * 0.5)?;
     let mut rad = ((hi - lo)? * 0.5)?;
     let k = tm.weights.len();
@@ -341,12 +345,20 @@ pub fn repair_modules_label(
         .enumerate()
         .map(|(i, (_, c))| {
             let (rows, n_case) = &rows_of[i];
-            label_sub(base, kind, i, rows, *n_case, c.lower.clone(), c.upper.clone(), None).map(
-                |mut s| {
-                    s.sb.margin = options.margin;
-                    s
-                },
+            label_sub(
+                base,
+                kind,
+                i,
+                rows,
+                *n_case,
+                c.lower.clone(),
+                c.upper.clone(),
+                None,
             )
+            .map(|mut s| {
+                s.sb.margin = options.margin;
+                s
+            })
         })
         .collect::<Result<_, _>>()?;
     // One module per key that can fire on some case box (sub-boxes only shrink the sets).
@@ -375,13 +387,23 @@ pub fn repair_modules_label(
         .flat_map(|t| t.weights.iter().chain(&t.biases).cloned())
         .collect();
     let zero = Module {
-        layers: vec![Dense::new(n, n_out, vec![0.0; n * n_out], vec![0.0; n_out])
-            .map_err(RepairError::Unsupported)?],
+        layers: vec![
+            Dense::new(n, n_out, vec![0.0; n * n_out], vec![0.0; n_out])
+                .map_err(RepairError::Unsupported)?,
+        ],
     };
     let tensors = |subs: &[LabelSub]| -> Result<(Tensor, Tensor), RepairError> {
         let s = subs.len();
-        let lo = Tensor::from_vec(subs.iter().flat_map(|b| b.sb.lower.clone()).collect(), (s, n), &dev);
-        let hi = Tensor::from_vec(subs.iter().flat_map(|b| b.sb.upper.clone()).collect(), (s, n), &dev);
+        let lo = Tensor::from_vec(
+            subs.iter().flat_map(|b| b.sb.lower.clone()).collect(),
+            (s, n),
+            &dev,
+        );
+        let hi = Tensor::from_vec(
+            subs.iter().flat_map(|b| b.sb.upper.clone()).collect(),
+            (s, n),
+            &dev,
+        );
         Ok((lo.map_err(candle)?, hi.map_err(candle)?))
     };
     let mut lr = options.learning_rate;
@@ -437,9 +459,9 @@ pub fn repair_modules_label(
             .par_iter()
             .map(|b| {
                 let (rows, _) = &rows_of[b.case];
-                b.keys
-                    .iter()
-                    .all(|k| sum_check(&b.sb, module_of(k), &cases[b.case].1, rows, &rhs_of[b.case]))
+                b.keys.iter().all(|k| {
+                    sum_check(&b.sb, module_of(k), &cases[b.case].1, rows, &rhs_of[b.case])
+                })
             })
             .collect();
         let open: Vec<usize> = (0..subs.len()).filter(|&i| !proven[i]).collect();
@@ -502,7 +524,14 @@ pub fn repair_modules_label(
                     g(x).total_cmp(&g(y))
                 })
                 .unwrap_or(&zero);
-            let d = bisect_dimension(&b.sb, &conj_ranges(case), &rhs_of[b.case], n, worst, &c_flat);
+            let d = bisect_dimension(
+                &b.sb,
+                &conj_ranges(case),
+                &rhs_of[b.case],
+                n,
+                worst,
+                &c_flat,
+            );
             let mid = 0.5 * (b.sb.lower[d] + b.sb.upper[d]);
             let mut u1 = b.sb.upper.clone();
             u1[d] = mid;
@@ -515,10 +544,12 @@ pub fn repair_modules_label(
             .into_par_iter()
             .map(|(c, l, u, m, parent)| {
                 let (rows, n_case) = &rows_of[c];
-                label_sub(base, kind, c, rows, *n_case, l, u, Some(parent.as_slice())).map(|mut s| {
-                    s.sb.margin = m;
-                    s
-                })
+                label_sub(base, kind, c, rows, *n_case, l, u, Some(parent.as_slice())).map(
+                    |mut s| {
+                        s.sb.margin = m;
+                        s
+                    },
+                )
             })
             .collect::<Result<_, _>>()?;
         let mut keep = Vec::with_capacity(subs.len() + new.len());
@@ -655,20 +686,29 @@ pub fn prove_label_cases(
     for (ci, case) in cases.iter().enumerate() {
         if case.lower.len() != n
             || case.unsafe_set.is_empty()
-            || case
-                .unsafe_set
-                .iter()
-                .any(|k| k.rows.is_empty() || k.rows.len() != k.rhs.len() || k.rows.iter().any(|r| r.len() != n_out))
+            || case.unsafe_set.iter().any(|k| {
+                k.rows.is_empty()
+                    || k.rows.len() != k.rhs.len()
+                    || k.rows.iter().any(|r| r.len() != n_out)
+            })
         {
             return LabelProof::Unknown(format!("case {ci} does not fit the network"));
         }
-        let mut rows: Vec<Vec<f64>> = case.unsafe_set.iter().flat_map(|k| k.rows.clone()).collect();
+        let mut rows: Vec<Vec<f64>> = case
+            .unsafe_set
+            .iter()
+            .flat_map(|k| k.rows.clone())
+            .collect();
         let rhs: Vec<f64> = case.unsafe_set.iter().flat_map(|k| k.rhs.clone()).collect();
         let n_case = rows.len();
         rows.extend(diff.iter().cloned());
         let c_flat: Vec<f64> = rows.iter().flatten().copied().collect();
         let ranges = conj_ranges(case);
-        let mut work = vec![(case.lower.clone(), case.upper.clone(), None::<Vec<Option<Key>>>)];
+        let mut work = vec![(
+            case.lower.clone(),
+            case.upper.clone(),
+            None::<Vec<Option<Key>>>,
+        )];
         let mut done = 0usize;
         while !work.is_empty() {
             if Instant::now() > deadline {
@@ -718,7 +758,9 @@ pub fn prove_label_cases(
                 let worst = sub.keys.first().map_or(&zero, module_of);
                 let d = bisect_dimension(&sub.sb, &ranges, &rhs, n, worst, &c_flat);
                 if sub.sb.upper[d] <= sub.sb.lower[d] {
-                    return LabelProof::Unknown(format!("case {ci}: a point sub-box is not proven"));
+                    return LabelProof::Unknown(format!(
+                        "case {ci}: a point sub-box is not proven"
+                    ));
                 }
                 let mid = 0.5 * (sub.sb.lower[d] + sub.sb.upper[d]);
                 let mut u1 = sub.sb.upper.clone();
@@ -764,7 +806,10 @@ mod tests {
     #[test]
     fn possible_pairs_include_no_module_unless_strict_everywhere() {
         let a = above_from(&[5.0, 3.0, 0.0], &[6.0, 4.0, 1.0]);
-        assert_eq!(possible_keys(LabelKind::LabelPair, &a, 3), vec![Some((0, 1))]);
+        assert_eq!(
+            possible_keys(LabelKind::LabelPair, &a, 3),
+            vec![Some((0, 1))]
+        );
         let a = above_from(&[5.0, 3.0, 0.0], &[6.0, 4.0, 3.5]);
         assert_eq!(
             possible_keys(LabelKind::LabelPair, &a, 3),
@@ -786,7 +831,11 @@ mod tests {
                 .zip(&hi)
                 .map(|(l, h)| {
                     // Sometimes exactly a corner, to exercise ties.
-                    if rng.random_bool(0.3) { *l as f32 } else { rng.random_range(*l..=*h) as f32 }
+                    if rng.random_bool(0.3) {
+                        *l as f32
+                    } else {
+                        rng.random_range(*l..=*h) as f32
+                    }
                 })
                 .collect();
             let (lo, hi): (Vec<f64>, Vec<f64>) = y
@@ -807,7 +856,10 @@ mod tests {
                 .map(Some)
                 .collect();
             assert!(fired.len() <= 1);
-            assert!(pairs.contains(fired.first().unwrap_or(&None)), "{yd:?} {pairs:?}");
+            assert!(
+                pairs.contains(fired.first().unwrap_or(&None)),
+                "{yd:?} {pairs:?}"
+            );
         }
     }
 
@@ -821,8 +873,13 @@ mod tests {
                 Layer::Dense(Dense::new(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![8.0, 8.0]).unwrap()),
                 Layer::Relu,
                 Layer::Dense(
-                    Dense::new(2, 3, vec![1.0, 0.0, 0.0, 1.0, 0.25, 0.25], vec![-8.0, -8.0, -4.0])
-                        .unwrap(),
+                    Dense::new(
+                        2,
+                        3,
+                        vec![1.0, 0.0, 0.0, 1.0, 0.25, 0.25],
+                        vec![-8.0, -8.0, -4.0],
+                    )
+                    .unwrap(),
                 ),
             ],
         )
@@ -833,7 +890,9 @@ mod tests {
         use rand::{Rng, SeedableRng};
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut v = |k: usize| -> Vec<f64> {
-            (0..k).map(|_| rng.random_range(-1.0f32..1.0) as f64).collect()
+            (0..k)
+                .map(|_| rng.random_range(-1.0f32..1.0) as f64)
+                .collect()
         };
         Module {
             layers: vec![
@@ -855,7 +914,10 @@ mod tests {
             ],
         };
         let emitted = crate::patch::modules::emit(&base, &pm, 1, &[]).unwrap();
-        assert_eq!(crate::patch::modules::read(&base, &emitted.bytes).unwrap(), pm);
+        assert_eq!(
+            crate::patch::modules::read(&base, &emitted.bytes).unwrap(),
+            pm
+        );
         let dir = std::env::temp_dir();
         let path = dir.join(format!("prorepair-label-base-{}.onnx", std::process::id()));
         std::fs::write(&path, crate::export::to_onnx_bytes(&base, None).unwrap()).unwrap();
@@ -880,8 +942,14 @@ mod tests {
                 fired[k] += usize::from(ind.fires(&xf, &y0));
             }
             for k in 0..3 {
-                assert!((yd[k] - yt[k]).abs() <= 1e-5, "core {yd:?} vs tract {yt:?} at {x:?}");
-                assert!((yd[k] as f64 - yh[k]).abs() <= 1e-4, "core {yd:?} vs host {yh:?} at {x:?}");
+                assert!(
+                    (yd[k] - yt[k]).abs() <= 1e-5,
+                    "core {yd:?} vs tract {yt:?} at {x:?}"
+                );
+                assert!(
+                    (yd[k] as f64 - yh[k]).abs() <= 1e-4,
+                    "core {yd:?} vs host {yh:?} at {x:?}"
+                );
             }
         }
         // The exported graph reads back strictly as the same modules; a changed
@@ -903,12 +971,21 @@ mod tests {
             .unwrap();
         node.op_type = "LessOrEqual".into();
         std::fs::write(&path, proto.encode_to_vec()).unwrap();
-        let err = crate::import::piecewise::load(&path).unwrap_err().to_string();
+        let err = crate::import::piecewise::load(&path)
+            .unwrap_err()
+            .to_string();
         let _ = std::fs::remove_file(&path);
-        assert!(err.contains("prorepair-label-graph") && err.contains("LessOrEqual"), "{err}");
+        assert!(
+            err.contains("prorepair-label-graph") && err.contains("LessOrEqual"),
+            "{err}"
+        );
         // Every rule fires somewhere and not everywhere.
         for (k, &f) in fired.iter().enumerate() {
-            assert!(f > 0 && f < inputs.len(), "entry {k} fired on {f} of {}", inputs.len());
+            assert!(
+                f > 0 && f < inputs.len(),
+                "entry {k} fired on {f} of {}",
+                inputs.len()
+            );
         }
     }
 }
