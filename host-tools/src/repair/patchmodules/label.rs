@@ -502,12 +502,12 @@ pub fn repair_modules_label(
             let case = &cases[b.case].1;
             let (rows, _) = &rows_of[b.case];
             let c_flat: Vec<f64> = rows.iter().flatten().copied().collect();
-            // Split for the pattern whose module bound is worst (by the module's own
-            // interval at the centre of the refine score).
+            // Score the split with the pattern whose module has the lowest interval
+            // bound of a case row on this sub-box (the likeliest to fail).
             let worst = b
                 .keys
                 .iter()
-                .map(|k| module_of(k))
+                .map(&module_of)
                 .min_by(|x, y| {
                     let g = |m: &Module| {
                         let (ml, mh) = m.interval(&b.sb.lower, &b.sb.upper);
