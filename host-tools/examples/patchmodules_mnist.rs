@@ -38,6 +38,11 @@
 //! cargo run --release -p prorepair-host --example patchmodules_mnist -- [R,R..] [N,N..] [TIMEOUT_S]
 //! PM_FEATURE_LAYER=2 cargo run -p prorepair-host --example patchmodules_mnist -- 0.05,0.1 50,100
 //! ```
+//! `PM_INDICATOR=label` (or `label-pair`) runs label-guided modules instead (one module
+//! per label, firing on the base's prediction, proven per possible firing pattern):
+//! one table with proofs, accuracy drawdown (not zero by construction: a module fires on
+//! every clean input of its label), PGD in the repaired boxes against every module
+//! variant, and held-out generalisation (the rule itself applies to new inputs).
 //! Reads the gzip-compressed IDX files with the system `gzip -dc` (no decompressor in
 //! the workspace's dependencies).
 
@@ -48,7 +53,9 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use prorepair_host::repair::patchmodules::{self, Allocation, Indicator, ModuleOptions};
+use prorepair_host::repair::patchmodules::{
+    self, Allocation, Indicator, LabelKind, ModuleOptions, PatchModules,
+};
 use prorepair_host::verify::falsify::{self, CandleNet};
 use prorepair_host::verify::{Case, Conj};
 use prorepair_host::{Network, import, testing};
@@ -259,6 +266,167 @@ fn verify_exported(
     format!("{holds}/{n} holds ({:.1} s)", t.elapsed().as_secs_f64())
 }
 
+/// One module as a network (Dense, ReLU, ..., Dense), for candle.
+fn module_network(module: &patchmodules::Module) -> Network {
+    Network::new(
+        vec![module.input_dim()],
+        module
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| {
+                let mut v = vec![prorepair_host::Layer::Dense(d.clone())];
+                if i + 1 < module.layers.len() {
+                    v.push(prorepair_host::Layer::Relu);
+                }
+                v
+            })
+            .collect(),
+    )
+    .expect("module network")
+}
+
+/// PGD against a label-guided repair inside `c`: the repaired function is `N + P_k` where
+/// the base predicts module `k`'s label, so PGD runs against every `N + P_k` (and `N`
+/// alone) and each end point is confirmed on the host evaluation of the repaired network.
+/// True when some end point is misclassified.
+#[allow(clippy::too_many_arguments)]
+fn label_pgd_breaks(
+    net: &Network,
+    cnet: &CandleNet,
+    cmods: &[CandleNet],
+    modules: &PatchModules,
+    c: &Case,
+    l0: usize,
+    restarts: usize,
+    steps: usize,
+    seed: u64,
+) -> bool {
+    let zero = module_network(&patchmodules::Module {
+        layers: vec![
+            prorepair_host::model::Dense::new(
+                c.lower.len(),
+                10,
+                vec![0.0; 10 * c.lower.len()],
+                vec![0.0; 10],
+            )
+            .expect("zero module"),
+        ],
+        feature_layer: 0,
+    });
+    let czero = CandleNet::new(&zero).expect("candle");
+    cmods.iter().chain([&czero]).enumerate().any(|(k, cm)| {
+        pgd_patched(cnet, cm, c, l0, restarts, steps, seed + 97 * k as u64)
+            .expect("pgd")
+            .iter()
+            .any(|x| argmax(&modules.eval(net, x)) != l0)
+    })
+}
+
+/// The label-guided configuration: repair, proof count, accuracy drawdown (the modules
+/// fire on clean inputs too), PGD in the repaired boxes, and held-out generalisation
+/// (the rule fires on new inputs by itself, no allocation needed).
+#[allow(clippy::too_many_arguments)]
+fn label_run(
+    net: &Network,
+    cnet: &CandleNet,
+    test: &[(Vec<f64>, usize)],
+    r: f64,
+    chosen: &[(usize, Case, Vec<f64>)],
+    held: &[(usize, Case, Vec<f64>)],
+    kind: LabelKind,
+    hidden: &[usize],
+    timeout: f64,
+    acc0: f64,
+) {
+    let named: Vec<(String, Case)> = chosen
+        .iter()
+        .map(|(i, c, _)| (format!("img{i}"), c.clone()))
+        .collect();
+    let options = ModuleOptions {
+        hidden: hidden.to_vec(),
+        auto_learning_rate: true,
+        timeout: Duration::from_secs_f64(timeout),
+        ..Default::default()
+    };
+    let rep = match patchmodules::repair_modules_label(net, &named, &options, kind) {
+        Ok(rep) => rep,
+        Err(e) => {
+            println!("| {r} | {} | error: {e} |", chosen.len());
+            return;
+        }
+    };
+    let proven = rep.outcomes.iter().filter(|o| o.status == "holds").count();
+    let subs: usize = rep.outcomes.iter().map(|o| o.sub_boxes).sum();
+    let proven_subs: usize = rep.outcomes.iter().map(|o| o.proven_sub_boxes).sum();
+    let t_repair = rep.time_s;
+    let acc1 = test
+        .iter()
+        .filter(|(x, l)| argmax(&rep.modules.eval(net, x)) == *l)
+        .count() as f64
+        / test.len() as f64;
+    let cmods: Vec<CandleNet> = rep
+        .modules
+        .entries
+        .iter()
+        .map(|(_, m)| CandleNet::new(&module_network(m)).expect("candle"))
+        .collect();
+    let broken = chosen
+        .iter()
+        .enumerate()
+        .filter(|(k, (i, c, _))| {
+            label_pgd_breaks(
+                net,
+                cnet,
+                &cmods,
+                &rep.modules,
+                c,
+                test[*i].1,
+                2,
+                50,
+                1000 + *k as u64,
+            )
+        })
+        .count();
+    let held_ok = held
+        .iter()
+        .filter(|(i, _, adv)| argmax(&rep.modules.eval(net, adv)) == test[*i].1)
+        .count();
+    let held_robust = held
+        .iter()
+        .enumerate()
+        .filter(|(k, (i, c, adv))| {
+            argmax(&rep.modules.eval(net, adv)) == test[*i].1
+                && !label_pgd_breaks(
+                    net,
+                    cnet,
+                    &cmods,
+                    &rep.modules,
+                    c,
+                    test[*i].1,
+                    2,
+                    50,
+                    5000 + *k as u64,
+                )
+        })
+        .count();
+    let pct = |k: usize| 100.0 * k as f64 / held.len().max(1) as f64;
+    println!(
+        "| {r} | {kind:?} | {} | {proven}/{} | {proven_subs}/{subs} | {t_repair:.1} | {} | {} | {:.2}% | {:.2}% | {:.2} | {broken} | {} | {:.1}% | {:.1}% |",
+        chosen.len(),
+        chosen.len(),
+        rep.modules.entries.len(),
+        rep.modules.parameter_count(),
+        100.0 * acc0,
+        100.0 * acc1,
+        100.0 * (acc0 - acc1),
+        held.len(),
+        pct(held_ok),
+        pct(held_robust),
+    );
+    let _ = std::io::stdout().flush();
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let radii: Vec<f64> = args
@@ -283,6 +451,12 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let net_name = std::env::var("PM_NET").unwrap_or_else(|_| "mnist_relu_3_100".into());
+    // PM_INDICATOR=label|label-pair: label-guided modules instead of boxes.
+    let label_kind = match std::env::var("PM_INDICATOR").as_deref() {
+        Ok("label") => Some(LabelKind::Label),
+        Ok("label-pair") => Some(LabelKind::LabelPair),
+        _ => None,
+    };
     let Some(data) = testing::data_dir() else {
         eprintln!("SKIP: ../shared/data is absent");
         return;
@@ -322,10 +496,17 @@ fn main() {
         .unwrap_or(if feature_layer == 0 { 100 } else { 0 });
     let mut generalisation: Vec<String> = Vec::new();
     let cnet = CandleNet::new(&net).expect("candle net");
-    println!(
-        "| r | properties | repaired (proven) | time (s) | sub-boxes | module params | patch bytes | accuracy before | after | drawdown | PGD (20 restarts) adversarial in repaired boxes | verify on the exported ONNX |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    if label_kind.is_some() {
+        println!(
+            "| r | indicator | properties | proven | sub-boxes proven | time (s) | modules | module params | accuracy before | after | drawdown | boxes where PGD (2 restarts x 50 steps per module) breaks the repair | held-out adversarial x' | repaired correct at x' | and PGD finds nothing in B(x, r) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    } else {
+        println!(
+            "| r | properties | repaired (proven) | time (s) | sub-boxes | module params | patch bytes | accuracy before | after | drawdown | PGD (20 restarts) adversarial in repaired boxes | verify on the exported ONNX |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
     for &r in &radii {
         // Adversarial examples, in test-set order, as many as the largest count needs.
         let max_count = counts.iter().copied().max().unwrap_or(0);
@@ -357,6 +538,12 @@ fn main() {
         let held = &props[max_count.min(props.len())..];
         for &n in &counts {
             let chosen = &props[..n.min(props.len())];
+            if let Some(kind) = label_kind {
+                label_run(
+                    &net, &cnet, &test, r, chosen, held, kind, &hidden, timeout, acc0,
+                );
+                continue;
+            }
             let named: Vec<(String, Case)> = chosen
                 .iter()
                 .map(|(i, c, _)| (format!("img{i}"), c.clone()))
@@ -496,6 +683,9 @@ fn main() {
                 100.0 * acc_tau
             ));
         }
+    }
+    if label_kind.is_some() {
+        return;
     }
     println!();
     println!("Generalisation to held-out adversarial examples (host-side; tau is not proven):");

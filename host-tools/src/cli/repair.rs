@@ -86,6 +86,26 @@ pub struct Args {
     /// indicator stays the input box and the repair stays proven.
     #[arg(long, default_value_t = 0, value_name = "K")]
     pub feature_layer: usize,
+    /// When a patch module fires (`--strategy patch-modules`): `box` (one module per
+    /// violated property, only inside its input box; elsewhere the output is the
+    /// original's bit for bit), `label` (one module per label, firing wherever the
+    /// original network's argmax is that label, ties to the lower index: generalises to
+    /// new inputs but also changes clean inputs of that label), `label-pair` (one module
+    /// per ordered pair, firing where the original ranks the pair first and second,
+    /// strictly; no module fires on ties).
+    #[arg(long, value_enum, default_value = "box")]
+    pub indicator: IndicatorForm,
+}
+
+/// The indicator form of `--strategy patch-modules`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IndicatorForm {
+    /// Property-guided: one input box per property.
+    Box,
+    /// Untargeted label: the original network's argmax.
+    Label,
+    /// Targeted label pair: the original network's strict top two.
+    LabelPair,
 }
 
 /// The repair strategy.

@@ -3,7 +3,9 @@
 //! property gets a box indicator and a small MLP added to the logits inside its box.
 //!
 //! Properties that already hold (the complete checker, a quarter of the budget) get no
-//! module. Exit 0 only when every property holds (the sound per-sub-box check of base +
+//! module. `--indicator label|label-pair` trains one module per label (pair) instead,
+//! firing on the original network's prediction ([`patchmodules::repair_modules_label`]).
+//! Exit 0 only when every property holds (the sound per-sub-box check of base +
 //! module); otherwise exit 20 and no file is written. `--out` writes the kind-2 patch,
 //! `--onnx-out` the equivalent ONNX graph (indicator by comparisons and `Where`).
 
@@ -12,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::repair::{Args, sign_if_asked};
+use super::repair::{Args, IndicatorForm, sign_if_asked};
 use super::{CliError, Outcome, report};
 use crate::model::Network;
 use crate::repair::RepairProperty;
-use crate::repair::patchmodules::{self, ModuleOptions};
+use crate::repair::patchmodules::{self, LabelKind, ModuleOptions};
 use crate::verify::{self, Case};
 
 /// Run the patch-modules strategy on already-parsed properties.
@@ -61,7 +63,16 @@ pub(crate) fn run(
         None
     } else {
         Some(
-            patchmodules::repair_modules(net, &todo, &options).map_err(|e| match e {
+            match args.indicator {
+                IndicatorForm::Box => patchmodules::repair_modules(net, &todo, &options),
+                IndicatorForm::Label => {
+                    patchmodules::repair_modules_label(net, &todo, &options, LabelKind::Label)
+                }
+                IndicatorForm::LabelPair => {
+                    patchmodules::repair_modules_label(net, &todo, &options, LabelKind::LabelPair)
+                }
+            }
+            .map_err(|e| match e {
                 crate::repair::RepairError::Property { .. }
                 | crate::repair::RepairError::Unsupported(_) => CliError::BadInput(e.to_string()),
                 other => CliError::Internal(other.to_string()),
@@ -100,6 +111,11 @@ pub(crate) fn run(
         "modules": modules.as_ref().map_or(0, |m| m.entries.len()),
         "module_hidden": args.module_hidden,
         "feature_layer": args.feature_layer,
+        "indicator": match args.indicator {
+            IndicatorForm::Box => "box",
+            IndicatorForm::Label => "label",
+            IndicatorForm::LabelPair => "label-pair",
+        },
         "module_parameters": modules.as_ref().map_or(0, |m| m.parameter_count()),
         "changed_parameters": 0,
         "subproperties": outcome.as_ref().map_or(0, |o| o.outcomes.iter().map(|c| c.sub_boxes).sum::<usize>()),

@@ -510,6 +510,197 @@ pub fn to_onnx_bytes_with_modules(
     Ok(model.encode_to_vec())
 }
 
+/// A label-indicator patch module for [`to_onnx_bytes_with_label_modules`].
+#[derive(Debug)]
+pub struct OnnxLabelModule<'a> {
+    /// `(l, None)`: fires where the base output's argmax is `l` (first index on ties);
+    /// `(l0, Some(l1))`: fires where `y_l0 > y_l1 > y_j` for every other `j`.
+    pub rule: (usize, Option<usize>),
+    /// Affine layers, ReLU between them.
+    pub layers: &'a [crate::model::Dense],
+}
+
+/// `net` plus label-indicator patch modules as one ONNX graph: for each module in order,
+/// `y <- Where(rule(base), y + P(x), y)`, the rule read from the BASE output (as the
+/// device does) with `Gather` and strict/non-strict comparisons only:
+/// label `l`: `y_l > y_j` for `j < l` and `y_l >= y_j` for `j > l` (the device's
+/// first-index argmax); pair `(l0, l1)`: `y_l0 > y_l1` and `y_l1 > y_j` for the others.
+/// Per part: `Gather` (indices constant), `Greater`/`GreaterOrEqual`, `Cast` to float,
+/// `ReduceMin` over axis 1, and the parts joined by `Mul`, then `Cast` to bool. The one
+/// difference from the device: a NaN base output (never produced from finite inputs by a
+/// finite network) makes every comparison false here, while the device's argmax skips it.
+pub fn to_onnx_bytes_with_label_modules(
+    net: &Network,
+    input_shape: Option<&[usize]>,
+    modules: &[OnnxLabelModule<'_>],
+) -> Result<Vec<u8>, ExportError> {
+    let bytes = to_onnx_bytes(net, input_shape)?;
+    let mut model =
+        pb::ModelProto::decode(bytes.as_slice()).map_err(|_| ExportError::Unsupported {
+            index: 0,
+            kind: "re-decoding the exported graph",
+        })?;
+    let Some(graph) = model.graph.as_mut() else {
+        return Ok(bytes);
+    };
+    let n_out = net.output_dim();
+    if let Some(last) = graph.node.last_mut() {
+        last.output = vec!["pm_base".into()];
+        last.name = "pm_base".into();
+    }
+    let nodes = &mut graph.node;
+    let init = &mut graph.initializer;
+    nodes.push(node(
+        "Flatten",
+        "pm_x".into(),
+        vec!["input".into()],
+        "pm_x",
+        vec![int("axis", 1)],
+    ));
+    let mut current = "pm_base".to_string();
+    for (i, m) in modules.iter().enumerate() {
+        let p = |s: &str| format!("pm{i}_{s}");
+        let (top, second) = m.rule;
+        if top >= n_out || second.is_some_and(|s| s >= n_out || s == top) {
+            return Err(ExportError::Unsupported {
+                index: i,
+                kind: "label rule outside the network's outputs",
+            });
+        }
+        // (subject label, compared labels, strict?)
+        let mut parts: Vec<(usize, Vec<usize>, bool)> = Vec::new();
+        match second {
+            None => {
+                parts.push((top, (0..top).collect(), true));
+                parts.push((top, (top + 1..n_out).collect(), false));
+            }
+            Some(s) => {
+                parts.push((top, vec![s], true));
+                parts.push((
+                    s,
+                    (0..n_out).filter(|&j| j != top && j != s).collect(),
+                    true,
+                ));
+            }
+        }
+        parts.retain(|(_, others, _)| !others.is_empty());
+        let mut conds: Vec<String> = Vec::new();
+        for (k, (subject, others, strict)) in parts.iter().enumerate() {
+            let q = |s: &str| p(&format!("r{k}_{s}"));
+            let idx: Vec<i64> = others.iter().map(|&j| j as i64).collect();
+            init.push(int64_tensor(&q("subj_idx"), &[*subject as i64]));
+            init.push(int64_tensor(&q("other_idx"), &idx));
+            nodes.push(node(
+                "Gather",
+                q("subj"),
+                vec!["pm_base".into(), q("subj_idx")],
+                &q("subj"),
+                vec![int("axis", 1)],
+            ));
+            nodes.push(node(
+                "Gather",
+                q("other"),
+                vec!["pm_base".into(), q("other_idx")],
+                &q("other"),
+                vec![int("axis", 1)],
+            ));
+            nodes.push(node(
+                if *strict { "Greater" } else { "GreaterOrEqual" },
+                q("cmp"),
+                vec![q("subj"), q("other")],
+                &q("cmp"),
+                vec![],
+            ));
+            nodes.push(node(
+                "Cast",
+                q("cmpf"),
+                vec![q("cmp")],
+                &q("cmpf"),
+                vec![int("to", FLOAT as i64)],
+            ));
+            nodes.push(node(
+                "ReduceMin",
+                q("all"),
+                vec![q("cmpf")],
+                &q("all"),
+                vec![ints("axes", &[1]), int("keepdims", 1)],
+            ));
+            conds.push(q("all"));
+        }
+        // n_out >= 2 leaves at least one part.
+        let mut cond = conds.first().cloned().ok_or(ExportError::Unsupported {
+            index: i,
+            kind: "label rule on a single-output network",
+        })?;
+        for (k, c) in conds.iter().enumerate().skip(1) {
+            let out = p(&format!("both{k}"));
+            nodes.push(node(
+                "Mul",
+                out.clone(),
+                vec![cond, c.clone()],
+                &out,
+                vec![],
+            ));
+            cond = out;
+        }
+        nodes.push(node(
+            "Cast",
+            p("cond"),
+            vec![cond],
+            &p("cond"),
+            vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
+        ));
+        let mut h = "pm_x".to_string();
+        for (k, d) in m.layers.iter().enumerate() {
+            let (w, b, out) = (
+                p(&format!("w{k}")),
+                p(&format!("b{k}")),
+                p(&format!("dense{k}")),
+            );
+            init.push(float_tensor(&w, &[d.out_dim, d.in_dim], &d.weight));
+            init.push(float_tensor(&b, &[d.out_dim], &d.bias));
+            nodes.push(node(
+                "Gemm",
+                out.clone(),
+                vec![h, w, b],
+                &out,
+                vec![int("transB", 1)],
+            ));
+            h = out;
+            if k + 1 < m.layers.len() {
+                let r = p(&format!("relu{k}"));
+                nodes.push(node("Relu", r.clone(), vec![h], &r, vec![]));
+                h = r;
+            }
+        }
+        nodes.push(node(
+            "Add",
+            p("sum"),
+            vec![current.clone(), h],
+            &p("sum"),
+            vec![],
+        ));
+        let next = p("out");
+        nodes.push(node(
+            "Where",
+            next.clone(),
+            vec![p("cond"), p("sum"), current],
+            &next,
+            vec![],
+        ));
+        current = next;
+    }
+    nodes.push(node(
+        "Identity",
+        "output".into(),
+        vec![current],
+        "output",
+        vec![],
+    ));
+    graph.output = vec![value_info("output", &[1, n_out])];
+    Ok(model.encode_to_vec())
+}
+
 /// The input shape (batch dimension included) that an ONNX file declares for its first
 /// graph input that is not an initializer, when every dimension is a fixed number (so an
 /// exported repair keeps the original interface, e.g. ACAS Xu's `[1, 1, 1, 5]`).

@@ -51,6 +51,7 @@ impl Piecewise {
 /// The operators that only the patch-modules pattern uses: a graph holding one of them is
 /// read by [`load`], not as a straight-line network.
 pub const PATTERN_OPS: &[&str] = &["Where", "GreaterOrEqual", "LessOrEqual", "And", "ReduceMin"];
+// (A label indicator graph uses Where, ReduceMin and GreaterOrEqual/Greater too.)
 
 /// True when the ONNX graph uses an operator of the patch-modules pattern.
 pub fn is_piecewise_graph(proto: &pb::ModelProto) -> bool {
@@ -226,6 +227,9 @@ struct Matched {
     lower: Vec<f64>,
     upper: Vec<f64>,
     layers: Vec<Dense>,
+    /// A label indicator instead of a box: `(l, None)` or `(l0, Some(l1))`, and the base
+    /// output tensor its `Gather`s read (see [`match_label_rule`]).
+    label: Option<((usize, Option<usize>), String, usize)>,
     /// The node producing this module's input tensor `x` (a Flatten), if any.
     nodes: Vec<usize>,
     /// A module at a feature layer: the tensor its Flatten reads (a base activation).
@@ -309,8 +313,20 @@ pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piece
         let m = match_module(&g, w, &mut x_tensor)?;
         module_nodes.extend(m.nodes.iter().copied());
         y = g.nodes[w].input[2].as_str();
-        // The previous output feeds this module's Add and Where only.
-        if g.uses.get(y).copied() != Some(2) {
+        matched.push(m);
+        // The previous output feeds this module's Add and Where only (and, for the base
+        // output, the label indicators' Gathers).
+        let gathers: usize = matched
+            .iter()
+            .filter(|m| m.label.as_ref().is_some_and(|(_, b, _)| b == y))
+            .map(|m| {
+                m.nodes
+                    .iter()
+                    .filter(|&&i| g.nodes[i].op_type == "Gather")
+                    .count()
+            })
+            .sum();
+        if g.uses.get(y).copied() != Some(2 + gathers) {
             let at = g.producer.get(y).copied().unwrap_or(w);
             return Err(g.err(
                 at,
@@ -320,9 +336,20 @@ pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piece
                 ),
             ));
         }
-        matched.push(m);
     }
     matched.reverse();
+    // Label indicators read the base output: the tensor the chain starts from.
+    if let Some((i, m)) = matched
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.label.as_ref().is_some_and(|(_, b, _)| b != y))
+    {
+        let at = m.nodes.first().copied().unwrap_or(0);
+        return Err(g.err(
+            at,
+            format!("label indicator of module {i} does not read the base output '{y}'"),
+        ));
+    }
     if matched.is_empty() {
         let at = g
             .nodes
@@ -401,6 +428,27 @@ pub(crate) fn from_proto(path: &Path, mut proto: pb::ModelProto) -> Result<Piece
     for (k, m) in matched.into_iter().enumerate() {
         let first_in = m.layers.first().map_or(0, |d| d.in_dim);
         let last_out = m.layers.last().map_or(0, |d| d.out_dim);
+        if let Some(((top, second), _, covered)) = m.label {
+            // The rule must compare every output (the exporter's parts always do).
+            if first_in != n || last_out != n_out || covered != n_out {
+                return Err(graph_err(format!(
+                    "patch module {k}: label rule {top}/{second:?}, module {first_in} -> \
+                     {last_out}; the base network is {n} -> {n_out}"
+                )));
+            }
+            let ind = match second {
+                None => Indicator::Label(top),
+                Some(s) => Indicator::LabelPair(top, s),
+            };
+            entries.push((
+                ind,
+                Module {
+                    layers: m.layers,
+                    feature_layer: 0,
+                },
+            ));
+            continue;
+        }
         let feature_layer = match &m.feature {
             Some(f) => feature_layer_of(&g, &base_nodes, &base, f, k)?,
             None => 0,
@@ -559,6 +607,25 @@ fn match_module<'a>(
             return Err(g.err(add, "module layer widths do not chain"));
         }
     }
+    // A label indicator (Greater/GreaterOrEqual on Gathers of the base output)?
+    if let Some((rule, base_t, covered, label_nodes)) = match_label_rule(g, w)? {
+        nodes.extend(label_nodes);
+        if let Some(prev_x) = x
+            && *prev_x != x_in
+        {
+            return Err(g.err(w, "the modules read different input tensors"));
+        }
+        check_module_input(g, x_in, w)?;
+        *x = Some(x_in);
+        return Ok(Matched {
+            lower: Vec::new(),
+            upper: Vec::new(),
+            layers,
+            label: Some((rule, base_t, covered)),
+            nodes,
+            feature: None,
+        });
+    }
     // The indicator: Cast<bool>(ReduceMin(Cast<float>(And(x >= lower, x <= upper)))).
     let to_bool = g.expect(&where_node.input[0], "Cast", 1, 1, w)?;
     let min = g.expect(&g.nodes[to_bool].input[0], "ReduceMin", 1, 1, to_bool)?;
@@ -672,9 +739,231 @@ fn match_module<'a>(
         lower,
         upper,
         layers,
+        label: None,
         nodes,
         feature,
     })
+}
+
+/// The module input must be the graph input or `Flatten(axis = 1)` of it.
+fn check_module_input(g: &Graph<'_>, x_in: &str, at: usize) -> Result<(), ImportError> {
+    let ok = x_in == g.input
+        || g.producer.get(x_in).is_some_and(|&f| {
+            let fl = &g.nodes[f];
+            fl.op_type == "Flatten"
+                && fl.input.len() == 1
+                && fl.input[0] == g.input
+                && g.only_attrs(f, &["axis"]).is_ok()
+                && g.int_attr(f, "axis").unwrap_or(1) == 1
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(g.err(
+            at,
+            format!("the module input '{x_in}' must be the graph input or Flatten(axis = 1) of it"),
+        ))
+    }
+}
+
+/// The label-indicator condition of `Where` node `w`, as
+/// [`crate::export::onnx::to_onnx_bytes_with_label_modules`] writes it:
+/// `Cast<bool>(part (Mul part)?)`, each part
+/// `ReduceMin<axes=[1], keepdims=1>(Cast<float>(Cmp(Gather<axis=1>(B, [s]),
+/// Gather<axis=1>(B, others))))` with `Cmp` `Greater` or `GreaterOrEqual`, `B` the
+/// base output. Only the exact part lists of a label (`l > 0..l`, `l >= l+1..n`) or a pair
+/// (`l0 > l1`, `l1 > the others`) are accepted; `None` when the condition is not a label
+/// rule at all (a box), an error when it looks like one but differs.
+#[allow(clippy::type_complexity)]
+fn match_label_rule(
+    g: &Graph<'_>,
+    w: usize,
+) -> Result<Option<((usize, Option<usize>), String, usize, Vec<usize>)>, ImportError> {
+    let cond = g.nodes[w].input[0].as_str();
+    let Some(&to_bool) = g.producer.get(cond) else {
+        return Ok(None);
+    };
+    let inner = g.nodes[to_bool]
+        .input
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
+    let Some(&top) = g.producer.get(inner) else {
+        return Ok(None);
+    };
+    // Part roots: the Mul's inputs, or the single ReduceMin.
+    let mut nodes = Vec::new();
+    let roots: Vec<String> = if g.nodes[top].op_type == "Mul" {
+        let mul = g.expect(inner, "Mul", 2, 1, to_bool)?;
+        nodes.push(mul);
+        g.nodes[mul].input.clone()
+    } else {
+        vec![inner.to_string()]
+    };
+    // A label rule compares Gathers of the base output (a box compares the input).
+    let is_label = roots.iter().all(|r| {
+        g.producer
+            .get(r.as_str())
+            .and_then(|&m| g.nodes[m].input.first())
+            .and_then(|c| g.producer.get(c.as_str()))
+            .and_then(|&c| g.nodes[c].input.first())
+            .and_then(|t| g.producer.get(t.as_str()))
+            .and_then(|&k| g.nodes[k].input.first())
+            .and_then(|t| g.producer.get(t.as_str()))
+            .is_some_and(|&k| g.nodes[k].op_type == "Gather")
+    });
+    if !is_label {
+        return Ok(None);
+    }
+    let to_bool = g.expect(cond, "Cast", 1, 1, w)?;
+    g.only_attrs(to_bool, &["to"])?;
+    if g.int_attr(to_bool, "to") != Some(pb::tensor_proto::DataType::Bool as i64) {
+        return Err(g.err(to_bool, "the indicator must be cast to bool"));
+    }
+    nodes.push(to_bool);
+    let mut base_t: Option<String> = None;
+    // (subject, others, strict)
+    let mut parts: Vec<(usize, Vec<usize>, bool)> = Vec::new();
+    for r in &roots {
+        let at = *nodes.first().unwrap_or(&to_bool);
+        let min = g.expect(r, "ReduceMin", 1, 1, at)?;
+        g.only_attrs(min, &["axes", "keepdims"])?;
+        let axes: Vec<i64> = g.nodes[min]
+            .attribute
+            .iter()
+            .find(|a| a.name == "axes")
+            .map(|a| a.ints.clone())
+            .unwrap_or_default();
+        if axes != [1] || g.int_attr(min, "keepdims").unwrap_or(1) != 1 {
+            return Err(g.err(min, "the indicator must reduce over axis 1, keeping it"));
+        }
+        let to_float = g.expect(&g.nodes[min].input[0], "Cast", 1, 1, min)?;
+        g.only_attrs(to_float, &["to"])?;
+        if g.int_attr(to_float, "to") != Some(pb::tensor_proto::DataType::Float as i64) {
+            return Err(g.err(to_float, "the comparisons must be cast to float"));
+        }
+        let cmp_t = g.nodes[to_float].input[0].as_str();
+        let strict = g
+            .producer
+            .get(cmp_t)
+            .is_some_and(|&c| g.nodes[c].op_type == "Greater");
+        let cmp = g.expect(
+            cmp_t,
+            if strict { "Greater" } else { "GreaterOrEqual" },
+            2,
+            1,
+            to_float,
+        )?;
+        g.only_attrs(cmp, &[])?;
+        let mut idx = Vec::new();
+        for t in &g.nodes[cmp].input {
+            let gather = g.expect(t, "Gather", 2, 1, cmp)?;
+            g.only_attrs(gather, &["axis"])?;
+            if g.int_attr(gather, "axis") != Some(1) {
+                return Err(g.err(gather, "a label Gather must read axis 1"));
+            }
+            let src = g.nodes[gather].input[0].clone();
+            match &base_t {
+                Some(b) if *b != src => {
+                    return Err(g.err(gather, format!("reads '{src}', not the base output '{b}'")));
+                }
+                _ => base_t = Some(src),
+            }
+            idx.push(int_constant(g, &g.nodes[gather].input[1], gather)?);
+            nodes.extend([gather]);
+        }
+        nodes.extend([min, to_float, cmp]);
+        let [subject, others] = &idx[..] else {
+            return Err(g.err(cmp, "a comparison needs two inputs"));
+        };
+        let [s] = subject[..] else {
+            return Err(g.err(cmp, "the compared label must be one index"));
+        };
+        parts.push((s, others.clone(), strict));
+    }
+    let base_t = base_t.unwrap_or_default();
+    // Recover the rule and demand the exact parts the exporter writes for it.
+    let err = || {
+        g.err(
+            w,
+            format!("label indicator parts {parts:?} are neither a label nor a pair rule"),
+        )
+    };
+    let Some(&(first, _, first_strict)) = parts.first() else {
+        return Err(err());
+    };
+    let all_ids: Vec<usize> = parts
+        .iter()
+        .flat_map(|(s, o, _)| o.iter().copied().chain([*s]))
+        .collect();
+    let n_out = all_ids.iter().max().map_or(0, |m| m + 1);
+    let expected = |rule: (usize, Option<usize>)| -> Vec<(usize, Vec<usize>, bool)> {
+        let (top, second) = rule;
+        let mut v = match second {
+            None => vec![
+                (top, (0..top).collect(), true),
+                (top, (top + 1..n_out).collect(), false),
+            ],
+            Some(s) => vec![
+                (top, vec![s], true),
+                (
+                    s,
+                    (0..n_out).filter(|&j| j != top && j != s).collect(),
+                    true,
+                ),
+            ],
+        };
+        v.retain(|(_, o, _)| !o.is_empty());
+        v
+    };
+    let candidates = [
+        (first, None),
+        (
+            first,
+            parts
+                .first()
+                .and_then(|(_, o, _)| o.first().copied())
+                .filter(|_| first_strict),
+        ),
+    ];
+    for rule in candidates {
+        if rule.1 == Some(rule.0) {
+            continue;
+        }
+        if expected(rule) == parts {
+            return Ok(Some((rule, base_t, n_out, nodes)));
+        }
+    }
+    Err(err())
+}
+
+/// A 1-D int64 initializer's values as indices.
+fn int_constant(g: &Graph<'_>, tensor: &str, at: usize) -> Result<Vec<usize>, ImportError> {
+    let t = g
+        .inits
+        .get(tensor)
+        .ok_or_else(|| g.err(at, format!("'{tensor}' should be a constant (initializer)")))?;
+    if t.data_type != pb::tensor_proto::DataType::Int64 as i32 || t.dims.len() != 1 {
+        return Err(g.err(at, format!("constant '{tensor}' is not a 1-D int64 tensor")));
+    }
+    let count = usize::try_from(t.dims[0]).map_err(|_| g.err(at, "negative dimension"))?;
+    let raw: Vec<i64> = if !t.raw_data.is_empty() {
+        if t.raw_data.len() != 8 * count {
+            return Err(g.err(at, format!("constant '{tensor}' has the wrong byte count")));
+        }
+        t.raw_data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect()
+    } else {
+        if t.int64_data.len() != count {
+            return Err(g.err(at, format!("constant '{tensor}' has the wrong value count")));
+        }
+        t.int64_data.clone()
+    };
+    raw.into_iter()
+        .map(|v| usize::try_from(v).map_err(|_| g.err(at, format!("negative index {v}"))))
+        .collect()
 }
 
 #[cfg(test)]

@@ -12,7 +12,10 @@ use prorepair_core::patch::modules::{IndicatorKind, ModulePatch, ModulesModel, p
 
 use super::PatchError;
 use crate::compile::AlignedBlob;
-use crate::export::onnx::{ExportError, OnnxModule, to_onnx_bytes_with_modules};
+use crate::export::onnx::{
+    ExportError, OnnxLabelModule, OnnxModule, to_onnx_bytes_with_label_modules,
+    to_onnx_bytes_with_modules,
+};
 use crate::model::{Dense, Network};
 use crate::repair::patchmodules::{Indicator, Module, PatchModules};
 
@@ -318,13 +321,35 @@ pub fn eval_device(
 }
 
 /// The ONNX graph of base + box-indicator modules (see
-/// [`crate::export::onnx::to_onnx_bytes_with_modules`]). Label indicators have no ONNX
-/// form here yet.
+/// [`crate::export::onnx::to_onnx_bytes_with_modules`]), or base + label-indicator
+/// modules ([`crate::export::onnx::to_onnx_bytes_with_label_modules`]) when every
+/// indicator is a label rule.
 pub fn to_onnx(
     base: &Network,
     modules: &PatchModules,
     input_shape: Option<&[usize]>,
 ) -> Result<Vec<u8>, PatchError> {
+    if !modules.entries.is_empty()
+        && modules
+            .entries
+            .iter()
+            .all(|(ind, _)| !matches!(ind, Indicator::Box(_)))
+    {
+        let list: Vec<OnnxLabelModule<'_>> = modules
+            .entries
+            .iter()
+            .map(|(ind, m)| OnnxLabelModule {
+                rule: match ind {
+                    Indicator::LabelPair(a, b) => (*a, Some(*b)),
+                    Indicator::Label(l) => (*l, None),
+                    Indicator::Box(_) => (0, None),
+                },
+                layers: &m.layers,
+            })
+            .collect();
+        return to_onnx_bytes_with_label_modules(base, input_shape, &list)
+            .map_err(|e: ExportError| PatchError::Mismatch(format!("ONNX export: {e}")));
+    }
     let mut list = Vec::new();
     for (ind, m) in &modules.entries {
         match ind {
@@ -336,7 +361,7 @@ pub fn to_onnx(
             }),
             _ => {
                 return Err(PatchError::Mismatch(
-                    "label indicators cannot be exported to ONNX yet".into(),
+                    "box and label indicators mixed in one patch cannot be exported to ONNX".into(),
                 ));
             }
         }

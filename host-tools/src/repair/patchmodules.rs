@@ -31,8 +31,8 @@
 //!
 //! Options not in the paper's property-guided core:
 //! - [`Indicator::Label`] / [`Indicator::LabelPair`] (untargeted / targeted label
-//!   indicators) are evaluated by [`PatchModules::eval`]; training them is not
-//!   implemented (no sound bound of an argmax-selected region).
+//!   indicators): trained and proven by [`repair_modules_label`] (submodule `label`:
+//!   one module per label, proof over every possibly-firing pattern).
 //! - [`allocate`] is the paper's patch allocation `tau` for inputs outside every box:
 //!   among the modules trained for the same label, the ten whose anchor output `N(x_i)`
 //!   has the largest cosine similarity with `N(x')`. It is a documented helper, not part
@@ -57,8 +57,11 @@ use rayon::prelude::*;
 
 use super::RepairError;
 use crate::bounds::BoxBounds;
+
+mod label;
 use crate::model::{Dense, Layer, Network};
 use crate::verify::{self, Case};
+pub use label::{LabelKind, LabelProof, prove_label_cases, repair_modules_label};
 
 /// A patch module: `Dense (ReLU Dense)*`, reading the network input (or, with
 /// `feature_layer` K > 0, the base network's activation after its K-th activation layer;
@@ -206,8 +209,16 @@ impl Indicator {
     }
 }
 
+/// The first index of the largest value, NaN never winning: the device's rule
+/// (`core::patch::modules::argmax`), so label indicators fire identically on ties.
 fn argmax(y: &[f64]) -> Option<usize> {
-    (0..y.len()).max_by(|&a, &b| y[a].total_cmp(&y[b]))
+    let mut best: Option<usize> = None;
+    for (i, &v) in y.iter().enumerate() {
+        if !v.is_nan() && best.is_none_or(|b| v > y[b]) {
+            best = Some(i);
+        }
+    }
+    best
 }
 
 /// The repaired network's add-on: indicators with their modules.

@@ -318,14 +318,29 @@ pub fn verify_piecewise(
         }
     };
     if boxes.len() != pw.modules.entries.len() {
-        return finish(
-            Verdict::Unknown {
-                reason: "label indicators cannot be verified by cell decomposition".into(),
+        // Label indicators: no cells (the rule depends on the base output); the pattern
+        // over-approximation of the label repair's proof instead.
+        use crate::repair::patchmodules::{LabelProof, prove_label_cases};
+        let verdict = match prove_label_cases(&pw.base, &pw.modules, cases, 50_000, deadline) {
+            LabelProof::Holds { sub_boxes } => {
+                stats.branches += sub_boxes as u64;
+                Verdict::Holds
+            }
+            LabelProof::Violated {
+                case,
+                input,
+                output,
+            } => Verdict::Violated {
+                counterexample: input,
+                output,
+                case,
             },
-            stats,
-            0,
-            0,
-        );
+            LabelProof::Unknown(reason) => Verdict::Unknown {
+                reason: format!("label indicators: {reason}"),
+            },
+        };
+        let n = pw.modules.entries.len();
+        return finish(verdict, stats, 0, n);
     }
     if let Some(ci) = cases.iter().position(|c| {
         boxes
