@@ -20,8 +20,6 @@ use prorepair_host::import::nnet::{self, NnetNormalization};
 use prorepair_host::import::onnx::TractModel;
 use prorepair_tests::{acasxu_nnet, acasxu_onnx, data_path};
 
-/// The workspace root (the root package's manifest directory).
-
 /// ACAS Xu networks the example is checked on: N1,1 and N2,9 (property 8 fails on it).
 const NETWORKS: [(u32, u32); 2] = [(1, 1), (2, 9)];
 
