@@ -459,44 +459,7 @@ pub fn to_onnx_bytes_with_modules(
             &p("cond"),
             vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
         ));
-        let mut h = source;
-        for (k, d) in m.layers.iter().enumerate() {
-            let (w, b, out) = (
-                p(&format!("w{k}")),
-                p(&format!("b{k}")),
-                p(&format!("dense{k}")),
-            );
-            init.push(float_tensor(&w, &[d.out_dim, d.in_dim], &d.weight));
-            init.push(float_tensor(&b, &[d.out_dim], &d.bias));
-            nodes.push(node(
-                "Gemm",
-                out.clone(),
-                vec![h, w, b],
-                &out,
-                vec![int("transB", 1)],
-            ));
-            h = out;
-            if k + 1 < m.layers.len() {
-                let r = p(&format!("relu{k}"));
-                nodes.push(node("Relu", r.clone(), vec![h], &r, vec![]));
-                h = r;
-            }
-        }
-        nodes.push(node(
-            "Add",
-            p("sum"),
-            vec![current.clone(), h],
-            &p("sum"),
-            vec![],
-        ));
-        let next = p("out");
-        nodes.push(node(
-            "Where",
-            next.clone(),
-            vec![p("cond"), p("sum"), current],
-            &next,
-            vec![],
-        ));
+        let next = push_gated_module(nodes, init, m.layers, source, current, &p);
         current = next;
     }
     nodes.push(node(
@@ -508,6 +471,59 @@ pub fn to_onnx_bytes_with_modules(
     ));
     graph.output = vec![value_info("output", &[1, n_out])];
     Ok(model.encode_to_vec())
+}
+
+/// Append one patch module reading `input` (its Dense layers as Gemm, a Relu between
+/// consecutive ones) and `Where(cond, current + module, current)` with the condition
+/// tensor `p("cond")` the caller built; returns the name of the result. Node and
+/// tensor names come from `p`, the module's prefix.
+fn push_gated_module(
+    nodes: &mut Vec<pb::NodeProto>,
+    init: &mut Vec<pb::TensorProto>,
+    layers: &[crate::model::Dense],
+    input: String,
+    current: String,
+    p: &dyn Fn(&str) -> String,
+) -> String {
+    let mut h = input;
+    for (k, d) in layers.iter().enumerate() {
+        let (w, b, out) = (
+            p(&format!("w{k}")),
+            p(&format!("b{k}")),
+            p(&format!("dense{k}")),
+        );
+        init.push(float_tensor(&w, &[d.out_dim, d.in_dim], &d.weight));
+        init.push(float_tensor(&b, &[d.out_dim], &d.bias));
+        nodes.push(node(
+            "Gemm",
+            out.clone(),
+            vec![h, w, b],
+            &out,
+            vec![int("transB", 1)],
+        ));
+        h = out;
+        if k + 1 < layers.len() {
+            let r = p(&format!("relu{k}"));
+            nodes.push(node("Relu", r.clone(), vec![h], &r, vec![]));
+            h = r;
+        }
+    }
+    nodes.push(node(
+        "Add",
+        p("sum"),
+        vec![current.clone(), h],
+        &p("sum"),
+        vec![],
+    ));
+    let next = p("out");
+    nodes.push(node(
+        "Where",
+        next.clone(),
+        vec![p("cond"), p("sum"), current],
+        &next,
+        vec![],
+    ));
+    next
 }
 
 /// A label-indicator patch module for [`to_onnx_bytes_with_label_modules`].
@@ -650,44 +666,7 @@ pub fn to_onnx_bytes_with_label_modules(
             &p("cond"),
             vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
         ));
-        let mut h = "pm_x".to_string();
-        for (k, d) in m.layers.iter().enumerate() {
-            let (w, b, out) = (
-                p(&format!("w{k}")),
-                p(&format!("b{k}")),
-                p(&format!("dense{k}")),
-            );
-            init.push(float_tensor(&w, &[d.out_dim, d.in_dim], &d.weight));
-            init.push(float_tensor(&b, &[d.out_dim], &d.bias));
-            nodes.push(node(
-                "Gemm",
-                out.clone(),
-                vec![h, w, b],
-                &out,
-                vec![int("transB", 1)],
-            ));
-            h = out;
-            if k + 1 < m.layers.len() {
-                let r = p(&format!("relu{k}"));
-                nodes.push(node("Relu", r.clone(), vec![h], &r, vec![]));
-                h = r;
-            }
-        }
-        nodes.push(node(
-            "Add",
-            p("sum"),
-            vec![current.clone(), h],
-            &p("sum"),
-            vec![],
-        ));
-        let next = p("out");
-        nodes.push(node(
-            "Where",
-            next.clone(),
-            vec![p("cond"), p("sum"), current],
-            &next,
-            vec![],
-        ));
+        let next = push_gated_module(nodes, init, m.layers, "pm_x".to_string(), current, &p);
         current = next;
     }
     nodes.push(node(
