@@ -389,97 +389,24 @@ pub fn combined_network(
     let (olo, _) = module.interval(&domain.lower, &domain.upper);
     let mut layers = Vec::new();
     // Stage 1: [x - L ; module hidden] ... ; last module layer -> [x - L ; o - olo].
-    let k = module.layers.len();
-    let mut width_h = n; // width of the module track entering the next module layer
-    for (i, d) in module.layers.iter().enumerate() {
-        let first = i == 0;
-        let last = i + 1 == k;
-        let in_w = n + if first { 0 } else { width_h };
-        let out_w = n + d.out_dim;
-        let mut w = vec![0.0; out_w * in_w];
-        let mut b = vec![0.0; out_w];
-        for j in 0..n {
-            w[j * in_w + j] = 1.0;
-            if first {
-                b[j] = -domain.lower[j];
-            }
-        }
-        for o in 0..d.out_dim {
-            let row = n + o;
-            let shift = if last {
-                olo.get(o).copied().unwrap_or(0.0)
-            } else {
-                0.0
-            };
-            b[row] = d.bias[o] - shift;
-            for (jj, &wv) in d.row(o).iter().enumerate() {
-                // The module reads x: in stage 1 the first layer reads x itself, later
-                // layers read the hidden track.
-                let col = if first { jj } else { n + jj };
-                w[row * in_w + col] = wv;
-            }
-        }
-        layers.push(Layer::Dense(
-            Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
-        ));
-        layers.push(Layer::Relu);
-        width_h = d.out_dim;
-    }
-    // Stage 2: the base on the input track, the module output carried alongside.
-    let mut track = n; // width of the base track
-    let mut first_dense = true;
-    for layer in &base.layers {
-        match layer {
-            Layer::Flatten => {}
-            Layer::Relu => layers.push(Layer::Relu),
-            Layer::Dense(d) => {
-                let in_w = track + n_out;
-                let out_w = d.out_dim + n_out;
-                let mut w = vec![0.0; out_w * in_w];
-                let mut b = vec![0.0; out_w];
-                for o in 0..d.out_dim {
-                    let mut bias = d.bias[o];
-                    for (j, &wv) in d.row(o).iter().enumerate() {
-                        w[o * in_w + j] = wv;
-                        if first_dense {
-                            // The input track holds x - L.
-                            bias += wv * domain.lower[j];
-                        }
-                    }
-                    b[o] = bias;
-                }
-                for j in 0..n_out {
-                    w[(d.out_dim + j) * in_w + track + j] = 1.0;
-                }
-                layers.push(Layer::Dense(
-                    Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
-                ));
-                track = d.out_dim;
-                first_dense = false;
-            }
-            other => {
-                return Err(RepairError::Unsupported(format!(
-                    "patch modules need a Dense/ReLU base network, found {}",
-                    other.kind()
-                )));
-            }
-        }
-    }
-    if first_dense || track != n_out {
+    module_beside_track(module, n, Some(&domain.lower), &olo, &mut layers)?;
+    // Stage 2: the base on the input track (which holds x - L), the module output
+    // carried alongside.
+    let (track, any_dense) = base_beside_module(
+        &base.layers,
+        n,
+        n_out,
+        Some(&domain.lower),
+        &mut layers,
+        &|kind| format!("patch modules need a Dense/ReLU base network, found {kind}"),
+    )?;
+    if !any_dense || track != n_out {
         return Err(RepairError::Unsupported(
             "the base network has no output Dense layer".into(),
         ));
     }
     // Stage 3: y + (o - olo) + olo.
-    let in_w = 2 * n_out;
-    let mut w = vec![0.0; n_out * in_w];
-    for j in 0..n_out {
-        w[j * in_w + j] = 1.0;
-        w[j * in_w + n_out + j] = 1.0;
-    }
-    layers.push(Layer::Dense(
-        Dense::new(in_w, n_out, w, olo).map_err(RepairError::Unsupported)?,
-    ));
+    layers.push(sum_layer(n_out, olo)?);
     Network::new(vec![n], layers).map_err(|e| RepairError::Unsupported(e.to_string()))
 }
 
@@ -522,26 +449,68 @@ pub fn combined_network_at_feature(
     // Stage 0: the base up to its K-th activation, unchanged.
     let mut layers: Vec<Layer> = base.layers[..=at].to_vec();
     // Stage 1: [h ; module hidden] ... ; last module layer -> [h ; o - olo].
+    module_beside_track(module, width, None, &olo, &mut layers)?;
+    // Stage 2: the rest of the base on the feature track, the module output alongside.
+    let (track, _) = base_beside_module(
+        &base.layers[at + 1..],
+        width,
+        n_out,
+        None,
+        &mut layers,
+        &|kind| {
+            format!(
+                "patch modules at a feature layer need Dense/ReLU layers after it, found {kind}"
+            )
+        },
+    )?;
+    if track != n_out {
+        return Err(RepairError::Unsupported(
+            "the base network's output does not follow from its feature layer".into(),
+        ));
+    }
+    // Stage 3: y + (o - olo) + olo.
+    layers.push(sum_layer(n_out, olo)?);
+    Network::new(base.input_shape.clone(), layers)
+        .map_err(|e| RepairError::Unsupported(e.to_string()))
+}
+
+/// Stage 1 of both combined networks: the module's layers, each beside an identity copy
+/// of the `width`-wide track the module reads (minus `shift` from the first layer on, when
+/// given, so the copy is non-negative), the last layer's outputs lowered by `olo` (their
+/// interval lower bound), each layer followed by a ReLU that is the identity on the domain.
+fn module_beside_track(
+    module: &Module,
+    width: usize,
+    shift: Option<&[f64]>,
+    olo: &[f64],
+    layers: &mut Vec<Layer>,
+) -> Result<(), RepairError> {
     let depth = module.layers.len();
+    let mut width_h = width; // width of the module track entering the next module layer
     for (i, d) in module.layers.iter().enumerate() {
         let first = i == 0;
         let last = i + 1 == depth;
-        let in_w = width + if first { 0 } else { d.in_dim };
+        let in_w = width + if first { 0 } else { width_h };
         let out_w = width + d.out_dim;
         let mut w = vec![0.0; out_w * in_w];
         let mut b = vec![0.0; out_w];
         for j in 0..width {
             w[j * in_w + j] = 1.0;
+            if let (true, Some(shift)) = (first, shift) {
+                b[j] = -shift[j];
+            }
         }
         for o in 0..d.out_dim {
             let row = width + o;
-            b[row] = d.bias[o]
-                - if last {
-                    olo.get(o).copied().unwrap_or(0.0)
-                } else {
-                    0.0
-                };
+            let lowered = if last {
+                olo.get(o).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            b[row] = d.bias[o] - lowered;
             for (jj, &wv) in d.row(o).iter().enumerate() {
+                // The first module layer reads the track itself, later ones the hidden
+                // track beside it.
                 let col = if first { jj } else { width + jj };
                 w[row * in_w + col] = wv;
             }
@@ -550,10 +519,26 @@ pub fn combined_network_at_feature(
             Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
         ));
         layers.push(Layer::Relu);
+        width_h = d.out_dim;
     }
-    // Stage 2: the rest of the base on the feature track, the module output alongside.
-    let mut track = width;
-    for layer in &base.layers[at + 1..] {
+    Ok(())
+}
+
+/// Stage 2 of both combined networks: `base_layers` (Dense, ReLU, Flatten) on a track of
+/// width `track`, the module output (`n_out` wide, non-negative) carried alongside by
+/// identity rows. When the track holds `x - shift`, the first Dense layer adds
+/// `W shift` to its bias. Returns the final track width and whether any Dense layer was
+/// seen; any other layer is an error worded by `unsupported(kind)`.
+fn base_beside_module(
+    base_layers: &[Layer],
+    mut track: usize,
+    n_out: usize,
+    mut shift: Option<&[f64]>,
+    layers: &mut Vec<Layer>,
+    unsupported: &dyn Fn(&str) -> String,
+) -> Result<(usize, bool), RepairError> {
+    let mut any_dense = false;
+    for layer in base_layers {
         match layer {
             Layer::Flatten => {}
             Layer::Relu => layers.push(Layer::Relu),
@@ -563,10 +548,14 @@ pub fn combined_network_at_feature(
                 let mut w = vec![0.0; out_w * in_w];
                 let mut b = vec![0.0; out_w];
                 for o in 0..d.out_dim {
-                    b[o] = d.bias[o];
+                    let mut bias = d.bias[o];
                     for (j, &wv) in d.row(o).iter().enumerate() {
                         w[o * in_w + j] = wv;
+                        if let Some(shift) = shift {
+                            bias += wv * shift[j];
+                        }
                     }
+                    b[o] = bias;
                 }
                 for j in 0..n_out {
                     w[(d.out_dim + j) * in_w + track + j] = 1.0;
@@ -575,32 +564,26 @@ pub fn combined_network_at_feature(
                     Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
                 ));
                 track = d.out_dim;
+                any_dense = true;
+                shift = None;
             }
-            other => {
-                return Err(RepairError::Unsupported(format!(
-                    "patch modules at a feature layer need Dense/ReLU layers after it, found {}",
-                    other.kind()
-                )));
-            }
+            other => return Err(RepairError::Unsupported(unsupported(other.kind()))),
         }
     }
-    if track != n_out {
-        return Err(RepairError::Unsupported(
-            "the base network's output does not follow from its feature layer".into(),
-        ));
-    }
-    // Stage 3: y + (o - olo) + olo.
+    Ok((track, any_dense))
+}
+
+/// Stage 3 of both combined networks: `[y ; o - olo] -> y + (o - olo) + olo`.
+fn sum_layer(n_out: usize, olo: Vec<f64>) -> Result<Layer, RepairError> {
     let in_w = 2 * n_out;
     let mut w = vec![0.0; n_out * in_w];
     for j in 0..n_out {
         w[j * in_w + j] = 1.0;
         w[j * in_w + n_out + j] = 1.0;
     }
-    layers.push(Layer::Dense(
+    Ok(Layer::Dense(
         Dense::new(in_w, n_out, w, olo).map_err(RepairError::Unsupported)?,
-    ));
-    Network::new(base.input_shape.clone(), layers)
-        .map_err(|e| RepairError::Unsupported(e.to_string()))
+    ))
 }
 
 /// One sub-box of a case with the base network's fixed CROWN data.
