@@ -838,6 +838,19 @@ impl TrainModule {
         c: &Tensor,
         c_abs: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        let (mid, rad) = self.mid_rad(lo, hi)?;
+        mid.matmul(&c.t()?)? - rad.matmul(&c_abs.t()?)?
+    }
+
+    /// Output interval over each box (`S x n_out`): `(lo, hi)`.
+    fn interval(&self, lo: &Tensor, hi: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (mid, rad) = self.mid_rad(lo, hi)?;
+        Ok(((&mid - &rad)?, (&mid + &rad)?))
+    }
+
+    /// Interval bound propagation in centre-radius form over `S` boxes (`S x width`
+    /// corners), differentiable in the weights: the output centres and radii.
+    fn mid_rad(&self, lo: &Tensor, hi: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let mut mid = ((lo + hi)? * 0.5)?;
         let mut rad = ((hi - lo)? * 0.5)?;
         let k = self.weights.len();
@@ -854,7 +867,7 @@ impl TrainModule {
                 rad = ((&u - &l)? * 0.5)?;
             }
         }
-        mid.matmul(&c.t()?)? - rad.matmul(&c_abs.t()?)?
+        Ok((mid, rad))
     }
 
     /// The module with its weights rounded to f32 (as the patch stores them).
@@ -922,14 +935,7 @@ pub fn repair_modules(
     cases: &[(String, Case)],
     options: &ModuleOptions,
 ) -> Result<ModulesRepair, RepairError> {
-    // The device format holds modules of 1..=MAX_MODULE_LAYERS affine layers, none empty.
-    let max_hidden = prorepair_core::patch::modules::MAX_MODULE_LAYERS - 1;
-    if options.hidden.contains(&0) || options.hidden.len() > max_hidden {
-        return Err(RepairError::Unsupported(format!(
-            "module hidden widths {:?}: each must be at least 1, and at most {max_hidden} hidden layers",
-            options.hidden
-        )));
-    }
+    check_hidden(options)?;
     let start = Instant::now();
     let deadline = start + options.timeout;
     let n = base.input_dim();
@@ -988,9 +994,7 @@ pub fn repair_modules(
         .enumerate()
         .map(|(i, (name, case))| {
             let case_start = Instant::now();
-            let mut dims = vec![module_in];
-            dims.extend(&options.hidden);
-            dims.push(n_out);
+            let dims = module_dims(module_in, options, n_out);
             let (module, mut outcome) = repair_case(
                 base,
                 name,
@@ -1032,16 +1036,8 @@ fn repair_case(
     let trace = crate::trace_enabled();
     let dev = Device::Cpu;
     let n = domain.len();
-    let rows: Vec<Vec<f64>> = case
-        .unsafe_set
-        .iter()
-        .flat_map(|c| c.rows.iter().cloned())
-        .collect();
-    let rhs_v: Vec<f64> = case
-        .unsafe_set
-        .iter()
-        .flat_map(|c| c.rhs.iter().copied())
-        .collect();
+    let rows = case_rows(case);
+    let rhs_v = rhs_vec(case);
     let n_rows = rows.len();
     let ranges = conj_ranges(case);
     if n_rows == 0 || ranges.iter().any(|r| r.is_empty()) {
@@ -1087,38 +1083,13 @@ fn repair_case(
             .fold(0.0f64, f64::max);
         lr = lr.max(worst / 100.0);
     }
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )
-    .map_err(candle)?;
+    let mut opt = adam(vars, lr)?;
     let mut rounds = 0;
-    let mut loss_now = f64::INFINITY;
-    let mut proven = vec![false; subs.len()];
     loop {
         rounds += 1;
         // Training (Algorithm 2) on every sub-box of this module.
         let s = subs.len();
-        let lo = Tensor::from_vec(
-            subs.iter()
-                .flat_map(|b| b.module_box().0.to_vec())
-                .collect(),
-            (s, m_in),
-            &dev,
-        )
-        .map_err(candle)?;
-        let hi = Tensor::from_vec(
-            subs.iter()
-                .flat_map(|b| b.module_box().1.to_vec())
-                .collect(),
-            (s, m_in),
-            &dev,
-        )
-        .map_err(candle)?;
+        let (lo, hi) = module_box_tensors(subs.iter(), m_in, &dev)?;
         let base_lower = Tensor::from_vec(
             subs.iter().flat_map(|b| b.base_lower.clone()).collect(),
             (s, n_rows),
@@ -1134,24 +1105,15 @@ fn repair_case(
             &dev,
         )
         .map_err(candle)?;
-        let mut per_box: Vec<f64> = Vec::new();
-        for _ in 0..options.epochs.max(1) {
-            let total = (&base_lower + tm.spec_lower(&lo, &hi, &c, &c_abs).map_err(candle)?)
-                .map_err(candle)?;
-            let lb = loss_per_box(&total, &rhs, &ranges, &margins).map_err(candle)?;
-            per_box = lb.to_vec1::<f64>().map_err(candle)?;
-            loss_now = per_box.iter().sum();
-            if loss_now == 0.0 || Instant::now() > deadline {
-                break;
-            }
-            let l = lb.sum_all().map_err(candle)?;
-            opt.backward_step(&l).map_err(candle)?;
-        }
+        let (per_box, loss_now) = train_epochs(&mut opt, options.epochs, deadline, || {
+            let total = (&base_lower + tm.spec_lower(&lo, &hi, &c, &c_abs)?)?;
+            loss_per_box(&total, &rhs, &ranges, &margins)
+        })?;
         let t_train = Instant::now();
         // Sound check of every sub-box on the f32-rounded module.
         let module = tm.to_module()?;
         let rhs_all = rhs_vec(case);
-        proven = subs
+        let proven: Vec<bool> = subs
             .par_iter()
             .map(|b| sum_check(b, &module, case, &rows, &rhs_all))
             .collect();
@@ -1165,11 +1127,7 @@ fn repair_case(
                 subs.iter().map(|b| b.margin).fold(0.0, f64::max)
             );
         }
-        if open.is_empty()
-            || rounds >= options.max_rounds
-            || Instant::now() > deadline
-            || subs.len() >= options.max_sub_boxes
-        {
+        if last_round(open.is_empty(), rounds, subs.len(), options, deadline) {
             let status = if open.is_empty() { "holds" } else { "unknown" };
             let outcome = ModuleOutcome {
                 name: name.into(),
@@ -1186,41 +1144,20 @@ fn repair_case(
             };
             return Ok((module, outcome));
         }
-        // Open sub-boxes whose loss is already 0 only miss the rounding margin: ask more
-        // of them next round instead of splitting them.
-        let (zero, open): (Vec<usize>, Vec<usize>) = open
-            .into_iter()
-            .partition(|&i| per_box.get(i).is_some_and(|&l| l == 0.0));
+        let (zero, chosen) = refine_choice(open, &per_box, subs.len(), options);
         for &i in &zero {
             subs[i].margin *= 4.0;
         }
-        if open.is_empty() {
+        if chosen.is_empty() {
             continue;
         }
-        // Refinement (Algorithm 1, lines 14-19): the worst open sub-boxes are bisected.
-        let mut order = open;
-        order.sort_by(|&a, &b| {
-            per_box
-                .get(b)
-                .unwrap_or(&0.0)
-                .total_cmp(per_box.get(a).unwrap_or(&0.0))
-        });
-        let budget = options
-            .refine_per_round
-            .min(options.max_sub_boxes.saturating_sub(subs.len()))
-            .max(1);
-        let chosen: Vec<usize> = order.into_iter().take(budget).collect();
         let mut halves = Vec::new();
         for &i in &chosen {
             let b = &subs[i];
             let d = bisect_dimension(b, &ranges, &rhs_vec(case), n, &module, &c_flat);
-            let mid = 0.5 * (b.lower[d] + b.upper[d]);
-            let mut u1 = b.upper.clone();
-            u1[d] = mid;
-            let mut l2 = b.lower.clone();
-            l2[d] = mid;
-            halves.push((b.lower.clone(), u1, b.margin));
-            halves.push((l2, b.upper.clone(), b.margin));
+            for (l, u) in bisect_box(&b.lower, &b.upper, d) {
+                halves.push((l, u, b.margin));
+            }
         }
         let new: Vec<SubBox> = halves
             .into_par_iter()
@@ -1231,15 +1168,168 @@ fn repair_case(
                 })
             })
             .collect::<Result<_, _>>()?;
-        let mut keep: Vec<SubBox> = Vec::with_capacity(subs.len() + new.len());
-        for (i, b) in subs.into_iter().enumerate() {
-            if !chosen.contains(&i) {
-                keep.push(b);
-            }
-        }
-        keep.extend(new);
-        subs = keep;
+        subs = replace_chosen(subs, &chosen, new);
     }
+}
+
+// Steps shared by the box trainer above and the label trainer (submodule `label`).
+
+/// The device format holds modules of 1..=MAX_MODULE_LAYERS affine layers, none empty.
+fn check_hidden(options: &ModuleOptions) -> Result<(), RepairError> {
+    let max_hidden = prorepair_core::patch::modules::MAX_MODULE_LAYERS - 1;
+    if options.hidden.contains(&0) || options.hidden.len() > max_hidden {
+        return Err(RepairError::Unsupported(format!(
+            "module hidden widths {:?}: each must be at least 1, and at most {max_hidden} hidden layers",
+            options.hidden
+        )));
+    }
+    Ok(())
+}
+
+/// Layer widths of a module: `input`, the hidden widths, `n_out`.
+fn module_dims(input: usize, options: &ModuleOptions, n_out: usize) -> Vec<usize> {
+    let mut dims = vec![input];
+    dims.extend(&options.hidden);
+    dims.push(n_out);
+    dims
+}
+
+/// The unsafe rows of every conjunction of `case`, in order.
+fn case_rows(case: &Case) -> Vec<Vec<f64>> {
+    case.unsafe_set
+        .iter()
+        .flat_map(|c| c.rows.iter().cloned())
+        .collect()
+}
+
+/// Adam (no weight decay) over the module parameters.
+fn adam(vars: Vec<Var>, lr: f64) -> Result<AdamW, RepairError> {
+    AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .map_err(candle)
+}
+
+/// The module-box corners of `subs` as two `S x width` tensors.
+fn module_box_tensors<'a>(
+    subs: impl ExactSizeIterator<Item = &'a SubBox> + Clone,
+    width: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor), RepairError> {
+    let s = subs.len();
+    let corner = |hi: bool| {
+        let v: Vec<f64> = subs
+            .clone()
+            .flat_map(|b| {
+                let (l, u) = b.module_box();
+                if hi { u.to_vec() } else { l.to_vec() }
+            })
+            .collect();
+        Tensor::from_vec(v, (s, width), dev).map_err(candle)
+    };
+    Ok((corner(false)?, corner(true)?))
+}
+
+/// One training round (Algorithm 2): Adam steps on the sum of `loss()` (one L* value per
+/// item) until it is 0, `epochs` steps (at least one evaluation) or `deadline`. Returns
+/// the last per-item losses and their sum.
+fn train_epochs(
+    opt: &mut AdamW,
+    epochs: usize,
+    deadline: Instant,
+    mut loss: impl FnMut() -> candle_core::Result<Tensor>,
+) -> Result<(Vec<f64>, f64), RepairError> {
+    let mut per_item: Vec<f64> = Vec::new();
+    let mut total = f64::INFINITY;
+    for _ in 0..epochs.max(1) {
+        let l = loss().map_err(candle)?;
+        per_item = l.to_vec1::<f64>().map_err(candle)?;
+        total = per_item.iter().sum();
+        if total == 0.0 || Instant::now() > deadline {
+            break;
+        }
+        let sum = l.sum_all().map_err(candle)?;
+        opt.backward_step(&sum).map_err(candle)?;
+    }
+    Ok((per_item, total))
+}
+
+/// Whether this round is the last: everything proven, or a budget is spent.
+fn last_round(
+    all_proven: bool,
+    rounds: usize,
+    sub_boxes: usize,
+    options: &ModuleOptions,
+    deadline: Instant,
+) -> bool {
+    all_proven
+        || rounds >= options.max_rounds
+        || Instant::now() > deadline
+        || sub_boxes >= options.max_sub_boxes
+}
+
+/// Of the `open` (unproven) sub-boxes, those whose loss is already 0 only miss the
+/// rounding margin (the caller asks more margin of them instead of splitting); of the
+/// rest, the worst by loss, up to the round's budget, are to be bisected (Algorithm 1,
+/// lines 14-19). Returns `(zero_loss, chosen)`; `chosen` is empty only when every open
+/// sub-box has zero loss.
+fn refine_choice(
+    open: Vec<usize>,
+    per_box: &[f64],
+    sub_boxes: usize,
+    options: &ModuleOptions,
+) -> (Vec<usize>, Vec<usize>) {
+    let loss = |i: usize| per_box.get(i).copied().unwrap_or(0.0);
+    let (zero, mut order): (Vec<usize>, Vec<usize>) = open
+        .into_iter()
+        .partition(|&i| per_box.get(i) == Some(&0.0));
+    order.sort_by(|&a, &b| loss(b).total_cmp(&loss(a)));
+    let budget = options
+        .refine_per_round
+        .min(options.max_sub_boxes.saturating_sub(sub_boxes))
+        .max(1);
+    order.truncate(budget);
+    (zero, order)
+}
+
+/// The two halves of `[lower, upper]` split at the middle of dimension `d`.
+fn bisect_box(lower: &[f64], upper: &[f64], d: usize) -> [(Vec<f64>, Vec<f64>); 2] {
+    let mid = 0.5 * (lower[d] + upper[d]);
+    let mut u1 = upper.to_vec();
+    u1[d] = mid;
+    let mut l2 = lower.to_vec();
+    l2[d] = mid;
+    [(lower.to_vec(), u1), (l2, upper.to_vec())]
+}
+
+/// `subs` without the `chosen` ones (order kept), then `new`.
+fn replace_chosen<T>(subs: Vec<T>, chosen: &[usize], new: Vec<T>) -> Vec<T> {
+    let mut keep = Vec::with_capacity(subs.len() + new.len());
+    for (i, b) in subs.into_iter().enumerate() {
+        if !chosen.contains(&i) {
+            keep.push(b);
+        }
+    }
+    keep.extend(new);
+    keep
+}
+
+/// The module that adds nothing (`n -> n_out`, all zero): the "no module fires" pattern.
+fn zero_module(n: usize, n_out: usize) -> Result<Module, String> {
+    Ok(Module {
+        layers: vec![Dense::new(
+            n,
+            n_out,
+            vec![0.0; n * n_out],
+            vec![0.0; n_out],
+        )?],
+        feature_layer: 0,
+    })
 }
 
 fn rhs_vec(case: &Case) -> Vec<f64> {
