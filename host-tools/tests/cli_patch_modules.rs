@@ -352,3 +352,45 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
         assert!(stderr(&out).contains("feature"), "{}", stderr(&out));
     }
 }
+
+/// Bad values of `--indicator` and `--feature-layer` (not a form, not a number, beyond
+/// the network's six activation layers, or a feature layer with label indicators): exit
+/// 2 with the option named, and no patch or graph written.
+#[test]
+fn bad_indicator_and_feature_layer_values_are_refused() {
+    let Some((model, spec)) = n21_prop2() else {
+        return;
+    };
+    let dir = scratch("cli_patch_modules", "bad-options");
+    let (patch, onnx) = (dir.join("p.prpt"), dir.join("p.onnx"));
+    let cases: [&[&str]; 8] = [
+        &["--indicator", "boxes"],
+        &["--indicator", ""],
+        &["--feature-layer", "x"],
+        &["--feature-layer=-1"],
+        &["--feature-layer", "18446744073709551616"],
+        &["--feature-layer", "7"],
+        &["--feature-layer", "99"],
+        &["--indicator", "label", "--feature-layer", "6"],
+    ];
+    for extra in cases {
+        let option = if extra.contains(&"--indicator") && extra.len() == 2 {
+            "--indicator"
+        } else {
+            "--feature-layer"
+        };
+        let mut argv = extra.to_vec();
+        argv.extend(["--out", s(&patch), "--onnx-out", s(&onnx)]);
+        let out = repair_modules(&model, &spec, &argv);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains(option),
+            "{extra:?} should name {option}: {err}"
+        );
+        assert!(
+            !patch.exists() && !onnx.exists(),
+            "{extra:?}: a file was written"
+        );
+    }
+}

@@ -108,6 +108,22 @@ pub fn feature_width(base: &Network, k: usize) -> Result<usize, RepairError> {
     Ok(shapes[at + 1].iter().product())
 }
 
+/// [`feature_width`], and a feature layer must be a ReLU: the combined network that
+/// re-verifies the repair (and the exported graph's verifier) carry the feature through
+/// ReLUs, which needs it non-negative.
+pub fn check_feature_layer(base: &Network, k: usize) -> Result<usize, RepairError> {
+    let width = feature_width(base, k)?;
+    if let Some(at) = feature_layer_index(base, k)
+        && !matches!(base.layers[at], Layer::Relu)
+    {
+        return Err(RepairError::Unsupported(format!(
+            "feature layer {k} is a {} layer: patch modules read only ReLU outputs",
+            base.layers[at].kind()
+        )));
+    }
+    Ok(width)
+}
+
 /// What a module at feature layer `k` reads on input `x`: `x` itself for 0, else the base
 /// activation after its K-th activation layer (`x` when `k` is out of range; callers
 /// validate `k` with [`feature_width`]).
@@ -940,18 +956,7 @@ pub fn repair_modules(
     let deadline = start + options.timeout;
     let n = base.input_dim();
     let n_out = base.output_dim();
-    let module_in = feature_width(base, options.feature_layer)?;
-    if let Some(at) = feature_layer_index(base, options.feature_layer)
-        && !matches!(base.layers[at], Layer::Relu)
-    {
-        // The combined network that re-verifies the repair (and the exported graph's
-        // verifier) carry the feature through ReLUs, which needs it non-negative.
-        return Err(RepairError::Unsupported(format!(
-            "feature layer {} is a {} layer: patch modules read only ReLU outputs",
-            options.feature_layer,
-            base.layers[at].kind()
-        )));
-    }
+    let module_in = check_feature_layer(base, options.feature_layer)?;
     // Indicator boxes: outward f32 rounding; they must be pairwise disjoint.
     let boxes: Vec<BoxBounds> = cases
         .iter()

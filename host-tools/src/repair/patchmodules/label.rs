@@ -264,6 +264,13 @@ pub fn repair_modules_label(
     kind: LabelKind,
 ) -> Result<ModulesRepair, RepairError> {
     check_hidden(options)?;
+    if options.feature_layer != 0 {
+        // Label modules are trained and proven on the network input only.
+        return Err(RepairError::Unsupported(format!(
+            "feature layer {}: label-indicator modules read the network input (0)",
+            options.feature_layer
+        )));
+    }
     let start = Instant::now();
     let deadline = start + options.timeout;
     let trace = crate::trace_enabled();
