@@ -857,8 +857,10 @@ fn inside_raw(x: &[f32], lo: &[u8], up: &[u8]) -> bool {
         .all(|(j, &v)| f32_at(lo, 4 * j) <= v && v <= f32_at(up, 4 * j))
 }
 
-/// Index of the largest value (the first on ties; NaN never wins).
-fn argmax(y: &[f32]) -> Option<usize> {
+/// Index of the largest value (the first on ties; NaN never wins): the rule of
+/// [`IndicatorKind::Label`] on the base output. Public so that the host's rule can be
+/// tested against it.
+pub fn argmax(y: &[f32]) -> Option<usize> {
     let mut best: Option<(usize, f32)> = None;
     for (i, &v) in y.iter().enumerate() {
         if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
@@ -868,8 +870,11 @@ fn argmax(y: &[f32]) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-/// `(first, second)` when the ranking's top two are strict (`y0 > y1 > every other`).
-fn top_two(y: &[f32]) -> Option<(usize, usize)> {
+/// `(first, second)` when the ranking's top two are strict (`y0 > y1 > every other`;
+/// any NaN among the others, or a tie, gives `None`): the rule of
+/// [`IndicatorKind::LabelPair`] on the base output. Public so that the host's rule can be
+/// tested against it.
+pub fn top_two(y: &[f32]) -> Option<(usize, usize)> {
     let first = argmax(y)?;
     let mut second: Option<(usize, f32)> = None;
     for (i, &v) in y.iter().enumerate() {

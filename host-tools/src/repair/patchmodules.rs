@@ -212,17 +212,29 @@ impl Indicator {
                         .all(|(&v, (&l, &u))| l <= v && v <= u)
             }
             Indicator::Label(l) => argmax(y) == Some(*l),
-            Indicator::LabelPair(l0, l1) => {
-                let mut order: Vec<usize> = (0..y.len()).collect();
-                order.sort_by(|&a, &b| y[b].total_cmp(&y[a]));
-                order.len() >= 2
-                    && order[0] == *l0
-                    && order[1] == *l1
-                    && y[*l0] > y[*l1]
-                    && (order.len() < 3 || y[*l1] > y[order[2]])
-            }
+            Indicator::LabelPair(l0, l1) => top_two(y) == Some((*l0, *l1)),
         }
     }
+}
+
+/// `(first, second)` when the top two are strict (`y0 > y1 > every other`), else `None`
+/// (ties, or a NaN among the others): the device's rule
+/// (`core::patch::modules::top_two`), step for step, so pair indicators fire identically.
+fn top_two(y: &[f64]) -> Option<(usize, usize)> {
+    let first = argmax(y)?;
+    let mut second: Option<(usize, f64)> = None;
+    for (i, &v) in y.iter().enumerate() {
+        if i != first && !v.is_nan() && second.is_none_or(|(_, b)| v > b) {
+            second = Some((i, v));
+        }
+    }
+    let (s, sv) = second?;
+    let fv = *y.get(first)?;
+    let strict = fv > sv
+        && y.iter()
+            .enumerate()
+            .all(|(i, &v)| i == first || i == s || sv > v);
+    strict.then_some((first, s))
 }
 
 /// The first index of the largest value, NaN never winning: the device's rule
@@ -1717,6 +1729,68 @@ mod tests {
             let x = vec![rng.random_range(-1.0..=0.5), rng.random_range(0.0..=1.0)];
             for (k, v) in m.forward(&x).into_iter().enumerate() {
                 assert!(lo[k] <= v && v <= hi[k]);
+            }
+        }
+    }
+
+    /// Label and pair indicators fire exactly where the device's rules do, on ties, NaN
+    /// (either sign, any position), infinities and values in general position.
+    #[test]
+    fn label_indicators_follow_the_device_rule_on_ties_and_nan() {
+        use prorepair_core::patch::modules::{argmax as dev_argmax, top_two as dev_top_two};
+        let nan = f64::NAN;
+        let mut outputs: Vec<Vec<f64>> = vec![
+            vec![],
+            vec![1.0],
+            vec![nan],
+            vec![2.0, 2.0],
+            vec![1.0, 2.0, 2.0],
+            vec![3.0, 2.0, 2.0],
+            vec![3.0, 3.0, 1.0],
+            vec![3.0, 2.0, 1.0, 0.0],
+            vec![nan, 3.0, 2.0, 1.0],
+            vec![3.0, nan, 2.0, 1.0],
+            vec![3.0, 2.0, 1.0, nan],
+            vec![3.0, 2.0, 1.0, -nan],
+            vec![-nan, 3.0, 2.0, 1.0],
+            vec![3.0, nan, nan, nan],
+            vec![nan, nan, nan],
+            vec![f64::INFINITY, 1.0, f64::NEG_INFINITY],
+            vec![f64::INFINITY, f64::INFINITY, 0.0],
+            vec![0.0, -0.0, -1.0],
+            vec![-0.0, 0.0, -1.0],
+        ];
+        // Small integers make ties common; every third entry a NaN of either sign.
+        let mut state = 7u64;
+        for _ in 0..400 {
+            let row = (0..5)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    match (state >> 33) % 9 {
+                        0 => nan,
+                        1 => -nan,
+                        k => (k % 4) as f64,
+                    }
+                })
+                .collect();
+            outputs.push(row);
+        }
+        for y in &outputs {
+            // Every value is an f32 exactly, so the device sees the same vector.
+            let yf: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+            for l0 in 0..y.len() {
+                assert_eq!(
+                    Indicator::Label(l0).fires(&[], y),
+                    dev_argmax(&yf) == Some(l0),
+                    "label {l0} on {y:?}"
+                );
+                for l1 in 0..y.len() {
+                    assert_eq!(
+                        Indicator::LabelPair(l0, l1).fires(&[], y),
+                        dev_top_two(&yf) == Some((l0, l1)),
+                        "pair ({l0}, {l1}) on {y:?}"
+                    );
+                }
             }
         }
     }
