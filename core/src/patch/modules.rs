@@ -56,8 +56,8 @@ use super::{
 };
 use crate::Error;
 use crate::format::{DENSE_PANEL, LayerKind, dense_panel_len, read_u16, read_u32};
-use crate::kernels::{self, Kernels};
-use crate::model::{Model, f32_arena};
+use crate::kernels::Kernels;
+use crate::model::Model;
 
 /// The kind word of a patch-modules patch (offset 16).
 pub const MODULES_KIND: u16 = 2;
@@ -715,32 +715,9 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
             .saturating_add(self.patch.max_width().saturating_mul(2))
     }
 
-    /// [`ModulesModel::required_arena_len`] in bytes.
-    pub fn required_arena_bytes(&self) -> usize {
-        self.required_arena_len().saturating_mul(4)
-    }
+    crate::model::evaluate_entry_points!("ModulesModel");
 
-    /// Evaluate base + modules with the fastest kernels.
-    pub fn evaluate(
-        &self,
-        input: &[f32],
-        arena: &mut [f32],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate_with(kernels::best(), input, arena, output)
-    }
-
-    /// [`ModulesModel::evaluate`] with an arena given as bytes (4-byte aligned).
-    pub fn evaluate_bytes(
-        &self,
-        input: &[f32],
-        arena: &mut [u8],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate(input, f32_arena(arena)?, output)
-    }
-
-    /// [`ModulesModel::evaluate`] with an explicit kernel set. Checks the input, output
+    /// Evaluate base + modules with an explicit kernel set. Checks the input, output
     /// and arena lengths; cannot fail after that.
     pub fn evaluate_with(
         &self,
