@@ -835,27 +835,32 @@ fn inside_raw(x: &[f32], lo: &[u8], up: &[u8]) -> bool {
 }
 
 /// Index of the largest value (the first on ties; NaN never wins): the rule of
-/// [`IndicatorKind::Label`] on the base output. Public so that the host's rule can be
-/// tested against it.
-pub fn argmax(y: &[f32]) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
+/// [`IndicatorKind::Label`] on the base output. Generic so that the host applies the
+/// same rule to its f64 outputs (`T` is f32 or f64; a value unordered with itself is a
+/// NaN).
+pub fn argmax<T: PartialOrd + Copy>(y: &[T]) -> Option<usize> {
+    let mut best: Option<(usize, T)> = None;
     for (i, &v) in y.iter().enumerate() {
-        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
+        if best.is_none_or(|(_, b)| v > b) && !is_nan(v) {
             best = Some((i, v));
         }
     }
     best.map(|(i, _)| i)
 }
 
+/// NaN for a float type: the value that is not ordered with itself.
+fn is_nan<T: PartialOrd>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
 /// `(first, second)` when the ranking's top two are strict (`y0 > y1 > every other`;
 /// any NaN among the others, or a tie, gives `None`): the rule of
-/// [`IndicatorKind::LabelPair`] on the base output. Public so that the host's rule can be
-/// tested against it.
-pub fn top_two(y: &[f32]) -> Option<(usize, usize)> {
+/// [`IndicatorKind::LabelPair`] on the base output. Generic like [`argmax`].
+pub fn top_two<T: PartialOrd + Copy>(y: &[T]) -> Option<(usize, usize)> {
     let first = argmax(y)?;
-    let mut second: Option<(usize, f32)> = None;
+    let mut second: Option<(usize, T)> = None;
     for (i, &v) in y.iter().enumerate() {
-        if i != first && !v.is_nan() && second.is_none_or(|(_, b)| v > b) {
+        if i != first && !is_nan(v) && second.is_none_or(|(_, b)| v > b) {
             second = Some((i, v));
         }
     }

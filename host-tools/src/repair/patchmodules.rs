@@ -55,6 +55,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+// The label rules are the device's own functions (generic over f32 and f64), so host
+// and device indicators fire identically, ties and NaN included.
+use prorepair_core::patch::modules::{argmax, top_two};
+
 use super::RepairError;
 use crate::bounds::BoxBounds;
 
@@ -215,38 +219,6 @@ impl Indicator {
             Indicator::LabelPair(l0, l1) => top_two(y) == Some((*l0, *l1)),
         }
     }
-}
-
-/// `(first, second)` when the top two are strict (`y0 > y1 > every other`), else `None`
-/// (ties, or a NaN among the others): the device's rule
-/// (`core::patch::modules::top_two`), step for step, so pair indicators fire identically.
-fn top_two(y: &[f64]) -> Option<(usize, usize)> {
-    let first = argmax(y)?;
-    let mut second: Option<(usize, f64)> = None;
-    for (i, &v) in y.iter().enumerate() {
-        if i != first && !v.is_nan() && second.is_none_or(|(_, b)| v > b) {
-            second = Some((i, v));
-        }
-    }
-    let (s, sv) = second?;
-    let fv = *y.get(first)?;
-    let strict = fv > sv
-        && y.iter()
-            .enumerate()
-            .all(|(i, &v)| i == first || i == s || sv > v);
-    strict.then_some((first, s))
-}
-
-/// The first index of the largest value, NaN never winning: the device's rule
-/// (`core::patch::modules::argmax`), so label indicators fire identically on ties.
-fn argmax(y: &[f64]) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for (i, &v) in y.iter().enumerate() {
-        if !v.is_nan() && best.is_none_or(|b| v > y[b]) {
-            best = Some(i);
-        }
-    }
-    best
 }
 
 /// The repaired network's add-on: indicators with their modules.
