@@ -33,6 +33,37 @@ fn repair_modules(model: &Path, spec: &Path, extra: &[&str]) -> Output {
     host(&argv)
 }
 
+/// A full patch-modules repair into `dir`: `p.prpt`, `repaired.onnx` and `report.json`
+/// (120 s budget, then `extra`); asserts exit 0 and returns the report and the paths of
+/// the patch and the graph.
+fn repair_into(
+    dir: &Path,
+    model: &Path,
+    spec: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, PathBuf, PathBuf) {
+    let (patch, onnx, report) = (
+        dir.join("p.prpt"),
+        dir.join("repaired.onnx"),
+        dir.join("report.json"),
+    );
+    let mut argv = vec![
+        "--out",
+        s(&patch),
+        "--onnx-out",
+        s(&onnx),
+        "--report",
+        s(&report),
+        "--timeout",
+        "120",
+    ];
+    argv.extend_from_slice(extra);
+    let out = repair_modules(model, spec, &argv);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (r, patch, onnx)
+}
+
 /// The lines of a command's stdout (CSV output rows of `eval`).
 fn rows(o: &Output) -> Vec<String> {
     String::from_utf8_lossy(&o.stdout)
@@ -93,34 +124,12 @@ fn repair_with_patch_modules_then_apply() {
         return;
     };
     let dir = scratch("cli_patch_modules", "n21");
-    let (patch, onnx, report, again) = (
-        dir.join("p.prpt"),
-        dir.join("repaired.onnx"),
-        dir.join("report.json"),
-        dir.join("applied.onnx"),
-    );
+    let again = dir.join("applied.onnx");
     let key = dir.join("key");
     let out = host(&["keygen", "--out", s(&key)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let public = dir.join("key.pub");
-    let out = repair_modules(
-        &model,
-        &spec,
-        &[
-            "--out",
-            s(&patch),
-            "--onnx-out",
-            s(&onnx),
-            "--report",
-            s(&report),
-            "--timeout",
-            "120",
-            "--sign",
-            s(&key),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (r, patch, onnx) = repair_into(&dir, &model, &spec, &["--sign", s(&key)]);
     assert_eq!(r["status"], "holds");
     assert_eq!(r["strategy"], "patch-modules");
     assert_eq!(r["modules"], 1);
@@ -255,30 +264,8 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
         return;
     };
     let dir = scratch("cli_patch_modules", "feature");
-    let (patch, onnx, report) = (
-        dir.join("p.prpt"),
-        dir.join("repaired.onnx"),
-        dir.join("report.json"),
-    );
     // ACAS Xu has six hidden ReLU layers of 50: K = 6 is the last one.
-    let out = repair_modules(
-        &model,
-        &spec,
-        &[
-            "--feature-layer",
-            "6",
-            "--out",
-            s(&patch),
-            "--onnx-out",
-            s(&onnx),
-            "--report",
-            s(&report),
-            "--timeout",
-            "120",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (r, patch, onnx) = repair_into(&dir, &model, &spec, &["--feature-layer", "6"]);
     assert_eq!(r["status"], "holds");
     assert_eq!(r["feature_layer"], 6);
     assert_eq!(r["module_parameters"], 50 * 8 + 8 + 8 * 5 + 5);
