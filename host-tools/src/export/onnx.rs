@@ -415,27 +415,8 @@ pub fn to_onnx_bytes_with_modules(
                 &p("and"),
                 vec![],
             ));
-            nodes.push(node(
-                "Cast",
-                p("andf"),
-                vec![p("and")],
-                &p("andf"),
-                vec![int("to", FLOAT as i64)],
-            ));
-            nodes.push(node(
-                "ReduceMin",
-                p("all"),
-                vec![p("andf")],
-                &p("all"),
-                vec![ints("axes", &[1]), int("keepdims", 1)],
-            ));
-            nodes.push(node(
-                "Cast",
-                p("cond"),
-                vec![p("all")],
-                &p("cond"),
-                vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
-            ));
+            push_all_of(nodes, p("and"), p("andf"), &p("all"));
+            push_cast_to_bool(nodes, p("all"), &p("cond"));
             current = push_gated_module(nodes, init, m.layers, source, current, &p);
         }
         Ok(current)
@@ -486,6 +467,37 @@ fn base_graph_for_modules(
     ));
     graph.output = vec![value_info("output", &[1, net.output_dim()])];
     Ok(model.encode_to_vec())
+}
+
+/// "Every comparison holds" in both indicator forms: `Cast<float>` of the boolean
+/// tensor `cmp` (named `cast`), then `ReduceMin` over axis 1 keeping it (named `all`);
+/// the importer reads it back with `match_all_of`.
+fn push_all_of(nodes: &mut Vec<pb::NodeProto>, cmp: String, cast: String, all: &str) {
+    nodes.push(node(
+        "Cast",
+        cast.clone(),
+        vec![cmp],
+        &cast,
+        vec![int("to", FLOAT as i64)],
+    ));
+    nodes.push(node(
+        "ReduceMin",
+        all.into(),
+        vec![cast],
+        all,
+        vec![ints("axes", &[1]), int("keepdims", 1)],
+    ));
+}
+
+/// The indicator's last node: `Cast<bool>` of `input`, named `name`.
+fn push_cast_to_bool(nodes: &mut Vec<pb::NodeProto>, input: String, name: &str) {
+    nodes.push(node(
+        "Cast",
+        name.into(),
+        vec![input],
+        name,
+        vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
+    ));
 }
 
 /// Append one patch module reading `input` (its Dense layers as Gemm, a Relu between
@@ -621,20 +633,7 @@ pub fn to_onnx_bytes_with_label_modules(
                     &q("cmp"),
                     vec![],
                 ));
-                nodes.push(node(
-                    "Cast",
-                    q("cmpf"),
-                    vec![q("cmp")],
-                    &q("cmpf"),
-                    vec![int("to", FLOAT as i64)],
-                ));
-                nodes.push(node(
-                    "ReduceMin",
-                    q("all"),
-                    vec![q("cmpf")],
-                    &q("all"),
-                    vec![ints("axes", &[1]), int("keepdims", 1)],
-                ));
+                push_all_of(nodes, q("cmp"), q("cmpf"), &q("all"));
                 conds.push(q("all"));
             }
             // n_out >= 2 leaves at least one part.
@@ -653,13 +652,7 @@ pub fn to_onnx_bytes_with_label_modules(
                 ));
                 cond = out;
             }
-            nodes.push(node(
-                "Cast",
-                p("cond"),
-                vec![cond],
-                &p("cond"),
-                vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
-            ));
+            push_cast_to_bool(nodes, cond, &p("cond"));
             current = push_gated_module(nodes, init, m.layers, "pm_x".to_string(), current, &p);
         }
         Ok(current)
