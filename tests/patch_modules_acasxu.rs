@@ -201,3 +201,91 @@ fn n21_prop2_repaired_with_a_patch_module() {
         let _ = std::fs::remove_file(p);
     }
 }
+
+/// A std edge device runs a kind-2 patch through the same tract entry point as a
+/// weight-delta patch (`patch::tract::load_patched`): on 400 inputs, half inside the
+/// indicator box, its outputs equal the device core's to f32 rounding (both evaluate in
+/// f32; their summation orders differ), and outside the box they equal the base network
+/// under tract bit for bit. A damaged patch is refused, naming it.
+#[test]
+fn tract_adapter_runs_the_kind2_patch_like_the_device_core() {
+    let Some((net, r)) = prorepair_tests::repair_n21_prop2_modules() else {
+        return;
+    };
+    let onnx = testing::data_path(&testing::acasxu_onnx(2, 1)).unwrap();
+    let regions = r.outcomes[0].partition.clone();
+    let emitted = patch::modules::emit(&net, &r.modules, 1, &regions).expect("emits");
+    let graph = patch::tract::load_patched(&onnx, &emitted.bytes, "kind2.patch")
+        .expect("the tract adapter takes a kind-2 patch");
+    assert_eq!(graph.network, net, "the base is unchanged");
+    // The base exported as the patched graph's base part is, for bit-for-bit outputs.
+    let shape = export::onnx::declared_input_shape(&onnx).unwrap();
+    let base_path = std::env::temp_dir().join(format!(
+        "prorepair-pm-tract-base-{}.onnx",
+        std::process::id()
+    ));
+    std::fs::write(
+        &base_path,
+        export::to_onnx_bytes(&net, Some(&shape)).unwrap(),
+    )
+    .unwrap();
+    let base_tract = TractModel::load(&base_path).expect("tract loads the base");
+    let _ = std::fs::remove_file(&base_path);
+    let Indicator::Box(domain) = &r.modules.entries[0].0 else {
+        panic!("a box indicator")
+    };
+    let mut s = 7u64;
+    let mut next = || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 11) as f64 / (1u64 << 53) as f64) as f32
+    };
+    let inputs: Vec<Vec<f32>> = (0..400)
+        .map(|k| {
+            (0..5)
+                .map(|d| {
+                    let t = next();
+                    if k % 2 == 0 {
+                        let (l, u) = (domain.lower[d] as f32, domain.upper[d] as f32);
+                        l + t * (u - l)
+                    } else {
+                        t - 0.5
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let device = patch::modules::eval_device(&net, &emitted.bytes, &inputs).expect("device eval");
+    let (mut inside, mut outside) = (0, 0);
+    for (x, dev) in inputs.iter().zip(&device) {
+        let t = graph.run(x).unwrap();
+        assert_eq!(t.len(), dev.len());
+        for (a, b) in t.iter().zip(dev) {
+            assert!(
+                (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                "{t:?} vs {dev:?} at {x:?}"
+            );
+        }
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        if Indicator::Box(domain.clone()).fires(&x64, &[]) {
+            inside += 1;
+        } else {
+            outside += 1;
+            let b = base_tract.run(x).unwrap();
+            assert_eq!(
+                t.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "outside the box at {x:?}"
+            );
+        }
+    }
+    assert!(
+        inside >= 150 && outside >= 150,
+        "{inside} inside, {outside} outside"
+    );
+    let mut bad = emitted.bytes.clone();
+    bad[40] ^= 1;
+    let err = patch::tract::load_patched(&onnx, &bad, "kind2.patch").unwrap_err();
+    assert!(err.to_string().contains("kind2.patch"), "{err}");
+}

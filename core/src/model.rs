@@ -11,7 +11,7 @@ use crate::format::{
     self, ConvGeometry, DENSE_PANEL, HEADER_SIZE, LAYER_ENTRY_SIZE, LayerKind, MAGIC, PoolGeometry,
     Shape, read_u16, read_u32,
 };
-use crate::kernels::{self, Kernels};
+use crate::kernels::Kernels;
 use crate::patch::{MAX_PATCH_LAYERS, Patch};
 use crate::{Error, layers};
 
@@ -242,6 +242,51 @@ pub struct Model<'a> {
     overlay: Overlay<'a>,
 }
 
+/// The entry points every device model type has, written once inside its `impl` block:
+/// `evaluate` (the fastest kernels of this CPU), `evaluate_bytes` (the arena as bytes,
+/// e.g. from C) and `required_arena_bytes`, all from the type's own `evaluate_with` and
+/// `required_arena_len`. Plain inherent methods, so callers need no trait in scope.
+macro_rules! evaluate_entry_points {
+    ($ty:literal) => {
+        #[doc = concat!(
+                    "Evaluate on one input with the fastest kernels this CPU supports ([`",
+                    $ty,
+                    "::evaluate_with`] with [`kernels::best`](crate::kernels::best)); fails only \
+             on the argument lengths."
+                )]
+        pub fn evaluate(
+            &self,
+            input: &[f32],
+            arena: &mut [f32],
+            output: &mut [f32],
+        ) -> Result<(), $crate::Error> {
+            self.evaluate_with($crate::kernels::best(), input, arena, output)
+        }
+
+        #[doc = concat!(
+                    "[`", $ty, "::evaluate`] with the arena given as bytes (e.g. from C); it must \
+             be 4-byte aligned and at least [`", $ty, "::required_arena_bytes`] long."
+                )]
+        pub fn evaluate_bytes(
+            &self,
+            input: &[f32],
+            arena: &mut [u8],
+            output: &mut [f32],
+        ) -> Result<(), $crate::Error> {
+            self.evaluate(input, $crate::model::f32_arena(arena)?, output)
+        }
+
+        #[doc = concat!(
+                    "Caller scratch memory for [`", $ty, "::evaluate_bytes`], in bytes \
+             (`4 * required_arena_len()`)."
+                )]
+        pub fn required_arena_bytes(&self) -> usize {
+            self.required_arena_len().saturating_mul(4)
+        }
+    };
+}
+pub(crate) use evaluate_entry_points;
+
 impl<'a> Model<'a> {
     /// Validate `bytes` completely and borrow it as a model.
     ///
@@ -434,12 +479,6 @@ impl<'a> Model<'a> {
         self.arena.a.saturating_add(self.arena.b)
     }
 
-    /// Exact caller scratch memory needed by [`Model::evaluate`], in bytes
-    /// (`4 * required_arena_len()`).
-    pub fn required_arena_bytes(&self) -> usize {
-        self.required_arena_len().saturating_mul(4)
-    }
-
     /// SHA-256 of the exact blob bytes (what a patch binds to).
     pub fn sha256(&self) -> [u8; 32] {
         use sha2::Digest;
@@ -486,31 +525,13 @@ impl<'a> Model<'a> {
         decode_layer(self.bytes, &words).ok()
     }
 
-    /// Evaluate the model on one input, with the fastest kernels this CPU supports.
+    evaluate_entry_points!("Model");
+
+    /// Evaluate the model on one input with an explicit kernel set (tests compare ISAs
+    /// with this).
     ///
     /// Checks `input.len() == input_len()`, `output.len() == output_len()` and
     /// `arena.len() >= required_arena_len()`; after that it cannot fail.
-    pub fn evaluate(
-        &self,
-        input: &[f32],
-        arena: &mut [f32],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate_with(kernels::best(), input, arena, output)
-    }
-
-    /// [`Model::evaluate`] with the arena given as bytes (e.g. from C); it must be
-    /// 4-byte aligned and at least [`Model::required_arena_bytes`] long.
-    pub fn evaluate_bytes(
-        &self,
-        input: &[f32],
-        arena: &mut [u8],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate(input, f32_arena(arena)?, output)
-    }
-
-    /// [`Model::evaluate`] with an explicit kernel set (tests compare ISAs with this).
     pub fn evaluate_with(
         &self,
         kernels: &Kernels,

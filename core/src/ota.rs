@@ -48,8 +48,8 @@ pub mod sim;
 
 use crate::Error;
 use crate::format::{CRC32, read_u16, read_u32};
-use crate::kernels::{self, Kernels};
-use crate::model::{Model, f32_arena};
+use crate::kernels::Kernels;
+use crate::model::Model;
 use crate::patch::modules::{MODULES_KIND, ModulePatch, ModulesModel, patch_kind_word};
 use crate::patch::{PUBLIC_KEY_SIZE, Patch, PatchKind};
 
@@ -421,37 +421,14 @@ impl<'a> Running<'a> {
         }
     }
 
-    /// Arena for [`Running::evaluate_bytes`], in bytes.
-    pub fn required_arena_bytes(&self) -> usize {
-        self.required_arena_len().saturating_mul(4)
-    }
-
     /// True when the running patch's proof covers `input` (false without a patch).
     pub fn covers(&self, input: &[f32]) -> bool {
         self.patch().is_some_and(|p| p.covers(input))
     }
 
-    /// Evaluate with the fastest kernels. Fails only on the argument lengths.
-    pub fn evaluate(
-        &self,
-        input: &[f32],
-        arena: &mut [f32],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate_with(kernels::best(), input, arena, output)
-    }
+    crate::model::evaluate_entry_points!("Running");
 
-    /// [`Running::evaluate`] with the arena as bytes (4-byte aligned, e.g. from C).
-    pub fn evaluate_bytes(
-        &self,
-        input: &[f32],
-        arena: &mut [u8],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate(input, f32_arena(arena)?, output)
-    }
-
-    /// [`Running::evaluate`] with an explicit kernel set.
+    /// Evaluate with an explicit kernel set. Fails only on the argument lengths.
     pub fn evaluate_with(
         &self,
         kernels: &Kernels,

@@ -5,31 +5,49 @@
 //! `--key`); a damaged patch is refused (exit 2, file named).
 
 mod common;
-use common::{host, s, scratch, stderr};
-use prorepair_host::{require_data, testing};
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
-#[test]
-fn repair_with_patch_modules_then_apply() {
-    let model = require_data!(&testing::acasxu_onnx(2, 1));
-    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
-    let dir = scratch("cli_patch_modules", "n21");
-    let (patch, onnx, report, again) = (
+use common::{host, s, scratch, stderr};
+use prorepair_host::testing;
+
+/// ACAS Xu N2,1 and property 2 (violated there); `None` (the test skips) without the data.
+fn n21_prop2() -> Option<(PathBuf, PathBuf)> {
+    Some((
+        testing::data_path(&testing::acasxu_onnx(2, 1))?,
+        testing::data_path("acasxu/vnnlib/prop_2.vnnlib")?,
+    ))
+}
+
+/// `repair MODEL --spec SPEC --strategy patch-modules EXTRA...`.
+fn repair_modules(model: &Path, spec: &Path, extra: &[&str]) -> Output {
+    let mut argv = vec![
+        "repair",
+        s(model),
+        "--spec",
+        s(spec),
+        "--strategy",
+        "patch-modules",
+    ];
+    argv.extend_from_slice(extra);
+    host(&argv)
+}
+
+/// A full patch-modules repair into `dir`: `p.prpt`, `repaired.onnx` and `report.json`
+/// (120 s budget, then `extra`); asserts exit 0 and returns the report and the paths of
+/// the patch and the graph.
+fn repair_into(
+    dir: &Path,
+    model: &Path,
+    spec: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, PathBuf, PathBuf) {
+    let (patch, onnx, report) = (
         dir.join("p.prpt"),
         dir.join("repaired.onnx"),
         dir.join("report.json"),
-        dir.join("applied.onnx"),
     );
-    let key = dir.join("key");
-    let out = host(&["keygen", "--out", s(&key)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let public = dir.join("key.pub");
-    let out = host(&[
-        "repair",
-        s(&model),
-        "--spec",
-        s(&spec),
-        "--strategy",
-        "patch-modules",
+    let mut argv = vec![
         "--out",
         s(&patch),
         "--onnx-out",
@@ -38,11 +56,80 @@ fn repair_with_patch_modules_then_apply() {
         s(&report),
         "--timeout",
         "120",
-        "--sign",
-        s(&key),
-    ]);
+    ];
+    argv.extend_from_slice(extra);
+    let out = repair_modules(model, spec, &argv);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let r = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    (r, patch, onnx)
+}
+
+/// The lines of a command's stdout (CSV output rows of `eval`).
+fn rows(o: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Two `eval` outputs agree to 1e-4 value by value (host f64 vs device f32).
+fn assert_rows_close(a: &[String], b: &[String]) {
+    for (x, y) in a.iter().zip(b) {
+        for (u, v) in x.split(',').zip(y.split(',')) {
+            let (u, v): (f64, f64) = (u.parse().unwrap(), v.parse().unwrap());
+            assert!((u - v).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+}
+
+/// `apply` rebuilds the same ONNX graph from the patch alone.
+fn assert_apply_rebuilds(model: &Path, patch: &Path, onnx: &Path, again: &Path) {
+    let out = host(&["apply", s(model), s(patch), "--onnx-out", s(again)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read(onnx).unwrap(), std::fs::read(again).unwrap());
+}
+
+/// `verify` on the exported graph itself says holds; its JSON report.
+fn verify_holds(onnx: &Path, spec: &Path) -> serde_json::Value {
+    let out = host(&["verify", s(onnx), s(spec), "--json", "-"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "holds", "{v}");
+    v
+}
+
+/// The first module's box corners from an `inspect --json` report.
+fn module_box(v: &serde_json::Value) -> (Vec<f64>, Vec<f64>) {
+    (0..5)
+        .map(|j| {
+            (
+                v["modules"][0]["lower"][j].as_f64().unwrap(),
+                v["modules"][0]["upper"][j].as_f64().unwrap(),
+            )
+        })
+        .unzip()
+}
+
+/// `compile MODEL` into `dir/base.bin`.
+fn compile(model: &Path, dir: &Path) -> PathBuf {
+    let blob = dir.join("base.bin");
+    let out = host(&["compile", s(model), "--out", s(&blob)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    blob
+}
+
+#[test]
+fn repair_with_patch_modules_then_apply() {
+    let Some((model, spec)) = n21_prop2() else {
+        return;
+    };
+    let dir = scratch("cli_patch_modules", "n21");
+    let again = dir.join("applied.onnx");
+    let key = dir.join("key");
+    let out = host(&["keygen", "--out", s(&key)]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let public = dir.join("key.pub");
+    let (r, patch, onnx) = repair_into(&dir, &model, &spec, &["--sign", s(&key)]);
     assert_eq!(r["status"], "holds");
     assert_eq!(r["strategy"], "patch-modules");
     assert_eq!(r["modules"], 1);
@@ -51,18 +138,10 @@ fn repair_with_patch_modules_then_apply() {
     let bytes = std::fs::read(&patch).unwrap();
     assert_eq!(r["patch_size_bytes"], bytes.len());
 
-    let out = host(&["apply", s(&model), s(&patch), "--onnx-out", s(&again)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read(&onnx).unwrap(),
-        std::fs::read(&again).unwrap()
-    );
+    assert_apply_rebuilds(&model, &patch, &onnx, &again);
 
     // `verify` on the exported graph itself (base + indicator + module).
-    let out = host(&["verify", s(&onnx), s(&spec), "--json", "-"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["status"], "holds", "{v}");
+    let v = verify_holds(&onnx, &spec);
     assert_eq!(v["piecewise"]["modules"], 1, "{v}");
     assert!(v["piecewise"]["cells"].as_u64().unwrap() >= 1, "{v}");
 
@@ -85,12 +164,7 @@ fn repair_with_patch_modules_then_apply() {
 
     // `eval --patch`: base + module by the device core. Outside the box (second row) the
     // outputs are the base's; inside (the box centre) the module changes them.
-    let mut lo = Vec::new();
-    let mut hi = Vec::new();
-    for j in 0..5 {
-        lo.push(v["modules"][0]["lower"][j].as_f64().unwrap());
-        hi.push(v["modules"][0]["upper"][j].as_f64().unwrap());
-    }
+    let (lo, hi) = module_box(&v);
     let centre: Vec<String> = lo
         .iter()
         .zip(&hi)
@@ -103,15 +177,7 @@ fn repair_with_patch_modules_then_apply() {
         format!("{}\n{}\n", centre.join(","), outside.join(",")),
     )
     .unwrap();
-    let blob = dir.join("base.bin");
-    let out = host(&["compile", s(&model), "--out", s(&blob)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let rows = |o: &std::process::Output| -> Vec<String> {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let blob = compile(&model, &dir);
     let base_out = host(&["eval", s(&blob), "--inputs", s(&inputs)]);
     assert_eq!(base_out.status.code(), Some(0), "{}", stderr(&base_out));
     for m in [&model, &blob] {
@@ -146,12 +212,7 @@ fn repair_with_patch_modules_then_apply() {
         "--inputs",
         s(&inputs),
     ]);
-    for (a, b) in rows(&out).iter().zip(rows(&device)) {
-        for (u, v) in a.split(',').zip(b.split(',')) {
-            let (u, v): (f64, f64) = (u.parse().unwrap(), v.parse().unwrap());
-            assert!((u - v).abs() < 1e-4, "{a} vs {b}");
-        }
-    }
+    assert_rows_close(&rows(&out), &rows(&device));
     // A key that did not sign the patch: refused, as on a device.
     let other = dir.join("other");
     assert!(host(&["keygen", "--out", s(&other)]).status.success());
@@ -180,23 +241,17 @@ fn repair_with_patch_modules_then_apply() {
 
 #[test]
 fn module_widths_the_device_format_cannot_hold_are_refused() {
-    let model = require_data!(&testing::acasxu_onnx(2, 1));
-    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let Some((model, spec)) = n21_prop2() else {
+        return;
+    };
     let dir = scratch("cli_patch_modules", "widths");
     let patch = dir.join("p.prpt");
     for widths in ["0", "8,0", "8,8,8,8"] {
-        let out = host(&[
-            "repair",
-            s(&model),
-            "--spec",
-            s(&spec),
-            "--strategy",
-            "patch-modules",
-            "--module-hidden",
-            widths,
-            "--out",
-            s(&patch),
-        ]);
+        let out = repair_modules(
+            &model,
+            &spec,
+            &["--module-hidden", widths, "--out", s(&patch)],
+        );
         assert_eq!(out.status.code(), Some(2), "{widths}: {}", stderr(&out));
         assert!(stderr(&out).contains("hidden"), "{}", stderr(&out));
         assert!(!patch.exists(), "{widths}: a patch was written");
@@ -205,35 +260,12 @@ fn module_widths_the_device_format_cannot_hold_are_refused() {
 
 #[test]
 fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
-    let model = require_data!(&testing::acasxu_onnx(2, 1));
-    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let Some((model, spec)) = n21_prop2() else {
+        return;
+    };
     let dir = scratch("cli_patch_modules", "feature");
-    let (patch, onnx, report) = (
-        dir.join("p.prpt"),
-        dir.join("repaired.onnx"),
-        dir.join("report.json"),
-    );
     // ACAS Xu has six hidden ReLU layers of 50: K = 6 is the last one.
-    let out = host(&[
-        "repair",
-        s(&model),
-        "--spec",
-        s(&spec),
-        "--strategy",
-        "patch-modules",
-        "--feature-layer",
-        "6",
-        "--out",
-        s(&patch),
-        "--onnx-out",
-        s(&onnx),
-        "--report",
-        s(&report),
-        "--timeout",
-        "120",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (r, patch, onnx) = repair_into(&dir, &model, &spec, &["--feature-layer", "6"]);
     assert_eq!(r["status"], "holds");
     assert_eq!(r["feature_layer"], 6);
     assert_eq!(r["module_parameters"], 50 * 8 + 8 + 8 * 5 + 5);
@@ -248,30 +280,14 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
     assert_eq!(v["modules"][0]["input_layer"], 6);
 
     // `apply` rebuilds the same graph from the patch alone.
-    let again = dir.join("applied.onnx");
-    let out = host(&["apply", s(&model), s(&patch), "--onnx-out", s(&again)]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read(&onnx).unwrap(),
-        std::fs::read(&again).unwrap()
-    );
+    assert_apply_rebuilds(&model, &patch, &onnx, &dir.join("applied.onnx"));
 
     // `verify` on the exported graph (the module reads the sixth ReLU's output there).
-    let out = host(&["verify", s(&onnx), s(&spec), "--json", "-"]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let vv: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(vv["status"], "holds", "{vv}");
+    verify_holds(&onnx, &spec);
 
     // `eval --patch` (device core) and the exported graph agree inside the box; outside
     // it the device gives the base's outputs bit for bit.
-    let (lo, hi): (Vec<f64>, Vec<f64>) = (0..5)
-        .map(|j| {
-            (
-                v["modules"][0]["lower"][j].as_f64().unwrap(),
-                v["modules"][0]["upper"][j].as_f64().unwrap(),
-            )
-        })
-        .unzip();
+    let (lo, hi) = module_box(&v);
     let row = |f: &dyn Fn(f64, f64) -> f64| -> String {
         lo.iter()
             .zip(&hi)
@@ -290,18 +306,7 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
         ),
     )
     .unwrap();
-    let blob = dir.join("base.bin");
-    assert!(
-        host(&["compile", s(&model), "--out", s(&blob)])
-            .status
-            .success()
-    );
-    let rows = |o: &std::process::Output| -> Vec<String> {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect()
-    };
+    let blob = compile(&model, &dir);
     let base_out = host(&["eval", s(&blob), "--inputs", s(&inputs)]);
     let device = host(&[
         "eval",
@@ -320,12 +325,7 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
         b[2], d[2],
         "outside the box the base's outputs, bit for bit"
     );
-    for (a, c) in g.iter().zip(&d) {
-        for (u, w) in a.split(',').zip(c.split(',')) {
-            let (u, w): (f64, f64) = (u.parse().unwrap(), w.parse().unwrap());
-            assert!((u - w).abs() < 1e-4, "{a} vs {c}");
-        }
-    }
+    assert_rows_close(&g, &d);
 
     // A layer the network does not have, and the option with the weights strategy.
     for extra in [
@@ -337,5 +337,47 @@ fn repair_at_a_feature_layer_then_inspect_eval_and_verify() {
         let out = host(&argv);
         assert_eq!(out.status.code(), Some(2), "{extra:?}: {}", stderr(&out));
         assert!(stderr(&out).contains("feature"), "{}", stderr(&out));
+    }
+}
+
+/// Bad values of `--indicator` and `--feature-layer` (not a form, not a number, beyond
+/// the network's six activation layers, or a feature layer with label indicators): exit
+/// 2 with the option named, and no patch or graph written.
+#[test]
+fn bad_indicator_and_feature_layer_values_are_refused() {
+    let Some((model, spec)) = n21_prop2() else {
+        return;
+    };
+    let dir = scratch("cli_patch_modules", "bad-options");
+    let (patch, onnx) = (dir.join("p.prpt"), dir.join("p.onnx"));
+    let cases: [&[&str]; 8] = [
+        &["--indicator", "boxes"],
+        &["--indicator", ""],
+        &["--feature-layer", "x"],
+        &["--feature-layer=-1"],
+        &["--feature-layer", "18446744073709551616"],
+        &["--feature-layer", "7"],
+        &["--feature-layer", "99"],
+        &["--indicator", "label", "--feature-layer", "6"],
+    ];
+    for extra in cases {
+        let option = if extra.contains(&"--indicator") && extra.len() == 2 {
+            "--indicator"
+        } else {
+            "--feature-layer"
+        };
+        let mut argv = extra.to_vec();
+        argv.extend(["--out", s(&patch), "--onnx-out", s(&onnx)]);
+        let out = repair_modules(&model, &spec, &argv);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(
+            err.contains(option),
+            "{extra:?} should name {option}: {err}"
+        );
+        assert!(
+            !patch.exists() && !onnx.exists(),
+            "{extra:?}: a file was written"
+        );
     }
 }

@@ -56,8 +56,8 @@ use super::{
 };
 use crate::Error;
 use crate::format::{DENSE_PANEL, LayerKind, dense_panel_len, read_u16, read_u32};
-use crate::kernels::{self, Kernels};
-use crate::model::{Model, f32_arena};
+use crate::kernels::Kernels;
+use crate::model::Model;
 
 /// The kind word of a patch-modules patch (offset 16).
 pub const MODULES_KIND: u16 = 2;
@@ -715,32 +715,9 @@ impl<'m, 'p> ModulesModel<'m, 'p> {
             .saturating_add(self.patch.max_width().saturating_mul(2))
     }
 
-    /// [`ModulesModel::required_arena_len`] in bytes.
-    pub fn required_arena_bytes(&self) -> usize {
-        self.required_arena_len().saturating_mul(4)
-    }
+    crate::model::evaluate_entry_points!("ModulesModel");
 
-    /// Evaluate base + modules with the fastest kernels.
-    pub fn evaluate(
-        &self,
-        input: &[f32],
-        arena: &mut [f32],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate_with(kernels::best(), input, arena, output)
-    }
-
-    /// [`ModulesModel::evaluate`] with an arena given as bytes (4-byte aligned).
-    pub fn evaluate_bytes(
-        &self,
-        input: &[f32],
-        arena: &mut [u8],
-        output: &mut [f32],
-    ) -> Result<(), Error> {
-        self.evaluate(input, f32_arena(arena)?, output)
-    }
-
-    /// [`ModulesModel::evaluate`] with an explicit kernel set. Checks the input, output
+    /// Evaluate base + modules with an explicit kernel set. Checks the input, output
     /// and arena lengths; cannot fail after that.
     pub fn evaluate_with(
         &self,
@@ -857,23 +834,33 @@ fn inside_raw(x: &[f32], lo: &[u8], up: &[u8]) -> bool {
         .all(|(j, &v)| f32_at(lo, 4 * j) <= v && v <= f32_at(up, 4 * j))
 }
 
-/// Index of the largest value (the first on ties; NaN never wins).
-fn argmax(y: &[f32]) -> Option<usize> {
-    let mut best: Option<(usize, f32)> = None;
+/// Index of the largest value (the first on ties; NaN never wins): the rule of
+/// [`IndicatorKind::Label`] on the base output. Generic so that the host applies the
+/// same rule to its f64 outputs (`T` is f32 or f64; a value unordered with itself is a
+/// NaN).
+pub fn argmax<T: PartialOrd + Copy>(y: &[T]) -> Option<usize> {
+    let mut best: Option<(usize, T)> = None;
     for (i, &v) in y.iter().enumerate() {
-        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
+        if best.is_none_or(|(_, b)| v > b) && !is_nan(v) {
             best = Some((i, v));
         }
     }
     best.map(|(i, _)| i)
 }
 
-/// `(first, second)` when the ranking's top two are strict (`y0 > y1 > every other`).
-fn top_two(y: &[f32]) -> Option<(usize, usize)> {
+/// NaN for a float type: the value that is not ordered with itself.
+fn is_nan<T: PartialOrd>(v: T) -> bool {
+    v.partial_cmp(&v).is_none()
+}
+
+/// `(first, second)` when the ranking's top two are strict (`y0 > y1 > every other`;
+/// any NaN among the others, or a tie, gives `None`): the rule of
+/// [`IndicatorKind::LabelPair`] on the base output. Generic like [`argmax`].
+pub fn top_two<T: PartialOrd + Copy>(y: &[T]) -> Option<(usize, usize)> {
     let first = argmax(y)?;
-    let mut second: Option<(usize, f32)> = None;
+    let mut second: Option<(usize, T)> = None;
     for (i, &v) in y.iter().enumerate() {
-        if i != first && !v.is_nan() && second.is_none_or(|(_, b)| v > b) {
+        if i != first && !is_nan(v) && second.is_none_or(|(_, b)| v > b) {
             second = Some((i, v));
         }
     }

@@ -952,6 +952,40 @@ mod tests {
         }
     }
 
+    /// 300 points sampled in `input`: every layer's value lies in `b`'s intermediate
+    /// bounds, and every spec row (`spec` holds rows of the network's output width) in
+    /// `b`'s bounds and between its linear bounds at the point.
+    fn assert_contains_samples(
+        rng: &mut rand_chacha::ChaCha8Rng,
+        net: &Network,
+        input: &BoxBounds,
+        spec: &[f64],
+        b: &LinearBounds,
+        trial: usize,
+    ) {
+        let width = net.output_dim();
+        for _ in 0..300 {
+            let x = random_point(rng, &input.lower, &input.upper);
+            let mut v = x.clone();
+            for (k, layer) in net.layers.iter().enumerate() {
+                v = layer.apply(&v);
+                assert!(
+                    b.layer_bounds[k + 1].contains(&v, 1e-9),
+                    "trial {trial} layer {k}"
+                );
+            }
+            for (r, row) in spec.chunks(width).enumerate() {
+                let y: f64 = row.iter().zip(&v).map(|(a, b)| a * b).sum();
+                let t = 1e-9 * (1.0 + y.abs());
+                assert!(
+                    b.lower[r] <= y + t && y <= b.upper[r] + t,
+                    "trial {trial} row {r}"
+                );
+                assert!(b.lower_at(r, &x) <= y + t && y <= b.upper_at(r, &x) + t);
+            }
+        }
+    }
+
     /// Sparse intermediate bounds stay sound: sampled spec values and activations lie
     /// inside them.
     #[test]
@@ -968,30 +1002,7 @@ mod tests {
             let b = chain
                 .linear_bounds(&input, &spec, 2, Method::Crown)
                 .unwrap();
-            for _ in 0..300 {
-                let x = random_point(&mut rng, &input.lower, &input.upper);
-                let mut v = x.clone();
-                for (k, layer) in net.layers.iter().enumerate() {
-                    v = layer.apply(&v);
-                    assert!(
-                        b.layer_bounds[k + 1].contains(&v, 1e-9),
-                        "trial {trial} layer {k}"
-                    );
-                }
-                for r in 0..2 {
-                    let y: f64 = spec[r * 4..(r + 1) * 4]
-                        .iter()
-                        .zip(&v)
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    let t = 1e-9 * (1.0 + y.abs());
-                    assert!(
-                        b.lower[r] <= y + t && y <= b.upper[r] + t,
-                        "trial {trial} row {r}"
-                    );
-                    assert!(b.lower_at(r, &x) <= y + t && y <= b.upper_at(r, &x) + t);
-                }
-            }
+            assert_contains_samples(&mut rng, &net, &input, &spec, &b, trial);
         }
     }
 
@@ -1028,30 +1039,7 @@ mod tests {
                 assert!(b.lower[r] >= d.lower[r] - 1e-9 * (1.0 + d.lower[r].abs()));
                 assert!(b.upper[r] <= d.upper[r] + 1e-9 * (1.0 + d.upper[r].abs()));
             }
-            for _ in 0..300 {
-                let x = random_point(&mut rng, &input.lower, &input.upper);
-                let mut v = x.clone();
-                for (k, layer) in net.layers.iter().enumerate() {
-                    v = layer.apply(&v);
-                    assert!(
-                        b.layer_bounds[k + 1].contains(&v, 1e-9),
-                        "trial {trial} layer {k}"
-                    );
-                }
-                for r in 0..2 {
-                    let y: f64 = spec[r * 4..(r + 1) * 4]
-                        .iter()
-                        .zip(&v)
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    let t = 1e-9 * (1.0 + y.abs());
-                    assert!(
-                        b.lower[r] <= y + t && y <= b.upper[r] + t,
-                        "trial {trial} row {r}"
-                    );
-                    assert!(b.lower_at(r, &x) <= y + t && y <= b.upper_at(r, &x) + t);
-                }
-            }
+            assert_contains_samples(&mut rng, &net, &input, &spec, &b, trial);
         }
     }
 
@@ -1109,22 +1097,7 @@ mod tests {
                     "trial {trial} layer {k}"
                 );
             }
-            for _ in 0..300 {
-                let x = random_point(&mut rng, &child.lower, &child.upper);
-                let mut v = x.clone();
-                for (k, layer) in net.layers.iter().enumerate() {
-                    v = layer.apply(&v);
-                    assert!(
-                        b.layer_bounds[k + 1].contains(&v, 1e-9),
-                        "trial {trial} layer {k}"
-                    );
-                }
-                let y = v[0] - v[1];
-                assert!(
-                    b.lower[0] <= y + 1e-9 * (1.0 + y.abs())
-                        && y <= b.upper[0] + 1e-9 * (1.0 + y.abs())
-                );
-            }
+            assert_contains_samples(&mut rng, &net, &child, &spec, &b, trial);
         }
     }
 

@@ -28,6 +28,14 @@ pub(crate) fn run(
     properties: &[RepairProperty],
     signer: Option<&ed25519_dalek::SigningKey>,
 ) -> Result<Outcome, CliError> {
+    // The option's value checked before the long work, the error naming the option.
+    if args.feature_layer != 0 && args.indicator != IndicatorForm::Box {
+        return Err(CliError::BadInput(
+            "--feature-layer applies to --indicator box only (label modules read the input)".into(),
+        ));
+    }
+    patchmodules::check_feature_layer(net, args.feature_layer)
+        .map_err(|e| CliError::BadInput(format!("--feature-layer: {e}")))?;
     let start = Instant::now();
     let budget = Duration::from_secs_f64(args.timeout);
     // 1. Which properties are violated (or undecided) before?

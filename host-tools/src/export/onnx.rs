@@ -349,6 +349,93 @@ pub fn to_onnx_bytes_with_modules(
     input_shape: Option<&[usize]>,
     modules: &[OnnxModule<'_>],
 ) -> Result<Vec<u8>, ExportError> {
+    let n = net.input_dim();
+    base_graph_for_modules(net, input_shape, |nodes, init| {
+        // The base's activation outputs in layer order, for modules at a feature layer.
+        let activations: Vec<String> = nodes
+            .iter()
+            .filter(|n| ACTIVATION_OPS.contains(&n.op_type.as_str()))
+            .filter_map(|n| n.output.first().cloned())
+            .collect();
+        let mut current = "pm_base".to_string();
+        for (i, m) in modules.iter().enumerate() {
+            // The module's input: the flattened input, or Flatten(axis = 1) of the K-th
+            // activation (one Flatten per feature layer, shared by its modules).
+            let source = match m.feature_layer {
+                0 => "pm_x".to_string(),
+                k => {
+                    let act = activations
+                        .get(k - 1)
+                        .ok_or(ExportError::Unsupported {
+                            index: k,
+                            kind: "feature layer beyond the network's activation layers",
+                        })?
+                        .clone();
+                    let name = format!("pm_h{k}");
+                    if !nodes.iter().any(|n| n.name == name) {
+                        nodes.push(node(
+                            "Flatten",
+                            name.clone(),
+                            vec![act],
+                            &name,
+                            vec![int("axis", 1)],
+                        ));
+                    }
+                    name
+                }
+            };
+            if m.lower.len() != n || m.upper.len() != n {
+                return Err(ExportError::InputShape {
+                    shape: vec![m.lower.len()],
+                    got: m.lower.len(),
+                    want: n,
+                });
+            }
+            let p = |s: &str| format!("pm{i}_{s}");
+            init.push(float_tensor(&p("lower"), &[1, n], m.lower));
+            init.push(float_tensor(&p("upper"), &[1, n], m.upper));
+            nodes.push(node(
+                "GreaterOrEqual",
+                p("ge"),
+                vec!["pm_x".into(), p("lower")],
+                &p("ge"),
+                vec![],
+            ));
+            nodes.push(node(
+                "LessOrEqual",
+                p("le"),
+                vec!["pm_x".into(), p("upper")],
+                &p("le"),
+                vec![],
+            ));
+            nodes.push(node(
+                "And",
+                p("and"),
+                vec![p("ge"), p("le")],
+                &p("and"),
+                vec![],
+            ));
+            push_all_of(nodes, p("and"), p("andf"), &p("all"));
+            push_cast_to_bool(nodes, p("all"), &p("cond"));
+            current = push_gated_module(nodes, init, m.layers, source, current, &p);
+        }
+        Ok(current)
+    })
+}
+
+/// The setup and closing both module exporters share: `net` exported by
+/// [`to_onnx_bytes`] and re-decoded, its final `Identity` renamed to `pm_base`, the
+/// input flattened as `pm_x`; `append` then adds the modules (starting from `pm_base`)
+/// and returns the name of the last result, which a closing `Identity` names `output`
+/// (`[1, n_out]`).
+fn base_graph_for_modules(
+    net: &Network,
+    input_shape: Option<&[usize]>,
+    append: impl FnOnce(
+        &mut Vec<pb::NodeProto>,
+        &mut Vec<pb::TensorProto>,
+    ) -> Result<String, ExportError>,
+) -> Result<Vec<u8>, ExportError> {
     let bytes = to_onnx_bytes(net, input_shape)?;
     let mut model =
         pb::ModelProto::decode(bytes.as_slice()).map_err(|_| ExportError::Unsupported {
@@ -358,119 +445,59 @@ pub fn to_onnx_bytes_with_modules(
     let Some(graph) = model.graph.as_mut() else {
         return Ok(bytes);
     };
-    let n = net.input_dim();
-    let n_out = net.output_dim();
     // The base graph's last node is the Identity naming "output": rename its output.
     if let Some(last) = graph.node.last_mut() {
         last.output = vec!["pm_base".into()];
         last.name = "pm_base".into();
     }
-    let nodes = &mut graph.node;
-    let init = &mut graph.initializer;
-    nodes.push(node(
+    graph.node.push(node(
         "Flatten",
         "pm_x".into(),
         vec!["input".into()],
         "pm_x",
         vec![int("axis", 1)],
     ));
-    // The base's activation outputs in layer order, for modules at a feature layer.
-    let activations: Vec<String> = nodes
-        .iter()
-        .filter(|n| ACTIVATION_OPS.contains(&n.op_type.as_str()))
-        .filter_map(|n| n.output.first().cloned())
-        .collect();
-    let mut current = "pm_base".to_string();
-    for (i, m) in modules.iter().enumerate() {
-        // The module's input: the flattened input, or Flatten(axis = 1) of the K-th
-        // activation (one Flatten per feature layer, shared by its modules).
-        let source = match m.feature_layer {
-            0 => "pm_x".to_string(),
-            k => {
-                let act = activations
-                    .get(k - 1)
-                    .ok_or(ExportError::Unsupported {
-                        index: k,
-                        kind: "feature layer beyond the network's activation layers",
-                    })?
-                    .clone();
-                let name = format!("pm_h{k}");
-                if !nodes.iter().any(|n| n.name == name) {
-                    nodes.push(node(
-                        "Flatten",
-                        name.clone(),
-                        vec![act],
-                        &name,
-                        vec![int("axis", 1)],
-                    ));
-                }
-                name
-            }
-        };
-        if m.lower.len() != n || m.upper.len() != n {
-            return Err(ExportError::InputShape {
-                shape: vec![m.lower.len()],
-                got: m.lower.len(),
-                want: n,
-            });
-        }
-        let p = |s: &str| format!("pm{i}_{s}");
-        init.push(float_tensor(&p("lower"), &[1, n], m.lower));
-        init.push(float_tensor(&p("upper"), &[1, n], m.upper));
-        nodes.push(node(
-            "GreaterOrEqual",
-            p("ge"),
-            vec!["pm_x".into(), p("lower")],
-            &p("ge"),
-            vec![],
-        ));
-        nodes.push(node(
-            "LessOrEqual",
-            p("le"),
-            vec!["pm_x".into(), p("upper")],
-            &p("le"),
-            vec![],
-        ));
-        nodes.push(node(
-            "And",
-            p("and"),
-            vec![p("ge"), p("le")],
-            &p("and"),
-            vec![],
-        ));
-        nodes.push(node(
-            "Cast",
-            p("andf"),
-            vec![p("and")],
-            &p("andf"),
-            vec![int("to", FLOAT as i64)],
-        ));
-        nodes.push(node(
-            "ReduceMin",
-            p("all"),
-            vec![p("andf")],
-            &p("all"),
-            vec![ints("axes", &[1]), int("keepdims", 1)],
-        ));
-        nodes.push(node(
-            "Cast",
-            p("cond"),
-            vec![p("all")],
-            &p("cond"),
-            vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
-        ));
-        let next = push_gated_module(nodes, init, m.layers, source, current, &p);
-        current = next;
-    }
-    nodes.push(node(
+    let last = append(&mut graph.node, &mut graph.initializer)?;
+    graph.node.push(node(
         "Identity",
         "output".into(),
-        vec![current],
+        vec![last],
         "output",
         vec![],
     ));
-    graph.output = vec![value_info("output", &[1, n_out])];
+    graph.output = vec![value_info("output", &[1, net.output_dim()])];
     Ok(model.encode_to_vec())
+}
+
+/// "Every comparison holds" in both indicator forms: `Cast<float>` of the boolean
+/// tensor `cmp` (named `cast`), then `ReduceMin` over axis 1 keeping it (named `all`);
+/// the importer reads it back with `match_all_of`.
+fn push_all_of(nodes: &mut Vec<pb::NodeProto>, cmp: String, cast: String, all: &str) {
+    nodes.push(node(
+        "Cast",
+        cast.clone(),
+        vec![cmp],
+        &cast,
+        vec![int("to", FLOAT as i64)],
+    ));
+    nodes.push(node(
+        "ReduceMin",
+        all.into(),
+        vec![cast],
+        all,
+        vec![ints("axes", &[1]), int("keepdims", 1)],
+    ));
+}
+
+/// The indicator's last node: `Cast<bool>` of `input`, named `name`.
+fn push_cast_to_bool(nodes: &mut Vec<pb::NodeProto>, input: String, name: &str) {
+    nodes.push(node(
+        "Cast",
+        name.into(),
+        vec![input],
+        name,
+        vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
+    ));
 }
 
 /// Append one patch module reading `input` (its Dense layers as Gemm, a Relu between
@@ -550,134 +577,86 @@ pub fn to_onnx_bytes_with_label_modules(
     input_shape: Option<&[usize]>,
     modules: &[OnnxLabelModule<'_>],
 ) -> Result<Vec<u8>, ExportError> {
-    let bytes = to_onnx_bytes(net, input_shape)?;
-    let mut model =
-        pb::ModelProto::decode(bytes.as_slice()).map_err(|_| ExportError::Unsupported {
-            index: 0,
-            kind: "re-decoding the exported graph",
-        })?;
-    let Some(graph) = model.graph.as_mut() else {
-        return Ok(bytes);
-    };
     let n_out = net.output_dim();
-    if let Some(last) = graph.node.last_mut() {
-        last.output = vec!["pm_base".into()];
-        last.name = "pm_base".into();
-    }
-    let nodes = &mut graph.node;
-    let init = &mut graph.initializer;
-    nodes.push(node(
-        "Flatten",
-        "pm_x".into(),
-        vec!["input".into()],
-        "pm_x",
-        vec![int("axis", 1)],
-    ));
-    let mut current = "pm_base".to_string();
-    for (i, m) in modules.iter().enumerate() {
-        let p = |s: &str| format!("pm{i}_{s}");
-        let (top, second) = m.rule;
-        if top >= n_out || second.is_some_and(|s| s >= n_out || s == top) {
-            return Err(ExportError::Unsupported {
-                index: i,
-                kind: "label rule outside the network's outputs",
-            });
-        }
-        // (subject label, compared labels, strict?)
-        let mut parts: Vec<(usize, Vec<usize>, bool)> = Vec::new();
-        match second {
-            None => {
-                parts.push((top, (0..top).collect(), true));
-                parts.push((top, (top + 1..n_out).collect(), false));
+    base_graph_for_modules(net, input_shape, |nodes, init| {
+        let mut current = "pm_base".to_string();
+        for (i, m) in modules.iter().enumerate() {
+            let p = |s: &str| format!("pm{i}_{s}");
+            let (top, second) = m.rule;
+            if top >= n_out || second.is_some_and(|s| s >= n_out || s == top) {
+                return Err(ExportError::Unsupported {
+                    index: i,
+                    kind: "label rule outside the network's outputs",
+                });
             }
-            Some(s) => {
-                parts.push((top, vec![s], true));
-                parts.push((
-                    s,
-                    (0..n_out).filter(|&j| j != top && j != s).collect(),
-                    true,
+            // (subject label, compared labels, strict?)
+            let mut parts: Vec<(usize, Vec<usize>, bool)> = Vec::new();
+            match second {
+                None => {
+                    parts.push((top, (0..top).collect(), true));
+                    parts.push((top, (top + 1..n_out).collect(), false));
+                }
+                Some(s) => {
+                    parts.push((top, vec![s], true));
+                    parts.push((
+                        s,
+                        (0..n_out).filter(|&j| j != top && j != s).collect(),
+                        true,
+                    ));
+                }
+            }
+            parts.retain(|(_, others, _)| !others.is_empty());
+            let mut conds: Vec<String> = Vec::new();
+            for (k, (subject, others, strict)) in parts.iter().enumerate() {
+                let q = |s: &str| p(&format!("r{k}_{s}"));
+                let idx: Vec<i64> = others.iter().map(|&j| j as i64).collect();
+                init.push(int64_tensor(&q("subj_idx"), &[*subject as i64]));
+                init.push(int64_tensor(&q("other_idx"), &idx));
+                nodes.push(node(
+                    "Gather",
+                    q("subj"),
+                    vec!["pm_base".into(), q("subj_idx")],
+                    &q("subj"),
+                    vec![int("axis", 1)],
                 ));
+                nodes.push(node(
+                    "Gather",
+                    q("other"),
+                    vec!["pm_base".into(), q("other_idx")],
+                    &q("other"),
+                    vec![int("axis", 1)],
+                ));
+                nodes.push(node(
+                    if *strict { "Greater" } else { "GreaterOrEqual" },
+                    q("cmp"),
+                    vec![q("subj"), q("other")],
+                    &q("cmp"),
+                    vec![],
+                ));
+                push_all_of(nodes, q("cmp"), q("cmpf"), &q("all"));
+                conds.push(q("all"));
             }
+            // n_out >= 2 leaves at least one part.
+            let mut cond = conds.first().cloned().ok_or(ExportError::Unsupported {
+                index: i,
+                kind: "label rule on a single-output network",
+            })?;
+            for (k, c) in conds.iter().enumerate().skip(1) {
+                let out = p(&format!("both{k}"));
+                nodes.push(node(
+                    "Mul",
+                    out.clone(),
+                    vec![cond, c.clone()],
+                    &out,
+                    vec![],
+                ));
+                cond = out;
+            }
+            push_cast_to_bool(nodes, cond, &p("cond"));
+            current = push_gated_module(nodes, init, m.layers, "pm_x".to_string(), current, &p);
         }
-        parts.retain(|(_, others, _)| !others.is_empty());
-        let mut conds: Vec<String> = Vec::new();
-        for (k, (subject, others, strict)) in parts.iter().enumerate() {
-            let q = |s: &str| p(&format!("r{k}_{s}"));
-            let idx: Vec<i64> = others.iter().map(|&j| j as i64).collect();
-            init.push(int64_tensor(&q("subj_idx"), &[*subject as i64]));
-            init.push(int64_tensor(&q("other_idx"), &idx));
-            nodes.push(node(
-                "Gather",
-                q("subj"),
-                vec!["pm_base".into(), q("subj_idx")],
-                &q("subj"),
-                vec![int("axis", 1)],
-            ));
-            nodes.push(node(
-                "Gather",
-                q("other"),
-                vec!["pm_base".into(), q("other_idx")],
-                &q("other"),
-                vec![int("axis", 1)],
-            ));
-            nodes.push(node(
-                if *strict { "Greater" } else { "GreaterOrEqual" },
-                q("cmp"),
-                vec![q("subj"), q("other")],
-                &q("cmp"),
-                vec![],
-            ));
-            nodes.push(node(
-                "Cast",
-                q("cmpf"),
-                vec![q("cmp")],
-                &q("cmpf"),
-                vec![int("to", FLOAT as i64)],
-            ));
-            nodes.push(node(
-                "ReduceMin",
-                q("all"),
-                vec![q("cmpf")],
-                &q("all"),
-                vec![ints("axes", &[1]), int("keepdims", 1)],
-            ));
-            conds.push(q("all"));
-        }
-        // n_out >= 2 leaves at least one part.
-        let mut cond = conds.first().cloned().ok_or(ExportError::Unsupported {
-            index: i,
-            kind: "label rule on a single-output network",
-        })?;
-        for (k, c) in conds.iter().enumerate().skip(1) {
-            let out = p(&format!("both{k}"));
-            nodes.push(node(
-                "Mul",
-                out.clone(),
-                vec![cond, c.clone()],
-                &out,
-                vec![],
-            ));
-            cond = out;
-        }
-        nodes.push(node(
-            "Cast",
-            p("cond"),
-            vec![cond],
-            &p("cond"),
-            vec![int("to", pb::tensor_proto::DataType::Bool as i64)],
-        ));
-        let next = push_gated_module(nodes, init, m.layers, "pm_x".to_string(), current, &p);
-        current = next;
-    }
-    nodes.push(node(
-        "Identity",
-        "output".into(),
-        vec![current],
-        "output",
-        vec![],
-    ));
-    graph.output = vec![value_info("output", &[1, n_out])];
-    Ok(model.encode_to_vec())
+        Ok(current)
+    })
 }
 
 /// The input shape (batch dimension included) that an ONNX file declares for its first

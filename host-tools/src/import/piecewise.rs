@@ -627,29 +627,10 @@ fn match_module<'a>(
         });
     }
     // The indicator: Cast<bool>(ReduceMin(Cast<float>(And(x >= lower, x <= upper)))).
-    let to_bool = g.expect(&where_node.input[0], "Cast", 1, 1, w)?;
-    let min = g.expect(&g.nodes[to_bool].input[0], "ReduceMin", 1, 1, to_bool)?;
-    let to_float = g.expect(&g.nodes[min].input[0], "Cast", 1, 1, min)?;
+    let to_bool = match_cast_to_bool(g, &where_node.input[0], w)?;
+    let (min, to_float) = match_all_of(g, &g.nodes[to_bool].input[0], to_bool)?;
     let and = g.expect(&g.nodes[to_float].input[0], "And", 2, 1, to_float)?;
     nodes.extend([to_bool, min, to_float, and]);
-    g.only_attrs(to_bool, &["to"])?;
-    g.only_attrs(to_float, &["to"])?;
-    g.only_attrs(min, &["axes", "keepdims"])?;
-    if g.int_attr(to_bool, "to") != Some(pb::tensor_proto::DataType::Bool as i64) {
-        return Err(g.err(to_bool, "the indicator must be cast to bool"));
-    }
-    if g.int_attr(to_float, "to") != Some(pb::tensor_proto::DataType::Float as i64) {
-        return Err(g.err(to_float, "the comparisons must be cast to float"));
-    }
-    let axes: Vec<i64> = g.nodes[min]
-        .attribute
-        .iter()
-        .find(|a| a.name == "axes")
-        .map(|a| a.ints.clone())
-        .unwrap_or_default();
-    if axes != [1] || g.int_attr(min, "keepdims").unwrap_or(1) != 1 {
-        return Err(g.err(min, "the indicator must reduce over axis 1, keeping it"));
-    }
     let ai = &g.nodes[and].input;
     let op_of = |t: &str| {
         g.producer
@@ -674,14 +655,11 @@ fn match_module<'a>(
     // an activation once the base part is known); its box still compares x.
     let mut feature = None;
     if ge_in[0] != x_in {
-        let fl = g.producer.get(x_in).copied().filter(|&f| {
-            let n = &g.nodes[f];
-            n.op_type == "Flatten"
-                && n.input.len() == 1
-                && n.output.len() == 1
-                && g.only_attrs(f, &["axis"]).is_ok()
-                && g.int_attr(f, "axis").unwrap_or(1) == 1
-        });
+        let fl = g
+            .producer
+            .get(x_in)
+            .copied()
+            .filter(|&f| is_flatten_axis1(g, f) && g.nodes[f].output.len() == 1);
         let Some(f) = fl else {
             return Err(g.err(
                 ge,
@@ -710,25 +688,7 @@ fn match_module<'a>(
     if lower.iter().chain(&upper).any(|v| v.is_nan()) {
         return Err(g.err(ge, "a box corner is NaN"));
     }
-    // The module input: the graph input, or Flatten(axis = 1) of it.
-    let x_ok = if x_in == g.input {
-        true
-    } else if let Some(&f) = g.producer.get(x_in) {
-        let fl = &g.nodes[f];
-        fl.op_type == "Flatten"
-            && fl.input.len() == 1
-            && fl.input[0] == g.input
-            && g.only_attrs(f, &["axis"]).is_ok()
-            && g.int_attr(f, "axis").unwrap_or(1) == 1
-    } else {
-        false
-    };
-    if !x_ok {
-        return Err(g.err(
-            ge,
-            format!("the module input '{x_in}' must be the graph input or Flatten(axis = 1) of it"),
-        ));
-    }
+    check_module_input(g, x_in, ge)?;
     match x {
         Some(prev_x) if *prev_x != x_in => {
             return Err(g.err(ge, "the modules read different input tensors"));
@@ -745,17 +705,53 @@ fn match_module<'a>(
     })
 }
 
+/// The indicator's last node, `Cast<bool>`, producing `tensor` (read by node `at`).
+fn match_cast_to_bool(g: &Graph<'_>, tensor: &str, at: usize) -> Result<usize, ImportError> {
+    let to_bool = g.expect(tensor, "Cast", 1, 1, at)?;
+    g.only_attrs(to_bool, &["to"])?;
+    if g.int_attr(to_bool, "to") != Some(pb::tensor_proto::DataType::Bool as i64) {
+        return Err(g.err(to_bool, "the indicator must be cast to bool"));
+    }
+    Ok(to_bool)
+}
+
+/// "All comparisons hold", `ReduceMin<axes = [1], keepdims = 1>(Cast<float>(c))`,
+/// producing `tensor` (read by node `at`), in both indicator forms: `(ReduceMin, Cast)`.
+fn match_all_of(g: &Graph<'_>, tensor: &str, at: usize) -> Result<(usize, usize), ImportError> {
+    let min = g.expect(tensor, "ReduceMin", 1, 1, at)?;
+    g.only_attrs(min, &["axes", "keepdims"])?;
+    let axes: Vec<i64> = g.nodes[min]
+        .attribute
+        .iter()
+        .find(|a| a.name == "axes")
+        .map(|a| a.ints.clone())
+        .unwrap_or_default();
+    if axes != [1] || g.int_attr(min, "keepdims").unwrap_or(1) != 1 {
+        return Err(g.err(min, "the indicator must reduce over axis 1, keeping it"));
+    }
+    let to_float = g.expect(&g.nodes[min].input[0], "Cast", 1, 1, min)?;
+    g.only_attrs(to_float, &["to"])?;
+    if g.int_attr(to_float, "to") != Some(pb::tensor_proto::DataType::Float as i64) {
+        return Err(g.err(to_float, "the comparisons must be cast to float"));
+    }
+    Ok((min, to_float))
+}
+
+/// Node `f` is `Flatten(axis = 1)` of one input.
+fn is_flatten_axis1(g: &Graph<'_>, f: usize) -> bool {
+    let n = &g.nodes[f];
+    n.op_type == "Flatten"
+        && n.input.len() == 1
+        && g.only_attrs(f, &["axis"]).is_ok()
+        && g.int_attr(f, "axis").unwrap_or(1) == 1
+}
+
 /// The module input must be the graph input or `Flatten(axis = 1)` of it.
 fn check_module_input(g: &Graph<'_>, x_in: &str, at: usize) -> Result<(), ImportError> {
     let ok = x_in == g.input
-        || g.producer.get(x_in).is_some_and(|&f| {
-            let fl = &g.nodes[f];
-            fl.op_type == "Flatten"
-                && fl.input.len() == 1
-                && fl.input[0] == g.input
-                && g.only_attrs(f, &["axis"]).is_ok()
-                && g.int_attr(f, "axis").unwrap_or(1) == 1
-        });
+        || g.producer
+            .get(x_in)
+            .is_some_and(|&f| is_flatten_axis1(g, f) && g.nodes[f].input[0] == g.input);
     if ok {
         Ok(())
     } else {
@@ -815,33 +811,14 @@ fn match_label_rule(
     if !is_label {
         return Ok(None);
     }
-    let to_bool = g.expect(cond, "Cast", 1, 1, w)?;
-    g.only_attrs(to_bool, &["to"])?;
-    if g.int_attr(to_bool, "to") != Some(pb::tensor_proto::DataType::Bool as i64) {
-        return Err(g.err(to_bool, "the indicator must be cast to bool"));
-    }
+    let to_bool = match_cast_to_bool(g, cond, w)?;
     nodes.push(to_bool);
     let mut base_t: Option<String> = None;
     // (subject, others, strict)
     let mut parts: Vec<(usize, Vec<usize>, bool)> = Vec::new();
     for r in &roots {
         let at = *nodes.first().unwrap_or(&to_bool);
-        let min = g.expect(r, "ReduceMin", 1, 1, at)?;
-        g.only_attrs(min, &["axes", "keepdims"])?;
-        let axes: Vec<i64> = g.nodes[min]
-            .attribute
-            .iter()
-            .find(|a| a.name == "axes")
-            .map(|a| a.ints.clone())
-            .unwrap_or_default();
-        if axes != [1] || g.int_attr(min, "keepdims").unwrap_or(1) != 1 {
-            return Err(g.err(min, "the indicator must reduce over axis 1, keeping it"));
-        }
-        let to_float = g.expect(&g.nodes[min].input[0], "Cast", 1, 1, min)?;
-        g.only_attrs(to_float, &["to"])?;
-        if g.int_attr(to_float, "to") != Some(pb::tensor_proto::DataType::Float as i64) {
-            return Err(g.err(to_float, "the comparisons must be cast to float"));
-        }
+        let (min, to_float) = match_all_of(g, r, at)?;
         let cmp_t = g.nodes[to_float].input[0].as_str();
         let strict = g
             .producer
@@ -1026,6 +1003,12 @@ mod tests {
                 ),
             ],
         };
+        let bytes = export(&net, &modules);
+        (net, modules, bytes)
+    }
+
+    /// `net` with box-indicator `modules`, exported over a `[1, 3]` input.
+    fn export(net: &Network, modules: &PatchModules) -> Vec<u8> {
         let list: Vec<OnnxModule<'_>> = modules
             .entries
             .iter()
@@ -1041,8 +1024,23 @@ mod tests {
                 }
             })
             .collect();
-        let bytes = to_onnx_bytes_with_modules(&net, Some(&[1, 3]), &list).unwrap();
-        (net, modules, bytes)
+        to_onnx_bytes_with_modules(net, Some(&[1, 3]), &list).unwrap()
+    }
+
+    /// `path` reads back as a piecewise model with exactly `modules`, evaluating as
+    /// `modules.eval` on `net` at 50 inputs.
+    fn assert_reads_back(path: &std::path::Path, net: &Network, modules: &PatchModules) {
+        let super::super::Model::Piecewise(pw) = super::super::load_model(path).unwrap() else {
+            panic!("not read as piecewise")
+        };
+        assert_eq!(&pw.modules, modules);
+        for k in 0..50 {
+            let x: Vec<f64> = (0..3).map(|j| ((k * 3 + j) as f64 * 0.37).sin()).collect();
+            let (a, b) = (pw.forward(&x), modules.eval(net, &x));
+            for (u, v) in a.iter().zip(&b) {
+                assert!((u - v).abs() < 1e-5, "{a:?} {b:?}");
+            }
+        }
     }
 
     fn write(name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -1058,17 +1056,7 @@ mod tests {
     fn the_exported_graph_reads_back_as_the_same_piecewise_model() {
         let (net, modules, bytes) = exported();
         let path = write("roundtrip", &bytes);
-        let super::super::Model::Piecewise(pw) = super::super::load_model(&path).unwrap() else {
-            panic!("not read as piecewise")
-        };
-        assert_eq!(pw.modules, modules);
-        for k in 0..50 {
-            let x: Vec<f64> = (0..3).map(|j| ((k * 3 + j) as f64 * 0.37).sin()).collect();
-            let (a, b) = (pw.forward(&x), modules.eval(&net, &x));
-            for (u, v) in a.iter().zip(&b) {
-                assert!((u - v).abs() < 1e-5, "{a:?} {b:?}");
-            }
-        }
+        assert_reads_back(&path, &net, &modules);
         // The straight-line importer refuses it, naming the file and what it is.
         let err = super::super::load(&path).unwrap_err().to_string();
         assert!(err.contains(&path.display().to_string()), "{err}");
@@ -1185,34 +1173,9 @@ mod tests {
                 ),
             ],
         };
-        let list: Vec<OnnxModule<'_>> = modules
-            .entries
-            .iter()
-            .map(|(ind, m)| {
-                let Indicator::Box(b) = ind else {
-                    unreachable!()
-                };
-                OnnxModule {
-                    lower: &b.lower,
-                    upper: &b.upper,
-                    layers: &m.layers,
-                    feature_layer: m.feature_layer,
-                }
-            })
-            .collect();
-        let bytes = to_onnx_bytes_with_modules(&net, Some(&[1, 3]), &list).unwrap();
+        let bytes = export(&net, &modules);
         let path = write("feature", &bytes);
-        let super::super::Model::Piecewise(pw) = super::super::load_model(&path).unwrap() else {
-            panic!("not read as piecewise")
-        };
-        assert_eq!(pw.modules, modules);
-        for k in 0..50 {
-            let x: Vec<f64> = (0..3).map(|j| ((k * 3 + j) as f64 * 0.37).sin()).collect();
-            let (a, b) = (pw.forward(&x), modules.eval(&net, &x));
-            for (u, v) in a.iter().zip(&b) {
-                assert!((u - v).abs() < 1e-5, "{a:?} {b:?}");
-            }
-        }
+        assert_reads_back(&path, &net, &modules);
         // The feature Flatten reading the base's first Gemm (before the ReLU) instead.
         let mut proto = pb::ModelProto::decode(bytes.as_slice()).unwrap();
         let g = proto.graph.as_mut().unwrap();

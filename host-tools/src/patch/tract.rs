@@ -5,7 +5,9 @@
 //!
 //! The patched network is rebuilt as ONNX from the host IR ([`crate::export::onnx`],
 //! which keeps the model's declared input shape) and handed to tract, so the runnable
-//! model computes exactly the network `prorepair-host apply` writes.
+//! model computes exactly the network `prorepair-host apply` writes. Both patch kinds are
+//! taken: a weight-delta patch gives the patched network; a patch-modules patch (kind 2)
+//! gives base + indicators + modules as one graph ([`super::modules::load_tract`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -42,7 +44,8 @@ pub struct PatchedTract {
     pub plan: Arc<TypedRunnableModel>,
     /// The input shape (batch dimension included).
     pub input_shape: Vec<usize>,
-    /// The patched host network.
+    /// The patched host network (for a patch-modules patch, the unchanged base: the
+    /// indicators and modules are in the graph only).
     pub network: Network,
 }
 
@@ -62,13 +65,16 @@ impl PatchedTract {
     }
 }
 
-/// Load `onnx` (the base model), check and apply `patch` (its bytes; `patch_name`
-/// names it in errors), and return the runnable patched model.
+/// Load `onnx` (the base model), check and apply `patch` (its bytes, either kind;
+/// `patch_name` names it in errors), and return the runnable patched model.
 pub fn load_patched(
     onnx: &Path,
     patch: &[u8],
     patch_name: &str,
 ) -> Result<PatchedTract, TractPatchError> {
+    if super::modules::is_modules_patch(patch) {
+        return super::modules::load_tract(onnx, patch, patch_name);
+    }
     let base = crate::import::onnx::load(onnx)?;
     let network = super::apply(&base, patch).map_err(|source| TractPatchError::Patch {
         patch: patch_name.to_string(),

@@ -55,6 +55,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
+// The label rules are the device's own functions (generic over f32 and f64), so host
+// and device indicators fire identically, ties and NaN included.
+use prorepair_core::patch::modules::{argmax, top_two};
+
 use super::RepairError;
 use crate::bounds::BoxBounds;
 
@@ -106,6 +110,22 @@ pub fn feature_width(base: &Network, k: usize) -> Result<usize, RepairError> {
         .shapes()
         .map_err(|e| RepairError::Unsupported(e.to_string()))?;
     Ok(shapes[at + 1].iter().product())
+}
+
+/// [`feature_width`], and a feature layer must be a ReLU: the combined network that
+/// re-verifies the repair (and the exported graph's verifier) carry the feature through
+/// ReLUs, which needs it non-negative.
+pub fn check_feature_layer(base: &Network, k: usize) -> Result<usize, RepairError> {
+    let width = feature_width(base, k)?;
+    if let Some(at) = feature_layer_index(base, k)
+        && !matches!(base.layers[at], Layer::Relu)
+    {
+        return Err(RepairError::Unsupported(format!(
+            "feature layer {k} is a {} layer: patch modules read only ReLU outputs",
+            base.layers[at].kind()
+        )));
+    }
+    Ok(width)
 }
 
 /// What a module at feature layer `k` reads on input `x`: `x` itself for 0, else the base
@@ -196,29 +216,9 @@ impl Indicator {
                         .all(|(&v, (&l, &u))| l <= v && v <= u)
             }
             Indicator::Label(l) => argmax(y) == Some(*l),
-            Indicator::LabelPair(l0, l1) => {
-                let mut order: Vec<usize> = (0..y.len()).collect();
-                order.sort_by(|&a, &b| y[b].total_cmp(&y[a]));
-                order.len() >= 2
-                    && order[0] == *l0
-                    && order[1] == *l1
-                    && y[*l0] > y[*l1]
-                    && (order.len() < 3 || y[*l1] > y[order[2]])
-            }
+            Indicator::LabelPair(l0, l1) => top_two(y) == Some((*l0, *l1)),
         }
     }
-}
-
-/// The first index of the largest value, NaN never winning: the device's rule
-/// (`core::patch::modules::argmax`), so label indicators fire identically on ties.
-fn argmax(y: &[f64]) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for (i, &v) in y.iter().enumerate() {
-        if !v.is_nan() && best.is_none_or(|b| v > y[b]) {
-            best = Some(i);
-        }
-    }
-    best
 }
 
 /// The repaired network's add-on: indicators with their modules.
@@ -389,97 +389,24 @@ pub fn combined_network(
     let (olo, _) = module.interval(&domain.lower, &domain.upper);
     let mut layers = Vec::new();
     // Stage 1: [x - L ; module hidden] ... ; last module layer -> [x - L ; o - olo].
-    let k = module.layers.len();
-    let mut width_h = n; // width of the module track entering the next module layer
-    for (i, d) in module.layers.iter().enumerate() {
-        let first = i == 0;
-        let last = i + 1 == k;
-        let in_w = n + if first { 0 } else { width_h };
-        let out_w = n + d.out_dim;
-        let mut w = vec![0.0; out_w * in_w];
-        let mut b = vec![0.0; out_w];
-        for j in 0..n {
-            w[j * in_w + j] = 1.0;
-            if first {
-                b[j] = -domain.lower[j];
-            }
-        }
-        for o in 0..d.out_dim {
-            let row = n + o;
-            let shift = if last {
-                olo.get(o).copied().unwrap_or(0.0)
-            } else {
-                0.0
-            };
-            b[row] = d.bias[o] - shift;
-            for (jj, &wv) in d.row(o).iter().enumerate() {
-                // The module reads x: in stage 1 the first layer reads x itself, later
-                // layers read the hidden track.
-                let col = if first { jj } else { n + jj };
-                w[row * in_w + col] = wv;
-            }
-        }
-        layers.push(Layer::Dense(
-            Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
-        ));
-        layers.push(Layer::Relu);
-        width_h = d.out_dim;
-    }
-    // Stage 2: the base on the input track, the module output carried alongside.
-    let mut track = n; // width of the base track
-    let mut first_dense = true;
-    for layer in &base.layers {
-        match layer {
-            Layer::Flatten => {}
-            Layer::Relu => layers.push(Layer::Relu),
-            Layer::Dense(d) => {
-                let in_w = track + n_out;
-                let out_w = d.out_dim + n_out;
-                let mut w = vec![0.0; out_w * in_w];
-                let mut b = vec![0.0; out_w];
-                for o in 0..d.out_dim {
-                    let mut bias = d.bias[o];
-                    for (j, &wv) in d.row(o).iter().enumerate() {
-                        w[o * in_w + j] = wv;
-                        if first_dense {
-                            // The input track holds x - L.
-                            bias += wv * domain.lower[j];
-                        }
-                    }
-                    b[o] = bias;
-                }
-                for j in 0..n_out {
-                    w[(d.out_dim + j) * in_w + track + j] = 1.0;
-                }
-                layers.push(Layer::Dense(
-                    Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
-                ));
-                track = d.out_dim;
-                first_dense = false;
-            }
-            other => {
-                return Err(RepairError::Unsupported(format!(
-                    "patch modules need a Dense/ReLU base network, found {}",
-                    other.kind()
-                )));
-            }
-        }
-    }
-    if first_dense || track != n_out {
+    module_beside_track(module, n, Some(&domain.lower), &olo, &mut layers)?;
+    // Stage 2: the base on the input track (which holds x - L), the module output
+    // carried alongside.
+    let (track, any_dense) = base_beside_module(
+        &base.layers,
+        n,
+        n_out,
+        Some(&domain.lower),
+        &mut layers,
+        &|kind| format!("patch modules need a Dense/ReLU base network, found {kind}"),
+    )?;
+    if !any_dense || track != n_out {
         return Err(RepairError::Unsupported(
             "the base network has no output Dense layer".into(),
         ));
     }
     // Stage 3: y + (o - olo) + olo.
-    let in_w = 2 * n_out;
-    let mut w = vec![0.0; n_out * in_w];
-    for j in 0..n_out {
-        w[j * in_w + j] = 1.0;
-        w[j * in_w + n_out + j] = 1.0;
-    }
-    layers.push(Layer::Dense(
-        Dense::new(in_w, n_out, w, olo).map_err(RepairError::Unsupported)?,
-    ));
+    layers.push(sum_layer(n_out, olo)?);
     Network::new(vec![n], layers).map_err(|e| RepairError::Unsupported(e.to_string()))
 }
 
@@ -522,26 +449,68 @@ pub fn combined_network_at_feature(
     // Stage 0: the base up to its K-th activation, unchanged.
     let mut layers: Vec<Layer> = base.layers[..=at].to_vec();
     // Stage 1: [h ; module hidden] ... ; last module layer -> [h ; o - olo].
+    module_beside_track(module, width, None, &olo, &mut layers)?;
+    // Stage 2: the rest of the base on the feature track, the module output alongside.
+    let (track, _) = base_beside_module(
+        &base.layers[at + 1..],
+        width,
+        n_out,
+        None,
+        &mut layers,
+        &|kind| {
+            format!(
+                "patch modules at a feature layer need Dense/ReLU layers after it, found {kind}"
+            )
+        },
+    )?;
+    if track != n_out {
+        return Err(RepairError::Unsupported(
+            "the base network's output does not follow from its feature layer".into(),
+        ));
+    }
+    // Stage 3: y + (o - olo) + olo.
+    layers.push(sum_layer(n_out, olo)?);
+    Network::new(base.input_shape.clone(), layers)
+        .map_err(|e| RepairError::Unsupported(e.to_string()))
+}
+
+/// Stage 1 of both combined networks: the module's layers, each beside an identity copy
+/// of the `width`-wide track the module reads (minus `shift` from the first layer on, when
+/// given, so the copy is non-negative), the last layer's outputs lowered by `olo` (their
+/// interval lower bound), each layer followed by a ReLU that is the identity on the domain.
+fn module_beside_track(
+    module: &Module,
+    width: usize,
+    shift: Option<&[f64]>,
+    olo: &[f64],
+    layers: &mut Vec<Layer>,
+) -> Result<(), RepairError> {
     let depth = module.layers.len();
+    let mut width_h = width; // width of the module track entering the next module layer
     for (i, d) in module.layers.iter().enumerate() {
         let first = i == 0;
         let last = i + 1 == depth;
-        let in_w = width + if first { 0 } else { d.in_dim };
+        let in_w = width + if first { 0 } else { width_h };
         let out_w = width + d.out_dim;
         let mut w = vec![0.0; out_w * in_w];
         let mut b = vec![0.0; out_w];
         for j in 0..width {
             w[j * in_w + j] = 1.0;
+            if let (true, Some(shift)) = (first, shift) {
+                b[j] = -shift[j];
+            }
         }
         for o in 0..d.out_dim {
             let row = width + o;
-            b[row] = d.bias[o]
-                - if last {
-                    olo.get(o).copied().unwrap_or(0.0)
-                } else {
-                    0.0
-                };
+            let lowered = if last {
+                olo.get(o).copied().unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            b[row] = d.bias[o] - lowered;
             for (jj, &wv) in d.row(o).iter().enumerate() {
+                // The first module layer reads the track itself, later ones the hidden
+                // track beside it.
                 let col = if first { jj } else { width + jj };
                 w[row * in_w + col] = wv;
             }
@@ -550,10 +519,26 @@ pub fn combined_network_at_feature(
             Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
         ));
         layers.push(Layer::Relu);
+        width_h = d.out_dim;
     }
-    // Stage 2: the rest of the base on the feature track, the module output alongside.
-    let mut track = width;
-    for layer in &base.layers[at + 1..] {
+    Ok(())
+}
+
+/// Stage 2 of both combined networks: `base_layers` (Dense, ReLU, Flatten) on a track of
+/// width `track`, the module output (`n_out` wide, non-negative) carried alongside by
+/// identity rows. When the track holds `x - shift`, the first Dense layer adds
+/// `W shift` to its bias. Returns the final track width and whether any Dense layer was
+/// seen; any other layer is an error worded by `unsupported(kind)`.
+fn base_beside_module(
+    base_layers: &[Layer],
+    mut track: usize,
+    n_out: usize,
+    mut shift: Option<&[f64]>,
+    layers: &mut Vec<Layer>,
+    unsupported: &dyn Fn(&str) -> String,
+) -> Result<(usize, bool), RepairError> {
+    let mut any_dense = false;
+    for layer in base_layers {
         match layer {
             Layer::Flatten => {}
             Layer::Relu => layers.push(Layer::Relu),
@@ -563,10 +548,14 @@ pub fn combined_network_at_feature(
                 let mut w = vec![0.0; out_w * in_w];
                 let mut b = vec![0.0; out_w];
                 for o in 0..d.out_dim {
-                    b[o] = d.bias[o];
+                    let mut bias = d.bias[o];
                     for (j, &wv) in d.row(o).iter().enumerate() {
                         w[o * in_w + j] = wv;
+                        if let Some(shift) = shift {
+                            bias += wv * shift[j];
+                        }
                     }
+                    b[o] = bias;
                 }
                 for j in 0..n_out {
                     w[(d.out_dim + j) * in_w + track + j] = 1.0;
@@ -575,32 +564,26 @@ pub fn combined_network_at_feature(
                     Dense::new(in_w, out_w, w, b).map_err(RepairError::Unsupported)?,
                 ));
                 track = d.out_dim;
+                any_dense = true;
+                shift = None;
             }
-            other => {
-                return Err(RepairError::Unsupported(format!(
-                    "patch modules at a feature layer need Dense/ReLU layers after it, found {}",
-                    other.kind()
-                )));
-            }
+            other => return Err(RepairError::Unsupported(unsupported(other.kind()))),
         }
     }
-    if track != n_out {
-        return Err(RepairError::Unsupported(
-            "the base network's output does not follow from its feature layer".into(),
-        ));
-    }
-    // Stage 3: y + (o - olo) + olo.
+    Ok((track, any_dense))
+}
+
+/// Stage 3 of both combined networks: `[y ; o - olo] -> y + (o - olo) + olo`.
+fn sum_layer(n_out: usize, olo: Vec<f64>) -> Result<Layer, RepairError> {
     let in_w = 2 * n_out;
     let mut w = vec![0.0; n_out * in_w];
     for j in 0..n_out {
         w[j * in_w + j] = 1.0;
         w[j * in_w + n_out + j] = 1.0;
     }
-    layers.push(Layer::Dense(
+    Ok(Layer::Dense(
         Dense::new(in_w, n_out, w, olo).map_err(RepairError::Unsupported)?,
-    ));
-    Network::new(base.input_shape.clone(), layers)
-        .map_err(|e| RepairError::Unsupported(e.to_string()))
+    ))
 }
 
 /// One sub-box of a case with the base network's fixed CROWN data.
@@ -855,6 +838,19 @@ impl TrainModule {
         c: &Tensor,
         c_abs: &Tensor,
     ) -> candle_core::Result<Tensor> {
+        let (mid, rad) = self.mid_rad(lo, hi)?;
+        mid.matmul(&c.t()?)? - rad.matmul(&c_abs.t()?)?
+    }
+
+    /// Output interval over each box (`S x n_out`): `(lo, hi)`.
+    fn interval(&self, lo: &Tensor, hi: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (mid, rad) = self.mid_rad(lo, hi)?;
+        Ok(((&mid - &rad)?, (&mid + &rad)?))
+    }
+
+    /// Interval bound propagation in centre-radius form over `S` boxes (`S x width`
+    /// corners), differentiable in the weights: the output centres and radii.
+    fn mid_rad(&self, lo: &Tensor, hi: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let mut mid = ((lo + hi)? * 0.5)?;
         let mut rad = ((hi - lo)? * 0.5)?;
         let k = self.weights.len();
@@ -871,7 +867,7 @@ impl TrainModule {
                 rad = ((&u - &l)? * 0.5)?;
             }
         }
-        mid.matmul(&c.t()?)? - rad.matmul(&c_abs.t()?)?
+        Ok((mid, rad))
     }
 
     /// The module with its weights rounded to f32 (as the patch stores them).
@@ -939,30 +935,12 @@ pub fn repair_modules(
     cases: &[(String, Case)],
     options: &ModuleOptions,
 ) -> Result<ModulesRepair, RepairError> {
-    // The device format holds modules of 1..=MAX_MODULE_LAYERS affine layers, none empty.
-    let max_hidden = prorepair_core::patch::modules::MAX_MODULE_LAYERS - 1;
-    if options.hidden.contains(&0) || options.hidden.len() > max_hidden {
-        return Err(RepairError::Unsupported(format!(
-            "module hidden widths {:?}: each must be at least 1, and at most {max_hidden} hidden layers",
-            options.hidden
-        )));
-    }
+    check_hidden(options)?;
     let start = Instant::now();
     let deadline = start + options.timeout;
     let n = base.input_dim();
     let n_out = base.output_dim();
-    let module_in = feature_width(base, options.feature_layer)?;
-    if let Some(at) = feature_layer_index(base, options.feature_layer)
-        && !matches!(base.layers[at], Layer::Relu)
-    {
-        // The combined network that re-verifies the repair (and the exported graph's
-        // verifier) carry the feature through ReLUs, which needs it non-negative.
-        return Err(RepairError::Unsupported(format!(
-            "feature layer {} is a {} layer: patch modules read only ReLU outputs",
-            options.feature_layer,
-            base.layers[at].kind()
-        )));
-    }
+    let module_in = check_feature_layer(base, options.feature_layer)?;
     // Indicator boxes: outward f32 rounding; they must be pairwise disjoint.
     let boxes: Vec<BoxBounds> = cases
         .iter()
@@ -1005,9 +983,7 @@ pub fn repair_modules(
         .enumerate()
         .map(|(i, (name, case))| {
             let case_start = Instant::now();
-            let mut dims = vec![module_in];
-            dims.extend(&options.hidden);
-            dims.push(n_out);
+            let dims = module_dims(module_in, options, n_out);
             let (module, mut outcome) = repair_case(
                 base,
                 name,
@@ -1049,16 +1025,8 @@ fn repair_case(
     let trace = crate::trace_enabled();
     let dev = Device::Cpu;
     let n = domain.len();
-    let rows: Vec<Vec<f64>> = case
-        .unsafe_set
-        .iter()
-        .flat_map(|c| c.rows.iter().cloned())
-        .collect();
-    let rhs_v: Vec<f64> = case
-        .unsafe_set
-        .iter()
-        .flat_map(|c| c.rhs.iter().copied())
-        .collect();
+    let rows = case_rows(case);
+    let rhs_v = rhs_vec(case);
     let n_rows = rows.len();
     let ranges = conj_ranges(case);
     if n_rows == 0 || ranges.iter().any(|r| r.is_empty()) {
@@ -1104,38 +1072,13 @@ fn repair_case(
             .fold(0.0f64, f64::max);
         lr = lr.max(worst / 100.0);
     }
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )
-    .map_err(candle)?;
+    let mut opt = adam(vars, lr)?;
     let mut rounds = 0;
-    let mut loss_now = f64::INFINITY;
-    let mut proven = vec![false; subs.len()];
     loop {
         rounds += 1;
         // Training (Algorithm 2) on every sub-box of this module.
         let s = subs.len();
-        let lo = Tensor::from_vec(
-            subs.iter()
-                .flat_map(|b| b.module_box().0.to_vec())
-                .collect(),
-            (s, m_in),
-            &dev,
-        )
-        .map_err(candle)?;
-        let hi = Tensor::from_vec(
-            subs.iter()
-                .flat_map(|b| b.module_box().1.to_vec())
-                .collect(),
-            (s, m_in),
-            &dev,
-        )
-        .map_err(candle)?;
+        let (lo, hi) = module_box_tensors(subs.iter(), m_in, &dev)?;
         let base_lower = Tensor::from_vec(
             subs.iter().flat_map(|b| b.base_lower.clone()).collect(),
             (s, n_rows),
@@ -1151,24 +1094,15 @@ fn repair_case(
             &dev,
         )
         .map_err(candle)?;
-        let mut per_box: Vec<f64> = Vec::new();
-        for _ in 0..options.epochs.max(1) {
-            let total = (&base_lower + tm.spec_lower(&lo, &hi, &c, &c_abs).map_err(candle)?)
-                .map_err(candle)?;
-            let lb = loss_per_box(&total, &rhs, &ranges, &margins).map_err(candle)?;
-            per_box = lb.to_vec1::<f64>().map_err(candle)?;
-            loss_now = per_box.iter().sum();
-            if loss_now == 0.0 || Instant::now() > deadline {
-                break;
-            }
-            let l = lb.sum_all().map_err(candle)?;
-            opt.backward_step(&l).map_err(candle)?;
-        }
+        let (per_box, loss_now) = train_epochs(&mut opt, options.epochs, deadline, || {
+            let total = (&base_lower + tm.spec_lower(&lo, &hi, &c, &c_abs)?)?;
+            loss_per_box(&total, &rhs, &ranges, &margins)
+        })?;
         let t_train = Instant::now();
         // Sound check of every sub-box on the f32-rounded module.
         let module = tm.to_module()?;
         let rhs_all = rhs_vec(case);
-        proven = subs
+        let proven: Vec<bool> = subs
             .par_iter()
             .map(|b| sum_check(b, &module, case, &rows, &rhs_all))
             .collect();
@@ -1182,11 +1116,7 @@ fn repair_case(
                 subs.iter().map(|b| b.margin).fold(0.0, f64::max)
             );
         }
-        if open.is_empty()
-            || rounds >= options.max_rounds
-            || Instant::now() > deadline
-            || subs.len() >= options.max_sub_boxes
-        {
+        if last_round(open.is_empty(), rounds, subs.len(), options, deadline) {
             let status = if open.is_empty() { "holds" } else { "unknown" };
             let outcome = ModuleOutcome {
                 name: name.into(),
@@ -1203,41 +1133,20 @@ fn repair_case(
             };
             return Ok((module, outcome));
         }
-        // Open sub-boxes whose loss is already 0 only miss the rounding margin: ask more
-        // of them next round instead of splitting them.
-        let (zero, open): (Vec<usize>, Vec<usize>) = open
-            .into_iter()
-            .partition(|&i| per_box.get(i).is_some_and(|&l| l == 0.0));
+        let (zero, chosen) = refine_choice(open, &per_box, subs.len(), options);
         for &i in &zero {
             subs[i].margin *= 4.0;
         }
-        if open.is_empty() {
+        if chosen.is_empty() {
             continue;
         }
-        // Refinement (Algorithm 1, lines 14-19): the worst open sub-boxes are bisected.
-        let mut order = open;
-        order.sort_by(|&a, &b| {
-            per_box
-                .get(b)
-                .unwrap_or(&0.0)
-                .total_cmp(per_box.get(a).unwrap_or(&0.0))
-        });
-        let budget = options
-            .refine_per_round
-            .min(options.max_sub_boxes.saturating_sub(subs.len()))
-            .max(1);
-        let chosen: Vec<usize> = order.into_iter().take(budget).collect();
         let mut halves = Vec::new();
         for &i in &chosen {
             let b = &subs[i];
             let d = bisect_dimension(b, &ranges, &rhs_vec(case), n, &module, &c_flat);
-            let mid = 0.5 * (b.lower[d] + b.upper[d]);
-            let mut u1 = b.upper.clone();
-            u1[d] = mid;
-            let mut l2 = b.lower.clone();
-            l2[d] = mid;
-            halves.push((b.lower.clone(), u1, b.margin));
-            halves.push((l2, b.upper.clone(), b.margin));
+            for (l, u) in bisect_box(&b.lower, &b.upper, d) {
+                halves.push((l, u, b.margin));
+            }
         }
         let new: Vec<SubBox> = halves
             .into_par_iter()
@@ -1248,15 +1157,168 @@ fn repair_case(
                 })
             })
             .collect::<Result<_, _>>()?;
-        let mut keep: Vec<SubBox> = Vec::with_capacity(subs.len() + new.len());
-        for (i, b) in subs.into_iter().enumerate() {
-            if !chosen.contains(&i) {
-                keep.push(b);
-            }
-        }
-        keep.extend(new);
-        subs = keep;
+        subs = replace_chosen(subs, &chosen, new);
     }
+}
+
+// Steps shared by the box trainer above and the label trainer (submodule `label`).
+
+/// The device format holds modules of 1..=MAX_MODULE_LAYERS affine layers, none empty.
+fn check_hidden(options: &ModuleOptions) -> Result<(), RepairError> {
+    let max_hidden = prorepair_core::patch::modules::MAX_MODULE_LAYERS - 1;
+    if options.hidden.contains(&0) || options.hidden.len() > max_hidden {
+        return Err(RepairError::Unsupported(format!(
+            "module hidden widths {:?}: each must be at least 1, and at most {max_hidden} hidden layers",
+            options.hidden
+        )));
+    }
+    Ok(())
+}
+
+/// Layer widths of a module: `input`, the hidden widths, `n_out`.
+fn module_dims(input: usize, options: &ModuleOptions, n_out: usize) -> Vec<usize> {
+    let mut dims = vec![input];
+    dims.extend(&options.hidden);
+    dims.push(n_out);
+    dims
+}
+
+/// The unsafe rows of every conjunction of `case`, in order.
+fn case_rows(case: &Case) -> Vec<Vec<f64>> {
+    case.unsafe_set
+        .iter()
+        .flat_map(|c| c.rows.iter().cloned())
+        .collect()
+}
+
+/// Adam (no weight decay) over the module parameters.
+fn adam(vars: Vec<Var>, lr: f64) -> Result<AdamW, RepairError> {
+    AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )
+    .map_err(candle)
+}
+
+/// The module-box corners of `subs` as two `S x width` tensors.
+fn module_box_tensors<'a>(
+    subs: impl ExactSizeIterator<Item = &'a SubBox> + Clone,
+    width: usize,
+    dev: &Device,
+) -> Result<(Tensor, Tensor), RepairError> {
+    let s = subs.len();
+    let corner = |hi: bool| {
+        let v: Vec<f64> = subs
+            .clone()
+            .flat_map(|b| {
+                let (l, u) = b.module_box();
+                if hi { u.to_vec() } else { l.to_vec() }
+            })
+            .collect();
+        Tensor::from_vec(v, (s, width), dev).map_err(candle)
+    };
+    Ok((corner(false)?, corner(true)?))
+}
+
+/// One training round (Algorithm 2): Adam steps on the sum of `loss()` (one L* value per
+/// item) until it is 0, `epochs` steps (at least one evaluation) or `deadline`. Returns
+/// the last per-item losses and their sum.
+fn train_epochs(
+    opt: &mut AdamW,
+    epochs: usize,
+    deadline: Instant,
+    mut loss: impl FnMut() -> candle_core::Result<Tensor>,
+) -> Result<(Vec<f64>, f64), RepairError> {
+    let mut per_item: Vec<f64> = Vec::new();
+    let mut total = f64::INFINITY;
+    for _ in 0..epochs.max(1) {
+        let l = loss().map_err(candle)?;
+        per_item = l.to_vec1::<f64>().map_err(candle)?;
+        total = per_item.iter().sum();
+        if total == 0.0 || Instant::now() > deadline {
+            break;
+        }
+        let sum = l.sum_all().map_err(candle)?;
+        opt.backward_step(&sum).map_err(candle)?;
+    }
+    Ok((per_item, total))
+}
+
+/// Whether this round is the last: everything proven, or a budget is spent.
+fn last_round(
+    all_proven: bool,
+    rounds: usize,
+    sub_boxes: usize,
+    options: &ModuleOptions,
+    deadline: Instant,
+) -> bool {
+    all_proven
+        || rounds >= options.max_rounds
+        || Instant::now() > deadline
+        || sub_boxes >= options.max_sub_boxes
+}
+
+/// Of the `open` (unproven) sub-boxes, those whose loss is already 0 only miss the
+/// rounding margin (the caller asks more margin of them instead of splitting); of the
+/// rest, the worst by loss, up to the round's budget, are to be bisected (Algorithm 1,
+/// lines 14-19). Returns `(zero_loss, chosen)`; `chosen` is empty only when every open
+/// sub-box has zero loss.
+fn refine_choice(
+    open: Vec<usize>,
+    per_box: &[f64],
+    sub_boxes: usize,
+    options: &ModuleOptions,
+) -> (Vec<usize>, Vec<usize>) {
+    let loss = |i: usize| per_box.get(i).copied().unwrap_or(0.0);
+    let (zero, mut order): (Vec<usize>, Vec<usize>) = open
+        .into_iter()
+        .partition(|&i| per_box.get(i) == Some(&0.0));
+    order.sort_by(|&a, &b| loss(b).total_cmp(&loss(a)));
+    let budget = options
+        .refine_per_round
+        .min(options.max_sub_boxes.saturating_sub(sub_boxes))
+        .max(1);
+    order.truncate(budget);
+    (zero, order)
+}
+
+/// The two halves of `[lower, upper]` split at the middle of dimension `d`.
+fn bisect_box(lower: &[f64], upper: &[f64], d: usize) -> [(Vec<f64>, Vec<f64>); 2] {
+    let mid = 0.5 * (lower[d] + upper[d]);
+    let mut u1 = upper.to_vec();
+    u1[d] = mid;
+    let mut l2 = lower.to_vec();
+    l2[d] = mid;
+    [(lower.to_vec(), u1), (l2, upper.to_vec())]
+}
+
+/// `subs` without the `chosen` ones (order kept), then `new`.
+fn replace_chosen<T>(subs: Vec<T>, chosen: &[usize], new: Vec<T>) -> Vec<T> {
+    let mut keep = Vec::with_capacity(subs.len() + new.len());
+    for (i, b) in subs.into_iter().enumerate() {
+        if !chosen.contains(&i) {
+            keep.push(b);
+        }
+    }
+    keep.extend(new);
+    keep
+}
+
+/// The module that adds nothing (`n -> n_out`, all zero): the "no module fires" pattern.
+fn zero_module(n: usize, n_out: usize) -> Result<Module, String> {
+    Ok(Module {
+        layers: vec![Dense::new(
+            n,
+            n_out,
+            vec![0.0; n * n_out],
+            vec![0.0; n_out],
+        )?],
+        feature_layer: 0,
+    })
 }
 
 fn rhs_vec(case: &Case) -> Vec<f64> {
@@ -1639,6 +1701,68 @@ mod tests {
             let x = vec![rng.random_range(-1.0..=0.5), rng.random_range(0.0..=1.0)];
             for (k, v) in m.forward(&x).into_iter().enumerate() {
                 assert!(lo[k] <= v && v <= hi[k]);
+            }
+        }
+    }
+
+    /// Label and pair indicators fire exactly where the device's rules do, on ties, NaN
+    /// (either sign, any position), infinities and values in general position.
+    #[test]
+    fn label_indicators_follow_the_device_rule_on_ties_and_nan() {
+        use prorepair_core::patch::modules::{argmax as dev_argmax, top_two as dev_top_two};
+        let nan = f64::NAN;
+        let mut outputs: Vec<Vec<f64>> = vec![
+            vec![],
+            vec![1.0],
+            vec![nan],
+            vec![2.0, 2.0],
+            vec![1.0, 2.0, 2.0],
+            vec![3.0, 2.0, 2.0],
+            vec![3.0, 3.0, 1.0],
+            vec![3.0, 2.0, 1.0, 0.0],
+            vec![nan, 3.0, 2.0, 1.0],
+            vec![3.0, nan, 2.0, 1.0],
+            vec![3.0, 2.0, 1.0, nan],
+            vec![3.0, 2.0, 1.0, -nan],
+            vec![-nan, 3.0, 2.0, 1.0],
+            vec![3.0, nan, nan, nan],
+            vec![nan, nan, nan],
+            vec![f64::INFINITY, 1.0, f64::NEG_INFINITY],
+            vec![f64::INFINITY, f64::INFINITY, 0.0],
+            vec![0.0, -0.0, -1.0],
+            vec![-0.0, 0.0, -1.0],
+        ];
+        // Small integers make ties common; every third entry a NaN of either sign.
+        let mut state = 7u64;
+        for _ in 0..400 {
+            let row = (0..5)
+                .map(|_| {
+                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    match (state >> 33) % 9 {
+                        0 => nan,
+                        1 => -nan,
+                        k => (k % 4) as f64,
+                    }
+                })
+                .collect();
+            outputs.push(row);
+        }
+        for y in &outputs {
+            // Every value is an f32 exactly, so the device sees the same vector.
+            let yf: Vec<f32> = y.iter().map(|&v| v as f32).collect();
+            for l0 in 0..y.len() {
+                assert_eq!(
+                    Indicator::Label(l0).fires(&[], y),
+                    dev_argmax(&yf) == Some(l0),
+                    "label {l0} on {y:?}"
+                );
+                for l1 in 0..y.len() {
+                    assert_eq!(
+                        Indicator::LabelPair(l0, l1).fires(&[], y),
+                        dev_top_two(&yf) == Some((l0, l1)),
+                        "pair ({l0}, {l1}) on {y:?}"
+                    );
+                }
             }
         }
     }

@@ -35,14 +35,15 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rayon::prelude::*;
 
 use super::{
     Indicator, Module, ModuleOptions, ModuleOutcome, ModulesRepair, PatchModules, SubBox,
-    TrainModule, bisect_dimension, candle, conj_ranges, sub_box, sum_check,
+    TrainModule, adam, bisect_box, bisect_dimension, candle, case_rows, check_hidden, conj_ranges,
+    last_round, module_box_tensors, module_dims, refine_choice, replace_chosen, rhs_vec, sub_box,
+    sum_check, train_epochs, zero_module,
 };
-use crate::model::{Dense, Network};
+use crate::model::Network;
 use crate::repair::RepairError;
 use crate::verify::Case;
 
@@ -153,31 +154,6 @@ fn label_sub(
     Ok(LabelSub { case, sb, keys })
 }
 
-/// Output interval of a module under training over `S` boxes: `(lo, hi)`, `S x n_out`.
-fn module_interval(
-    tm: &TrainModule,
-    lo: &Tensor,
-    hi: &Tensor,
-) -> candle_core::Result<(Tensor, Tensor)> {
-    let mut mid = ((lo + hi)? * 0.5)?;
-    let mut rad = ((hi - lo)? * 0.5)?;
-    let k = tm.weights.len();
-    for i in 0..k {
-        let w = tm.weights[i].as_tensor();
-        mid = mid
-            .matmul(&w.t()?)?
-            .broadcast_add(tm.biases[i].as_tensor())?;
-        rad = rad.matmul(&w.abs()?.t()?)?;
-        if i + 1 < k {
-            let l = (&mid - &rad)?.relu()?;
-            let u = (&mid + &rad)?.relu()?;
-            mid = ((&l + &u)? * 0.5)?;
-            rad = ((&u - &l)? * 0.5)?;
-        }
-    }
-    Ok(((&mid - &rad)?, (&mid + &rad)?))
-}
-
 /// The loss structure of one round: items (a case row under a pattern on a sub-box) and
 /// terms (one unsafe conjunction under one pattern on one sub-box: the min over its items).
 struct LossPlan {
@@ -257,7 +233,7 @@ fn loss_terms(
     let mut los = Vec::new();
     let mut his = Vec::new();
     for tm in tms {
-        let (l, h) = module_interval(tm, lo, hi)?;
+        let (l, h) = tm.interval(lo, hi)?;
         los.push(l);
         his.push(h);
     }
@@ -287,11 +263,12 @@ pub fn repair_modules_label(
     options: &ModuleOptions,
     kind: LabelKind,
 ) -> Result<ModulesRepair, RepairError> {
-    let max_hidden = prorepair_core::patch::modules::MAX_MODULE_LAYERS - 1;
-    if options.hidden.contains(&0) || options.hidden.len() > max_hidden {
+    check_hidden(options)?;
+    if options.feature_layer != 0 {
+        // Label modules are trained and proven on the network input only.
         return Err(RepairError::Unsupported(format!(
-            "module hidden widths {:?}: each must be at least 1, and at most {max_hidden} hidden layers",
-            options.hidden
+            "feature layer {}: label-indicator modules read the network input (0)",
+            options.feature_layer
         )));
     }
     let start = Instant::now();
@@ -333,8 +310,8 @@ pub fn repair_modules_label(
                 problem: "an unsafe conjunction without constraints cannot be excluded".into(),
             });
         }
-        let mut rows: Vec<Vec<f64>> = c.unsafe_set.iter().flat_map(|k| k.rows.clone()).collect();
-        let rhs: Vec<f64> = c.unsafe_set.iter().flat_map(|k| k.rhs.clone()).collect();
+        let mut rows = case_rows(c);
+        let rhs = rhs_vec(c);
         let n_case = rows.len();
         rows.extend(diff.iter().cloned());
         rows_of.push((rows, n_case));
@@ -376,9 +353,7 @@ pub fn repair_modules_label(
         }
         v
     };
-    let mut dims = vec![n];
-    dims.extend(&options.hidden);
-    dims.push(n_out);
+    let dims = module_dims(n, options, n_out);
     let tms: Vec<TrainModule> = (0..keys.len())
         .map(|i| TrainModule::new(&dims, options.seed.wrapping_add(i as u64), &dev))
         .collect::<Result<_, _>>()?;
@@ -386,27 +361,9 @@ pub fn repair_modules_label(
         .iter()
         .flat_map(|t| t.weights.iter().chain(&t.biases).cloned())
         .collect();
-    let zero = Module {
-        layers: vec![
-            Dense::new(n, n_out, vec![0.0; n * n_out], vec![0.0; n_out])
-                .map_err(RepairError::Unsupported)?,
-        ],
-        feature_layer: 0,
-    };
-    let tensors = |subs: &[LabelSub]| -> Result<(Tensor, Tensor), RepairError> {
-        let s = subs.len();
-        let lo = Tensor::from_vec(
-            subs.iter().flat_map(|b| b.sb.lower.clone()).collect(),
-            (s, n),
-            &dev,
-        );
-        let hi = Tensor::from_vec(
-            subs.iter().flat_map(|b| b.sb.upper.clone()).collect(),
-            (s, n),
-            &dev,
-        );
-        Ok((lo.map_err(candle)?, hi.map_err(candle)?))
-    };
+    let zero = zero_module(n, n_out).map_err(RepairError::Unsupported)?;
+    // Label modules read the input: the module box is the sub-box itself.
+    let tensors = |subs: &[LabelSub]| module_box_tensors(subs.iter().map(|b| &b.sb), n, &dev);
     let mut lr = options.learning_rate;
     if options.auto_learning_rate && !subs.is_empty() {
         let (lo, hi) = tensors(&subs)?;
@@ -417,15 +374,7 @@ pub fn repair_modules_label(
             .map_err(candle)?;
         lr = lr.max(worst / 100.0);
     }
-    let mut opt = AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )
-    .map_err(candle)?;
+    let mut opt = adam(vars, lr)?;
     let mut rounds = 0;
     let mut loss_now;
     let modules: Vec<Module>;
@@ -434,18 +383,10 @@ pub fn repair_modules_label(
         rounds += 1;
         let (lo, hi) = tensors(&subs)?;
         let plan = loss_plan(&subs, cases, &key_index, keys.len(), &dev).map_err(candle)?;
-        let mut per_term: Vec<f64> = Vec::new();
-        loss_now = f64::INFINITY;
-        for _ in 0..options.epochs.max(1) {
-            let lt = loss_terms(&plan, &tms, &lo, &hi, n_out).map_err(candle)?;
-            per_term = lt.to_vec1::<f64>().map_err(candle)?;
-            loss_now = per_term.iter().sum();
-            if loss_now == 0.0 || Instant::now() > deadline {
-                break;
-            }
-            let l = lt.sum_all().map_err(candle)?;
-            opt.backward_step(&l).map_err(candle)?;
-        }
+        let per_term;
+        (per_term, loss_now) = train_epochs(&mut opt, options.epochs, deadline, || {
+            loss_terms(&plan, &tms, &lo, &hi, n_out)
+        })?;
         let mut per_box = vec![0.0; subs.len()];
         for (t, &s) in plan.term_sub.iter().enumerate() {
             per_box[s] += per_term.get(t).copied().unwrap_or(0.0);
@@ -474,29 +415,17 @@ pub fn repair_modules_label(
                 keys.len()
             );
         }
-        if open.is_empty()
-            || rounds >= options.max_rounds
-            || Instant::now() > deadline
-            || subs.len() >= options.max_sub_boxes
-        {
+        if last_round(open.is_empty(), rounds, subs.len(), options, deadline) {
             modules = current;
             break;
         }
-        let (zero_loss, open): (Vec<usize>, Vec<usize>) =
-            open.into_iter().partition(|&i| per_box[i] == 0.0);
+        let (zero_loss, chosen) = refine_choice(open, &per_box, subs.len(), options);
         for &i in &zero_loss {
             subs[i].sb.margin *= 4.0;
         }
-        if open.is_empty() {
+        if chosen.is_empty() {
             continue;
         }
-        let mut order = open;
-        order.sort_by(|&a, &b| per_box[b].total_cmp(&per_box[a]));
-        let budget = options
-            .refine_per_round
-            .min(options.max_sub_boxes.saturating_sub(subs.len()))
-            .max(1);
-        let chosen: Vec<usize> = order.into_iter().take(budget).collect();
         let mut halves = Vec::new();
         for &i in &chosen {
             let b = &subs[i];
@@ -533,13 +462,9 @@ pub fn repair_modules_label(
                 worst,
                 &c_flat,
             );
-            let mid = 0.5 * (b.sb.lower[d] + b.sb.upper[d]);
-            let mut u1 = b.sb.upper.clone();
-            u1[d] = mid;
-            let mut l2 = b.sb.lower.clone();
-            l2[d] = mid;
-            halves.push((b.case, b.sb.lower.clone(), u1, b.sb.margin, b.keys.clone()));
-            halves.push((b.case, l2, b.sb.upper.clone(), b.sb.margin, b.keys.clone()));
+            for (l, u) in bisect_box(&b.sb.lower, &b.sb.upper, d) {
+                halves.push((b.case, l, u, b.sb.margin, b.keys.clone()));
+            }
         }
         let new: Vec<LabelSub> = halves
             .into_par_iter()
@@ -553,14 +478,7 @@ pub fn repair_modules_label(
                 )
             })
             .collect::<Result<_, _>>()?;
-        let mut keep = Vec::with_capacity(subs.len() + new.len());
-        for (i, b) in subs.into_iter().enumerate() {
-            if !chosen.contains(&i) {
-                keep.push(b);
-            }
-        }
-        keep.extend(new);
-        subs = keep;
+        subs = replace_chosen(subs, &chosen, new);
     }
     let time_s = start.elapsed().as_secs_f64();
     let outcomes = cases
@@ -674,11 +592,8 @@ pub fn prove_label_cases(
             );
         }
     };
-    let zero = match Dense::new(n, n_out, vec![0.0; n * n_out], vec![0.0; n_out]) {
-        Ok(d) => Module {
-            layers: vec![d],
-            feature_layer: 0,
-        },
+    let zero = match zero_module(n, n_out) {
+        Ok(m) => m,
         Err(e) => return LabelProof::Unknown(e),
     };
     let module_of = |k: &Option<Key>| {
@@ -698,12 +613,8 @@ pub fn prove_label_cases(
         {
             return LabelProof::Unknown(format!("case {ci} does not fit the network"));
         }
-        let mut rows: Vec<Vec<f64>> = case
-            .unsafe_set
-            .iter()
-            .flat_map(|k| k.rows.clone())
-            .collect();
-        let rhs: Vec<f64> = case.unsafe_set.iter().flat_map(|k| k.rhs.clone()).collect();
+        let mut rows = case_rows(case);
+        let rhs = rhs_vec(case);
         let n_case = rows.len();
         rows.extend(diff.iter().cloned());
         let c_flat: Vec<f64> = rows.iter().flatten().copied().collect();
@@ -783,6 +694,7 @@ pub fn prove_label_cases(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Dense;
 
     fn above_from(y_lo: &[f64], y_hi: &[f64]) -> Vec<bool> {
         let n = y_lo.len();
