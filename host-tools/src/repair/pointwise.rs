@@ -216,6 +216,12 @@ pub struct Trainer {
     pub bound_weight: f64,
     /// Boxes at the last [`Trainer::train`] call (new ones widen the mask).
     boxes_seen: usize,
+    /// Parameters the next [`Trainer::train`] call adds to the mask on top of its usual
+    /// quota ([`Trainer::raise_budget`]).
+    extra_quota: usize,
+    /// [`Trainer::train`] returns at this instant whatever its `done` test says (its
+    /// callers' time budgets; `None`: no limit).
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// Input boxes of one property for the certified-training term.
@@ -329,6 +335,8 @@ impl Trainer {
             bound: Vec::new(),
             bound_weight: 0.0,
             boxes_seen: 0,
+            extra_quota: 0,
+            deadline: None,
         };
         if !fidelity_inputs.is_empty() {
             let xs = batch(fidelity_inputs)?;
@@ -901,6 +909,7 @@ impl Trainer {
         } else {
             0
         };
+        let quota = quota + std::mem::take(&mut self.extra_quota);
         self.anchors_seen = anchors.len();
         self.boxes_seen = self.bound_count();
         let hinge = hinge_data(anchors)?;
@@ -912,6 +921,12 @@ impl Trainer {
         };
         let mut opt = AdamW::new(self.vars(), params).map_err(candle)?;
         for step in 0..steps {
+            if self
+                .deadline
+                .is_some_and(|d| std::time::Instant::now() >= d)
+            {
+                return Ok(step);
+            }
             if step % check_every.max(1) == 0 {
                 let now = self.network(base)?;
                 if self.bound_weight > 0.0 && step > 0 {
@@ -925,6 +940,17 @@ impl Trainer {
             opt.backward_step(&loss).map_err(candle)?;
         }
         Ok(steps)
+    }
+
+    /// Raise the parameter budget to `budget` (never lowers it); the next
+    /// [`Trainer::train`] call selects the new parameters by saliency. Why: a box the
+    /// first budget cannot certify may need more of the layer (measured on the VNN-COMP
+    /// mnist_fc boxes: 150 changed weights leave CROWN's margin at -0.75, 1,500 prove it).
+    pub fn raise_budget(&mut self, budget: usize) {
+        if budget > self.budget {
+            self.extra_quota += budget - self.budget;
+            self.budget = budget;
+        }
     }
 
     /// Boxes in the certified-training term.
