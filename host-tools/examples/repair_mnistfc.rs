@@ -57,16 +57,11 @@ fn main() {
     let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
     let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
     let acc0 = mnist::accuracy(&net, &test);
-    let fidelity: Vec<Vec<f64>> = (0..train.len())
-        .filter(|&i| mnist::argmax(&net.forward(&train.images[i])) == train.labels[i])
-        .step_by(
-            std::env::var("PR_FIDELITY_STEP")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10),
-        )
-        .map(|i| train.images[i].clone())
-        .collect();
+    let step = std::env::var("PR_FIDELITY_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let fidelity = mnist::correctly_classified(&net, &train, step);
     let all: Vec<String> = [0.03, 0.05]
         .iter()
         .flat_map(|e| (0..15).map(move |p| format!("{p}_{e}")))

@@ -864,6 +864,20 @@ mod tests {
         assert!((e.worst_gap - (1.0 - 0.5 - 1e-3)).abs() < 1e-12);
     }
 
+    /// `mnist_5k` (the fidelity source) and the first 2,000 test images (the held-out
+    /// accuracy set), read in place. Callers have checked the data with `require_data!`.
+    fn mnist_fixture() -> (crate::tasks::mnist::Dataset, crate::tasks::mnist::Dataset) {
+        use crate::tasks::mnist;
+        let dir = crate::testing::data_path("mnist").expect("checked by the caller");
+        let train = mnist::read_csv_255(&dir.join("mnist_5k.csv.gz")).unwrap();
+        let test = mnist::test_set(&dir).unwrap();
+        let held_out = mnist::Dataset {
+            images: test.images[..2000].to_vec(),
+            labels: test.labels[..2000].to_vec(),
+        };
+        (train, held_out)
+    }
+
     /// The adversarial task on real data: the first three k = 16 boxes (misclassified
     /// mnist_5k images, r = 0.1) of mnist_relu_3_100, each repaired alone. Each claim is
     /// re-checked here by verify's complete checker, the box centre is classified as
@@ -874,18 +888,8 @@ mod tests {
         use crate::verify::{self, Verdict};
         let net =
             crate::import::load(&crate::require_data!("mnist/nets/mnist_relu_3_100.onnx")).unwrap();
-        let dir = crate::require_data!("mnist");
-        let train = mnist::read_csv_255(&dir.join("mnist_5k.csv.gz")).unwrap();
-        let test = mnist::test_set(&dir).unwrap();
-        let held_out = mnist::Dataset {
-            images: test.images[..2000].to_vec(),
-            labels: test.labels[..2000].to_vec(),
-        };
-        let fidelity: Vec<Vec<f64>> = (0..train.len())
-            .filter(|&i| mnist::argmax(&net.forward(&train.images[i])) == train.labels[i])
-            .step_by(10)
-            .map(|i| train.images[i].clone())
-            .collect();
+        let (train, held_out) = mnist_fixture();
+        let fidelity = mnist::correctly_classified(&net, &train, 10);
         let acc0 = mnist::accuracy(&net, &held_out);
         let tasks = adversarial::adversarial_tasks(&net, &train, 16, 0.1, 3, 2024);
         assert_eq!(tasks.len(), 3);
@@ -938,18 +942,8 @@ mod tests {
         let spec_path = crate::require_data!("mnist/vnnlib/mnistfc/prop_7_0.03.vnnlib");
         let spec = crate::spec::Property::from_vnnlib(&spec_path).unwrap();
         let property = super::super::RepairProperty::from_spec("prop_7_0.03", &spec, &net).unwrap();
-        let dir = crate::require_data!("mnist");
-        let train = mnist::read_csv_255(&dir.join("mnist_5k.csv.gz")).unwrap();
-        let test = mnist::test_set(&dir).unwrap();
-        let held_out = mnist::Dataset {
-            images: test.images[..2000].to_vec(),
-            labels: test.labels[..2000].to_vec(),
-        };
-        let fidelity: Vec<Vec<f64>> = (0..train.len())
-            .filter(|&i| mnist::argmax(&net.forward(&train.images[i])) == train.labels[i])
-            .step_by(50)
-            .map(|i| train.images[i].clone())
-            .collect();
+        let (train, held_out) = mnist_fixture();
+        let fidelity = mnist::correctly_classified(&net, &train, 50);
         let cases: Vec<&Case> = property.cases.iter().collect();
         assert!(local_boxes_apply(&net, &cases, LOCAL_BOX_MAX_UNSTABLE));
         let options = LocalBoxOptions {

@@ -142,6 +142,20 @@ pub fn argmax(y: &[f64]) -> usize {
     (1..y.len()).fold(0, |b, i| if y[i] > y[b] { i } else { b })
 }
 
+/// Every `step`-th image of `data` that `net` classifies correctly, in order: the
+/// fidelity inputs of the MNIST repairs (images whose behaviour the repair must keep).
+pub fn correctly_classified(
+    net: &crate::model::Network,
+    data: &Dataset,
+    step: usize,
+) -> Vec<Vec<f64>> {
+    (0..data.len())
+        .filter(|&i| argmax(&net.forward(&data.images[i])) == data.labels[i])
+        .step_by(step.max(1))
+        .map(|i| data.images[i].clone())
+        .collect()
+}
+
 /// Fraction of `data` that `net` classifies correctly (argmax, f64 forward pass).
 pub fn accuracy(net: &crate::model::Network, data: &Dataset) -> f64 {
     use rayon::prelude::*;
