@@ -23,6 +23,12 @@
 //!    relaxations refreshed from the current network), instead of raising `t`. Off by
 //!    default: on ACAS Xu prop_2 it did not close the proofs and cost fidelity.
 //!
+//! 5. After a proof, the fidelity polish ([`super::RepairOptions::polish_share`]): dense
+//!    anchors over the boxes hold the proven margin while a larger fidelity weight pulls
+//!    the change back outside them, in short chunks; a polished network replaces the
+//!    proven one only when `verify` proves it too and it agrees with the original on more
+//!    fidelity inputs.
+//!
 //! Nothing here claims a property holds except `verify`'s verdict.
 
 use std::time::{Duration, Instant};
@@ -311,8 +317,7 @@ pub(super) fn run(
         for (pi, (_, _, desired)) in props.iter().enumerate() {
             let Some(f) = &fixed[pi] else { continue };
             let belongs = a.constraints.len() == desired.clauses.len()
-                && a
-                    .constraints
+                && a.constraints
                     .iter()
                     .zip(&desired.clauses)
                     .all(|(k, cl)| cl.options.contains(k));
@@ -392,8 +397,16 @@ pub(super) fn run(
             }
             if reports.iter().all(|r| r.verdict == Verdict::Holds) {
                 polish(
-                    state, trainer, current, &props, options, deadline, &mut reports, target,
-                    &choose, trace,
+                    state,
+                    trainer,
+                    current,
+                    &props,
+                    options,
+                    deadline,
+                    &mut reports,
+                    target,
+                    &choose,
+                    trace,
                 )?;
                 trainer.output_weight = region_wise_weight;
                 trainer.fidelity_weight = region_wise_fidelity;
@@ -528,10 +541,11 @@ pub(super) fn run(
         let margin_ok = |n: &Network| {
             checks += 1;
             Instant::now() >= train_deadline
-                || (checks > options.global_min_steps / 10 && state.anchors.iter().all(|a| {
-                let y = n.forward(&a.x);
-                a.constraints.iter().all(|c| c.value(&y) >= a.margin)
-            }))
+                || (checks > options.global_min_steps / 10
+                    && state.anchors.iter().all(|a| {
+                        let y = n.forward(&a.x);
+                        a.constraints.iter().all(|c| c.value(&y) >= a.margin)
+                    }))
         };
         let steps = trainer.train(net, &state.anchors, options.repair_steps, 10, margin_ok)?;
         if steps > 0 {
@@ -675,7 +689,10 @@ fn polish(
         return Ok(());
     }
     let net = state.original;
-    let until = start + left.mul_f64(options.polish_share.min(1.0)).min(options.polish_max);
+    let until = start
+        + left
+            .mul_f64(options.polish_share.min(1.0))
+            .min(options.polish_max);
     let proof_time: f64 = reports.iter().map(|r| r.stats.time_s).sum();
     let mut anchors = state.anchors.clone();
     for (pi, cases, desired) in props {
@@ -791,6 +808,19 @@ mod tests {
         assert_eq!(score(&desired, &[7.0, 0.0]), -2.0);
         assert_eq!(closest(&desired, &[2.0, -1.0]).len(), 2);
         assert_eq!(closest(&desired, &[2.0, -1.0])[0].c, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn fixed_choice_takes_the_alternative_with_the_best_median() {
+        let k = |c: Vec<f64>| Constraint { c, d: 0.0 };
+        let desired = DesiredSet {
+            clauses: vec![Clause {
+                options: vec![k(vec![1.0, 0.0]), k(vec![0.0, 1.0])],
+            }],
+        };
+        // y0 has the best single value (5) but y1 the best median (1 vs -1).
+        let ys = vec![vec![5.0, 0.5], vec![-1.0, 1.0], vec![-2.0, 2.0]];
+        assert_eq!(fixed_choice(&desired, &ys), vec![k(vec![0.0, 1.0])]);
     }
 
     #[test]

@@ -23,6 +23,8 @@
 //!    of the current network (dense samples plus PGD) below a target margin become
 //!    anchors, `f_e` is trained until they meet it, and `verify`'s branch and bound on
 //!    the whole property decides; "unknown" raises the target margin and the budget.
+//!    After a proof, a fidelity polish trades the change outside the boxes back, keeping
+//!    only networks `verify` proves again.
 //!    Otherwise:
 //!    Region-wise loop ([`regionwise`], Algorithm 2) over the OPEN sub-properties: CROWN
 //!    linear bounds of the whole network over each give the violated constraints, a
