@@ -42,14 +42,10 @@ fn acasxu_domain() -> BoxBounds {
     )
 }
 
-fn repair_prop2(a: u32, b: u32, complete_check: bool) {
-    let model = require_data!(&testing::acasxu_onnx(a, b));
-    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
-    let net = import::load(&model).expect("network imports");
-    let property = Property::from_vnnlib(&spec).expect("prop_2 parses");
-    let rp = RepairProperty::from_spec("prop_2", &property, &net).expect("prop_2 fits the network");
-    let options = RepairOptions {
-        // A cap for a loaded machine; unloaded it takes a few seconds (BENCHMARKS.md).
+/// The options of the tests: the defaults, a cap for a loaded machine (unloaded a repair
+/// takes a few seconds: BENCHMARKS.md), the whole ACAS Xu domain for fidelity.
+fn options(complete_check: bool) -> RepairOptions {
+    RepairOptions {
         timeout: Duration::from_secs(90),
         fidelity_domain: Some(acasxu_domain()),
         fidelity_eval_samples: 2000,
@@ -58,7 +54,30 @@ fn repair_prop2(a: u32, b: u32, complete_check: bool) {
         // past its sub-property budget: BENCHMARKS.md, Repair).
         fidelity_train_samples: if complete_check { 1024 } else { 256 },
         ..RepairOptions::default()
-    };
+    }
+}
+
+/// The benchmark harness's ACAS Xu setting (`examples/repair_acasxu.rs`): `f_c` = the
+/// output layer alone and fidelity weight 100 in the margin-driven phase.
+fn output_layer_split() -> RepairOptions {
+    RepairOptions {
+        split_layer: repair::SplitLayer::Layer(12),
+        global_fidelity_weight: 100.0,
+        ..options(true)
+    }
+}
+
+fn repair_prop2(a: u32, b: u32, complete_check: bool) {
+    repair_prop2_with(a, b, options(complete_check), 0.98);
+}
+
+fn repair_prop2_with(a: u32, b: u32, options: RepairOptions, floor: f64) {
+    let complete_check = options.complete_check;
+    let model = require_data!(&testing::acasxu_onnx(a, b));
+    let spec = require_data!("acasxu/vnnlib/prop_2.vnnlib");
+    let net = import::load(&model).expect("network imports");
+    let property = Property::from_vnnlib(&spec).expect("prop_2 parses");
+    let rp = RepairProperty::from_spec("prop_2", &property, &net).expect("prop_2 fits the network");
     let out = repair::repair(&net, std::slice::from_ref(&rp), &options).expect("repair runs");
     eprintln!(
         "N{a},{b}: verified {} in {:.2} s, {} rounds, {} sub-properties, {} changed parameters, fidelity {:.4}",
@@ -143,11 +162,8 @@ fn repair_prop2(a: u32, b: u32, complete_check: bool) {
     assert!(out.changed_parameters > 0 && out.changed_parameters <= out.parameter_budget);
     assert!(out.parameter_budget * 50 <= net.parameter_count());
 
-    // Fidelity on 2,000 fresh seeded inputs of the whole domain outside the box. The
-    // issue's target is 99%; measured on N2,1: 98.2-98.8% with the default fidelity
-    // weight, 99.15% with `global_fidelity_weight` 100 (not the default: it cost proofs
-    // elsewhere; BENCHMARKS.md, Repair): this asserts what is reached, not the target.
-    let floor = 0.98;
+    // Fidelity on 2,000 fresh seeded inputs of the whole domain outside the box, at least
+    // `floor` (the caller's: what is reached with its options, BENCHMARKS.md, Repair).
     let cases: Vec<_> = rp.cases.iter().collect();
     let points = repair::sample_outside(&acasxu_domain(), &cases, 2000, 2024);
     assert_eq!(points.len(), 2000);
@@ -170,8 +186,17 @@ fn repairs_n2_1_property_2_region_wise() {
     repair_prop2(2, 1, false);
 }
 
+/// N4,5 was not repaired within 20 s with the paper's split (the trained margin ~0.02 is
+/// more than `verify` can prove quickly there); with `f_c` = the output layer it is, and
+/// the polish step keeps the advisories outside the box (measured 99.1% on 10,000
+/// inputs; BENCHMARKS.md, Repair, session 6).
 #[test]
-#[ignore = "N3,5 prop_2 is not yet repaired within the budget (branch and bound does not decide the repaired network in time; BENCHMARKS.md, Repair); run with --ignored"]
+fn repairs_n4_5_property_2_with_the_output_layer_split() {
+    repair_prop2_with(4, 5, output_layer_split(), 0.985);
+}
+
+#[test]
+#[ignore = "slow: N3,5 prop_2 with the output-layer split took 16.8 s under load in the session-6 run (BENCHMARKS.md, Repair); with the paper's split it is often not proven in 20 s; run with --ignored"]
 fn repairs_n3_5_property_2() {
-    repair_prop2(3, 5, true);
+    repair_prop2_with(3, 5, output_layer_split(), 0.98);
 }

@@ -23,6 +23,8 @@
 //!    of the current network (dense samples plus PGD) below a target margin become
 //!    anchors, `f_e` is trained until they meet it, and `verify`'s branch and bound on
 //!    the whole property decides; "unknown" raises the target margin and the budget.
+//!    After a proof, a fidelity polish trades the change outside the boxes back, keeping
+//!    only networks `verify` proves again.
 //!    Otherwise:
 //!    Region-wise loop ([`regionwise`], Algorithm 2) over the OPEN sub-properties: CROWN
 //!    linear bounds of the whole network over each give the violated constraints, a
@@ -185,6 +187,13 @@ pub struct RepairOptions {
     pub fidelity_domain: Option<BoxBounds>,
     /// Sampled inputs in the fidelity loss term.
     pub fidelity_train_samples: usize,
+    /// Extra fidelity training inputs from the neighbourhood of the repaired boxes (each
+    /// case box widened by `fidelity_near_width` times its width per side, clipped to the
+    /// fidelity domain, outside every box): a change confined to the box and its close
+    /// neighbourhood costs little fidelity, one that leaks beyond it costs much more.
+    pub fidelity_near_samples: usize,
+    /// Widening of the case boxes for `fidelity_near_samples`.
+    pub fidelity_near_width: f64,
     /// Weight λ of the fidelity loss term.
     pub fidelity_weight: f64,
     /// Fresh samples for the fidelity measurement.
@@ -204,8 +213,8 @@ pub struct RepairOptions {
     pub complete_check: bool,
     /// First target margin of that phase (raised when `verify` cannot decide in time).
     pub global_margin: f64,
-    /// ... at most this fraction of the median |desired score| of the original network
-    /// over the boxes (the scale of its outputs there).
+    /// ... at most this fraction of the median output spread (largest minus smallest
+    /// output) of the original network over the boxes (the scale of its outputs there).
     pub global_margin_relative: f64,
     /// Factor by which the target margin grows.
     pub global_margin_growth: f64,
@@ -228,6 +237,27 @@ pub struct RepairOptions {
     /// were proven within 20 s in each of three paired runs (6 vs 8, 3 vs 5; 30: 1 vs 4),
     /// so the default keeps 10 (the proof comes first).
     pub global_fidelity_weight: f64,
+    /// One disjunct per clause for the whole property in that phase (the alternative with
+    /// the largest median value on the original network over the boxes) instead of the
+    /// one each anchor's output comes closest to.
+    pub global_fixed_disjunct: bool,
+    /// Least Adam steps per training round in that phase (the fidelity term needs steps
+    /// to pull a change back that the output hinge made in a few).
+    pub global_min_steps: usize,
+    /// Adam learning rate in that phase (`None`: `learning_rate`).
+    pub global_learning_rate: Option<f64>,
+    /// Fidelity polish after a proof: the share of the time left that may go into
+    /// training with `polish_fidelity_factor` times the fidelity weight (the anchors keep
+    /// their margins) and re-verifying; the polished network replaces the proven one only
+    /// when `verify` proves it too and it agrees with the original on more of the
+    /// fidelity inputs. 0 disables it.
+    pub polish_share: f64,
+    /// Fidelity weight multiplier of the polish step.
+    pub polish_fidelity_factor: f64,
+    /// Adam steps of the polish step between two proofs.
+    pub polish_chunk: usize,
+    /// Most time the polish step may take.
+    pub polish_max: Duration,
     /// Weight of the decision-preserving fidelity term (the fidelity inputs keep their
     /// original argmin and argmax output with half their original gaps; 0: off).
     pub decision_weight: f64,
@@ -263,6 +293,8 @@ impl Default for RepairOptions {
             anchor_margin: 2e-2,
             fidelity_domain: None,
             fidelity_train_samples: 1024,
+            fidelity_near_samples: 0,
+            fidelity_near_width: 1.0,
             fidelity_weight: 10.0,
             fidelity_eval_samples: 10_000,
             seed: 0,
@@ -281,6 +313,13 @@ impl Default for RepairOptions {
             global_output_weight: 1000.0,
             global_fidelity_weight: 10.0,
             decision_weight: 0.0,
+            global_fixed_disjunct: false,
+            global_learning_rate: None,
+            global_min_steps: 0,
+            polish_share: 0.6,
+            polish_fidelity_factor: 3.0,
+            polish_chunk: 10,
+            polish_max: Duration::from_secs(10),
             bound_weight: 0.0,
             bound_boxes_per_round: 128,
             bound_boxes_max: 512,
@@ -530,6 +569,8 @@ fn verify_options(timeout: Duration, seed: u64) -> verify::Options {
 /// Mutable state of the region-wise loop.
 struct Loop<'a> {
     original: &'a Network,
+    /// The fidelity training inputs (for comparing candidate networks).
+    fidelity_points: Vec<Vec<f64>>,
     props: Vec<RepairProperty>,
     desired: Vec<DesiredSet>,
     /// Sub-properties not proven on the current network.
@@ -767,12 +808,46 @@ pub fn repair(
         .clone()
         .unwrap_or_else(|| default_domain(properties));
     let all_cases: Vec<&Case> = properties.iter().flat_map(|p| &p.cases).collect();
-    let fid_train = sample_outside(
+    let mut fid_train = sample_outside(
         &domain,
         &all_cases,
         options.fidelity_train_samples,
         options.seed,
     );
+    // Around the boxes being repaired only (guards' boxes are not changed on purpose).
+    let repaired_cases: Vec<&Case> = properties
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.repaired)
+        .flat_map(|(p, _)| &p.cases)
+        .collect();
+    if options.fidelity_near_samples > 0 {
+        let per = options
+            .fidelity_near_samples
+            .div_ceil(repaired_cases.len().max(1));
+        for (ci, c) in repaired_cases.iter().enumerate() {
+            let near = BoxBounds::new(
+                (0..c.lower.len())
+                    .map(|i| {
+                        let w = options.fidelity_near_width * (c.upper[i] - c.lower[i]);
+                        (c.lower[i] - w).max(domain.lower[i].min(c.lower[i]))
+                    })
+                    .collect(),
+                (0..c.upper.len())
+                    .map(|i| {
+                        let w = options.fidelity_near_width * (c.upper[i] - c.lower[i]);
+                        (c.upper[i] + w).min(domain.upper[i].max(c.upper[i]))
+                    })
+                    .collect(),
+            );
+            fid_train.extend(sample_outside(
+                &near,
+                &all_cases,
+                per,
+                options.seed ^ 0x0ea7 ^ (ci as u64) << 32,
+            ));
+        }
+    }
     let fid_eval = sample_outside(
         &domain,
         &all_cases,
@@ -800,6 +875,7 @@ pub fn repair(
         target_margin,
         box_options,
         proxy_box_failures: 0,
+        fidelity_points: fid_train.clone(),
     };
     // Map from property index in `properties` to index in the repair set.
     let mut repair_index: Vec<Option<usize>> = vec![None; properties.len()];

@@ -204,7 +204,7 @@ pub struct Trainer {
     /// original gaps `y0 - y0[argmin]`, `y0[argmax] - y0` `[n, out]`, halved.
     decisions: Option<(Tensor, Tensor, Tensor, Tensor)>,
     /// Adam learning rate.
-    learning_rate: f64,
+    pub learning_rate: f64,
     /// How many of the last Dense layers of `f_e` may change.
     pub trainable_layers: usize,
     /// Certified-training term: input boxes whose sound lower bound of the desired margin
