@@ -38,7 +38,9 @@ fn net_path(name: &str) -> PathBuf {
 
 /// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
 /// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
-/// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds).
+/// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds, `PR_ROUNDS`, `PR_SPLIT` (split
+/// layer K), `PR_DECISION`, `PR_FIDELITY_BATCH`; `corruption` also reads `PR_FIDELITY_STEP`: every k-th
+/// mnist_5k image is a fidelity input, default 10).
 fn tuned(mut o: PointOptions) -> PointOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PR_CHANGE") {
@@ -73,6 +75,18 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_TIMEOUT") {
         o.timeout = std::time::Duration::from_secs_f64(v);
+    }
+    if let Some(v) = get("PR_FIDELITY_BATCH") {
+        o.fidelity_batch = v as usize;
+    }
+    if let Some(v) = get("PR_DECISION") {
+        o.decision_weight = v;
+    }
+    if let Some(v) = get("PR_ROUNDS") {
+        o.rounds = v as usize;
+    }
+    if let Some(v) = get("PR_SPLIT") {
+        o.split_layer = prorepair_host::repair::SplitLayer::Layer(v as usize);
     }
     o
 }
@@ -114,8 +128,12 @@ fn corruption(args: &[String]) {
             .collect();
         let gene0 = tasks::point_accuracy(&net, &all_corrupted);
         let build = t0.elapsed().as_secs_f64();
+        let fidelity_step = std::env::var("PR_FIDELITY_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
         let options = tuned(PointOptions {
-            fidelity_inputs: tasks::every(&train, 10),
+            fidelity_inputs: tasks::every(&train, fidelity_step),
             ..PointOptions::default()
         });
         let out = points::repair_points(&net, &task.repair, &options).expect("repair");
