@@ -675,15 +675,13 @@ mod tests {
             ..PointOptions::default()
         };
         let out = repair_points(&net, &task.repair, &options).unwrap();
-        // Every point whose proxy box was certified is fixed in the forward pass (on
-        // the sigmoid network one of the five gets no certified box in 50 shifts).
         let fixed = task
             .repair
             .iter()
             .filter(|p| mnist::argmax(&out.network.forward(&p.x)) == p.label)
             .count();
         assert_eq!(fixed, out.classified.iter().filter(|&&b| b).count());
-        assert!(fixed + 1 >= n, "forward pass: {:?}", out.classified);
+        assert!(fixed >= min_proven, "forward pass: {:?}", out.classified);
         let held_out = mnist::Dataset {
             images: test.images[1000..3000].to_vec(),
             labels: test.labels[1000..3000].to_vec(),
@@ -707,6 +705,14 @@ mod tests {
         repair_fog_points("mnist/nets/mnist_relu_3_100.onnx", 10, 0.02, 10, 45);
     }
 
+    /// The deep path: 9 Dense layers, f_e's last seven trained together (the default
+    /// `trainable_layers`); one trained layer left 6 of 100 fog points misclassified at
+    /// a 3.4% accuracy drop (BENCHMARKS.md, Repair (MNIST)).
+    #[test]
+    fn repairs_corrupted_mnist_points_relu_9_100() {
+        repair_fog_points("mnist/nets/mnist_relu_9_100.onnx", 20, 0.02, 20, 45);
+    }
+
     /// The non-ReLU path: sigmoid activations in f_e and f_c, CROWN's sigmoid
     /// relaxation for the proxy boxes, candle's sigmoid in the trainer, and the proof at
     /// the points by the sharp signed rounding bound (~6.5e-3 logits at MNIST points on
@@ -724,16 +730,15 @@ mod tests {
             label: test.labels[0],
         };
         assert!(rounding_margin(&net, &p) < 0.1);
-        // A larger mask: the sigmoid features move less per parameter. No accuracy
-        // bound here: this repair costs clean accuracy (a known gap, BENCHMARKS.md).
+        // Every point proven, the accuracy kept: the defaults train f_e's last four
+        // Dense layers; a point whose proxy box is not certified in 50 shifts is trained
+        // by the output hinge alone.
         repair_fog_points(
             "mnist/nets/ffnnSIGMOID__Point_6x200.onnx",
-            5,
-            1.0,
-            // Every point with a certified proxy box is proven; one of the five gets no
-            // certified box in 50 shifts (proxy-box synthesis, not the proof, fails).
-            4,
-            3000,
+            10,
+            0.02,
+            10,
+            45,
         );
     }
 }
