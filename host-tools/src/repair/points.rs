@@ -381,7 +381,10 @@ pub fn repair_points(
         .par_iter()
         .map(|p| {
             let (y, constraints, margins) = output_and_margins(net, p);
-            (proof_gap(&y, &constraints, &margins), margins.into_iter().fold(0.0, f64::max))
+            (
+                proof_gap(&y, &constraints, &margins),
+                margins.into_iter().fold(0.0, f64::max),
+            )
         })
         .unzip();
     let before: Vec<bool> = gaps.iter().map(|&g| g > 0.0).collect();
@@ -562,11 +565,18 @@ pub fn repair_points(
             let class = classified(&current, points);
             let (mut wrong, mut rounding, mut in_box, mut no_box) = (0, 0, 0, 0);
             for i in (0..points.len()).filter(|&i| !outcome.after[i]) {
-                if class[i] { rounding += 1 } else { wrong += 1 }
+                if class[i] {
+                    rounding += 1
+                } else {
+                    wrong += 1
+                }
                 match &anchors[i] {
                     Some(a) if a.box_weight > 0.0 => {
                         let h = current.forward_range(&a.x, 0, split);
-                        if h.iter().zip(&a.h_star).all(|(v, c)| (v - c).abs() <= radius) {
+                        if h.iter()
+                            .zip(&a.h_star)
+                            .all(|(v, c)| (v - c).abs() <= radius)
+                        {
                             in_box += 1;
                         }
                     }
@@ -733,12 +743,6 @@ mod tests {
         // Every point proven, the accuracy kept: the defaults train f_e's last four
         // Dense layers; a point whose proxy box is not certified in 50 shifts is trained
         // by the output hinge alone.
-        repair_fog_points(
-            "mnist/nets/ffnnSIGMOID__Point_6x200.onnx",
-            10,
-            0.02,
-            10,
-            45,
-        );
+        repair_fog_points("mnist/nets/ffnnSIGMOID__Point_6x200.onnx", 10, 0.02, 10, 45);
     }
 }

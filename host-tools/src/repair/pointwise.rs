@@ -507,7 +507,8 @@ impl Trainer {
                 && let Some((amin, gmin, amax, gmax)) = &self.decisions
                 && let Some(head) = &self.head
             {
-                let (amin, gmin, amax, gmax) = (&rows(amin)?, &rows(gmin)?, &rows(amax)?, &rows(gmax)?);
+                let (amin, gmin, amax, gmax) =
+                    (&rows(amin)?, &rows(gmin)?, &rows(amax)?, &rows(gmax)?);
                 // Keep each fidelity input's argmin and argmax output (the advisory and the
                 // class): every other output stays on the same side with at least half
                 // its original gap. Zero on the original network.
@@ -936,11 +937,12 @@ impl Trainer {
                 }
             }
             let n = self.fidelity_inputs.len();
-            self.fidelity_window = (self.fidelity_batch > 0 && n > self.fidelity_batch).then(|| {
-                let windows = n.div_ceil(self.fidelity_batch);
-                let at = (step % windows) * self.fidelity_batch;
-                (at, self.fidelity_batch.min(n - at))
-            });
+            self.fidelity_window =
+                (self.fidelity_batch > 0 && n > self.fidelity_batch).then(|| {
+                    let windows = n.div_ceil(self.fidelity_batch);
+                    let at = (step % windows) * self.fidelity_batch;
+                    (at, self.fidelity_batch.min(n - at))
+                });
             let loss = self.loss(&xs, &targets, start, Some(&hinge), Some(&box_weight));
             self.fidelity_window = None;
             opt.backward_step(&loss?).map_err(candle)?;
