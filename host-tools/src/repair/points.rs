@@ -127,6 +127,10 @@ fn proof_gap(y: &[f64], constraints: &[Constraint], margins: &[f64]) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Points whose rounding margin is computed to stand in for the misclassified ones'
+/// (see [`repair_points`]).
+const ROUNDING_SAMPLE: usize = 8;
+
 /// Most copies of a failing point in the anchors of a later round (see
 /// [`repair_points`]).
 const MAX_REPEAT: usize = 20;
@@ -140,14 +144,22 @@ pub fn rounding_margin(net: &Network, p: &Point) -> f64 {
     output_and_margins(net, p).2.into_iter().fold(0.0, f64::max)
 }
 
-/// Per point: [`point_holds`]; the rounding bound is computed only for the points the
-/// f64 forward pass classifies as required (it costs ~100 forward passes on 9_200).
-fn proven(net: &Network, points: &[Point]) -> Vec<bool> {
+/// Per point: [`point_holds`], and the rounding margin ([`rounding_margin`]) when it was
+/// computed: only for the points the f64 forward pass classifies as required (the bound
+/// costs ~100 forward passes on 9_200; a misclassified point fails whatever it is).
+fn proven_with_rounding(net: &Network, points: &[Point]) -> Vec<(bool, Option<f64>)> {
     points
         .par_iter()
         .map(|p| {
             let y = net.forward(&p.x);
-            p.constraints(y.len()).iter().all(|k| k.value(&y) > 0.0) && point_holds(net, p)
+            if !p.constraints(y.len()).iter().all(|k| k.value(&y) > 0.0) {
+                return (false, None);
+            }
+            let (y, constraints, margins) = output_and_margins(net, p);
+            (
+                proof_gap(&y, &constraints, &margins) > 0.0,
+                Some(margins.into_iter().fold(0.0, f64::max)),
+            )
         })
         .collect()
 }
@@ -373,21 +385,23 @@ pub fn repair_points(
     let split = options.split_layer.resolve(net)?;
     let n_out = net.output_dim();
     let total_parameters = net.parameter_count();
-    // The proof gap and the rounding margin of every point on the original network; the
-    // margins also set the proxy boxes' margins (a target, so the original network's
-    // bound serves every round: recomputing it each round cost as much as the training
-    // on the deep networks).
-    let (gaps, rounding): (Vec<f64>, Vec<f64>) = points
+    // Which points hold on the original network, and their rounding margins, which also
+    // set the proxy boxes' margins. The bound costs ~100 forward passes on 9_200, so it
+    // is computed for the classified points only (a misclassified point fails whatever
+    // the bound); the others get the largest margin of a sample of `ROUNDING_SAMPLE`
+    // points (a training target, not a proof), and their own once a round classifies
+    // them.
+    let checked = proven_with_rounding(net, points);
+    let before: Vec<bool> = checked.iter().map(|c| c.0).collect();
+    let unknown: Vec<usize> = (0..points.len())
+        .filter(|&i| checked[i].1.is_none())
+        .take(ROUNDING_SAMPLE)
+        .collect();
+    let sampled = unknown
         .par_iter()
-        .map(|p| {
-            let (y, constraints, margins) = output_and_margins(net, p);
-            (
-                proof_gap(&y, &constraints, &margins),
-                margins.into_iter().fold(0.0, f64::max),
-            )
-        })
-        .unzip();
-    let before: Vec<bool> = gaps.iter().map(|&g| g > 0.0).collect();
+        .map(|&i| rounding_margin(net, &points[i]))
+        .reduce(|| 0.0, f64::max);
+    let mut rounding: Vec<f64> = checked.iter().map(|c| c.1.unwrap_or(sampled)).collect();
     // Few points need few parameters: Adam moves every selected parameter by about the
     // learning rate per step, so a large mask for a handful of points costs accuracy.
     let failing_before = before.iter().filter(|&&b| !b).count();
@@ -558,7 +572,13 @@ pub fn repair_points(
         outcome.steps += steps;
         let train_time = round_start.elapsed().as_secs_f64() - box_time;
         current = trainer.network(net)?;
-        outcome.after = proven(&current, points);
+        let checked = proven_with_rounding(&current, points);
+        outcome.after = checked.iter().map(|c| c.0).collect();
+        for (r, c) in rounding.iter_mut().zip(&checked) {
+            if let Some(m) = c.1 {
+                *r = m;
+            }
+        }
         if trace {
             // Why the points that fail still fail: misclassified, or classified but the
             // gap is under the rounding margin; and whether their feature reached the box.
