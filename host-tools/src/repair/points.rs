@@ -317,8 +317,10 @@ impl Default for PointOptions {
             change_fraction: 0.05,
             trainable_layers: 0,
             parameters_per_point: 45,
-            repair_steps: 500,
-            rounds: 5,
+            // Short rounds: the few points a round leaves failing get their repeated
+            // anchors sooner (9_200 zigzag 42 s vs 55 s with 5 x 500; BENCHMARKS.md).
+            repair_steps: 250,
+            rounds: 10,
             // 0.01: Adam moves every masked parameter by about this much per step; 0.1
             // cost 3.4% accuracy on 3_100 stripe and 9_100 fog, 0.01 0.7% / 0.5%.
             learning_rate: 0.01,
