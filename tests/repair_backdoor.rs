@@ -83,8 +83,9 @@ fn repairs_backdoored_mlp_points_with_proof() {
     let asr = backdoor::attack_success_rate(&net, &task.generalisation, TARGET);
     assert!(asr >= 0.8, "attack success rate {asr}");
     // The MLP's repaired layer is its first (the paper's split): 45 parameters per point
-    // (225 for 5 points) leave its dead ReLUs stuck (0/5 in 60 s); 500 per point (2,500,
-    // under the 5% cap) repairs the 5 in one round (BENCHMARKS.md, Backdoor).
+    // (225 for 5 points) leave its dead ReLUs stuck (0/5 in 60 s at lr 0.1, 3/5 at the
+    // current 0.01); 500 per point (2,500, under the 5% cap) repairs the 5 in one round
+    // (BENCHMARKS.md, Backdoor).
     let point_options = PointOptions {
         fidelity_inputs: tasks::every(&train, 10)[..200].to_vec(),
         parameters_per_point: 500,

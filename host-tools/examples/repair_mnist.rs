@@ -15,6 +15,9 @@
 //! the stricter share of those the network misclassified before that it now gets
 //! right. Also reported: points proven, clean test accuracy before/after, time.
 
+#[path = "support/box_knobs.rs"]
+mod box_knobs;
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -38,7 +41,9 @@ fn net_path(name: &str) -> PathBuf {
 
 /// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
 /// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
-/// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds).
+/// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds, `PR_ROUNDS`, `PR_SPLIT` (split
+/// layer K), `PR_DECISION`, `PR_FIDELITY_BATCH`; `corruption` also reads `PR_FIDELITY_STEP`: every k-th
+/// mnist_5k image is a fidelity input, default 10).
 fn tuned(mut o: PointOptions) -> PointOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PR_CHANGE") {
@@ -73,6 +78,18 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_TIMEOUT") {
         o.timeout = std::time::Duration::from_secs_f64(v);
+    }
+    if let Some(v) = get("PR_FIDELITY_BATCH") {
+        o.fidelity_batch = v as usize;
+    }
+    if let Some(v) = get("PR_DECISION") {
+        o.decision_weight = v;
+    }
+    if let Some(v) = get("PR_ROUNDS") {
+        o.rounds = v as usize;
+    }
+    if let Some(v) = get("PR_SPLIT") {
+        o.split_layer = prorepair_host::repair::SplitLayer::Layer(v as usize);
     }
     o
 }
@@ -114,8 +131,12 @@ fn corruption(args: &[String]) {
             .collect();
         let gene0 = tasks::point_accuracy(&net, &all_corrupted);
         let build = t0.elapsed().as_secs_f64();
+        let fidelity_step = std::env::var("PR_FIDELITY_STEP")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
         let options = tuned(PointOptions {
-            fidelity_inputs: tasks::every(&train, 10),
+            fidelity_inputs: tasks::every(&train, fidelity_step),
             ..PointOptions::default()
         });
         let out = points::repair_points(&net, &task.repair, &options).expect("repair");
@@ -221,16 +242,11 @@ fn adversarial(args: &[String]) {
     let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
     let acc0 = mnist::accuracy(&net, &test);
     // Fidelity inputs: every 10th correctly classified mnist_5k image (never a task image).
-    let fidelity: Vec<Vec<f64>> = (0..train.len())
-        .filter(|&i| mnist::argmax(&net.forward(&train.images[i])) == train.labels[i])
-        .step_by(
-            std::env::var("PR_FIDELITY_STEP")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(10),
-        )
-        .map(|i| train.images[i].clone())
-        .collect();
+    let step = std::env::var("PR_FIDELITY_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let fidelity = mnist::correctly_classified(&net, &train, step);
     println!(
         "network mnist_relu_3_100: clean test accuracy {:.2}%",
         100.0 * acc0
@@ -254,7 +270,7 @@ fn adversarial(args: &[String]) {
                 let options = regionwise::LocalBoxOptions {
                     timeout: std::time::Duration::from_secs_f64(timeout),
                     fidelity_inputs: fidelity.clone(),
-                    ..tuned_box(regionwise::LocalBoxOptions::default())
+                    ..box_knobs::tuned_box(regionwise::LocalBoxOptions::default())
                 };
                 regionwise::repair_local_boxes(&net, std::slice::from_ref(&t.property), &options)
             }
@@ -303,47 +319,6 @@ fn adversarial(args: &[String]) {
             100.0 * max(&drops)
         );
     }
-}
-
-/// Option overrides for the local-box repair (`PR_BOX_BUDGET`, `PR_BOX_LR`,
-/// `PR_BOX_STEPS`, `PR_BOX_BOUND_WEIGHT`, `PR_BOX_TARGET`, `PR_BOX_FIDELITY_WEIGHT`,
-/// `PR_BOX_MARGIN`, `PR_BOX_LAYERS`, `PR_BOX_OUTPUT_WEIGHT`, `PR_BOX_DECISION_WEIGHT`,
-/// `PR_FIDELITY_STEP`), for tuning runs.
-fn tuned_box(
-    mut o: prorepair_host::repair::regionwise::LocalBoxOptions,
-) -> prorepair_host::repair::regionwise::LocalBoxOptions {
-    let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
-    if let Some(v) = get("PR_BOX_BUDGET") {
-        o.parameter_budget = v as usize;
-    }
-    if let Some(v) = get("PR_BOX_LR") {
-        o.learning_rate = v;
-    }
-    if let Some(v) = get("PR_BOX_STEPS") {
-        o.repair_steps = v as usize;
-    }
-    if let Some(v) = get("PR_BOX_BOUND_WEIGHT") {
-        o.bound_weight = v;
-    }
-    if let Some(v) = get("PR_BOX_TARGET") {
-        o.bound_target = v;
-    }
-    if let Some(v) = get("PR_BOX_FIDELITY_WEIGHT") {
-        o.fidelity_weight = v;
-    }
-    if let Some(v) = get("PR_BOX_MARGIN") {
-        o.anchor_margin = v;
-    }
-    if let Some(v) = get("PR_BOX_LAYERS") {
-        o.trainable_layers = v as usize;
-    }
-    if let Some(v) = get("PR_BOX_OUTPUT_WEIGHT") {
-        o.output_weight = v;
-    }
-    if let Some(v) = get("PR_BOX_DECISION_WEIGHT") {
-        o.decision_weight = v;
-    }
-    o
 }
 
 fn main() {

@@ -108,11 +108,16 @@ fn output_and_margins(net: &Network, p: &Point) -> (Vec<f64>, Vec<Constraint>, V
 /// positive iff [`point_holds`].
 pub fn point_margin(net: &Network, p: &Point) -> f64 {
     let (y, constraints, margins) = output_and_margins(net, p);
+    proof_gap(&y, &constraints, &margins)
+}
+
+/// `min_j (y_label - y_j) - margin_j - slack` (see [`point_margin`]).
+fn proof_gap(y: &[f64], constraints: &[Constraint], margins: &[f64]) -> f64 {
     constraints
         .iter()
-        .zip(&margins)
+        .zip(margins)
         .map(|(k, m)| {
-            let gap = k.value(&y);
+            let gap = k.value(y);
             if gap.is_finite() {
                 gap - m - 1e-9 * gap.abs()
             } else {
@@ -122,6 +127,14 @@ pub fn point_margin(net: &Network, p: &Point) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Points whose rounding margin is computed to stand in for the misclassified ones'
+/// (see [`repair_points`]).
+const ROUNDING_SAMPLE: usize = 8;
+
+/// Most copies of a failing point in the anchors of a later round (see
+/// [`repair_points`]).
+const MAX_REPEAT: usize = 20;
+
 /// Largest f32 rounding margin the proxy boxes are asked to clear (logit units).
 const MAX_ROUNDING_MARGIN: f64 = 5.0;
 
@@ -129,6 +142,26 @@ const MAX_ROUNDING_MARGIN: f64 = 5.0;
 /// [`point_holds`]).
 pub fn rounding_margin(net: &Network, p: &Point) -> f64 {
     output_and_margins(net, p).2.into_iter().fold(0.0, f64::max)
+}
+
+/// Per point: [`point_holds`], and the rounding margin ([`rounding_margin`]) when it was
+/// computed: only for the points the f64 forward pass classifies as required (the bound
+/// costs ~100 forward passes on 9_200; a misclassified point fails whatever it is).
+fn proven_with_rounding(net: &Network, points: &[Point]) -> Vec<(bool, Option<f64>)> {
+    points
+        .par_iter()
+        .map(|p| {
+            let y = net.forward(&p.x);
+            if !p.constraints(y.len()).iter().all(|k| k.value(&y) > 0.0) {
+                return (false, None);
+            }
+            let (y, constraints, margins) = output_and_margins(net, p);
+            (
+                proof_gap(&y, &constraints, &margins) > 0.0,
+                Some(margins.into_iter().fold(0.0, f64::max)),
+            )
+        })
+        .collect()
 }
 
 /// Per point: the f64 forward pass gives the label strictly above every other output.
@@ -239,7 +272,10 @@ pub struct PointOptions {
     pub box_iterations: usize,
     /// Fraction of the network's parameters that may change.
     pub change_fraction: f64,
-    /// How many of the last Dense layers of `f_e` may change.
+    /// How many of the last Dense layers of `f_e` may change; 0: every Dense layer of
+    /// `f_e` but the input layer (at least one). Spreading the change over the depth
+    /// keeps each layer's change small: on mnist_relu_9_100 one layer proves 94/100 fog
+    /// points at a 3.4% accuracy drop, seven prove 100/100 at 0.5% (BENCHMARKS.md).
     pub trainable_layers: usize,
     /// Cap of the changed parameters per failing point (the budget is the smaller of
     /// this times the failing points and `change_fraction` of the network).
@@ -254,8 +290,14 @@ pub struct PointOptions {
     pub fidelity_weight: f64,
     /// Weight of the output hinge term (see [`Trainer::output_weight`]).
     pub output_weight: f64,
+    /// Weight of the decision-preserving term on the fidelity inputs (see
+    /// [`Trainer::decision_weight`]; 0: off).
+    pub decision_weight: f64,
     /// Inputs whose features are kept (fidelity term); e.g. correctly classified data.
     pub fidelity_inputs: Vec<Vec<f64>>,
+    /// Fidelity inputs per Adam step, a rotating window (0: all every step; see
+    /// [`Trainer::fidelity_batch`]).
+    pub fidelity_batch: usize,
     /// Wall-clock budget.
     pub timeout: Duration,
 }
@@ -273,14 +315,22 @@ impl Default for PointOptions {
             anchor_margin: 0.5,
             box_iterations: 50,
             change_fraction: 0.05,
-            trainable_layers: 1,
+            trainable_layers: 0,
             parameters_per_point: 45,
-            repair_steps: 500,
-            rounds: 5,
-            learning_rate: 0.1,
+            // Short rounds: the few points a round leaves failing get their repeated
+            // anchors sooner (9_200 zigzag 42 s vs 55 s with 5 x 500; BENCHMARKS.md).
+            repair_steps: 250,
+            rounds: 10,
+            // 0.01: Adam moves every masked parameter by about this much per step; 0.1
+            // cost 3.4% accuracy on 3_100 stripe and 9_100 fog, 0.01 0.7% / 0.5%.
+            learning_rate: 0.01,
             fidelity_weight: 2.0,
             output_weight: 100.0,
+            decision_weight: 0.0,
             fidelity_inputs: Vec::new(),
+            // Fidelity inputs per step: the whole set's accuracy at a fifth of the cost on
+            // 9_100 (0.19% mean drop, 8 kinds; BENCHMARKS.md).
+            fidelity_batch: 100,
             timeout: Duration::from_secs(60),
         }
     }
@@ -337,7 +387,23 @@ pub fn repair_points(
     let split = options.split_layer.resolve(net)?;
     let n_out = net.output_dim();
     let total_parameters = net.parameter_count();
-    let before: Vec<bool> = points.par_iter().map(|p| point_holds(net, p)).collect();
+    // Which points hold on the original network, and their rounding margins, which also
+    // set the proxy boxes' margins. The bound costs ~100 forward passes on 9_200, so it
+    // is computed for the classified points only (a misclassified point fails whatever
+    // the bound); the others get the largest margin of a sample of `ROUNDING_SAMPLE`
+    // points (a training target, not a proof), and their own once a round classifies
+    // them.
+    let checked = proven_with_rounding(net, points);
+    let before: Vec<bool> = checked.iter().map(|c| c.0).collect();
+    let unknown: Vec<usize> = (0..points.len())
+        .filter(|&i| checked[i].1.is_none())
+        .take(ROUNDING_SAMPLE)
+        .collect();
+    let sampled = unknown
+        .par_iter()
+        .map(|&i| rounding_margin(net, &points[i]))
+        .reduce(|| 0.0, f64::max);
+    let mut rounding: Vec<f64> = checked.iter().map(|c| c.1.unwrap_or(sampled)).collect();
     // Few points need few parameters: Adam moves every selected parameter by about the
     // learning rate per step, so a large mask for a handful of points costs accuracy.
     let failing_before = before.iter().filter(|&&b| !b).count();
@@ -383,8 +449,19 @@ pub fn repair_points(
         options.fidelity_weight,
         options.learning_rate,
     )?;
-    trainer.trainable_layers = options.trainable_layers;
+    trainer.trainable_layers = match options.trainable_layers {
+        0 => {
+            let dense = net.layers[..split]
+                .iter()
+                .filter(|l| matches!(l, Layer::Dense(_)))
+                .count();
+            dense.saturating_sub(1).max(1)
+        }
+        n => n,
+    };
+    trainer.fidelity_batch = options.fidelity_batch;
     trainer.output_weight = options.output_weight;
+    trainer.decision_weight = options.decision_weight;
     let mut current = net.clone();
     // One anchor per failing point, replaced by a fresh box when the point fails again.
     let mut anchors: Vec<Option<Anchor>> = vec![None; points.len()];
@@ -395,9 +472,10 @@ pub fn repair_points(
     let mut best: Option<(usize, Network, Vec<bool>)> = None;
     while outcome.rounds < options.rounds && Instant::now() < deadline {
         outcome.rounds += 1;
+        let round_start = Instant::now();
         let failing: Vec<usize> = (0..points.len()).filter(|&i| !outcome.after[i]).collect();
         #[allow(clippy::type_complexity)]
-        let boxes: Vec<(usize, Option<(Vec<f64>, f64)>)> = failing
+        let boxes: Vec<(usize, Vec<f64>, Option<Vec<f64>>, f64)> = failing
             .par_iter()
             .map(|&i| {
                 let p = &points[i];
@@ -409,7 +487,7 @@ pub fn repair_points(
                 // cover, where the |W|-product fallback reaches 1e4-1e5), no margin can
                 // prove the point: train to the anchor margin only, so the forward pass
                 // is fixed, and report the point as not proven.
-                let rounding = rounding_margin(&current, p);
+                let rounding = rounding[i];
                 let margin = if rounding <= MAX_ROUNDING_MARGIN {
                     options.anchor_margin + 1.5 * rounding
                 } else {
@@ -420,29 +498,54 @@ pub fn repair_points(
                     ..box_options.clone()
                 };
                 pointwise::synthesise_proxy_box(&current, split, &h0, &p.constraints(n_out), &opts)
-                    .map(|h| (i, h.map(|h| (h, margin))))
+                    .map(|h| (i, h0, h, margin))
             })
             .collect::<Result<_, _>>()?;
-        for (i, h) in boxes {
-            match h {
-                Some((h_star, margin)) => {
-                    outcome.anchors += 1;
-                    anchors[i] = Some(Anchor {
-                        x: points[i].x.clone(),
-                        h_star,
-                        constraints: points[i].constraints(n_out),
-                        margin,
-                        // A certified proxy box: its distance term counts in full.
-                        box_weight: 1.0,
-                    });
-                }
-                None => outcome.proxy_box_failures += 1,
+        for (i, h0, h, margin) in boxes {
+            if h.is_some() {
+                outcome.anchors += 1;
+            } else {
+                outcome.proxy_box_failures += 1;
             }
+            anchors[i] = Some(Anchor {
+                x: points[i].x.clone(),
+                // A certified proxy box: its distance term counts in full. Without one,
+                // the point is still trained by the output hinge alone (weight 0 on a
+                // target at its current feature): the proof is the forward pass, not the
+                // box, and dropping the point left it misclassified (9_200 stripe: 11 of
+                // 100 points had no box).
+                box_weight: if h.is_some() { 1.0 } else { 0.0 },
+                h_star: h.unwrap_or(h0),
+                constraints: points[i].constraints(n_out),
+                margin,
+            });
         }
-        let active: Vec<Anchor> = anchors.iter().flatten().cloned().collect();
+        // Points proven in an earlier round keep only their output hinge: pulling their
+        // features on toward a box they no longer need costs fidelity. The few points
+        // still failing after a round are repeated (up to `MAX_REPEAT` times) so they
+        // weigh about as much as the proven ones in the mean loss: otherwise one point's
+        // hinge is 1/900 of it and never beats the fidelity term (3_100 rotate: 2 points
+        // stuck for 4 rounds).
+        let repeat = if outcome.rounds > 1 && !failing.is_empty() {
+            ((points.len() - failing.len()) / failing.len()).clamp(1, MAX_REPEAT)
+        } else {
+            1
+        };
+        let active: Vec<Anchor> = anchors
+            .iter()
+            .zip(&outcome.after)
+            .flat_map(|(a, &ok)| {
+                let a = a.clone().map(|a| Anchor {
+                    box_weight: if ok { 0.0 } else { a.box_weight },
+                    ..a
+                });
+                std::iter::repeat_n(a, if ok { 1 } else { repeat }).flatten()
+            })
+            .collect();
+        let box_time = round_start.elapsed().as_secs_f64();
         if trace {
             eprintln!(
-                "points round {}: {} failing, {} proxy-box failures so far",
+                "points round {}: {} failing, {} proxy-box failures so far, boxes {box_time:.2} s",
                 outcome.rounds,
                 failing.len(),
                 outcome.proxy_box_failures
@@ -458,9 +561,10 @@ pub fn repair_points(
             Instant::now() >= deadline
                 || active.iter().all(|a| {
                     let h = n.forward_range(&a.x, 0, split);
-                    h.iter()
-                        .zip(&a.h_star)
-                        .all(|(v, c)| (v - c).abs() <= radius)
+                    (a.box_weight > 0.0
+                        && h.iter()
+                            .zip(&a.h_star)
+                            .all(|(v, c)| (v - c).abs() <= radius))
                         || {
                             let y = n.forward_range(&h, split, n.layers.len());
                             a.constraints.iter().all(|c| c.value(&y) >= a.margin)
@@ -468,12 +572,44 @@ pub fn repair_points(
                 })
         })?;
         outcome.steps += steps;
+        let train_time = round_start.elapsed().as_secs_f64() - box_time;
         current = trainer.network(net)?;
-        outcome.after = points
-            .par_iter()
-            .map(|p| point_holds(&current, p))
-            .collect();
+        let checked = proven_with_rounding(&current, points);
+        outcome.after = checked.iter().map(|c| c.0).collect();
+        for (r, c) in rounding.iter_mut().zip(&checked) {
+            if let Some(m) = c.1 {
+                *r = m;
+            }
+        }
         if trace {
+            // Why the points that fail still fail: misclassified, or classified but the
+            // gap is under the rounding margin; and whether their feature reached the box.
+            let class = classified(&current, points);
+            let (mut wrong, mut rounding, mut in_box, mut no_box) = (0, 0, 0, 0);
+            for i in (0..points.len()).filter(|&i| !outcome.after[i]) {
+                if class[i] {
+                    rounding += 1
+                } else {
+                    wrong += 1
+                }
+                match &anchors[i] {
+                    Some(a) if a.box_weight > 0.0 => {
+                        let h = current.forward_range(&a.x, 0, split);
+                        if h.iter()
+                            .zip(&a.h_star)
+                            .all(|(v, c)| (v - c).abs() <= radius)
+                        {
+                            in_box += 1;
+                        }
+                    }
+                    _ => no_box += 1,
+                }
+            }
+            eprintln!(
+                "points round {}: train {train_time:.2} s, proofs {:.2} s; unproven: {wrong} misclassified, {rounding} under the rounding margin, {in_box} in their box, {no_box} without a box",
+                outcome.rounds,
+                round_start.elapsed().as_secs_f64() - box_time - train_time,
+            );
             eprintln!(
                 "points round {}: {} anchors, {steps} steps, {}/{} hold, {} changed, {:.2} s",
                 outcome.rounds,
@@ -487,6 +623,9 @@ pub fn repair_points(
         if outcome.after.iter().all(|&b| b) {
             break;
         }
+        // The anchors are replaced in place, so the trainer sees no new ones: widen the
+        // mask for the points the current one could not fix.
+        trainer.widen_next();
         let proven = outcome.after.iter().filter(|&&b| b).count();
         if best.as_ref().is_none_or(|(n, _, _)| proven > *n) {
             best = Some((proven, current.clone(), outcome.after.clone()));
@@ -568,15 +707,13 @@ mod tests {
             ..PointOptions::default()
         };
         let out = repair_points(&net, &task.repair, &options).unwrap();
-        // Every point whose proxy box was certified is fixed in the forward pass (on
-        // the sigmoid network one of the five gets no certified box in 50 shifts).
         let fixed = task
             .repair
             .iter()
             .filter(|p| mnist::argmax(&out.network.forward(&p.x)) == p.label)
             .count();
         assert_eq!(fixed, out.classified.iter().filter(|&&b| b).count());
-        assert!(fixed + 1 >= n, "forward pass: {:?}", out.classified);
+        assert!(fixed >= min_proven, "forward pass: {:?}", out.classified);
         let held_out = mnist::Dataset {
             images: test.images[1000..3000].to_vec(),
             labels: test.labels[1000..3000].to_vec(),
@@ -600,6 +737,14 @@ mod tests {
         repair_fog_points("mnist/nets/mnist_relu_3_100.onnx", 10, 0.02, 10, 45);
     }
 
+    /// The deep path: 9 Dense layers, f_e's last seven trained together (the default
+    /// `trainable_layers`); one trained layer left 6 of 100 fog points misclassified at
+    /// a 3.4% accuracy drop (BENCHMARKS.md, Repair (MNIST)).
+    #[test]
+    fn repairs_corrupted_mnist_points_relu_9_100() {
+        repair_fog_points("mnist/nets/mnist_relu_9_100.onnx", 20, 0.02, 20, 45);
+    }
+
     /// The non-ReLU path: sigmoid activations in f_e and f_c, CROWN's sigmoid
     /// relaxation for the proxy boxes, candle's sigmoid in the trainer, and the proof at
     /// the points by the sharp signed rounding bound (~6.5e-3 logits at MNIST points on
@@ -617,16 +762,9 @@ mod tests {
             label: test.labels[0],
         };
         assert!(rounding_margin(&net, &p) < 0.1);
-        // A larger mask: the sigmoid features move less per parameter. No accuracy
-        // bound here: this repair costs clean accuracy (a known gap, BENCHMARKS.md).
-        repair_fog_points(
-            "mnist/nets/ffnnSIGMOID__Point_6x200.onnx",
-            5,
-            1.0,
-            // Every point with a certified proxy box is proven; one of the five gets no
-            // certified box in 50 shifts (proxy-box synthesis, not the proof, fails).
-            4,
-            3000,
-        );
+        // Every point proven, the accuracy kept: the defaults train f_e's last four
+        // Dense layers; a point whose proxy box is not certified in 50 shifts is trained
+        // by the output hinge alone.
+        repair_fog_points("mnist/nets/ffnnSIGMOID__Point_6x200.onnx", 10, 0.02, 10, 45);
     }
 }

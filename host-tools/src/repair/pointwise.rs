@@ -222,6 +222,11 @@ pub struct Trainer {
     /// [`Trainer::train`] returns at this instant whatever its `done` test says (its
     /// callers' time budgets; `None`: no limit).
     pub deadline: Option<std::time::Instant>,
+    /// Fidelity inputs per Adam step (0: all of them every step). A rotating window
+    /// over the inputs: a large fidelity set at the cost per step of a small one.
+    pub fidelity_batch: usize,
+    /// The window `(first row, rows)` of the current step (see `fidelity_batch`).
+    fidelity_window: Option<(usize, usize)>,
 }
 
 /// Input boxes of one property for the certified-training term.
@@ -337,6 +342,8 @@ impl Trainer {
             boxes_seen: 0,
             extra_quota: 0,
             deadline: None,
+            fidelity_batch: 0,
+            fidelity_window: None,
         };
         if !fidelity_inputs.is_empty() {
             let xs = batch(fidelity_inputs)?;
@@ -494,14 +501,22 @@ impl Trainer {
             loss = (loss + b.affine(self.bound_weight, 0.0).map_err(candle)?).map_err(candle)?;
         }
         if let Some((fx, f0)) = &self.fidelity {
+            let rows = |t: &Tensor| match self.fidelity_window {
+                Some((at, n)) => t.narrow(0, at, n).map_err(candle),
+                None => Ok(t.clone()),
+            };
+            let f0 = &rows(f0)?;
             let fd = match &self.fidelity_prefix {
-                Some((k, px)) if *k == start => self.features_from(px, start)? - f0,
-                _ => self.features(fx)? - f0,
+                Some((k, px)) if *k == start => self.features_from(&rows(px)?, start)? - f0,
+                _ => self.features(&rows(fx)?)? - f0,
             }
             .map_err(candle)?;
             if self.decision_weight > 0.0
-                && let (Some((amin, gmin, amax, gmax)), Some(head)) = (&self.decisions, &self.head)
+                && let Some((amin, gmin, amax, gmax)) = &self.decisions
+                && let Some(head) = &self.head
             {
+                let (amin, gmin, amax, gmax) =
+                    (&rows(amin)?, &rows(gmin)?, &rows(amax)?, &rows(gmax)?);
                 // Keep each fidelity input's argmin and argmax output (the advisory and the
                 // class): every other output stays on the same side with at least half
                 // its original gap. Zero on the original network.
@@ -936,8 +951,16 @@ impl Trainer {
                     return Ok(step);
                 }
             }
-            let loss = self.loss(&xs, &targets, start, Some(&hinge), Some(&box_weight))?;
-            opt.backward_step(&loss).map_err(candle)?;
+            let n = self.fidelity_inputs.len();
+            self.fidelity_window =
+                (self.fidelity_batch > 0 && n > self.fidelity_batch).then(|| {
+                    let windows = n.div_ceil(self.fidelity_batch);
+                    let at = (step % windows) * self.fidelity_batch;
+                    (at, self.fidelity_batch.min(n - at))
+                });
+            let loss = self.loss(&xs, &targets, start, Some(&hinge), Some(&box_weight));
+            self.fidelity_window = None;
+            opt.backward_step(&loss?).map_err(candle)?;
         }
         Ok(steps)
     }
@@ -951,6 +974,13 @@ impl Trainer {
             self.extra_quota += budget - self.budget;
             self.budget = budget;
         }
+    }
+
+    /// Let the next [`Trainer::train`] call add the next eighth of the budget to the mask
+    /// even when no new anchor arrives (a caller that replaces anchors in place, whose
+    /// points still fail with the current mask).
+    pub fn widen_next(&mut self) {
+        self.anchors_seen = 0;
     }
 
     /// Boxes in the certified-training term.
