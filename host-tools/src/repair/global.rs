@@ -334,12 +334,12 @@ pub(super) fn run(
         .min(options.global_margin_relative * median)
         .max(2.0 * state.margin);
     let mut budget_scale = 1.0;
-    let region_wise_weight = trainer.output_weight;
+    let region_wise = TrainerSettings::of(trainer);
     trainer.output_weight = options.global_output_weight;
-    let region_wise_fidelity = trainer.fidelity_weight;
     trainer.fidelity_weight = options.global_fidelity_weight;
-    let region_wise_lr = trainer.learning_rate;
-    trainer.learning_rate = options.global_learning_rate.unwrap_or(region_wise_lr);
+    trainer.learning_rate = options
+        .global_learning_rate
+        .unwrap_or(region_wise.learning_rate);
     let mut reports: Vec<verify::Report> = Vec::new();
     // Certified training: per repair property, the open sub-boxes collected so far.
     let mut bound_groups: Vec<pointwise::BoundGroup> = props
@@ -408,9 +408,7 @@ pub(super) fn run(
                     &choose,
                     trace,
                 )?;
-                trainer.output_weight = region_wise_weight;
-                trainer.fidelity_weight = region_wise_fidelity;
-                trainer.learning_rate = region_wise_lr;
+                region_wise.restore(trainer);
                 trainer.bound_weight = 0.0;
                 return Ok(GlobalResult {
                     reports,
@@ -635,9 +633,7 @@ pub(super) fn run(
                 trace,
             )?;
         }
-        trainer.output_weight = region_wise_weight;
-        trainer.fidelity_weight = region_wise_fidelity;
-        trainer.learning_rate = region_wise_lr;
+        region_wise.restore(trainer);
         return Ok(GlobalResult {
             reports: final_reports,
             proven,
@@ -645,15 +641,38 @@ pub(super) fn run(
             rounds,
         });
     }
-    trainer.output_weight = region_wise_weight;
-    trainer.fidelity_weight = region_wise_fidelity;
-    trainer.learning_rate = region_wise_lr;
+    region_wise.restore(trainer);
     Ok(GlobalResult {
         reports,
         proven: false,
         reason: Some(reason),
         rounds,
     })
+}
+
+/// The trainer settings the margin-driven phase overrides, restored on every way out
+/// (the region-wise loop goes on with them).
+#[derive(Clone, Copy)]
+struct TrainerSettings {
+    output_weight: f64,
+    fidelity_weight: f64,
+    learning_rate: f64,
+}
+
+impl TrainerSettings {
+    fn of(trainer: &pointwise::Trainer) -> Self {
+        Self {
+            output_weight: trainer.output_weight,
+            fidelity_weight: trainer.fidelity_weight,
+            learning_rate: trainer.learning_rate,
+        }
+    }
+
+    fn restore(self, trainer: &mut pointwise::Trainer) {
+        trainer.output_weight = self.output_weight;
+        trainer.fidelity_weight = self.fidelity_weight;
+        trainer.learning_rate = self.learning_rate;
+    }
 }
 
 /// Agreement of `n` with the original on the fidelity inputs (advisory and class).

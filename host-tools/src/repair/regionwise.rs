@@ -182,12 +182,7 @@ pub fn examine(
                 _ => 0.5 * (sub.lower[k] + sub.upper[k]),
             })
             .collect();
-        let centre: Vec<f64> = sub
-            .lower
-            .iter()
-            .zip(&sub.upper)
-            .map(|(l, u)| 0.5 * (l + u))
-            .collect();
+        let centre = crate::verify::falsify::centre(&sub.lower, &sub.upper);
         // A point is a counterexample when it misses `target_margin` (a fixed point margin,
         // not the sub-box's f32 margin, which reflects loose bounds on big boxes: splitting
         // cures that, not repair).
@@ -230,11 +225,7 @@ pub fn split_dimension(sub: &SubProperty, refine_score: &[f64]) -> usize {
 /// corners, spread deterministically, for wide inputs).
 pub fn probe_points(lower: &[f64], upper: &[f64]) -> Vec<Vec<f64>> {
     let n = lower.len();
-    let centre: Vec<f64> = lower
-        .iter()
-        .zip(upper)
-        .map(|(l, u)| 0.5 * (l + u))
-        .collect();
+    let centre = crate::verify::falsify::centre(lower, upper);
     let mut pts = vec![centre.clone()];
     for i in 0..n {
         for v in [lower[i], upper[i]] {
@@ -289,11 +280,7 @@ pub fn choose_constraints(
             *w = w.min(c.value(&y));
         }
     }
-    let centre: Vec<f64> = lower
-        .iter()
-        .zip(upper)
-        .map(|(l, u)| 0.5 * (l + u))
-        .collect();
+    let centre = crate::verify::falsify::centre(lower, upper);
     let y = original.forward(&centre);
     let centre_values: Vec<f64> = options.iter().map(|c| c.value(&y)).collect();
     Ok(desired.choose(&worst, &centre_values))
@@ -602,12 +589,7 @@ pub fn repair_local_boxes(
             let d = &desired[pi][ci];
             let constraints: Vec<Constraint> = d.all_options().cloned().collect();
             if outcome.properties[pi].repaired {
-                let centre: Vec<f64> = c
-                    .lower
-                    .iter()
-                    .zip(&c.upper)
-                    .map(|(l, u)| 0.5 * (l + u))
-                    .collect();
+                let centre = crate::verify::falsify::centre(&c.lower, &c.upper);
                 targets.push((centre, constraints.clone()));
             }
             groups.push(BoundGroup {
@@ -914,12 +896,7 @@ mod tests {
             );
             assert_eq!(r.verdict, Verdict::Holds, "{}", t.property.name);
             let c = &t.property.cases[0];
-            let centre: Vec<f64> = c
-                .lower
-                .iter()
-                .zip(&c.upper)
-                .map(|(l, u)| 0.5 * (l + u))
-                .collect();
+            let centre = crate::verify::falsify::centre(&c.lower, &c.upper);
             assert_eq!(mnist::argmax(&out.network.forward(&centre)), t.label);
             let drop = acc0 - mnist::accuracy(&out.network, &held_out);
             assert!(drop <= 0.01, "{}: accuracy drop {drop}", t.property.name);
@@ -970,12 +947,7 @@ mod tests {
         );
         assert_eq!(r.verdict, Verdict::Holds);
         let c = &property.cases[0];
-        let centre: Vec<f64> = c
-            .lower
-            .iter()
-            .zip(&c.upper)
-            .map(|(l, u)| 0.5 * (l + u))
-            .collect();
+        let centre = crate::verify::falsify::centre(&c.lower, &c.upper);
         assert_eq!(
             mnist::argmax(&out.network.forward(&centre)),
             mnist::argmax(&net.forward(&centre))
