@@ -381,3 +381,82 @@ fn bad_indicator_and_feature_layer_values_are_refused() {
         );
     }
 }
+
+/// A property that held before the repair is proven again with the modules added: here
+/// the module that pushes `y0` under 0.5 on `[0, 1]` (property A) also fires where
+/// property B (`y0 > -0.05`, true before) is tight, at `x = 0`. The report's status of
+/// B must agree with `verify` on what is written; before this check the command said
+/// "holds" for B without looking. Synthetic network (no data needed): one input, `y0 = x`.
+/// The weight strategy, which re-proves every property, repairs the same pair.
+#[test]
+fn properties_that_held_before_are_proven_again_with_the_modules() {
+    let dir = scratch("cli_patch_modules", "held-before");
+    // 1 -> 2 (ReLU) -> 2: h = (relu(x), relu(-x)), y = (h0, 0).
+    let nnet = "// y0 = x, y1 = 0\n2,1,2,2,\n1,2,2,\n0,\n-10,\n10,\n0,0,\n1,1,\n\
+                1,\n-1,\n0,\n0,\n1,0,\n0,0,\n0,\n0,\n";
+    let model = dir.join("tiny.nnet");
+    std::fs::write(&model, nnet).unwrap();
+    let input = "(declare-const X_0 Real)\n(declare-const Y_0 Real)\n(declare-const Y_1 Real)\n\
+                 (assert (>= X_0 0.0))\n(assert (<= X_0 1.0))\n";
+    let a = dir.join("a.vnnlib");
+    std::fs::write(&a, format!("{input}(assert (>= Y_0 0.5))\n")).unwrap();
+    let b = dir.join("b.vnnlib");
+    std::fs::write(&b, format!("{input}(assert (<= Y_0 -0.05))\n")).unwrap();
+    let (patch, onnx, report) = (dir.join("p.prpt"), dir.join("p.onnx"), dir.join("r.json"));
+    let out = host(&[
+        "repair",
+        s(&model),
+        "--spec",
+        s(&a),
+        "--spec",
+        s(&b),
+        "--strategy",
+        "patch-modules",
+        "--timeout",
+        "30",
+        "--out",
+        s(&patch),
+        "--onnx-out",
+        s(&onnx),
+        "--report",
+        s(&report),
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let props = r["properties"].as_array().unwrap();
+    assert_eq!(props[0]["status_before"], "violated", "{r}");
+    assert_eq!(props[1]["status_before"], "holds", "{r}");
+    assert_eq!(props[1]["repaired"], false, "{r}");
+    eprintln!("{}\n{r}", stderr(&out));
+    if out.status.code() == Some(0) {
+        // Both claims must stand on the written graph.
+        for spec in [&a, &b] {
+            let v = host(&["verify", s(&onnx), s(spec), "--timeout", "30"]);
+            assert_eq!(v.status.code(), Some(0), "{}: {}", s(spec), stderr(&v));
+        }
+    } else {
+        assert_eq!(out.status.code(), Some(20), "{}", stderr(&out));
+        assert!(!patch.exists() && !onnx.exists(), "a file was written");
+        assert_ne!(props[1]["status"], "holds", "{r}");
+        assert!(stderr(&out).contains("held before"), "{}", stderr(&out));
+    }
+    // The weight repair of the same pair, with the default `auto` split: on a network
+    // with one hidden layer, f_c is the output layer (it used to be refused as split 0).
+    let fixed = dir.join("w.onnx");
+    let out = host(&[
+        "repair",
+        s(&model),
+        "--spec",
+        s(&a),
+        "--spec",
+        s(&b),
+        "--timeout",
+        "30",
+        "--onnx-out",
+        s(&fixed),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for spec in [&a, &b] {
+        let v = host(&["verify", s(&fixed), s(spec), "--timeout", "30"]);
+        assert_eq!(v.status.code(), Some(0), "{}: {}", s(spec), stderr(&v));
+    }
+}

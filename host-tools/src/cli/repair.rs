@@ -331,11 +331,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         properties
             .push(RepairProperty::from_spec(&name, &p, &net).map_err(|e| CliError::file(path, e))?);
     }
-    // Validate the split and the domain before the long work.
-    let split = args
-        .split_layer
-        .resolve(&net)
-        .map_err(|e| CliError::BadInput(format!("--split-layer: {e}")))?;
+    // Validate the domain before the long work.
     let domain = match &args.domain {
         Some(p) => Some(read_box(p, net.input_dim())?),
         None => None,
@@ -349,6 +345,11 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     if args.strategy == Strategy::PatchModules {
         return super::repair_modules::run(&args, &net, &properties, signer.as_ref());
     }
+    // The split matters to the weight repair only (modules leave the base untouched).
+    let split = args
+        .split_layer
+        .resolve(&net)
+        .map_err(|e| CliError::BadInput(format!("--split-layer: {e}")))?;
     let options = RepairOptions {
         split_layer: SplitLayer::Layer(split),
         radius: args.radius,

@@ -3,7 +3,8 @@
 //! property gets a box indicator and a small MLP added to the logits inside its box.
 //!
 //! Properties that already hold (the complete checker, a quarter of the budget) get no
-//! module. `--indicator label|label-pair` trains one module per label (pair) instead,
+//! module, and are proven again on base + modules afterwards (a module may fire on
+//! their inputs). `--indicator label|label-pair` trains one module per label (pair) instead,
 //! firing on the original network's prediction ([`patchmodules::repair_modules_label`]).
 //! Exit 0 only when every property holds (the sound per-sub-box check of base +
 //! module); otherwise exit 20 and no file is written. `--out` writes the kind-2 patch,
@@ -16,6 +17,7 @@ use serde_json::json;
 
 use super::repair::{Args, IndicatorForm, sign_if_asked};
 use super::{CliError, Outcome, report};
+use crate::import::piecewise::Piecewise;
 use crate::model::Network;
 use crate::repair::RepairProperty;
 use crate::repair::patchmodules::{self, LabelKind, ModuleOptions};
@@ -87,20 +89,57 @@ pub(crate) fn run(
             })?,
         )
     };
-    let all_hold = outcome.as_ref().is_none_or(|o| o.all_hold());
+    let mut all_hold = outcome.as_ref().is_none_or(|o| o.all_hold());
+    // 2. A property that held before gets no module, but a module may fire on its inputs
+    // (a box indicator overlapping its box; a label indicator anywhere), so it is proven
+    // again on base + modules, by the same piecewise checker `verify` uses on the graph.
+    let mut after: Vec<Option<&'static str>> = vec![None; properties.len()];
+    if all_hold && let Some(o) = &outcome {
+        let patched = Piecewise {
+            base: net.clone(),
+            modules: o.modules.clone(),
+        };
+        let held: Vec<usize> = (0..properties.len())
+            .filter(|&i| before[i] == "holds")
+            .collect();
+        for (k, &i) in held.iter().enumerate() {
+            // The time left, shared out; never less than the check before had.
+            let share = budget
+                .saturating_sub(start.elapsed())
+                .div_f64((held.len() - k) as f64)
+                .max(budget.mul_f64(0.25 / properties.len().max(1) as f64));
+            let opts = verify::Options {
+                timeout: share,
+                seed: args.seed,
+                ..Default::default()
+            };
+            let rep = verify::piecewise::verify_piecewise(
+                &patched,
+                &properties[i].cases,
+                &opts,
+                verify::piecewise::MAX_CELLS,
+            );
+            let status = rep.report.verdict.status();
+            after[i] = Some(status);
+            if status != "holds" {
+                all_hold = false;
+            }
+        }
+    }
     let mut props = Vec::new();
-    for (p, b) in properties.iter().zip(&before) {
+    for ((p, b), a) in properties.iter().zip(&before).zip(&after) {
         let cases: Vec<_> = outcome
             .iter()
             .flat_map(|o| &o.outcomes)
             .filter(|o| o.name == p.name || o.name.starts_with(&format!("{}#", p.name)))
             .collect();
-        let status =
-            if *b == "holds" || (!cases.is_empty() && cases.iter().all(|c| c.status == "holds")) {
-                "holds"
-            } else {
-                "unknown"
-            };
+        let status = match a {
+            // Re-proven (or not) on base + modules.
+            Some(after) => *after,
+            None if cases.is_empty() && *b == "holds" => "holds",
+            None if !cases.is_empty() && cases.iter().all(|c| c.status == "holds") => "holds",
+            None => "unknown",
+        };
         props.push(json!({
             "name": p.name,
             "status": status,
@@ -175,6 +214,14 @@ pub(crate) fn run(
         );
         Ok(Outcome::Ok)
     } else {
+        for (p, a) in properties.iter().zip(&after) {
+            if let Some(status) = a.filter(|s| *s != "holds") {
+                eprintln!(
+                    "not repaired: {} held before but is {status} with the modules added",
+                    p.name
+                );
+            }
+        }
         for o in outcome.iter().flat_map(|o| &o.outcomes) {
             if o.status != "holds" {
                 eprintln!(

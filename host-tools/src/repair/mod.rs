@@ -127,11 +127,13 @@ impl SplitLayer {
                         act.len()
                     )));
                 };
-                // The affine layer feeding activation `a`.
+                // The affine layer feeding activation `a`; when that is the first layer
+                // (one hidden layer), f_e would be empty, so f_c is what follows `a`.
                 (0..a)
                     .rev()
                     .find(|&i| matches!(net.layers[i], Layer::Dense(_) | Layer::Conv2d(_)))
-                    .unwrap_or(0)
+                    .filter(|&i| i > 0)
+                    .unwrap_or(a + 1)
             }
         };
         if k == 0 || k >= n {
