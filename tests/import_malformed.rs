@@ -63,12 +63,16 @@ fn malformed_onnx_files_give_clear_errors() {
         "unsupported operator 'Softmax' (node 'probabilities')",
     );
     assert!(matches!(err, ImportError::UnsupportedOperator { .. }));
+    // GELU with a clipped factor agrees with GELU on [-6, 6]: refused all the same.
+    let err = import_error("gelu_clipped.onnx", "'Min' (node 'clip')");
+    assert!(matches!(err, ImportError::UnsupportedOperator { .. }));
     for (name, text) in [
         ("grouped_conv.onnx", "groups = 2"),
         ("dilated_conv.onnx", "dilation"),
         ("two_inputs.onnx", "2 inputs"),
         ("branching.onnx", "not GELU"),
         ("max_nonzero.onnx", "only ReLU"),
+        ("cast_f16.onnx", "cast to F16"),
     ] {
         let err = import_error(name, text);
         assert!(

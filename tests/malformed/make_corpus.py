@@ -98,6 +98,34 @@ shifted = model(
 )
 onnx.save(shifted, "max_nonzero.onnx")
 
+# GELU with its linear factor clipped at 6: equal to GELU on [-6, 6] but not beyond, so
+# a match by sampled values alone would import a different function.
+gelu_clipped = model(
+    [
+        helper.make_node("Min", ["x", "six"], ["m"], name="clip"),
+        helper.make_node("Div", ["x", "sqrt2"], ["d"], name="scale"),
+        helper.make_node("Erf", ["d"], ["e"], name="erf"),
+        helper.make_node("Add", ["e", "one"], ["e1"], name="shift"),
+        helper.make_node("Mul", ["m", "e1"], ["p"], name="join"),
+        helper.make_node("Mul", ["p", "half"], ["y"], name="halve"),
+    ],
+    [vec("x", 3)], [vec("y", 3)],
+    [const("six", [6.0]), const("sqrt2", [np.sqrt(2.0)]), const("one", [1.0]), const("half", [0.5])],
+)
+onnx.save(gelu_clipped, "gelu_clipped.onnx")
+
+# A round trip through float16 rounds every value: not the identity.
+own = np.random.default_rng(11)  # its own stream: the files after keep their bytes
+cast_f16 = model(
+    [
+        helper.make_node("Cast", ["x"], ["h"], name="to_half", to=TensorProto.FLOAT16),
+        helper.make_node("Cast", ["h"], ["f"], name="to_float", to=TensorProto.FLOAT),
+        helper.make_node("Gemm", ["f", "w", "b"], ["y"], name="gemm", transB=1),
+    ],
+    [vec("x", 4)], [vec("y", 3)], [const("w", own.normal(size=(3, 4))), const("b", own.normal(size=3))],
+)
+onnx.save(cast_f16, "cast_f16.onnx")
+
 # --- .nnet (a 2-2-1 network) ---
 NNET = """// test network
 2,2,1,2,
