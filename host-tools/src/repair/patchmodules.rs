@@ -344,7 +344,7 @@ fn candle(e: candle_core::Error) -> RepairError {
 }
 
 /// Round `v` to f32 toward -inf / +inf (the indicator box must contain the property box).
-fn f32_down(v: f64) -> f64 {
+pub(crate) fn f32_down(v: f64) -> f64 {
     let f = v as f32;
     if (f as f64) <= v {
         f as f64
@@ -353,7 +353,8 @@ fn f32_down(v: f64) -> f64 {
     }
 }
 
-fn f32_up(v: f64) -> f64 {
+/// See [`f32_down`].
+pub(crate) fn f32_up(v: f64) -> f64 {
     let f = v as f32;
     if (f as f64) >= v {
         f as f64

@@ -320,7 +320,7 @@ pub fn sample_cases(
             let mut scored: Vec<(f64, &Vec<f64>)> = Vec::new();
             for (x, y) in pts.iter().zip(&outs) {
                 let m = conj.worst_margin(y);
-                if m <= 0.0 {
+                if conj.contains(y) {
                     return Ok(violated(x.clone(), y.clone(), ci));
                 }
                 scored.push((m, x));

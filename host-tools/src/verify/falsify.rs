@@ -224,7 +224,7 @@ pub fn check_points(net: &Network, conj: &Conj, points: &[Vec<f64>]) -> Attempt 
             best.best_margin = m;
             best.best_input = x.clone();
         }
-        if m <= 0.0 {
+        if conj.contains(&y) {
             best.found = Some((x.clone(), y));
             return best;
         }

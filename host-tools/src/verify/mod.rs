@@ -191,12 +191,27 @@ pub struct Conj {
 
 impl Conj {
     /// `max_k (rows[k]·y - rhs[k])`: `<= 0` iff `y` satisfies the conjunction (is unsafe).
+    /// NaN when any row is NaN (an output that overflowed), so that no comparison with it
+    /// holds.
     pub fn worst_margin(&self, y: &[f64]) -> f64 {
         self.rows
             .iter()
             .zip(&self.rhs)
             .map(|(r, b)| r.iter().zip(y).map(|(c, v)| c * v).sum::<f64>() - b)
-            .fold(f64::NEG_INFINITY, f64::max)
+            .fold(f64::NEG_INFINITY, |a, v| {
+                if a.is_nan() || v.is_nan() {
+                    f64::NAN
+                } else {
+                    a.max(v)
+                }
+            })
+    }
+
+    /// True when `y` is unsafe for certain: every constraint holds strictly. The file's
+    /// `<` and `<=` are both read as `<=` (the unsafe set over-approximated, which keeps
+    /// "holds" sound); a counterexample must then avoid the ties a strict `<` excludes.
+    pub fn contains(&self, y: &[f64]) -> bool {
+        self.worst_margin(y) < 0.0
     }
 }
 
@@ -247,6 +262,11 @@ pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyE
             let mut rows = Vec::new();
             let mut rhs = Vec::new();
             for lc in &conj.constraints {
+                if !lc.rhs.is_finite() || lc.coeffs.iter().any(|c| !c.is_finite()) {
+                    return Err(bad(
+                        "a constraint has a coefficient or bound that is not finite".into(),
+                    ));
+                }
                 if lc.coeffs.len() != net_out {
                     return Err(bad(format!(
                         "a constraint has {} coefficients, expected {net_out}",
@@ -449,7 +469,43 @@ mod tests {
         };
         assert_eq!(case, 0);
         assert_eq!(net.forward(&counterexample), output);
-        assert!(cases[0].unsafe_set[0].worst_margin(&output) <= 0.0);
+        assert!(cases[0].unsafe_set[0].contains(&output));
+    }
+
+    #[test]
+    fn a_counterexample_needs_every_constraint_strictly_and_no_nan() {
+        // y0 >= y1 (as -y0 + y1 <= 0): a tie is outside the strict reading `>`, so it is
+        // no counterexample; an overflowed output (NaN) is none either.
+        let conj = Conj {
+            rows: vec![vec![-1.0, 1.0]],
+            rhs: vec![0.0],
+        };
+        assert!(conj.contains(&[2.0, 1.0]));
+        assert!(!conj.contains(&[1.0, 1.0]));
+        assert!(!conj.contains(&[1.0, 2.0]));
+        assert!(!conj.contains(&[f64::NAN, 1.0]));
+        assert!(!conj.contains(&[f64::INFINITY, f64::INFINITY]));
+        // A NaN row is not hidden behind a safe one either.
+        let two = Conj {
+            rows: vec![vec![0.0, 1.0], vec![-1.0, 0.0]],
+            rhs: vec![5.0, 0.0],
+        };
+        assert!(two.worst_margin(&[f64::NAN, 1.0]).is_nan());
+    }
+
+    #[test]
+    fn constraints_that_are_not_finite_are_refused() {
+        let mut p = crate::spec::vnnlib::parse_str(
+            "(declare-const X_0 Real)(declare-const X_1 Real)(declare-const Y_0 Real)\
+             (declare-const Y_1 Real)(assert (>= X_0 -1))(assert (<= X_0 1))\
+             (assert (>= X_1 -1))(assert (<= X_1 1))(assert (>= Y_0 Y_1))",
+            std::path::Path::new("t.vnnlib"),
+        )
+        .unwrap();
+        assert!(cases_of(&small_net(), &p).is_ok());
+        p.cases[0].unsafe_set[0].constraints[0].rhs = f64::INFINITY;
+        let err = cases_of(&small_net(), &p).unwrap_err();
+        assert!(err.to_string().contains("not finite"), "{err}");
     }
 
     #[test]

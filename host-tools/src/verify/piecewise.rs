@@ -22,10 +22,12 @@
 //! model's own forward pass confirms it (a face point may belong to another cell's
 //! active set). Too many cells (over `max_cells`) is "unknown".
 //!
-//! The graph decides the indicator on its f32 input, exactly (the corners are f32). An
-//! f32 input of the case box is itself a point of the box, so the cell holding it, with
-//! its exact active set, covers it: no input rounding can select a module the proof did
-//! not consider there.
+//! The graph decides the indicator on its f32 input, exactly (the corners are f32). A real
+//! input of the case box reaches the graph rounded to f32, which may lie just outside the
+//! box (by rounding monotonicity, never outside the box rounded outward to f32), so the
+//! cells cover the case box rounded outward: the cell holding the f32 input, with its
+//! exact active set, covers it, and no input rounding can select a module the proof did
+//! not consider there. A counterexample is reported only inside the case box itself.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +36,8 @@ use crate::bounds::BoxBounds;
 use crate::import::piecewise::Piecewise;
 use crate::model::Network;
 use crate::repair::patchmodules::{
-    Indicator, combined_network, feature_layer_index, module_f32_error, module_f32_error_from,
+    Indicator, combined_network, f32_down, f32_up, feature_layer_index, module_f32_error,
+    module_f32_error_from,
 };
 
 /// Default cap on the number of cells per case.
@@ -358,7 +361,9 @@ pub fn verify_piecewise(
     }
     let mut all: Vec<(usize, Cell)> = Vec::new();
     for (ci, case) in cases.iter().enumerate() {
-        match cells(&case.lower, &case.upper, &boxes, max_cells) {
+        let lower: Vec<f64> = case.lower.iter().map(|&v| f32_down(v)).collect();
+        let upper: Vec<f64> = case.upper.iter().map(|&v| f32_up(v)).collect();
+        match cells(&lower, &upper, &boxes, max_cells) {
             Ok(cs) => all.extend(cs.into_iter().map(|c| (ci, c))),
             Err(n) => {
                 return finish(
@@ -432,7 +437,12 @@ pub fn verify_piecewise(
             }
             Verdict::Violated { counterexample, .. } => {
                 let y = pw.forward(&counterexample);
-                if case.unsafe_set.iter().any(|c| c.worst_margin(&y) <= 0.0) {
+                let own = &cases[*ci];
+                let inside = counterexample
+                    .iter()
+                    .zip(own.lower.iter().zip(&own.upper))
+                    .all(|(x, (l, u))| l <= x && x <= u);
+                if inside && case.unsafe_set.iter().any(|c| c.contains(&y)) {
                     return finish(
                         Verdict::Violated {
                             counterexample,
@@ -444,10 +454,14 @@ pub fn verify_piecewise(
                         with_modules,
                     );
                 }
-                undecided.get_or_insert(format!(
-                    "cell {k}: a counterexample of the cell's network is not one of the \
-                     piecewise model (a face point decided by another indicator)"
-                ));
+                undecided.get_or_insert(if inside {
+                    format!(
+                        "cell {k}: a counterexample of the cell's network is not one of the \
+                         piecewise model (a face point decided by another indicator)"
+                    )
+                } else {
+                    format!("cell {k}: unsafe only at the f32 rounding of the case box's edge")
+                });
             }
             Verdict::Unknown { reason } => {
                 undecided.get_or_insert(format!("cell {k} of {total}: {reason}"));
@@ -630,6 +644,39 @@ mod tests {
             &opts(),
             MAX_CELLS,
         );
+        assert_eq!(r.report.verdict, Verdict::Holds, "{r:?}");
+    }
+
+    #[test]
+    fn a_module_the_rounded_input_reaches_is_in_the_proof() {
+        // The case box ends at 0.1; the right module's box starts at f32(0.1), just above
+        // it. The real input 0.1 reaches the device as f32(0.1), where the module adds 10,
+        // so "holds" would be wrong; the point lies outside the case box, so it is not a
+        // counterexample either: unknown.
+        let start = f64::from(0.1f32);
+        assert!(start > 0.1);
+        let mut pw = two_halves(0.0, 10.0);
+        pw.modules.entries.truncate(1);
+        let right = Module {
+            feature_layer: 0,
+            layers: vec![
+                Dense::new(2, 1, vec![0.0, 0.0], vec![0.0]).unwrap(),
+                Dense::new(1, 1, vec![0.0], vec![10.0]).unwrap(),
+            ],
+        };
+        pw.modules.entries[0].0 = Indicator::Box(bx(&[start, 0.0], &[1.0, 1.0]));
+        pw.modules.entries[0].1 = right;
+        let mut cases = y_at_least(5.0);
+        cases[0].upper = vec![0.1, 1.0];
+        let r = verify_piecewise(&pw, &cases, &opts(), MAX_CELLS);
+        match &r.report.verdict {
+            Verdict::Unknown { reason } => assert!(reason.contains("f32 rounding"), "{reason}"),
+            v => panic!("{v:?}"),
+        }
+        // One f32 step higher, no input of the case box reaches the box: it holds.
+        pw.modules.entries[0].0 =
+            Indicator::Box(bx(&[f64::from(0.1f32.next_up()), 0.0], &[1.0, 1.0]));
+        let r = verify_piecewise(&pw, &cases, &opts(), MAX_CELLS);
         assert_eq!(r.report.verdict, Verdict::Holds, "{r:?}");
     }
 

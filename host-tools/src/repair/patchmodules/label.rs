@@ -663,7 +663,7 @@ pub fn prove_label_cases(
                     .map(|(l, u)| 0.5 * (l + u))
                     .collect();
                 let y = modules.eval(base, &centre);
-                if case.unsafe_set.iter().any(|c| c.worst_margin(&y) <= 0.0) {
+                if case.unsafe_set.iter().any(|c| c.contains(&y)) {
                     return LabelProof::Violated {
                         case: ci,
                         input: centre,
