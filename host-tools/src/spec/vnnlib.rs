@@ -748,7 +748,10 @@ fn parse_text(text: &str) -> Result<Property, LocatedError> {
 
     let mut cases: Vec<Case> = Vec::new();
     let mut case_of_box: HashMap<Vec<u64>, usize> = HashMap::new();
-    for (t, term) in terms.iter().enumerate() {
+    // A disjunct whose input box is empty holds no input and is skipped; the error is
+    // kept for a file where that leaves nothing (most likely a typo).
+    let mut empty_box: Option<LocatedError> = None;
+    'terms: for (t, term) in terms.iter().enumerate() {
         let mut lower = vec![(f64::NEG_INFINITY, None); n_inputs];
         let mut upper = vec![(f64::INFINITY, None); n_inputs];
         let mut constraints = Vec::new();
@@ -800,14 +803,19 @@ fn parse_text(text: &str) -> Result<Property, LocatedError> {
                     .chain(hi_pos)
                     .max_by_key(|p| (p.line, p.column))
                     .unwrap_or(decl);
-                return err(
-                    at,
-                    SpecErrorKind::EmptyBox {
+                let e = LocatedError {
+                    pos: at,
+                    kind: SpecErrorKind::EmptyBox {
                         var: format!("X_{i}"),
                         lower: lo,
                         upper: hi,
                     },
-                );
+                };
+                if !several {
+                    return Err(e);
+                }
+                empty_box = empty_box.or(Some(e));
+                continue 'terms;
             }
         }
         let input = InputBox {
@@ -831,6 +839,9 @@ fn parse_text(text: &str) -> Result<Property, LocatedError> {
                 });
             }
         }
+    }
+    if let (true, Some(e)) = (cases.is_empty(), empty_box) {
+        return Err(e);
     }
     Ok(Property {
         n_inputs,
@@ -1088,5 +1099,19 @@ mod tests {
         let p = parse(&text).unwrap();
         assert_eq!(p.cases.len(), 1);
         assert_eq!(p.cases[0].input.upper, vec![2.0, 1.0]);
+    }
+
+    #[test]
+    fn disjuncts_with_an_empty_box_are_dropped_unless_none_is_left() {
+        let empty = "(and (>= X_0 1) (<= X_0 0) (>= X_1 0) (<= X_1 1) (<= Y_0 0))";
+        let text = format!(
+            "{DECL}(assert (or {empty} \
+             (and (>= X_0 0) (<= X_0 2) (>= X_1 0) (<= X_1 1) (<= Y_0 0))))"
+        );
+        let p = parse(&text).unwrap();
+        assert_eq!(p.cases.len(), 1);
+        assert_eq!(p.cases[0].input.upper, vec![2.0, 1.0]);
+        let text = format!("{DECL}(assert (or {empty} {empty}))");
+        assert!(matches!(kind(&text).0, SpecErrorKind::EmptyBox { .. }));
     }
 }
