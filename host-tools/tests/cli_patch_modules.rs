@@ -460,3 +460,47 @@ fn properties_that_held_before_are_proven_again_with_the_modules() {
         assert_eq!(v.status.code(), Some(0), "{}: {}", s(spec), stderr(&v));
     }
 }
+
+/// ACAS Xu N2,1 with property 1 (holds) beside property 2 (violated): their boxes are the
+/// same, so the module fires on all of property 1's inputs; the repair proves property 1
+/// again on base + module, and `verify` agrees on the written graph.
+#[test]
+fn a_guard_property_on_the_module_box_is_proven_again() {
+    let (Some((model, spec2)), Some(spec1)) = (
+        n21_prop2(),
+        testing::data_path("acasxu/vnnlib/prop_1.vnnlib"),
+    ) else {
+        return;
+    };
+    let dir = scratch("cli_patch_modules", "guard");
+    let (onnx, report) = (dir.join("p.onnx"), dir.join("r.json"));
+    let out = repair_modules(
+        &model,
+        &spec1,
+        &[
+            "--spec",
+            s(&spec2),
+            "--timeout",
+            "120",
+            "--onnx-out",
+            s(&onnx),
+            "--report",
+            s(&report),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let props = r["properties"].as_array().unwrap();
+    assert_eq!(
+        (
+            &props[0]["status_before"],
+            &props[0]["status"],
+            &props[0]["repaired"]
+        ),
+        (&"holds".into(), &"holds".into(), &false.into()),
+        "{r}"
+    );
+    assert_eq!(props[1]["status"], "holds", "{r}");
+    verify_holds(&onnx, &spec1);
+    verify_holds(&onnx, &spec2);
+}
