@@ -33,15 +33,14 @@ fn repair_modules(model: &Path, spec: &Path, extra: &[&str]) -> Output {
     host(&argv)
 }
 
-/// A full patch-modules repair into `dir`: `p.prpt`, `repaired.onnx` and `report.json`
-/// (120 s budget, then `extra`); asserts exit 0 and returns the report and the paths of
-/// the patch and the graph.
-fn repair_into(
+/// A patch-modules repair into `dir` (120 s budget, then `extra`), asking for
+/// `p.prpt`, `repaired.onnx` and `report.json`: the command's output and those paths.
+fn run_into(
     dir: &Path,
     model: &Path,
     spec: &Path,
     extra: &[&str],
-) -> (serde_json::Value, PathBuf, PathBuf) {
+) -> (Output, PathBuf, PathBuf, PathBuf) {
     let (patch, onnx, report) = (
         dir.join("p.prpt"),
         dir.join("repaired.onnx"),
@@ -58,10 +57,24 @@ fn repair_into(
         "120",
     ];
     argv.extend_from_slice(extra);
-    let out = repair_modules(model, spec, &argv);
+    (repair_modules(model, spec, &argv), patch, onnx, report)
+}
+
+/// [`run_into`] that must exit 0: the report and the paths of the patch and the graph.
+fn repair_into(
+    dir: &Path,
+    model: &Path,
+    spec: &Path,
+    extra: &[&str],
+) -> (serde_json::Value, PathBuf, PathBuf) {
+    let (out, patch, onnx, report) = run_into(dir, model, spec, extra);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
-    (r, patch, onnx)
+    (read_json(&report), patch, onnx)
+}
+
+/// A JSON file.
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 /// The lines of a command's stdout (CSV output rows of `eval`).
@@ -402,26 +415,8 @@ fn properties_that_held_before_are_proven_again_with_the_modules() {
     std::fs::write(&a, format!("{input}(assert (>= Y_0 0.5))\n")).unwrap();
     let b = dir.join("b.vnnlib");
     std::fs::write(&b, format!("{input}(assert (<= Y_0 -0.05))\n")).unwrap();
-    let (patch, onnx, report) = (dir.join("p.prpt"), dir.join("p.onnx"), dir.join("r.json"));
-    let out = host(&[
-        "repair",
-        s(&model),
-        "--spec",
-        s(&a),
-        "--spec",
-        s(&b),
-        "--strategy",
-        "patch-modules",
-        "--timeout",
-        "30",
-        "--out",
-        s(&patch),
-        "--onnx-out",
-        s(&onnx),
-        "--report",
-        s(&report),
-    ]);
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (out, patch, onnx, report) = run_into(&dir, &model, &a, &["--spec", s(&b)]);
+    let r = read_json(&report);
     let props = r["properties"].as_array().unwrap();
     assert_eq!(props[0]["status_before"], "violated", "{r}");
     assert_eq!(props[1]["status_before"], "holds", "{r}");
@@ -429,10 +424,8 @@ fn properties_that_held_before_are_proven_again_with_the_modules() {
     eprintln!("{}\n{r}", stderr(&out));
     if out.status.code() == Some(0) {
         // Both claims must stand on the written graph.
-        for spec in [&a, &b] {
-            let v = host(&["verify", s(&onnx), s(spec), "--timeout", "30"]);
-            assert_eq!(v.status.code(), Some(0), "{}: {}", s(spec), stderr(&v));
-        }
+        verify_holds(&onnx, &a);
+        verify_holds(&onnx, &b);
     } else {
         assert_eq!(out.status.code(), Some(20), "{}", stderr(&out));
         assert!(!patch.exists() && !onnx.exists(), "a file was written");
@@ -449,16 +442,12 @@ fn properties_that_held_before_are_proven_again_with_the_modules() {
         s(&a),
         "--spec",
         s(&b),
-        "--timeout",
-        "30",
         "--onnx-out",
         s(&fixed),
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    for spec in [&a, &b] {
-        let v = host(&["verify", s(&fixed), s(spec), "--timeout", "30"]);
-        assert_eq!(v.status.code(), Some(0), "{}: {}", s(spec), stderr(&v));
-    }
+    verify_holds(&fixed, &a);
+    verify_holds(&fixed, &b);
 }
 
 /// ACAS Xu N2,1 with property 1 (holds) beside property 2 (violated): their boxes are the
@@ -473,23 +462,7 @@ fn a_guard_property_on_the_module_box_is_proven_again() {
         return;
     };
     let dir = scratch("cli_patch_modules", "guard");
-    let (onnx, report) = (dir.join("p.onnx"), dir.join("r.json"));
-    let out = repair_modules(
-        &model,
-        &spec1,
-        &[
-            "--spec",
-            s(&spec2),
-            "--timeout",
-            "120",
-            "--onnx-out",
-            s(&onnx),
-            "--report",
-            s(&report),
-        ],
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let (r, _, onnx) = repair_into(&dir, &model, &spec1, &["--spec", s(&spec2)]);
     let props = r["properties"].as_array().unwrap();
     assert_eq!(
         (
