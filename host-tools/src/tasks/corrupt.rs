@@ -238,4 +238,43 @@ mod tests {
         // Identity warps are the identity.
         assert_eq!(warp(&img, |x, y| (x, y)), img);
     }
+
+    #[test]
+    fn the_mnist_c_definitions() {
+        let img: Vec<f64> = (0..784).map(|i| (i % 13) as f64 / 12.0).collect();
+        // Stripe: the side bands inverted, the middle untouched.
+        let s = Corruption::Stripe.apply(&img, 1);
+        for (i, (a, b)) in s.iter().zip(&img).enumerate() {
+            let want = if (7..21).contains(&(i % SIDE)) {
+                *b
+            } else {
+                1.0 - b
+            };
+            assert!((a - want).abs() < 1e-12, "pixel {i}");
+        }
+        // Scale (zoom 0.7 about 13.5): ink 10.5 px right of the centre moves to ~7.4 px.
+        let mut dot = vec![0.0; 784];
+        dot[13 * SIDE + 24] = 1.0;
+        let z = Corruption::Scale.apply(&dot, 0);
+        assert_eq!(z[13 * SIDE + 24], 0.0);
+        assert!(
+            z[13 * SIDE + 21] > 0.3 && z[13 * SIDE + 20] == 0.0,
+            "{:?}",
+            &z[13 * SIDE..14 * SIDE]
+        );
+        // Rotate and shear keep the centre of the image fixed in both directions.
+        for k in [Corruption::Rotate, Corruption::Shear] {
+            for seed in 0..4 {
+                let c = k.apply(&vec![1.0; 784], seed);
+                assert!((c[13 * SIDE + 13] - 1.0).abs() < 1e-12, "{}", k.name());
+            }
+        }
+        // Zigzag only adds ink, and stays within columns 1-26.
+        let blank = vec![0.0; 784];
+        for seed in 0..20 {
+            let z = Corruption::Zigzag.apply(&blank, seed);
+            assert!(z.iter().sum::<f64>() > 20.0, "seed {seed}: too little ink");
+            assert!((0..784).all(|i| z[i] == 0.0 || (1..27).contains(&(i % SIDE))));
+        }
+    }
 }
