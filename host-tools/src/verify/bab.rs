@@ -696,66 +696,51 @@ impl Trace {
     }
 }
 
-/// Branch and bound over every case (`complete = false`: one bound pass per case box).
-/// PGD rounds ([`Falsifier`]) are interleaved while they take less than a tenth of the
-/// elapsed time.
-#[allow(clippy::too_many_arguments)]
+/// How [`branch_and_bound`] searches: the bound engine, whether it splits, when it stops,
+/// and how it splits.
+pub struct Search<'a> {
+    /// The bound engine of every sub-box.
+    pub engine: &'a dyn BoundEngine,
+    /// Split until decided (`false`: one bound pass per case box).
+    pub complete: bool,
+    /// When the search gives up ("unknown").
+    pub deadline: Instant,
+    /// The split rule to start with.
+    pub split: SplitRule,
+    /// A change to another rule at an instant, going on with the same open sub-boxes (a
+    /// restart would throw away every bound so far).
+    pub switch: Option<(Instant, SplitRule)>,
+}
+
+impl std::fmt::Debug for Search<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Search")
+            .field("engine", &self.engine.name())
+            .field("complete", &self.complete)
+            .field("deadline", &self.deadline)
+            .field("split", &self.split)
+            .field("switch", &self.switch)
+            .finish()
+    }
+}
+
+/// Branch and bound over every case, as `search` says. PGD rounds ([`Falsifier`]) are
+/// interleaved while they take less than a tenth of the elapsed time.
 pub fn branch_and_bound(
     net: &Network,
     cases: &[Case],
-    engine: &dyn BoundEngine,
-    complete: bool,
-    deadline: Instant,
-    options: &Options,
-    stats: &mut Stats,
-    falsifier: Option<&mut Falsifier>,
-) -> Verdict {
-    branch_and_bound_with(
-        net,
-        cases,
-        engine,
-        complete,
-        deadline,
-        options,
-        stats,
-        falsifier,
-        SplitRule::default(),
-    )
-}
-
-/// [`branch_and_bound`] with a given [`SplitRule`].
-#[allow(clippy::too_many_arguments)]
-pub fn branch_and_bound_with(
-    net: &Network,
-    cases: &[Case],
-    engine: &dyn BoundEngine,
-    complete: bool,
-    deadline: Instant,
-    options: &Options,
-    stats: &mut Stats,
-    falsifier: Option<&mut Falsifier>,
-    split: SplitRule,
-) -> Verdict {
-    branch_and_bound_switching(
-        net, cases, engine, complete, deadline, options, stats, falsifier, split, None,
-    )
-}
-
-/// [`branch_and_bound_with`] that changes to the rule of `switch` at its instant and goes
-/// on with the same open sub-boxes (a restart would throw away every bound so far).
-#[allow(clippy::too_many_arguments)]
-pub fn branch_and_bound_switching(
-    net: &Network,
-    cases: &[Case],
-    engine: &dyn BoundEngine,
-    complete: bool,
-    deadline: Instant,
+    search: &Search<'_>,
     options: &Options,
     stats: &mut Stats,
     mut falsifier: Option<&mut Falsifier>,
-    split: SplitRule,
-    switch: Option<(Instant, SplitRule)>,
 ) -> Verdict {
+    let &Search {
+        engine,
+        complete,
+        deadline,
+        split,
+        switch,
+    } = search;
     let start = Instant::now();
     let cnet = CandleNet::new(net).ok();
     let batch_size = 4 * rayon::current_num_threads().max(1);

@@ -370,17 +370,20 @@ fn verify_in_pool(net: &Network, cases: &[Case], options: &Options) -> Report {
             bab::SplitRule::Smear,
         )
     });
-    let verdict = bab::branch_and_bound_switching(
-        net,
-        cases,
-        engine.as_ref(),
+    let search = bab::Search {
+        engine: engine.as_ref(),
         complete,
         deadline,
+        split: bab::SplitRule::Halves,
+        switch,
+    };
+    let verdict = bab::branch_and_bound(
+        net,
+        cases,
+        &search,
         options,
         &mut stats,
         Some(&mut falsifier),
-        bab::SplitRule::Halves,
-        switch,
     );
     // Incomplete methods still get a short PGD search before answering "unknown".
     let verdict = match verdict {
