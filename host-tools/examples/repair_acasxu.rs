@@ -147,6 +147,9 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_POLISH_FACTOR") {
         o.polish_fidelity_factor = v;
     }
+    if let Some(v) = get("PROREPAIR_LOCAL") {
+        o.global_mask_locality = (v >= 0.0).then_some(v);
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }
@@ -197,13 +200,14 @@ fn main() {
         jobs.retain(|&(_, a, b)| format!("{a},{b}") == *only);
     }
     println!(
-        "| property | network | status | sub-properties | rounds | time (s) | changed params | patch bytes (% of blob) | fidelity (advisory) |"
+        "| property | network | status | sub-properties | rounds | to proof (s) | time (s) | changed params | patch bytes (% of blob) | fidelity (advisory) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut times: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     let mut repaired: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     let mut changed: Vec<usize> = Vec::new();
     let mut fidelity: Vec<f64> = Vec::new();
+    let mut proofs: std::collections::BTreeMap<&str, Vec<f64>> = Default::default();
     for (prop, a, b) in jobs {
         // The ONNX file, or the same network from its .nnet twin (normalised inputs too).
         let net = import::load(&data.join(testing::acasxu_onnx(a, b)))
@@ -243,16 +247,20 @@ fn main() {
                     ),
                     Err(e) => format!("error: {e}"),
                 };
+                if let Some(t) = out.proven_at_s {
+                    proofs.entry(prop).or_default().push(t);
+                }
                 println!(
-                    "| {prop} | N{a},{b} | {status} | {} | {} | {:.2} | {} | {patch} | {:.2}% |",
+                    "| {prop} | N{a},{b} | {status} | {} | {} | {} | {:.2} | {} | {patch} | {:.2}% |",
                     out.subproperties,
                     out.rounds,
+                    out.proven_at_s.map_or("-".into(), |t| format!("{t:.2}")),
                     out.time_s,
                     out.changed_parameters,
                     100.0 * out.fidelity.argmin_agreement
                 );
             }
-            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | | |"),
+            Err(e) => println!("| {prop} | N{a},{b} | error: {e} | | | | | | | |"),
         }
         let _ = std::io::stdout().flush();
     }
@@ -265,6 +273,15 @@ fn main() {
             ts[ts.len() / 2],
             ts.last().copied().unwrap_or(0.0)
         );
+        if let Some(ps) = proofs.get_mut(prop) {
+            ps.sort_by(f64::total_cmp);
+            let geq99 = fidelity.iter().filter(|&&f| f >= 0.99).count();
+            println!(
+                "{prop}: of the repaired, time to proof median {:.2} s, max {:.2} s; fidelity >= 99% on {geq99}",
+                ps[ps.len() / 2],
+                ps.last().copied().unwrap_or(0.0)
+            );
+        }
     }
     changed.sort_unstable();
     fidelity.sort_by(f64::total_cmp);
@@ -315,8 +332,9 @@ fn n29(data: &std::path::Path, timeout: f64) {
                 .map(|e| e.bytes.len())
                 .unwrap_or(0);
             println!(
-                "N2,9: verified {}, {:.2} s, {} changed parameters, patch {patch} bytes, fidelity {:.2}%",
+                "N2,9: verified {}, proven at {:?} s, {:.2} s, {} changed parameters, patch {patch} bytes, fidelity {:.2}%",
                 out.verified,
+                out.proven_at_s,
                 out.time_s,
                 out.changed_parameters,
                 100.0 * out.fidelity.argmin_agreement

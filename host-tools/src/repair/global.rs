@@ -33,12 +33,12 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rayon::prelude::*;
 
 use super::desired::{Constraint, DesiredSet};
 use super::{Loop, RepairError, RepairOptions, pointwise, sample_box, verify_options};
-use crate::model::Network;
+use crate::model::{Layer, Network};
 use crate::verify::{self, Case, Conj, Verdict, falsify::CandleNet};
 
 /// What the phase ended with.
@@ -52,6 +52,8 @@ pub(super) struct GlobalResult {
     pub reason: Option<String>,
     /// Rounds.
     pub rounds: usize,
+    /// When `verify` first proved every repaired property (before the polish).
+    pub proven_at: Option<Instant>,
 }
 
 /// Desired-set score of an output: `min_clause max_option (c·y + d)`; `>= 0` is safe.
@@ -162,6 +164,92 @@ fn pgd(
         }
     }
     Ok(x.chunks(n).map(<[f64]>::to_vec).collect())
+}
+
+/// Per Dense layer of `net`: `(layer index, weight influence row-major, bias
+/// influence)`, the mean over `xs` of `sum_k |∂y_k/∂θ|`, i.e. how far each parameter
+/// moves the outputs at those points (per point: `|δ_i| |a_j|`, with `δ_i` the output
+/// gradients of unit `i`'s pre-activation, summed in absolute value over the outputs, and
+/// `a_j` its input; per-point absolute values, so gains at some points cannot cancel
+/// losses at others). `None` for layers other than Dense, ReLU and Flatten.
+fn output_influence(
+    net: &Network,
+    xs: &[Vec<f64>],
+) -> candle_core::Result<Option<Vec<(usize, Vec<f64>, Vec<f64>)>>> {
+    let dev = Device::Cpu;
+    let n = xs.len();
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut h = Tensor::from_vec(xs.concat(), (n, net.input_dim()), &dev)?;
+    // Per Dense layer: its index, its input and a zero perturbation of its output, whose
+    // gradient is the per-point `∂y_k/∂z` (candle's autodiff).
+    let mut dense: Vec<(usize, Tensor, Var)> = Vec::new();
+    for (i, l) in net.layers.iter().enumerate() {
+        match l {
+            Layer::Dense(d) => {
+                let w_t = Tensor::from_vec(d.weight.clone(), (d.out_dim, d.in_dim), &dev)?.t()?;
+                let b = Tensor::from_vec(d.bias.clone(), (1, d.out_dim), &dev)?;
+                let e = Var::zeros((n, d.out_dim), DType::F64, &dev)?;
+                let z = (h.matmul(&w_t)?.broadcast_add(&b)? + e.as_tensor())?;
+                dense.push((i, h.detach(), e));
+                h = z;
+            }
+            Layer::Relu => h = h.relu()?,
+            Layer::Flatten => {}
+            _ => return Ok(None),
+        }
+    }
+    let mut delta: Vec<Option<Tensor>> = vec![None; dense.len()];
+    for k in 0..h.dim(1)? {
+        let grads = h.narrow(1, k, 1)?.sum_all()?.backward()?;
+        for (j, (_, _, e)) in dense.iter().enumerate() {
+            if let Some(g) = grads.get(e.as_tensor()) {
+                let a = g.abs()?;
+                delta[j] = Some(match delta[j].take() {
+                    Some(s) => (s + a)?,
+                    None => a,
+                });
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for ((i, a, _), d) in dense.iter().zip(delta) {
+        let Some(d) = d else { continue };
+        let w = (d.t()?.matmul(&a.abs()?)? / n as f64)?;
+        let b = d.mean(0)?;
+        out.push((*i, w.flatten_all()?.to_vec1()?, b.to_vec1()?));
+    }
+    Ok(Some(out))
+}
+
+/// The mask prior of the margin-driven phase: per parameter, its output influence at
+/// `inside` (points of the repaired boxes) over its output influence at `outside` (the
+/// fidelity inputs), each floored at a hundredth of its layer's mean. Why: a parameter
+/// that moves the outputs in the box and barely outside (e.g. a ReLU unit on in the box
+/// and off elsewhere) lets a large change stay in the box, which the fidelity term alone
+/// cannot ensure once the mask is fixed.
+fn locality_prior(
+    net: &Network,
+    inside: &[Vec<f64>],
+    outside: &[Vec<f64>],
+) -> Result<Vec<(usize, Vec<f64>, Vec<f64>)>, RepairError> {
+    let (Some(ins), Some(outs)) = (
+        output_influence(net, inside).map_err(candle)?,
+        output_influence(net, outside).map_err(candle)?,
+    ) else {
+        return Ok(Vec::new());
+    };
+    let ratio = |a: &[f64], b: &[f64]| -> Vec<f64> {
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        let (ea, eb) = (1e-2 * mean(a) + 1e-12, 1e-2 * mean(b) + 1e-12);
+        a.iter().zip(b).map(|(x, y)| (x + ea) / (y + eb)).collect()
+    };
+    Ok(ins
+        .iter()
+        .zip(&outs)
+        .map(|((i, wi, bi), (_, wo, bo))| (*i, ratio(wi, wo), ratio(bi, bo)))
+        .collect())
 }
 
 /// A point of repair property `prop` with its score on the current network.
@@ -340,6 +428,17 @@ pub(super) fn run(
     trainer.learning_rate = options
         .global_learning_rate
         .unwrap_or(region_wise.learning_rate);
+    if let Some(power) = options.global_mask_locality {
+        // Inside: the anchors so far (the weak points) and a uniform sample of the boxes.
+        let mut inside: Vec<Vec<f64>> = state.anchors.iter().map(|a| a.x.clone()).collect();
+        for (pi, cases, _) in &props {
+            for c in cases {
+                inside.extend(sample_box(&c.lower, &c.upper, 256, options.seed ^ 0x10ca1 ^ *pi as u64));
+            }
+        }
+        trainer.mask_prior = locality_prior(net, &inside, &state.fidelity_points)?;
+        trainer.mask_gradient_power = power;
+    }
     let mut reports: Vec<verify::Report> = Vec::new();
     // Certified training: per repair property, the open sub-boxes collected so far.
     let mut bound_groups: Vec<pointwise::BoundGroup> = props
@@ -396,6 +495,7 @@ pub(super) fn run(
                 );
             }
             if reports.iter().all(|r| r.verdict == Verdict::Holds) {
+                let proven_at = Some(Instant::now());
                 polish(
                     state,
                     trainer,
@@ -415,6 +515,7 @@ pub(super) fn run(
                     proven: true,
                     reason: None,
                     rounds,
+                    proven_at,
                 });
             }
             let mut unknown = false;
@@ -618,6 +719,7 @@ pub(super) fn run(
             );
         }
         let proven = final_reports.iter().all(|r| r.verdict == Verdict::Holds);
+        let proven_at = proven.then(Instant::now);
         let mut final_reports = final_reports;
         if proven {
             polish(
@@ -639,6 +741,7 @@ pub(super) fn run(
             proven,
             reason: (!proven).then_some(reason),
             rounds,
+            proven_at,
         });
     }
     region_wise.restore(trainer);
@@ -647,6 +750,7 @@ pub(super) fn run(
         proven: false,
         reason: Some(reason),
         rounds,
+        proven_at: None,
     })
 }
 
@@ -675,10 +779,14 @@ impl TrainerSettings {
     }
 }
 
-/// Agreement of `n` with the original on the fidelity inputs (advisory and class).
-fn agreement(state: &Loop<'_>, n: &Network) -> f64 {
+/// Agreement of `n` with the original on the fidelity inputs: (advisory + class, the
+/// lower of the two).
+fn agreement(state: &Loop<'_>, n: &Network) -> (f64, f64) {
     let f = super::measure_fidelity(state.original, n, &state.fidelity_points);
-    f.argmin_agreement + f.argmax_agreement
+    (
+        f.argmin_agreement + f.argmax_agreement,
+        f.argmin_agreement.min(f.argmax_agreement),
+    )
 }
 
 /// After a proof of `current`: trade the change outside the boxes for fidelity. Why: the
@@ -737,18 +845,23 @@ fn polish(
     let saved_weight = trainer.fidelity_weight;
     trainer.fidelity_weight *= options.polish_fidelity_factor;
     let chunk = options.polish_chunk.max(1);
-    let mut best = agreement(state, current);
+    let (mut best, mut lowest) = agreement(state, current);
     let first = best;
     let (mut chunks, mut kept) = (0, 0);
     let mut outcome = "time up";
     while Instant::now() < until {
+        // Good enough: more polish costs a verify per chunk for little gain.
+        if lowest >= options.polish_target {
+            outcome = "fidelity target reached";
+            break;
+        }
         chunks += 1;
         let steps = trainer.train(net, &anchors, chunk, chunk, |_| false)?;
         if steps == 0 {
             break;
         }
         let candidate = trainer.network(net)?;
-        let a = agreement(state, &candidate);
+        let (a, low) = agreement(state, &candidate);
         if a <= best {
             outcome = "fidelity stopped improving";
             break;
@@ -780,6 +893,7 @@ fn polish(
         state.version += 1;
         *reports = polished;
         best = a;
+        lowest = low;
         kept = chunks;
     }
     trainer.fidelity_weight = saved_weight;

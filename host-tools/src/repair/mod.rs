@@ -246,6 +246,11 @@ pub struct RepairOptions {
     pub global_min_steps: usize,
     /// Adam learning rate in that phase (`None`: `learning_rate`).
     pub global_learning_rate: Option<f64>,
+    /// Mask of the margin-driven phase chosen for locality (`None`: the trainer's own
+    /// rule): a parameter's score is `|∂L/∂θ|^p` times its output influence on points of
+    /// the repaired boxes over its output influence on the fidelity inputs (`p` is this
+    /// value; 0: the influence ratio alone).
+    pub global_mask_locality: Option<f64>,
     /// Fidelity polish after a proof: the share of the time left that may go into
     /// training with `polish_fidelity_factor` times the fidelity weight (the anchors keep
     /// their margins) and re-verifying; the polished network replaces the proven one only
@@ -258,6 +263,9 @@ pub struct RepairOptions {
     pub polish_chunk: usize,
     /// Most time the polish step may take.
     pub polish_max: Duration,
+    /// The polish stops once the agreement with the original on the fidelity training
+    /// inputs (advisory and class, the lower) reaches this.
+    pub polish_target: f64,
     /// Weight of the decision-preserving fidelity term (the fidelity inputs keep their
     /// original argmin and argmax output with half their original gaps; 0: off).
     pub decision_weight: f64,
@@ -316,10 +324,12 @@ impl Default for RepairOptions {
             global_fixed_disjunct: false,
             global_learning_rate: None,
             global_min_steps: 0,
+            global_mask_locality: None,
             polish_share: 0.6,
             polish_fidelity_factor: 3.0,
             polish_chunk: 10,
             polish_max: Duration::from_secs(10),
+            polish_target: 0.995,
             bound_weight: 0.0,
             bound_boxes_per_round: 128,
             bound_boxes_max: 512,
@@ -455,6 +465,11 @@ pub struct RepairOutcome {
     pub fidelity: Fidelity,
     /// Wall-clock seconds.
     pub time_s: f64,
+    /// Seconds until the repaired properties were first proven (margin-driven phase:
+    /// `verify`'s first "holds" on all of them, before the fidelity polish and the
+    /// guards' re-check; otherwise `time_s`); `None` when not verified (or not
+    /// measured: the local-box repair of `regionwise`).
+    pub proven_at_s: Option<f64>,
     /// The final partition of every repaired property's case boxes into sub-boxes; when
     /// `verified`, each one passed verify's leaf test on `network` (region-wise loop), or
     /// it is the case box itself, proven by `verify`'s branch and bound (margin-driven
@@ -790,18 +805,39 @@ pub fn repair(
         .verdict;
         let cex = match &v {
             Verdict::Violated { counterexample, .. } => Some(counterexample.clone()),
-            _ => None,
+            // Undecided: repaired only when a sampled point of its boxes violates it (the
+            // forward pass confirms it, so "violated" is sound). Otherwise it is a guard,
+            // proven after the repair with its own budget: repairing a property that may
+            // hold costs margin and time the violated ones need (measured: N2,9's property
+            // 1, undecided in 4 s, joined the repair of 2 and 8 and none was proven).
+            Verdict::Unknown { .. } => sampled_violation(net, p, options),
+            Verdict::Holds => None,
+        };
+        let before = match (&v, &cex) {
+            (Verdict::Unknown { .. }, Some(_)) => "violated".to_string(),
+            _ => v.status().to_string(),
         };
         outcomes.push(PropertyOutcome {
             name: p.name.clone(),
-            before: v.status().to_string(),
+            before,
+            repaired: cex.is_some(),
             counterexample_before: cex,
             after: String::new(),
             reason: None,
-            repaired: v != Verdict::Holds,
             subproperties: 0,
         });
     }
+    // Time kept for the guards' final check (the margin-driven phase would otherwise use
+    // it all): one `complete_budget` each, at most a quarter of the budget.
+    let guards = outcomes.iter().filter(|o| !o.repaired).count();
+    let guard_reserve = if guards > 0 && outcomes.iter().any(|o| o.repaired) {
+        options
+            .complete_budget
+            .mul_f64(guards as f64)
+            .min(options.timeout.mul_f64(0.25))
+    } else {
+        Duration::ZERO
+    };
 
     let domain = options
         .fidelity_domain
@@ -922,6 +958,7 @@ pub fn repair(
 
     // `verify`'s reports per repair property when the margin-driven phase decided.
     let mut global_reports: Option<Vec<verify::Report>> = None;
+    let mut proven_at: Option<f64> = None;
     'outer: loop {
         // 3. Region-wise loop until every sub-property is proven on the same network.
         let mut finished = state.props.is_empty();
@@ -931,11 +968,14 @@ pub fn repair(
                 &mut trainer,
                 &mut current,
                 options,
-                deadline,
+                deadline.checked_sub(guard_reserve).unwrap_or(deadline),
                 trace,
             )?;
             rounds += g.rounds;
             finished = g.proven;
+            if let Some(t) = g.proven_at {
+                proven_at.get_or_insert(t.duration_since(start).as_secs_f64());
+            }
             final_reason = g.reason;
             global_reports = Some(g.reports);
         }
@@ -1248,6 +1288,7 @@ pub fn repair(
         eprintln!("repair: mean bisections per input dimension {depth:.2?}");
     }
     let fidelity = measure_fidelity(net, &current, &fid_eval);
+    let time_s = start.elapsed().as_secs_f64();
     let subproperties = if global_reports.is_some() {
         outcomes
             .iter()
@@ -1286,7 +1327,26 @@ pub fn repair(
         parameter_budget,
         total_parameters,
         fidelity,
-        time_s: start.elapsed().as_secs_f64(),
+        time_s,
+        proven_at_s: verified.then(|| proven_at.unwrap_or(time_s)),
+    })
+}
+
+/// A point of `p`'s boxes (a seeded uniform sample of `options.initial_samples` each,
+/// corners and face centres) that the forward pass puts in its unsafe set.
+fn sampled_violation(net: &Network, p: &RepairProperty, options: &RepairOptions) -> Option<Vec<f64>> {
+    p.cases.iter().enumerate().find_map(|(ci, c)| {
+        let mut pts = sample_box(
+            &c.lower,
+            &c.upper,
+            options.initial_samples,
+            options.seed ^ 0xbad ^ ci as u64,
+        );
+        pts.extend(regionwise::probe_points(&c.lower, &c.upper));
+        pts.into_par_iter().find_first(|x| {
+            let y = net.forward(x);
+            c.unsafe_set.iter().any(|k| k.worst_margin(&y) <= 0.0)
+        })
     })
 }
 
