@@ -120,21 +120,6 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_BOUND_BOXES") {
         o.bound_boxes_per_round = v as usize;
     }
-    if let Some(v) = get("PROREPAIR_FIXED") {
-        o.global_fixed_disjunct = v != 0.0;
-    }
-    if let Some(v) = get("PROREPAIR_NEARN") {
-        o.fidelity_near_samples = v as usize;
-    }
-    if let Some(v) = get("PROREPAIR_NEARW") {
-        o.fidelity_near_width = v;
-    }
-    if let Some(v) = get("PROREPAIR_GLOBAL_LR") {
-        o.global_learning_rate = Some(v);
-    }
-    if let Some(v) = get("PROREPAIR_MIN_STEPS") {
-        o.global_min_steps = v as usize;
-    }
     if let Some(v) = get("PROREPAIR_POLISH_CHUNK") {
         o.polish_chunk = v as usize;
     }

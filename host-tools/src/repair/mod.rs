@@ -187,13 +187,6 @@ pub struct RepairOptions {
     pub fidelity_domain: Option<BoxBounds>,
     /// Sampled inputs in the fidelity loss term.
     pub fidelity_train_samples: usize,
-    /// Extra fidelity training inputs from the neighbourhood of the repaired boxes (each
-    /// case box widened by `fidelity_near_width` times its width per side, clipped to the
-    /// fidelity domain, outside every box): a change confined to the box and its close
-    /// neighbourhood costs little fidelity, one that leaks beyond it costs much more.
-    pub fidelity_near_samples: usize,
-    /// Widening of the case boxes for `fidelity_near_samples`.
-    pub fidelity_near_width: f64,
     /// Weight λ of the fidelity loss term.
     pub fidelity_weight: f64,
     /// Fresh samples for the fidelity measurement.
@@ -237,15 +230,6 @@ pub struct RepairOptions {
     /// were proven within 20 s in each of three paired runs (6 vs 8, 3 vs 5; 30: 1 vs 4),
     /// so the default keeps 10 (the proof comes first).
     pub global_fidelity_weight: f64,
-    /// One disjunct per clause for the whole property in that phase (the alternative with
-    /// the largest median value on the original network over the boxes) instead of the
-    /// one each anchor's output comes closest to.
-    pub global_fixed_disjunct: bool,
-    /// Least Adam steps per training round in that phase (the fidelity term needs steps
-    /// to pull a change back that the output hinge made in a few).
-    pub global_min_steps: usize,
-    /// Adam learning rate in that phase (`None`: `learning_rate`).
-    pub global_learning_rate: Option<f64>,
     /// Mask of the margin-driven phase chosen for locality (`None`: the trainer's own
     /// rule): a parameter's score is `|∂L/∂θ|^p` times its output influence on points of
     /// the repaired boxes over its output influence on the fidelity inputs (`p` is this
@@ -301,8 +285,6 @@ impl Default for RepairOptions {
             anchor_margin: 2e-2,
             fidelity_domain: None,
             fidelity_train_samples: 1024,
-            fidelity_near_samples: 0,
-            fidelity_near_width: 1.0,
             fidelity_weight: 10.0,
             fidelity_eval_samples: 10_000,
             seed: 0,
@@ -321,9 +303,6 @@ impl Default for RepairOptions {
             global_output_weight: 1000.0,
             global_fidelity_weight: 10.0,
             decision_weight: 0.0,
-            global_fixed_disjunct: false,
-            global_learning_rate: None,
-            global_min_steps: 0,
             global_mask_locality: None,
             polish_share: 0.6,
             polish_fidelity_factor: 3.0,
@@ -844,46 +823,12 @@ pub fn repair(
         .clone()
         .unwrap_or_else(|| default_domain(properties));
     let all_cases: Vec<&Case> = properties.iter().flat_map(|p| &p.cases).collect();
-    let mut fid_train = sample_outside(
+    let fid_train = sample_outside(
         &domain,
         &all_cases,
         options.fidelity_train_samples,
         options.seed,
     );
-    // Around the boxes being repaired only (guards' boxes are not changed on purpose).
-    let repaired_cases: Vec<&Case> = properties
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| o.repaired)
-        .flat_map(|(p, _)| &p.cases)
-        .collect();
-    if options.fidelity_near_samples > 0 {
-        let per = options
-            .fidelity_near_samples
-            .div_ceil(repaired_cases.len().max(1));
-        for (ci, c) in repaired_cases.iter().enumerate() {
-            let near = BoxBounds::new(
-                (0..c.lower.len())
-                    .map(|i| {
-                        let w = options.fidelity_near_width * (c.upper[i] - c.lower[i]);
-                        (c.lower[i] - w).max(domain.lower[i].min(c.lower[i]))
-                    })
-                    .collect(),
-                (0..c.upper.len())
-                    .map(|i| {
-                        let w = options.fidelity_near_width * (c.upper[i] - c.lower[i]);
-                        (c.upper[i] + w).min(domain.upper[i].max(c.upper[i]))
-                    })
-                    .collect(),
-            );
-            fid_train.extend(sample_outside(
-                &near,
-                &all_cases,
-                per,
-                options.seed ^ 0x0ea7 ^ (ci as u64) << 32,
-            ));
-        }
-    }
     let fid_eval = sample_outside(
         &domain,
         &all_cases,
