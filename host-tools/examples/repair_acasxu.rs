@@ -135,6 +135,15 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_LOCAL") {
         o.global_mask_locality = (v >= 0.0).then_some(v);
     }
+    if let Some(v) = get("PROREPAIR_POLISH_HOLD") {
+        o.polish_hold = v;
+    }
+    if let Some(v) = get("PROREPAIR_POLISH_VERIFY") {
+        o.polish_verify_min = v;
+    }
+    if let Some(v) = get("PROREPAIR_ROUND_ANCHORS") {
+        o.global_anchors_per_round = v as usize;
+    }
     if let Some(v) = get("PROREPAIR_FIDN") {
         o.fidelity_train_samples = v as usize;
     }

@@ -241,6 +241,10 @@ pub struct RepairOptions {
     /// when `verify` proves it too and it agrees with the original on more of the
     /// fidelity inputs. 0 disables it.
     pub polish_share: f64,
+    /// Least budget (s) of the polish step's `verify` of a polished network.
+    pub polish_verify_min: f64,
+    /// Share of each polish anchor's proven score it must keep (at least the target).
+    pub polish_hold: f64,
     /// Fidelity weight multiplier of the polish step.
     pub polish_fidelity_factor: f64,
     /// Adam steps of the polish step between two proofs.
@@ -306,6 +310,8 @@ impl Default for RepairOptions {
             global_mask_locality: None,
             polish_share: 0.6,
             polish_fidelity_factor: 3.0,
+            polish_hold: 0.8,
+            polish_verify_min: 1.5,
             polish_chunk: 10,
             polish_max: Duration::from_secs(10),
             polish_target: 0.995,
@@ -1363,4 +1369,42 @@ fn seed_anchors(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Dense;
+
+    /// `y = x` on `[0, 1]`, unsafe where `y >= t`.
+    fn identity_with_threshold(t: f64) -> (Network, RepairProperty) {
+        let d = Dense::new(1, 1, vec![1.0], vec![0.0]).unwrap();
+        let net = Network::new(vec![1], vec![Layer::Dense(d)]).unwrap();
+        let p = RepairProperty {
+            name: "p".into(),
+            cases: vec![Case {
+                lower: vec![0.0],
+                upper: vec![1.0],
+                unsafe_set: vec![Conj {
+                    rows: vec![vec![-1.0]],
+                    rhs: vec![-t],
+                }],
+            }],
+        };
+        (net, p)
+    }
+
+    #[test]
+    fn sampled_violation_is_a_real_counterexample_or_nothing() {
+        let options = RepairOptions {
+            initial_samples: 64,
+            ..RepairOptions::default()
+        };
+        let (net, p) = identity_with_threshold(0.9);
+        let x = sampled_violation(&net, &p, &options).expect("the top tenth of the box is unsafe");
+        assert!(net.forward(&x)[0] >= 0.9 && (0.0..=1.0).contains(&x[0]));
+        // Unsafe only beyond the box: nothing sampled can violate it.
+        let (net, p) = identity_with_threshold(1.5);
+        assert_eq!(sampled_violation(&net, &p, &options), None);
+    }
 }
