@@ -1285,7 +1285,11 @@ pub fn repair(
 
 /// A point of `p`'s boxes (a seeded uniform sample of `options.initial_samples` each,
 /// corners and face centres) that the forward pass puts in its unsafe set.
-fn sampled_violation(net: &Network, p: &RepairProperty, options: &RepairOptions) -> Option<Vec<f64>> {
+fn sampled_violation(
+    net: &Network,
+    p: &RepairProperty,
+    options: &RepairOptions,
+) -> Option<Vec<f64>> {
     p.cases.iter().enumerate().find_map(|(ci, c)| {
         let mut pts = sample_box(
             &c.lower,
