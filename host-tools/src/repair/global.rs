@@ -13,9 +13,12 @@
 //! 2. The points below the target margin `t` become anchors (a certified proxy box with
 //!    margin `t` each, Algorithm 1; the disjunct per point is the one its output comes
 //!    closest to), and `f_e` is trained until every anchor meets its margin.
-//! 3. When no weak point is left below `t / 4`, `verify` runs on every repaired property
-//!    (branch and bound, short budget). "holds" ends the phase (the proof); a
-//!    counterexample becomes an anchor; "unknown" raises `t` (more margin, easier proof).
+//! 3. When no weak point is left below `t / 4` (or the worst is above 0 but stopped
+//!    rising), `verify` runs on every repaired property (branch and bound, short
+//!    budget). "holds" ends the phase (the proof); a counterexample becomes an anchor;
+//!    "unknown" raises `t` (more margin, easier proof). The last 30% of the time is kept
+//!    for a verify with all of it; when a violation is known by then, it goes to
+//!    training instead, and a counterexample found with it is trained on too.
 //!
 //! 4. Optional certified training ([`super::RepairOptions::bound_weight`] > 0): on
 //!    "unknown", branch and bound's open sub-boxes ([`verify::bab::open_leaves`]) join a

@@ -7,10 +7,12 @@
 //! Procedure (Ma et al., ProRepair, Sections 5.1-5.2):
 //!
 //! 1. Every property is checked first ([`crate::verify::verify_cases`]). Those that
-//!    already hold become *guards*: they are re-checked at the end by the complete
-//!    checker and join the repair set if the repair broke them. The others form the
-//!    repair set; their desired output sets (the complements of the VNN-LIB unsafe sets)
-//!    are reduced to conjunctions per sub-box ([`desired`]).
+//!    already hold, and those left undecided for which a seeded sample of their boxes
+//!    finds no violating point, become *guards*: they are proven at the end by the
+//!    complete checker (with time kept for it) and join the repair set if that finds
+//!    them violated. The others (violated, by `verify` or by a sampled point the forward
+//!    pass confirms) form the repair set; their desired output sets (the complements of
+//!    the VNN-LIB unsafe sets) are reduced to conjunctions per sub-box ([`desired`]).
 //! 2. The network is split `f = f_c ∘ f_e` at layer `K` ([`SplitLayer`]); only `f_e`
 //!    changes, and only a budget of its parameters (a saliency mask, [`pointwise`]).
 //! 3. Sampled counterexamples: a seeded sample of every case box; the points whose
