@@ -147,6 +147,9 @@ fn pgd(
     Ok(x.chunks(n).map(<[f64]>::to_vec).collect())
 }
 
+/// Per-parameter factors of one Dense layer: `(layer index, weights row-major, biases)`.
+type LayerFactors = (usize, Vec<f64>, Vec<f64>);
+
 /// Per Dense layer of `net`: `(layer index, weight influence row-major, bias
 /// influence)`, the mean over `xs` of `sum_k |∂y_k/∂θ|`, i.e. how far each parameter
 /// moves the outputs at those points (per point: `|δ_i| |a_j|`, with `δ_i` the output
@@ -156,7 +159,7 @@ fn pgd(
 fn output_influence(
     net: &Network,
     xs: &[Vec<f64>],
-) -> candle_core::Result<Option<Vec<(usize, Vec<f64>, Vec<f64>)>>> {
+) -> candle_core::Result<Option<Vec<LayerFactors>>> {
     let dev = Device::Cpu;
     let n = xs.len();
     if n == 0 {
@@ -214,7 +217,7 @@ fn locality_prior(
     net: &Network,
     inside: &[Vec<f64>],
     outside: &[Vec<f64>],
-) -> Result<Vec<(usize, Vec<f64>, Vec<f64>)>, RepairError> {
+) -> Result<Vec<LayerFactors>, RepairError> {
     let (Some(ins), Some(outs)) = (
         output_influence(net, inside).map_err(candle)?,
         output_influence(net, outside).map_err(candle)?,
