@@ -227,9 +227,6 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_POLISH_FACTOR") {
         o.polish_fidelity_factor = v;
     }
-    if let Some(v) = get("PROREPAIR_LOCAL") {
-        o.global_mask_locality = (v >= 0.0).then_some(v);
-    }
     if let Some(v) = get("PROREPAIR_POLISH_HOLD") {
         o.polish_hold = v;
     }

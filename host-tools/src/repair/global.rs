@@ -36,12 +36,12 @@
 
 use std::time::{Duration, Instant};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{Device, Tensor, Var};
 use rayon::prelude::*;
 
 use super::desired::{Constraint, DesiredSet};
 use super::{Loop, RepairError, RepairOptions, pointwise, sample_box, verify_options};
-use crate::model::{Layer, Network};
+use crate::model::Network;
 use crate::verify::{self, Case, Conj, Verdict, falsify::CandleNet};
 
 /// What the phase ended with.
@@ -145,95 +145,6 @@ fn pgd(
         }
     }
     Ok(x.chunks(n).map(<[f64]>::to_vec).collect())
-}
-
-/// Per-parameter factors of one Dense layer: `(layer index, weights row-major, biases)`.
-type LayerFactors = (usize, Vec<f64>, Vec<f64>);
-
-/// Per Dense layer of `net`: `(layer index, weight influence row-major, bias
-/// influence)`, the mean over `xs` of `sum_k |∂y_k/∂θ|`, i.e. how far each parameter
-/// moves the outputs at those points (per point: `|δ_i| |a_j|`, with `δ_i` the output
-/// gradients of unit `i`'s pre-activation, summed in absolute value over the outputs, and
-/// `a_j` its input; per-point absolute values, so gains at some points cannot cancel
-/// losses at others). `None` for layers other than Dense, ReLU and Flatten.
-fn output_influence(
-    net: &Network,
-    xs: &[Vec<f64>],
-) -> candle_core::Result<Option<Vec<LayerFactors>>> {
-    let dev = Device::Cpu;
-    let n = xs.len();
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut h = Tensor::from_vec(xs.concat(), (n, net.input_dim()), &dev)?;
-    // Per Dense layer: its index, its input and a zero perturbation of its output, whose
-    // gradient is the per-point `∂y_k/∂z` (candle's autodiff).
-    let mut dense: Vec<(usize, Tensor, Var)> = Vec::new();
-    for (i, l) in net.layers.iter().enumerate() {
-        match l {
-            Layer::Dense(d) => {
-                let w_t = Tensor::from_vec(d.weight.clone(), (d.out_dim, d.in_dim), &dev)?.t()?;
-                let b = Tensor::from_vec(d.bias.clone(), (1, d.out_dim), &dev)?;
-                let e = Var::zeros((n, d.out_dim), DType::F64, &dev)?;
-                let z = (h.matmul(&w_t)?.broadcast_add(&b)? + e.as_tensor())?;
-                dense.push((i, h.detach(), e));
-                h = z;
-            }
-            Layer::Relu => h = h.relu()?,
-            Layer::Flatten => {}
-            _ => return Ok(None),
-        }
-    }
-    let mut delta: Vec<Option<Tensor>> = vec![None; dense.len()];
-    for k in 0..h.dim(1)? {
-        let grads = h.narrow(1, k, 1)?.sum_all()?.backward()?;
-        for (j, (_, _, e)) in dense.iter().enumerate() {
-            if let Some(g) = grads.get(e.as_tensor()) {
-                let a = g.abs()?;
-                delta[j] = Some(match delta[j].take() {
-                    Some(s) => (s + a)?,
-                    None => a,
-                });
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for ((i, a, _), d) in dense.iter().zip(delta) {
-        let Some(d) = d else { continue };
-        let w = (d.t()?.matmul(&a.abs()?)? / n as f64)?;
-        let b = d.mean(0)?;
-        out.push((*i, w.flatten_all()?.to_vec1()?, b.to_vec1()?));
-    }
-    Ok(Some(out))
-}
-
-/// The mask prior of the margin-driven phase: per parameter, its output influence at
-/// `inside` (points of the repaired boxes) over its output influence at `outside` (the
-/// fidelity inputs), each floored at a hundredth of its layer's mean. Why: a parameter
-/// that moves the outputs in the box and barely outside (e.g. a ReLU unit on in the box
-/// and off elsewhere) lets a large change stay in the box, which the fidelity term alone
-/// cannot ensure once the mask is fixed.
-fn locality_prior(
-    net: &Network,
-    inside: &[Vec<f64>],
-    outside: &[Vec<f64>],
-) -> Result<Vec<LayerFactors>, RepairError> {
-    let (Some(ins), Some(outs)) = (
-        output_influence(net, inside).map_err(candle)?,
-        output_influence(net, outside).map_err(candle)?,
-    ) else {
-        return Ok(Vec::new());
-    };
-    let ratio = |a: &[f64], b: &[f64]| -> Vec<f64> {
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        let (ea, eb) = (1e-2 * mean(a) + 1e-12, 1e-2 * mean(b) + 1e-12);
-        a.iter().zip(b).map(|(x, y)| (x + ea) / (y + eb)).collect()
-    };
-    Ok(ins
-        .iter()
-        .zip(&outs)
-        .map(|((i, wi, bi), (_, wo, bo))| (*i, ratio(wi, wo), ratio(bi, bo)))
-        .collect())
 }
 
 /// A point of repair property `prop` with its score on the current network.
@@ -376,22 +287,6 @@ pub(super) fn run(
     let region_wise = TrainerSettings::of(trainer);
     trainer.output_weight = options.global_output_weight;
     trainer.fidelity_weight = options.global_fidelity_weight;
-    if let Some(power) = options.global_mask_locality {
-        // Inside: the anchors so far (the weak points) and a uniform sample of the boxes.
-        let mut inside: Vec<Vec<f64>> = state.anchors.iter().map(|a| a.x.clone()).collect();
-        for (pi, cases, _) in &props {
-            for c in cases {
-                inside.extend(sample_box(
-                    &c.lower,
-                    &c.upper,
-                    256,
-                    options.seed ^ 0x10ca1 ^ *pi as u64,
-                ));
-            }
-        }
-        trainer.mask_prior = locality_prior(net, &inside, &state.fidelity_points)?;
-        trainer.mask_gradient_power = power;
-    }
     let mut reports: Vec<verify::Report> = Vec::new();
     // Certified training: per repair property, the open sub-boxes collected so far.
     let mut bound_groups: Vec<pointwise::BoundGroup> = props

@@ -232,11 +232,6 @@ pub struct RepairOptions {
     /// were proven within 20 s in each of three paired runs (6 vs 8, 3 vs 5; 30: 1 vs 4),
     /// so the default keeps 10 (the proof comes first).
     pub global_fidelity_weight: f64,
-    /// Mask of the margin-driven phase chosen for locality (`None`: the trainer's own
-    /// rule): a parameter's score is `|∂L/∂θ|^p` times its output influence on points of
-    /// the repaired boxes over its output influence on the fidelity inputs (`p` is this
-    /// value; 0: the influence ratio alone).
-    pub global_mask_locality: Option<f64>,
     /// Fidelity polish after a proof: the share of the time left that may go into
     /// training with `polish_fidelity_factor` times the fidelity weight (the anchors keep
     /// their margins) and re-verifying; the polished network replaces the proven one only
@@ -309,7 +304,6 @@ impl Default for RepairOptions {
             global_output_weight: 1000.0,
             global_fidelity_weight: 10.0,
             decision_weight: 0.0,
-            global_mask_locality: None,
             polish_share: 0.6,
             polish_fidelity_factor: 3.0,
             polish_hold: 0.8,

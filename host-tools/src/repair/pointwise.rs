@@ -189,12 +189,6 @@ pub struct Trainer {
     pub output_weight: f64,
     /// Rank mask candidates by repair gradient over influence on the fidelity inputs.
     pub local_mask: bool,
-    /// A caller's per-parameter mask prior, replacing `local_mask`'s score where given:
-    /// `(layer index, weight factors row-major, bias factors)`; the score is
-    /// `|∂L/∂θ|^mask_gradient_power * factor` (power 0: the prior alone).
-    pub mask_prior: Vec<(usize, Vec<f64>, Vec<f64>)>,
-    /// See `mask_prior`.
-    pub mask_gradient_power: f64,
     /// Fidelity inputs `[n, in]` and their original features `[n, s]`.
     fidelity: Option<(Tensor, Tensor)>,
     /// The fidelity inputs (rows), for the prefix cache.
@@ -335,8 +329,6 @@ impl Trainer {
             head: head_of(net, split)?,
             output_weight: 0.0,
             local_mask: true,
-            mask_prior: Vec::new(),
-            mask_gradient_power: 1.0,
             fidelity: None,
             fidelity_inputs: fidelity_inputs.to_vec(),
             fidelity_prefix: None,
@@ -839,13 +831,6 @@ impl Trainer {
                         let mean_inf =
                             inf.iter().map(|x| x.abs()).sum::<f64>() / inf.len().max(1) as f64;
                         let eps = 1e-2 * mean_inf + 1e-12;
-                        let prior = self
-                            .mask_prior
-                            .iter()
-                            .find(|p| p.0 == li)
-                            .map(|p| if is_bias { &p.2 } else { &p.1 })
-                            .filter(|p| p.len() == g.len());
-                        let power = self.mask_gradient_power;
                         saliency.extend(
                             g.iter()
                                 .zip(&m)
@@ -853,9 +838,7 @@ impl Trainer {
                                 .enumerate()
                                 .filter(|(_, ((x, m), _))| **m == 0.0 && **x != 0.0)
                                 .map(|(i, ((x, _), f))| {
-                                    let score = if let Some(p) = prior {
-                                        x.abs().powf(power) * p[i]
-                                    } else if self.local_mask {
+                                    let score = if self.local_mask {
                                         x.abs() / (f.abs() + eps)
                                     } else {
                                         x.abs()
