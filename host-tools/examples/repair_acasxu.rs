@@ -227,12 +227,6 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_POLISH_FACTOR") {
         o.polish_fidelity_factor = v;
     }
-    if let Some(v) = get("PROREPAIR_POLISH_HOLD") {
-        o.polish_hold = v;
-    }
-    if let Some(v) = get("PROREPAIR_POLISH_VERIFY") {
-        o.polish_verify_min = v;
-    }
     if let Some(v) = get("PROREPAIR_ROUND_ANCHORS") {
         o.global_anchors_per_round = v as usize;
     }

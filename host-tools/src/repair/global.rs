@@ -720,7 +720,7 @@ fn polish(
                 options.seed ^ 0x9013 ^ ((*pi as u64) << 40 | (ci as u64) << 20),
             ) {
                 let y = current.forward(&x);
-                let margin = (options.polish_hold * score(desired, &y)).max(target);
+                let margin = (0.8 * score(desired, &y)).max(target);
                 anchors.push(pointwise::Anchor {
                     h_star: current.forward_range(&x, 0, state.split),
                     constraints: choose(*pi, &y),
@@ -762,9 +762,9 @@ fn polish(
             continue;
         }
         stale = 0;
-        // Three times the time the first proof took, at least `polish_verify_min`, within
-        // the share.
-        let budget = Duration::from_secs_f64((3.0 * proof_time).max(options.polish_verify_min))
+        // Three times the time the first proof took, at least 1.5 s, within the share
+        // (4 s did not prove N3,4's second chunk either: BENCHMARKS.md, session 7).
+        let budget = Duration::from_secs_f64((3.0 * proof_time).max(1.5))
             .min(until.saturating_duration_since(Instant::now()));
         if budget.is_zero() {
             break;

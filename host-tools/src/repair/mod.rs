@@ -238,10 +238,6 @@ pub struct RepairOptions {
     /// when `verify` proves it too and it agrees with the original on more of the
     /// fidelity inputs. 0 disables it.
     pub polish_share: f64,
-    /// Least budget (s) of the polish step's `verify` of a polished network.
-    pub polish_verify_min: f64,
-    /// Share of each polish anchor's proven score it must keep (at least the target).
-    pub polish_hold: f64,
     /// Fidelity weight multiplier of the polish step.
     pub polish_fidelity_factor: f64,
     /// Adam steps of the polish step between two proofs.
@@ -306,8 +302,6 @@ impl Default for RepairOptions {
             decision_weight: 0.0,
             polish_share: 0.6,
             polish_fidelity_factor: 3.0,
-            polish_hold: 0.8,
-            polish_verify_min: 1.5,
             polish_chunk: 10,
             polish_max: Duration::from_secs(10),
             polish_target: 0.995,
