@@ -90,6 +90,15 @@ fn repair_prop2_with(a: u32, b: u32, options: RepairOptions, floor: f64) {
     );
     assert!(out.verified, "N{a},{b} not repaired: {:?}", out.properties);
     assert_eq!(out.properties[0].after, "holds");
+    // The time of the first proof is reported, within the run.
+    let proven_at = out
+        .proven_at_s
+        .expect("a verified repair reports its proof time");
+    assert!(
+        (0.0..=out.time_s).contains(&proven_at),
+        "{proven_at} of {}",
+        out.time_s
+    );
 
     // The partition covers the property's box exactly: every sub-box inside it, volumes
     // summing to the box's (bisections only, so no overlap beyond shared faces). With the

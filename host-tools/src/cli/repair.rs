@@ -399,6 +399,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
             "max_abs_output_change": outcome.fidelity.max_abs_output_change,
         },
         "time_s": outcome.time_s,
+        "proven_at_s": outcome.proven_at_s,
         "onnx_out": if outcome.verified { args.onnx_out.as_ref().map(|p| p.display().to_string()) } else { None },
     });
     let mut value = value;

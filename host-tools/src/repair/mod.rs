@@ -7,10 +7,12 @@
 //! Procedure (Ma et al., ProRepair, Sections 5.1-5.2):
 //!
 //! 1. Every property is checked first ([`crate::verify::verify_cases`]). Those that
-//!    already hold become *guards*: they are re-checked at the end by the complete
-//!    checker and join the repair set if the repair broke them. The others form the
-//!    repair set; their desired output sets (the complements of the VNN-LIB unsafe sets)
-//!    are reduced to conjunctions per sub-box ([`desired`]).
+//!    already hold, and those left undecided for which a seeded sample of their boxes
+//!    finds no violating point, become *guards*: they are proven at the end by the
+//!    complete checker (with time kept for it) and join the repair set if that finds
+//!    them violated. The others (violated, by `verify` or by a sampled point the forward
+//!    pass confirms) form the repair set; their desired output sets (the complements of
+//!    the VNN-LIB unsafe sets) are reduced to conjunctions per sub-box ([`desired`]).
 //! 2. The network is split `f = f_c ∘ f_e` at layer `K` ([`SplitLayer`]); only `f_e`
 //!    changes, and only a budget of its parameters (a saliency mask, [`pointwise`]).
 //! 3. Sampled counterexamples: a seeded sample of every case box; the points whose
@@ -189,13 +191,6 @@ pub struct RepairOptions {
     pub fidelity_domain: Option<BoxBounds>,
     /// Sampled inputs in the fidelity loss term.
     pub fidelity_train_samples: usize,
-    /// Extra fidelity training inputs from the neighbourhood of the repaired boxes (each
-    /// case box widened by `fidelity_near_width` times its width per side, clipped to the
-    /// fidelity domain, outside every box): a change confined to the box and its close
-    /// neighbourhood costs little fidelity, one that leaks beyond it costs much more.
-    pub fidelity_near_samples: usize,
-    /// Widening of the case boxes for `fidelity_near_samples`.
-    pub fidelity_near_width: f64,
     /// Weight λ of the fidelity loss term.
     pub fidelity_weight: f64,
     /// Fresh samples for the fidelity measurement.
@@ -239,15 +234,6 @@ pub struct RepairOptions {
     /// were proven within 20 s in each of three paired runs (6 vs 8, 3 vs 5; 30: 1 vs 4),
     /// so the default keeps 10 (the proof comes first).
     pub global_fidelity_weight: f64,
-    /// One disjunct per clause for the whole property in that phase (the alternative with
-    /// the largest median value on the original network over the boxes) instead of the
-    /// one each anchor's output comes closest to.
-    pub global_fixed_disjunct: bool,
-    /// Least Adam steps per training round in that phase (the fidelity term needs steps
-    /// to pull a change back that the output hinge made in a few).
-    pub global_min_steps: usize,
-    /// Adam learning rate in that phase (`None`: `learning_rate`).
-    pub global_learning_rate: Option<f64>,
     /// Fidelity polish after a proof: the share of the time left that may go into
     /// training with `polish_fidelity_factor` times the fidelity weight (the anchors keep
     /// their margins) and re-verifying; the polished network replaces the proven one only
@@ -260,6 +246,9 @@ pub struct RepairOptions {
     pub polish_chunk: usize,
     /// Most time the polish step may take.
     pub polish_max: Duration,
+    /// The polish stops once the agreement with the original on the fidelity training
+    /// inputs (advisory and class, the lower) reaches this.
+    pub polish_target: f64,
     /// Weight of the decision-preserving fidelity term (the fidelity inputs keep their
     /// original argmin and argmax output with half their original gaps; 0: off).
     pub decision_weight: f64,
@@ -295,8 +284,6 @@ impl Default for RepairOptions {
             anchor_margin: 2e-2,
             fidelity_domain: None,
             fidelity_train_samples: 1024,
-            fidelity_near_samples: 0,
-            fidelity_near_width: 1.0,
             fidelity_weight: 10.0,
             fidelity_eval_samples: 10_000,
             seed: 0,
@@ -315,13 +302,11 @@ impl Default for RepairOptions {
             global_output_weight: 1000.0,
             global_fidelity_weight: 10.0,
             decision_weight: 0.0,
-            global_fixed_disjunct: false,
-            global_learning_rate: None,
-            global_min_steps: 0,
             polish_share: 0.6,
             polish_fidelity_factor: 3.0,
             polish_chunk: 10,
             polish_max: Duration::from_secs(10),
+            polish_target: 0.995,
             bound_weight: 0.0,
             bound_boxes_per_round: 128,
             bound_boxes_max: 512,
@@ -457,6 +442,11 @@ pub struct RepairOutcome {
     pub fidelity: Fidelity,
     /// Wall-clock seconds.
     pub time_s: f64,
+    /// Seconds until the repaired properties were first proven (margin-driven phase:
+    /// `verify`'s first "holds" on all of them, before the fidelity polish and the
+    /// guards' re-check; otherwise `time_s`); `None` when not verified (or not
+    /// measured: the local-box repair of `regionwise`).
+    pub proven_at_s: Option<f64>,
     /// The final partition of every repaired property's case boxes into sub-boxes; when
     /// `verified`, each one passed verify's leaf test on `network` (region-wise loop), or
     /// it is the case box itself, proven by `verify`'s branch and bound (margin-driven
@@ -792,64 +782,51 @@ pub fn repair(
         .verdict;
         let cex = match &v {
             Verdict::Violated { counterexample, .. } => Some(counterexample.clone()),
-            _ => None,
+            // Undecided: repaired only when a sampled point of its boxes violates it (the
+            // forward pass confirms it, so "violated" is sound). Otherwise it is a guard,
+            // proven after the repair with its own budget: repairing a property that may
+            // hold costs margin and time the violated ones need (measured: N2,9's property
+            // 1, undecided in 4 s, joined the repair of 2 and 8 and none was proven).
+            Verdict::Unknown { .. } => sampled_violation(net, p, options),
+            Verdict::Holds => None,
+        };
+        let before = match (&v, &cex) {
+            (Verdict::Unknown { .. }, Some(_)) => "violated".to_string(),
+            _ => v.status().to_string(),
         };
         outcomes.push(PropertyOutcome {
             name: p.name.clone(),
-            before: v.status().to_string(),
+            before,
+            repaired: cex.is_some(),
             counterexample_before: cex,
             after: String::new(),
             reason: None,
-            repaired: v != Verdict::Holds,
             subproperties: 0,
         });
     }
+    // Time kept for the guards' final check (the margin-driven phase would otherwise use
+    // it all): one `complete_budget` each, at most a quarter of the budget.
+    let guards = outcomes.iter().filter(|o| !o.repaired).count();
+    let guard_reserve = if guards > 0 && outcomes.iter().any(|o| o.repaired) {
+        options
+            .complete_budget
+            .mul_f64(guards as f64)
+            .min(options.timeout.mul_f64(0.25))
+    } else {
+        Duration::ZERO
+    };
 
     let domain = options
         .fidelity_domain
         .clone()
         .unwrap_or_else(|| default_domain(properties));
     let all_cases: Vec<&Case> = properties.iter().flat_map(|p| &p.cases).collect();
-    let mut fid_train = sample_outside(
+    let fid_train = sample_outside(
         &domain,
         &all_cases,
         options.fidelity_train_samples,
         options.seed,
     );
-    // Around the boxes being repaired only (guards' boxes are not changed on purpose).
-    let repaired_cases: Vec<&Case> = properties
-        .iter()
-        .zip(&outcomes)
-        .filter(|(_, o)| o.repaired)
-        .flat_map(|(p, _)| &p.cases)
-        .collect();
-    if options.fidelity_near_samples > 0 {
-        let per = options
-            .fidelity_near_samples
-            .div_ceil(repaired_cases.len().max(1));
-        for (ci, c) in repaired_cases.iter().enumerate() {
-            let near = BoxBounds::new(
-                (0..c.lower.len())
-                    .map(|i| {
-                        let w = options.fidelity_near_width * (c.upper[i] - c.lower[i]);
-                        (c.lower[i] - w).max(domain.lower[i].min(c.lower[i]))
-                    })
-                    .collect(),
-                (0..c.upper.len())
-                    .map(|i| {
-                        let w = options.fidelity_near_width * (c.upper[i] - c.lower[i]);
-                        (c.upper[i] + w).min(domain.upper[i].max(c.upper[i]))
-                    })
-                    .collect(),
-            );
-            fid_train.extend(sample_outside(
-                &near,
-                &all_cases,
-                per,
-                options.seed ^ 0x0ea7 ^ (ci as u64) << 32,
-            ));
-        }
-    }
     let fid_eval = sample_outside(
         &domain,
         &all_cases,
@@ -924,6 +901,7 @@ pub fn repair(
 
     // `verify`'s reports per repair property when the margin-driven phase decided.
     let mut global_reports: Option<Vec<verify::Report>> = None;
+    let mut proven_at: Option<f64> = None;
     'outer: loop {
         // 3. Region-wise loop until every sub-property is proven on the same network.
         let mut finished = state.props.is_empty();
@@ -933,11 +911,14 @@ pub fn repair(
                 &mut trainer,
                 &mut current,
                 options,
-                deadline,
+                deadline.checked_sub(guard_reserve).unwrap_or(deadline),
                 trace,
             )?;
             rounds += g.rounds;
             finished = g.proven;
+            if let Some(t) = g.proven_at {
+                proven_at.get_or_insert(t.duration_since(start).as_secs_f64());
+            }
             final_reason = g.reason;
             global_reports = Some(g.reports);
         }
@@ -1250,6 +1231,7 @@ pub fn repair(
         eprintln!("repair: mean bisections per input dimension {depth:.2?}");
     }
     let fidelity = measure_fidelity(net, &current, &fid_eval);
+    let time_s = start.elapsed().as_secs_f64();
     let subproperties = if global_reports.is_some() {
         outcomes
             .iter()
@@ -1288,7 +1270,30 @@ pub fn repair(
         parameter_budget,
         total_parameters,
         fidelity,
-        time_s: start.elapsed().as_secs_f64(),
+        time_s,
+        proven_at_s: verified.then(|| proven_at.unwrap_or(time_s)),
+    })
+}
+
+/// A point of `p`'s boxes (a seeded uniform sample of `options.initial_samples` each,
+/// corners and face centres) that the forward pass puts in its unsafe set.
+fn sampled_violation(
+    net: &Network,
+    p: &RepairProperty,
+    options: &RepairOptions,
+) -> Option<Vec<f64>> {
+    p.cases.iter().enumerate().find_map(|(ci, c)| {
+        let mut pts = sample_box(
+            &c.lower,
+            &c.upper,
+            options.initial_samples,
+            options.seed ^ 0xbad ^ ci as u64,
+        );
+        pts.extend(regionwise::probe_points(&c.lower, &c.upper));
+        pts.into_par_iter().find_first(|x| {
+            let y = net.forward(x);
+            c.unsafe_set.iter().any(|k| k.worst_margin(&y) <= 0.0)
+        })
     })
 }
 
@@ -1360,4 +1365,42 @@ fn seed_anchors(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Dense;
+
+    /// `y = x` on `[0, 1]`, unsafe where `y >= t`.
+    fn identity_with_threshold(t: f64) -> (Network, RepairProperty) {
+        let d = Dense::new(1, 1, vec![1.0], vec![0.0]).unwrap();
+        let net = Network::new(vec![1], vec![Layer::Dense(d)]).unwrap();
+        let p = RepairProperty {
+            name: "p".into(),
+            cases: vec![Case {
+                lower: vec![0.0],
+                upper: vec![1.0],
+                unsafe_set: vec![Conj {
+                    rows: vec![vec![-1.0]],
+                    rhs: vec![-t],
+                }],
+            }],
+        };
+        (net, p)
+    }
+
+    #[test]
+    fn sampled_violation_is_a_real_counterexample_or_nothing() {
+        let options = RepairOptions {
+            initial_samples: 64,
+            ..RepairOptions::default()
+        };
+        let (net, p) = identity_with_threshold(0.9);
+        let x = sampled_violation(&net, &p, &options).expect("the top tenth of the box is unsafe");
+        assert!(net.forward(&x)[0] >= 0.9 && (0.0..=1.0).contains(&x[0]));
+        // Unsafe only beyond the box: nothing sampled can violate it.
+        let (net, p) = identity_with_threshold(1.5);
+        assert_eq!(sampled_violation(&net, &p, &options), None);
+    }
 }

@@ -552,6 +552,7 @@ pub fn repair_local_boxes(
         total_parameters,
         fidelity: super::Fidelity::default(),
         time_s: 0.0,
+        proven_at_s: None,
         partition: Vec::new(),
     };
     if outcome.verified {
