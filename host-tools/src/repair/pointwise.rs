@@ -227,6 +227,8 @@ pub struct Trainer {
     pub fidelity_batch: usize,
     /// The window `(first row, rows)` of the current step (see `fidelity_batch`).
     fidelity_window: Option<(usize, usize)>,
+    /// Precision of the training arithmetic ([`Trainer::set_dtype`]; F64 unless set).
+    dtype: DType,
 }
 
 /// Input boxes of one property for the certified-training term.
@@ -344,6 +346,7 @@ impl Trainer {
             deadline: None,
             fidelity_batch: 0,
             fidelity_window: None,
+            dtype: DType::F64,
         };
         if !fidelity_inputs.is_empty() {
             let xs = batch(fidelity_inputs)?;
@@ -374,6 +377,70 @@ impl Trainer {
             ));
         }
         Ok(trainer)
+    }
+
+    /// Train in `dtype` (F32: about half the cost per Adam step of F64). Every tensor of
+    /// the trainer (weights, deltas, masks, `f_c`, fidelity data, bound terms) is
+    /// converted; call it before the first [`Trainer::train`]. Training only steers the
+    /// weights: [`Trainer::network`] returns f64 weights (the untouched ones exactly the
+    /// base network's), and callers prove that network in f64, so the precision of
+    /// training cannot weaken a proof.
+    pub fn set_dtype(&mut self, dtype: DType) -> Result<(), RepairError> {
+        let cv = |t: &Tensor| t.to_dtype(dtype).map_err(candle);
+        let var = |v: &Var| {
+            v.as_tensor()
+                .to_dtype(dtype)
+                .and_then(|t| Var::from_tensor(&t))
+                .map_err(candle)
+        };
+        for l in &mut self.layers {
+            if let TrainLayer::Dense {
+                w0,
+                b0,
+                dw,
+                db,
+                mw,
+                mb,
+                ..
+            } = l
+            {
+                (*w0, *b0, *mw, *mb) = (cv(w0)?, cv(b0)?, cv(mw)?, cv(mb)?);
+                (*dw, *db) = (var(dw)?, var(db)?);
+            }
+        }
+        for l in self.head.iter_mut().flatten() {
+            if let HeadLayer::Dense(w, b) = l {
+                (*w, *b) = (cv(w)?, cv(b)?);
+            }
+        }
+        if let Some((x, f)) = &mut self.fidelity {
+            (*x, *f) = (cv(x)?, cv(f)?);
+        }
+        if let Some((_, x)) = &mut self.fidelity_prefix {
+            *x = cv(x)?;
+        }
+        if let Some((_, gmin, _, gmax)) = &mut self.decisions {
+            (*gmin, *gmax) = (cv(gmin)?, cv(gmax)?);
+        }
+        for g in &mut self.bound {
+            (g.lo, g.hi, g.spec, g.d, g.scale) = (
+                cv(&g.lo)?,
+                cv(&g.hi)?,
+                cv(&g.spec)?,
+                cv(&g.d)?,
+                cv(&g.scale)?,
+            );
+            for (l, u) in &mut g.relax {
+                (*l, *u) = (cv(l)?, cv(u)?);
+            }
+        }
+        self.dtype = dtype;
+        Ok(())
+    }
+
+    /// `t` in the training precision.
+    fn cast(&self, t: Tensor) -> Result<Tensor, RepairError> {
+        t.to_dtype(self.dtype).map_err(candle)
     }
 
     /// `f_e` on a batch `[n, in]`.
@@ -559,6 +626,7 @@ impl Trainer {
         let relus: Vec<usize> = (0..net.layers.len())
             .filter(|&i| matches!(net.layers[i], Layer::Relu))
             .collect();
+        let dtype = self.dtype;
         for g in &mut self.bound {
             let engine = crate::verify::bab::LinearEngine::new(net, Method::Crown);
             let per_box: Vec<Vec<(Vec<f64>, Vec<f64>)>> = g
@@ -576,7 +644,8 @@ impl Trainer {
                 .map(|k| {
                     let l: Vec<Vec<f64>> = per_box.iter().map(|b| b[k].0.clone()).collect();
                     let u: Vec<Vec<f64>> = per_box.iter().map(|b| b[k].1.clone()).collect();
-                    Ok((batch(&l)?, batch(&u)?))
+                    let cv = |t: Tensor| t.to_dtype(dtype).map_err(candle);
+                    Ok((cv(batch(&l)?)?, cv(batch(&u)?)?))
                 })
                 .collect::<Result<_, RepairError>>()?;
         }
@@ -593,8 +662,12 @@ impl Trainer {
         let dev = Device::Cpu;
         self.bound.clear();
         for g in groups.iter().filter(|g| !g.boxes.is_empty()) {
-            let lo = batch(&g.boxes.iter().map(|b| b.0.clone()).collect::<Vec<_>>())?;
-            let hi = batch(&g.boxes.iter().map(|b| b.1.clone()).collect::<Vec<_>>())?;
+            let lo = self.cast(batch(
+                &g.boxes.iter().map(|b| b.0.clone()).collect::<Vec<_>>(),
+            )?)?;
+            let hi = self.cast(batch(
+                &g.boxes.iter().map(|b| b.1.clone()).collect::<Vec<_>>(),
+            )?)?;
             let mut rows: Vec<Vec<f64>> = Vec::new();
             let mut d = Vec::new();
             let mut clauses = Vec::new();
@@ -623,22 +696,25 @@ impl Trainer {
             self.bound.push(BoundData {
                 lo,
                 hi,
-                spec: batch(&rows)?,
-                d: Tensor::from_vec(d, (1, r), &dev).map_err(candle)?,
+                spec: self.cast(batch(&rows)?)?,
+                d: self.cast(Tensor::from_vec(d, (1, r), &dev).map_err(candle)?)?,
                 clauses,
                 target: g.target,
                 boxes: g.boxes.clone(),
                 rows,
                 relax: Vec::new(),
-                scale: Tensor::ones(g.boxes.len(), DType::F64, &dev).map_err(candle)?,
+                scale: Tensor::ones(g.boxes.len(), self.dtype, &dev).map_err(candle)?,
             });
         }
         self.refresh_bounds(net)?;
         let lbs = self.bound_margins()?;
+        let dtype = self.dtype;
         for (g, lb) in self.bound.iter_mut().zip(lbs) {
             let t = g.target.max(1e-9);
             let sc: Vec<f64> = lb.iter().map(|v| 1.0 / (t - v).max(t)).collect();
-            g.scale = Tensor::from_vec(sc, lb.len(), &dev).map_err(candle)?;
+            g.scale = Tensor::from_vec(sc, lb.len(), &dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(candle)?;
         }
         Ok(())
     }
@@ -726,9 +802,7 @@ impl Trainer {
         let Some(lbs) = self.bound_lower()? else {
             return Ok(Vec::new());
         };
-        lbs.iter()
-            .map(|t| t.to_vec1::<f64>().map_err(candle))
-            .collect()
+        lbs.iter().map(f64s).collect()
     }
 
     /// True when every box's bound meets half its target (or there are no boxes).
@@ -810,22 +884,10 @@ impl Trainer {
             if let TrainLayer::Dense { dw, db, mw, mb, .. } = layer {
                 for (is_bias, v, m) in [(false, dw, mw), (true, db, mb)] {
                     if let Some(g) = grads.get(v.as_tensor()) {
-                        let g = g
-                            .flatten_all()
-                            .map_err(candle)?
-                            .to_vec1::<f64>()
-                            .map_err(candle)?;
-                        let m = m
-                            .flatten_all()
-                            .map_err(candle)?
-                            .to_vec1::<f64>()
-                            .map_err(candle)?;
+                        let g = f64s(g)?;
+                        let m = f64s(m)?;
                         let inf = match influence.as_ref().and_then(|(gi,)| gi.get(v.as_tensor())) {
-                            Some(t) => t
-                                .flatten_all()
-                                .map_err(candle)?
-                                .to_vec1::<f64>()
-                                .map_err(candle)?,
+                            Some(t) => f64s(t)?,
                             None => vec![0.0; g.len()],
                         };
                         let mean_inf =
@@ -854,26 +916,23 @@ impl Trainer {
         saliency.truncate(quota);
         self.selected += saliency.len();
         let dev = Device::Cpu;
+        let dtype = self.dtype;
         for (li, layer) in self.layers.iter_mut().enumerate() {
             if let TrainLayer::Dense { mw, mb, .. } = layer {
                 if !saliency.iter().any(|s| s.1 == li) {
                     continue;
                 }
-                let mut w = mw
-                    .flatten_all()
-                    .map_err(candle)?
-                    .to_vec1::<f64>()
-                    .map_err(candle)?;
-                let mut b = mb
-                    .flatten_all()
-                    .map_err(candle)?
-                    .to_vec1::<f64>()
-                    .map_err(candle)?;
+                let mut w = f64s(mw)?;
+                let mut b = f64s(mb)?;
                 for &(_, _, is_bias, i) in saliency.iter().filter(|s| s.1 == li) {
                     if is_bias { b[i] = 1.0 } else { w[i] = 1.0 }
                 }
-                *mw = Tensor::from_vec(w, mw.shape(), &dev).map_err(candle)?;
-                *mb = Tensor::from_vec(b, mb.shape(), &dev).map_err(candle)?;
+                *mw = Tensor::from_vec(w, mw.shape(), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .map_err(candle)?;
+                *mb = Tensor::from_vec(b, mb.shape(), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .map_err(candle)?;
             }
         }
         Ok(())
@@ -894,26 +953,30 @@ impl Trainer {
             return Ok(0);
         }
         let start = self.first_trainable();
-        let xs = batch(
+        let xs = self.cast(batch(
             &anchors
                 .iter()
                 .map(|a| base.forward_range(&a.x, 0, start))
                 .collect::<Vec<_>>(),
+        )?)?;
+        let targets = self.cast(batch(
+            &anchors.iter().map(|a| a.h_star.clone()).collect::<Vec<_>>(),
+        )?)?;
+        let box_weight = self.cast(
+            Tensor::from_vec(
+                anchors.iter().map(|a| a.box_weight).collect::<Vec<_>>(),
+                (anchors.len(), 1),
+                &Device::Cpu,
+            )
+            .map_err(candle)?,
         )?;
-        let targets = batch(&anchors.iter().map(|a| a.h_star.clone()).collect::<Vec<_>>())?;
-        let box_weight = Tensor::from_vec(
-            anchors.iter().map(|a| a.box_weight).collect::<Vec<_>>(),
-            (anchors.len(), 1),
-            &Device::Cpu,
-        )
-        .map_err(candle)?;
         if self.fidelity.is_some() && self.fidelity_prefix.as_ref().map(|p| p.0) != Some(start) {
             let rows: Vec<Vec<f64>> = self
                 .fidelity_inputs
                 .iter()
                 .map(|x| base.forward_range(x, 0, start))
                 .collect();
-            self.fidelity_prefix = Some((start, batch(&rows)?));
+            self.fidelity_prefix = Some((start, self.cast(batch(&rows)?)?));
         }
         // Three quarters of the budget at the first call, then an eighth more per call as
         // new counterexamples arrive (other regions may need other parameters).
@@ -927,7 +990,7 @@ impl Trainer {
         let quota = quota + std::mem::take(&mut self.extra_quota);
         self.anchors_seen = anchors.len();
         self.boxes_seen = self.bound_count();
-        let hinge = hinge_data(anchors)?;
+        let hinge = hinge_data(anchors, self.dtype)?;
         self.grow_mask(&xs, &targets, start, Some(&hinge), quota)?;
         let params = ParamsAdamW {
             lr: self.learning_rate,
@@ -1002,19 +1065,25 @@ impl Trainer {
                 mb,
             } = layer
             {
-                let w = (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?;
-                let b = (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?;
-                if let Layer::Dense(d) = &mut net.layers[*index] {
-                    d.weight = w
-                        .flatten_all()
-                        .map_err(candle)?
-                        .to_vec1::<f64>()
-                        .map_err(candle)?;
-                    d.bias = b
-                        .flatten_all()
-                        .map_err(candle)?
-                        .to_vec1::<f64>()
-                        .map_err(candle)?;
+                let Layer::Dense(d) = &mut net.layers[*index] else {
+                    continue;
+                };
+                if self.dtype == DType::F64 {
+                    let w = (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?;
+                    let b = (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?;
+                    d.weight = f64s(&w)?;
+                    d.bias = f64s(&b)?;
+                } else {
+                    // Lower precision: the base's f64 weights plus the trained deltas, so
+                    // every weight outside the mask stays exactly the base's.
+                    for (v, m, dv) in [(&mut d.weight, mw, dw), (&mut d.bias, mb, db)] {
+                        let (m, dv) = (f64s(m)?, f64s(dv.as_tensor())?);
+                        for ((v, m), dv) in v.iter_mut().zip(m).zip(dv) {
+                            if m != 0.0 {
+                                *v += dv;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1078,7 +1147,7 @@ fn activate(h: &Tensor, layer: &Layer) -> Result<Tensor, RepairError> {
 }
 
 /// The anchors' (anchor, constraint) pairs as tensors.
-fn hinge_data(anchors: &[Anchor]) -> Result<HingeData, RepairError> {
+fn hinge_data(anchors: &[Anchor], dtype: DType) -> Result<HingeData, RepairError> {
     let dev = Device::Cpu;
     let mut index = Vec::new();
     let mut c = Vec::new();
@@ -1095,8 +1164,12 @@ fn hinge_data(anchors: &[Anchor]) -> Result<HingeData, RepairError> {
     let p = index.len();
     Ok(HingeData {
         index: Tensor::from_vec(index, p, &dev).map_err(candle)?,
-        c: Tensor::from_vec(c, (p, width), &dev).map_err(candle)?,
-        m_minus_d: Tensor::from_vec(m, p, &dev).map_err(candle)?,
+        c: Tensor::from_vec(c, (p, width), &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle)?,
+        m_minus_d: Tensor::from_vec(m, p, &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle)?,
     })
 }
 
@@ -1118,7 +1191,7 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
         .unsqueeze(0)
         .and_then(|t| t.broadcast_as((bsz, r, out))?.contiguous())
         .map_err(c)?;
-    let mut cst = Tensor::zeros((bsz, r), DType::F64, &Device::Cpu).map_err(c)?;
+    let mut cst = Tensor::zeros((bsz, r), g.lo.dtype(), &Device::Cpu).map_err(c)?;
     let mut relus = g.relax.iter().rev();
     for s in steps.iter().rev() {
         match s {
@@ -1150,7 +1223,7 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
                 let tu = (&su * &ln).and_then(|t| t.neg()).map_err(c)?;
                 let sl = up
                     .gt(&ln.neg().map_err(c)?)
-                    .and_then(|t| t.to_dtype(DType::F64))
+                    .and_then(|t| t.to_dtype(lam.dtype()))
                     .map_err(c)?;
                 let pos = lam.relu().map_err(c)?;
                 let neg = lam.minimum(0.0).map_err(c)?;
@@ -1186,6 +1259,14 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
     Tensor::cat(&per_clause, 1)
         .and_then(|t| t.min(1))
         .map_err(c)
+}
+
+/// A tensor's values, flattened, as f64.
+fn f64s(t: &Tensor) -> Result<Vec<f64>, RepairError> {
+    t.flatten_all()
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.to_vec1::<f64>())
+        .map_err(candle)
 }
 
 /// Rows as a `[n, len]` f64 tensor.
