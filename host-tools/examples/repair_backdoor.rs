@@ -13,7 +13,8 @@
 //! 0-999 (true labels) and the same columns as `repair_mnist corruption`, plus the
 //! generalisation before the repair and the attack success rate after it.
 //! Option overrides for tuning runs: the `PR_*` variables of `repair_mnist`, plus
-//! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds), `PR_ROUNDS` and `PR_SPLIT` (split layer K).
+//! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds), `PR_ROUNDS`, `PR_SPLIT` (split layer K)
+//! and `PR_F32` (1: f32 training, 0: f64).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -71,6 +72,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_FIDELITY_N") {
         o.fidelity_inputs.truncate(v as usize);
+    }
+    if let Some(v) = get("PR_F32") {
+        o.f32_training = v != 0.0;
     }
     o
 }

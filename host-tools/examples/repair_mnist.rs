@@ -145,6 +145,16 @@ fn corruption(args: &[String]) {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(10);
+        let mut fidelity_inputs = tasks::every(&train, fidelity_step);
+        if std::env::var("PR_FIDELITY_CORRUPTED").is_ok_and(|v| v == "1") {
+            // The repair split's other corrupted images (indices 0-999, the repair set's
+            // own pool, never the generalisation set) that the network classifies
+            // correctly: keeping their features keeps them correct.
+            fidelity_inputs.extend((0..1000.min(test.len())).filter_map(|i| {
+                let x = kind.apply(&test.images[i], 2024 ^ i as u64);
+                (mnist::argmax(&net.forward(&x)) == test.labels[i]).then_some(x)
+            }));
+        }
         // `PR_F32=both`: the same task with f64 then f32 training, one after the other.
         let both = std::env::var("PR_F32").is_ok_and(|v| v == "both");
         for f32_training in if both {
@@ -153,7 +163,7 @@ fn corruption(args: &[String]) {
             vec![None]
         } {
             let mut options = tuned(PointOptions {
-                fidelity_inputs: tasks::every(&train, fidelity_step),
+                fidelity_inputs: fidelity_inputs.clone(),
                 ..PointOptions::default()
             });
             if let Some(f) = f32_training {
