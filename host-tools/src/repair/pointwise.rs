@@ -144,9 +144,22 @@ enum TrainLayer {
         /// 0/1 masks of the same shapes (all zeros until [`Trainer::grow_mask`]).
         mw: Tensor,
         mb: Tensor,
+        /// During [`Trainer::train`], the masked deltas as compact variables (Adam and
+        /// the mask products then touch the few thousand selected entries, not every
+        /// weight); written back to `dw`/`db` before every check and at the end.
+        sparse: Option<Sparse>,
     },
     Activation(Layer),
     Flatten,
+}
+
+/// The selected entries of one Dense layer's deltas: flat indices and their values.
+#[derive(Debug)]
+struct Sparse {
+    iw: Tensor,
+    vw: Var,
+    ib: Tensor,
+    vb: Var,
 }
 
 /// One layer of the frozen `f_c`, in candle form (for the output hinge term).
@@ -305,6 +318,7 @@ impl Trainer {
                         db: Var::zeros((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
                         mw: Tensor::zeros((d.out_dim, d.in_dim), DType::F64, &dev).map_err(candle)?,
                         mb: Tensor::zeros((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
+                        sparse: None,
                         w0,
                         b0,
                     }
@@ -451,6 +465,7 @@ impl Trainer {
     /// A dense layer's weight and bias as trained: base plus the masked delta. The
     /// saliency probe sees every parameter (deltas outside the mask are zero: they never
     /// get a gradient).
+    #[allow(clippy::too_many_arguments)]
     fn dense_parameters(
         &self,
         w0: &Tensor,
@@ -459,7 +474,22 @@ impl Trainer {
         db: &Var,
         mw: &Tensor,
         mb: &Tensor,
+        sparse: &Option<Sparse>,
     ) -> Result<(Tensor, Tensor), RepairError> {
+        if let (Some(sp), false) = (sparse, self.probe) {
+            let add = |t: &Tensor, i: &Tensor, v: &Var| {
+                if i.dim(0)? == 0 {
+                    return Ok(t.clone());
+                }
+                t.flatten_all()?
+                    .index_add(i, v.as_tensor(), 0)?
+                    .reshape(t.shape())
+            };
+            return Ok((
+                add(w0, &sp.iw, &sp.vw).map_err(candle)?,
+                add(b0, &sp.ib, &sp.vb).map_err(candle)?,
+            ));
+        }
         if self.probe {
             Ok((
                 (w0 + dw.as_tensor()).map_err(candle)?,
@@ -486,9 +516,10 @@ impl Trainer {
                     db,
                     mw,
                     mb,
+                    sparse,
                     ..
                 } => {
-                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb)?;
+                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb, sparse)?;
                     h.matmul(&w.t().map_err(candle)?)
                         .map_err(candle)?
                         .broadcast_add(&b)
@@ -750,9 +781,10 @@ impl Trainer {
                     db,
                     mw,
                     mb,
+                    sparse,
                     ..
                 } => {
-                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb)?;
+                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb, sparse)?;
                     steps.push(BoundStep::Affine(w.t().map_err(candle)?, b));
                 }
                 TrainLayer::Activation(Layer::Relu) => steps.push(BoundStep::Relu),
@@ -844,10 +876,79 @@ impl Trainer {
         self.layers
             .iter()
             .flat_map(|l| match l {
+                TrainLayer::Dense {
+                    sparse: Some(sp), ..
+                } => vec![sp.vw.clone(), sp.vb.clone()],
                 TrainLayer::Dense { dw, db, .. } => vec![dw.clone(), db.clone()],
                 _ => vec![],
             })
             .collect()
+    }
+
+    /// Compact variables for the selected deltas of every Dense layer with any (see
+    /// `TrainLayer::Dense::sparse`), starting from the current deltas.
+    fn make_sparse(&mut self) -> Result<(), RepairError> {
+        for l in &mut self.layers {
+            if let TrainLayer::Dense {
+                dw,
+                db,
+                mw,
+                mb,
+                sparse,
+                ..
+            } = l
+            {
+                let pick = |m: &Tensor, d: &Var| -> Result<(Tensor, Var), RepairError> {
+                    let idx: Vec<u32> = f64s(m)?
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| **v != 0.0)
+                        .map(|(i, _)| i as u32)
+                        .collect();
+                    let n = idx.len();
+                    let idx = Tensor::from_vec(idx, n, &Device::Cpu).map_err(candle)?;
+                    let vals = d
+                        .as_tensor()
+                        .flatten_all()
+                        .and_then(|t| t.index_select(&idx, 0))
+                        .and_then(|t| Var::from_tensor(&t))
+                        .map_err(candle)?;
+                    Ok((idx, vals))
+                };
+                let (iw, vw) = pick(mw, dw)?;
+                let (ib, vb) = pick(mb, db)?;
+                *sparse = (iw.dim(0).map_err(candle)? + ib.dim(0).map_err(candle)? > 0)
+                    .then_some(Sparse { iw, vw, ib, vb });
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy the compact deltas back into `dw`/`db`; with `done`, drop them.
+    fn write_back(&mut self, done: bool) -> Result<(), RepairError> {
+        for l in &mut self.layers {
+            if let TrainLayer::Dense { dw, db, sparse, .. } = l {
+                if let Some(sp) = sparse.as_ref() {
+                    let put = |d: &Var, i: &Tensor, v: &Var| {
+                        if i.dim(0)? == 0 {
+                            return Ok(());
+                        }
+                        d.as_tensor()
+                            .zeros_like()?
+                            .flatten_all()?
+                            .index_add(i, v.as_tensor(), 0)?
+                            .reshape(d.shape())
+                            .and_then(|t| d.set(&t))
+                    };
+                    put(dw, &sp.iw, &sp.vw).map_err(candle)?;
+                    put(db, &sp.ib, &sp.vb).map_err(candle)?;
+                }
+                if done {
+                    *sparse = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Add up to `quota` parameters to the mask: those with the largest `|∂L/∂θ|` of the
@@ -1007,6 +1108,37 @@ impl Trainer {
         self.boxes_seen = self.bound_count();
         let hinge = hinge_data(anchors, self.dtype)?;
         self.grow_mask(&xs, &targets, start, Some(&hinge), quota)?;
+        self.make_sparse()?;
+        let steps = self.adam(
+            base,
+            steps,
+            check_every,
+            &mut done,
+            &xs,
+            &targets,
+            start,
+            &hinge,
+            &box_weight,
+        );
+        // Whatever happened, the deltas end up in `dw`/`db` and the compact copies go.
+        self.write_back(true)?;
+        steps
+    }
+
+    /// The Adam loop of [`Trainer::train`].
+    #[allow(clippy::too_many_arguments)]
+    fn adam(
+        &mut self,
+        base: &Network,
+        steps: usize,
+        check_every: usize,
+        done: &mut impl FnMut(&Network) -> bool,
+        xs: &Tensor,
+        targets: &Tensor,
+        start: usize,
+        hinge: &HingeData,
+        box_weight: &Tensor,
+    ) -> Result<usize, RepairError> {
         let params = ParamsAdamW {
             lr: self.learning_rate,
             weight_decay: 0.0,
@@ -1021,6 +1153,7 @@ impl Trainer {
                 return Ok(step);
             }
             if step % check_every.max(1) == 0 {
+                self.write_back(false)?;
                 let now = self.network(base)?;
                 if self.bound_weight > 0.0 && step > 0 {
                     self.refresh_bounds(&now)?;
@@ -1036,7 +1169,7 @@ impl Trainer {
                     let at = (step % windows) * self.fidelity_batch;
                     (at, self.fidelity_batch.min(n - at))
                 });
-            let loss = self.loss(&xs, &targets, start, Some(&hinge), Some(&box_weight));
+            let loss = self.loss(xs, targets, start, Some(hinge), Some(box_weight));
             self.fidelity_window = None;
             opt.backward_step(&loss?).map_err(candle)?;
         }
@@ -1078,6 +1211,7 @@ impl Trainer {
                 db,
                 mw,
                 mb,
+                ..
             } = layer
             {
                 let Layer::Dense(d) = &mut net.layers[*index] else {
@@ -1495,7 +1629,12 @@ mod tests {
         let (Layer::Dense(a), Layer::Dense(b)) = (&net.layers[0], &repaired.layers[0]) else {
             panic!("dense layer 0")
         };
-        let kept = a.weight.iter().zip(&b.weight).filter(|(x, y)| x == y).count()
+        let kept = a
+            .weight
+            .iter()
+            .zip(&b.weight)
+            .filter(|(x, y)| x == y)
+            .count()
             + a.bias.iter().zip(&b.bias).filter(|(x, y)| x == y).count();
         assert_eq!(kept + changed_parameters(&net, &repaired), 9);
         assert_eq!(net.layers[2..], repaired.layers[2..]);
