@@ -14,7 +14,7 @@
 //! generalisation before the repair and the attack success rate after it.
 //! Option overrides for tuning runs: the `PR_*` variables of `repair_mnist`, plus
 //! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds), `PR_ROUNDS`, `PR_SPLIT` (split layer K)
-//! and `PR_F32` (1: f32 training, 0: f64).
+//! `PR_F32` (1: f32 training, 0: f64) and `PR_LATER_LR`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -48,6 +48,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_LR") {
         o.learning_rate = v;
+    }
+    if let Some(v) = get("PR_LATER_LR") {
+        o.later_learning_rate = v;
     }
     if let Some(v) = get("PR_LAYERS") {
         o.trainable_layers = v as usize;
