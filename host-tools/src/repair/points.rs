@@ -302,8 +302,9 @@ pub struct PointOptions {
     /// Adam learning rate.
     pub learning_rate: f64,
     /// Adam learning rate of the rounds after the first, where a few points are left
-    /// (their anchors repeated): 9_200 zigzag took 4-5 rounds of 250 steps at 0.01, 2
-    /// rounds at 0.1 (drop 0.33% -> 0.72%; BENCHMARKS.md).
+    /// (their anchors repeated). 0.1 took 9_200 zigzag from 4-5 rounds to 2 (drop 0.33%
+    /// -> 0.72%) but cost 3_100 (one trainable layer) 6.6% on stripe; 0.03 did not
+    /// shorten 9_200 zigzag (BENCHMARKS.md). So the same as `learning_rate`.
     pub later_learning_rate: f64,
     /// Weight of the fidelity term.
     pub fidelity_weight: f64,
@@ -352,7 +353,7 @@ impl Default for PointOptions {
             // 0.01: Adam moves every masked parameter by about this much per step; 0.1
             // cost 3.4% accuracy on 3_100 stripe and 9_100 fog, 0.01 0.7% / 0.5%.
             learning_rate: 0.01,
-            later_learning_rate: 0.1,
+            later_learning_rate: 0.01,
             fidelity_weight: 2.0,
             output_weight: 100.0,
             decision_weight: 0.0,
