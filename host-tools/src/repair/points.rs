@@ -8,9 +8,10 @@
 //! [`repair_points`] repairs all points together: every point that fails gets a proxy box
 //! in feature space certified by CROWN over `f_c` ([`pointwise::synthesise_proxy_box`]),
 //! and `f_e` is trained toward all of them at once with the bounded-distance loss, Adam
-//! via candle, the saliency mask and the fidelity term ([`pointwise::Trainer`]). Rounds
-//! repeat (new boxes from the current features of the points still failing) until every
-//! point holds or the budget runs out.
+//! via candle (in f32 by default: training only steers, the proof below is f64), the
+//! saliency mask and the fidelity term ([`pointwise::Trainer`]). Rounds repeat (new boxes
+//! from the current features of the points still failing) until every point holds or the
+//! budget runs out; the proofs run when they can end the repair (see [`repair_points`]).
 //!
 //! **What "holds" means for a point.** A point's proof is the forward pass of the
 //! repaired network in f64 with every gap `y_label - y_j` above a sound bound on
@@ -599,36 +600,15 @@ pub fn repair_points(
             break;
         }
         let radius = options.radius;
-        // Done when every anchor's feature is in its certified box (Theorem 1) or its
-        // output already meets the constraints with the box's margin.
         if outcome.rounds > 1 {
             trainer.learning_rate = options.later_learning_rate;
         }
-        let mut checks = 0usize;
         let mut check_time = 0.0;
+        // Done when every point is classified with room over its rounding margin
+        // (`stop_gap`), or every anchor's feature is in its certified box (Theorem 1) or
+        // its output already meets the constraints with the box's margin.
         let steps = trainer.train(net, &active, options.repair_steps, 10, |n| {
             let t0 = Instant::now();
-            if trace && std::env::var_os("PR_TRACE_STEPS").is_some() {
-                // How fast the points get classified with room over their rounding
-                // margin, against the anchors' own stopping rule.
-                let ok = points
-                    .iter()
-                    .zip(&rounding)
-                    .filter(|(p, r)| {
-                        let y = n.forward(&p.x);
-                        p.constraints(n_out).iter().all(|k| k.value(&y) > 2.0 * **r)
-                    })
-                    .count();
-                let done = active
-                    .iter()
-                    .filter(|a| {
-                        let y = n.forward(&a.x);
-                        a.constraints.iter().all(|c| c.value(&y) >= a.margin)
-                    })
-                    .count();
-                eprintln!("  step {}: {ok} points classified above 2x rounding, {done}/{} anchors at their margin", 10 * checks, active.len());
-                checks += 1;
-            }
             let done = Instant::now() >= deadline
                 || (options.stop_gap > 0.0
                     && points.iter().zip(&rounding).all(|(p, r)| {
@@ -654,7 +634,7 @@ pub fn repair_points(
         if trace {
             eprintln!(
                 "points round {}: stopping-rule checks {check_time:.2} s",
-                outcome.rounds + 0
+                outcome.rounds
             );
         }
         outcome.steps += steps;
