@@ -52,6 +52,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     if let Some(v) = get("PR_LATER_LR") {
         o.later_learning_rate = v;
     }
+    if let Some(v) = get("PR_LEAKY") {
+        o.leaky_output = v != 0.0;
+    }
     if let Some(v) = get("PR_LAYERS") {
         o.trainable_layers = v as usize;
     }

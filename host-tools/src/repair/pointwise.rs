@@ -202,6 +202,11 @@ pub struct Trainer {
     pub output_weight: f64,
     /// Rank mask candidates by repair gradient over influence on the fidelity inputs.
     pub local_mask: bool,
+    /// In the output hinge, a ReLU that ends the network counts as a leaky ReLU (slope
+    /// 0.01 below 0): with the plain ReLU a point whose outputs are all negative before
+    /// it has all outputs 0 (a tie, misclassified) and no gradient (9_200 zigzag: one
+    /// point stuck so for 3 rounds). Training only; proofs see the network as it is.
+    pub leaky_output: bool,
     /// Fidelity inputs `[n, in]` and their original features `[n, s]`.
     fidelity: Option<(Tensor, Tensor)>,
     /// The fidelity inputs (rows), for the prefix cache.
@@ -345,6 +350,7 @@ impl Trainer {
             head: head_of(net, split)?,
             output_weight: 0.0,
             local_mask: true,
+            leaky_output: false,
             fidelity: None,
             fidelity_inputs: fidelity_inputs.to_vec(),
             fidelity_prefix: None,
@@ -590,13 +596,18 @@ impl Trainer {
             && self.output_weight > 0.0
         {
             let mut y = feats;
-            for l in head {
+            for (i, l) in head.iter().enumerate() {
                 y = match l {
                     HeadLayer::Dense(w, b) => y
                         .matmul(w)
                         .map_err(candle)?
                         .broadcast_add(b)
                         .map_err(candle)?,
+                    HeadLayer::Activation(Layer::Relu)
+                        if self.leaky_output && i + 1 == head.len() =>
+                    {
+                        activate(&y, &Layer::LeakyRelu { alpha: 0.01 })?
+                    }
                     HeadLayer::Activation(a) => activate(&y, a)?,
                     HeadLayer::Flatten => y,
                 };
