@@ -13,7 +13,8 @@
 //! 0-999 (true labels) and the same columns as `repair_mnist corruption`, plus the
 //! generalisation before the repair and the attack success rate after it.
 //! Option overrides for tuning runs: the `PR_*` variables of `repair_mnist`, plus
-//! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds), `PR_ROUNDS` and `PR_SPLIT` (split layer K).
+//! `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` (seconds), `PR_ROUNDS`, `PR_SPLIT` (split layer K)
+//! `PR_F32` (1: f32 training, 0: f64) and `PR_LATER_LR`.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -48,6 +49,12 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     if let Some(v) = get("PR_LR") {
         o.learning_rate = v;
     }
+    if let Some(v) = get("PR_LATER_LR") {
+        o.later_learning_rate = v;
+    }
+    if let Some(v) = get("PR_LEAKY") {
+        o.leaky_output = v != 0.0;
+    }
     if let Some(v) = get("PR_LAYERS") {
         o.trainable_layers = v as usize;
     }
@@ -71,6 +78,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_FIDELITY_N") {
         o.fidelity_inputs.truncate(v as usize);
+    }
+    if let Some(v) = get("PR_F32") {
+        o.f32_training = v != 0.0;
     }
     o
 }

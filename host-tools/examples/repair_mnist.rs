@@ -40,9 +40,10 @@ fn net_path(name: &str) -> PathBuf {
 }
 
 /// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
-/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
+/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LATER_LR`, `PR_LEAKY`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
 /// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds, `PR_ROUNDS`, `PR_SPLIT` (split
-/// layer K), `PR_DECISION`, `PR_FIDELITY_BATCH`; `corruption` also reads `PR_FIDELITY_STEP`: every k-th
+/// layer K), `PR_DECISION`, `PR_FIDELITY_BATCH`, `PR_STOP_GAP`, `PR_LOCAL_MASK`, `PR_F32` (1: f32 training, 0: f64; `both`: each kind
+/// twice, f64 then f32, side by side); `corruption` also reads `PR_FIDELITY_STEP`: every k-th
 /// mnist_5k image is a fidelity input, default 10).
 fn tuned(mut o: PointOptions) -> PointOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
@@ -57,6 +58,12 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_LR") {
         o.learning_rate = v;
+    }
+    if let Some(v) = get("PR_LATER_LR") {
+        o.later_learning_rate = v;
+    }
+    if let Some(v) = get("PR_LEAKY") {
+        o.leaky_output = v != 0.0;
     }
     if let Some(v) = get("PR_LAYERS") {
         o.trainable_layers = v as usize;
@@ -87,6 +94,15 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_ROUNDS") {
         o.rounds = v as usize;
+    }
+    if let Some(v) = get("PR_LOCAL_MASK") {
+        o.local_mask = v != 0.0;
+    }
+    if let Some(v) = get("PR_STOP_GAP") {
+        o.stop_gap = v;
+    }
+    if let Some(v) = get("PR_F32") {
+        o.f32_training = v != 0.0;
     }
     if let Some(v) = get("PR_SPLIT") {
         o.split_layer = prorepair_host::repair::SplitLayer::Layer(v as usize);
@@ -135,69 +151,93 @@ fn corruption(args: &[String]) {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(10);
-        let options = tuned(PointOptions {
-            fidelity_inputs: tasks::every(&train, fidelity_step),
-            ..PointOptions::default()
-        });
-        let out = points::repair_points(&net, &task.repair, &options).expect("repair");
-        let proven = out.after.iter().filter(|&&b| b).count();
-        if std::env::var_os("PR_DEBUG").is_some() {
-            for (p, ok) in task.repair.iter().zip(&out.after) {
-                if !ok {
-                    let y = out.network.forward(&p.x);
+        let mut fidelity_inputs = tasks::every(&train, fidelity_step);
+        if std::env::var("PR_FIDELITY_CORRUPTED").is_ok_and(|v| v == "1") {
+            // The repair split's other corrupted images (indices 0-999, the repair set's
+            // own pool, never the generalisation set) that the network classifies
+            // correctly: keeping their features keeps them correct.
+            fidelity_inputs.extend((0..1000.min(test.len())).filter_map(|i| {
+                let x = kind.apply(&test.images[i], 2024 ^ i as u64);
+                (mnist::argmax(&net.forward(&x)) == test.labels[i]).then_some(x)
+            }));
+        }
+        // `PR_F32=both`: the same task with f64 then f32 training, one after the other.
+        let both = std::env::var("PR_F32").is_ok_and(|v| v == "both");
+        for f32_training in if both {
+            vec![Some(false), Some(true)]
+        } else {
+            vec![None]
+        } {
+            let mut options = tuned(PointOptions {
+                fidelity_inputs: fidelity_inputs.clone(),
+                ..PointOptions::default()
+            });
+            if let Some(f) = f32_training {
+                options.f32_training = f;
+            }
+            let label = match f32_training {
+                Some(true) => format!("{} (f32)", kind.name()),
+                Some(false) => format!("{} (f64)", kind.name()),
+                None => kind.name().to_string(),
+            };
+            let out = points::repair_points(&net, &task.repair, &options).expect("repair");
+            let proven = out.after.iter().filter(|&&b| b).count();
+            if std::env::var_os("PR_DEBUG").is_some() {
+                for (p, ok) in task.repair.iter().zip(&out.after) {
+                    if !ok {
+                        let y = out.network.forward(&p.x);
+                        eprintln!(
+                            "  failing: label {} y {:?} proof gap {:e}",
+                            p.label,
+                            y,
+                            points::point_margin(&out.network, p)
+                        );
+                    }
+                }
+                if let Some(p) = task.repair.first() {
                     eprintln!(
-                        "  failing: label {} y {:?} proof gap {:e}",
-                        p.label,
-                        y,
-                        points::point_margin(&out.network, p)
+                        "  rounding margin of the first point: {:e}",
+                        points::rounding_margin(&net, p)
                     );
                 }
-            }
-            if let Some(p) = task.repair.first() {
                 eprintln!(
-                    "  rounding margin of the first point: {:e}",
-                    points::rounding_margin(&net, p)
+                    "  layers: {:?}, split {}",
+                    out.network
+                        .layers
+                        .iter()
+                        .map(|l| l.kind())
+                        .collect::<Vec<_>>(),
+                    out.split_layer
                 );
             }
-            eprintln!(
-                "  layers: {:?}, split {}",
-                out.network
-                    .layers
-                    .iter()
-                    .map(|l| l.kind())
-                    .collect::<Vec<_>>(),
-                out.split_layer
+            let acc1 = mnist::accuracy(&out.network, &test);
+            let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
+            let gene = tasks::point_accuracy(&out.network, &all_corrupted);
+            println!(
+                "| {} | {} | {}/{} | {:.2}% | {:.2}% | {:.2}% | {:.1}% -> {:.1}% | {:.1}% ({}) | {} | {:.2} |",
+                label,
+                task.repair.len(),
+                proven,
+                task.repair.len(),
+                100.0 * acc0,
+                100.0 * acc1,
+                100.0 * (acc0 - acc1),
+                100.0 * gene0,
+                100.0 * gene,
+                100.0 * generalisation,
+                task.generalisation.len(),
+                out.changed_parameters,
+                out.time_s
             );
+            eprintln!(
+                "  ({label}: task built in {build:.1} s, {} rounds, {} steps)",
+                out.rounds, out.steps
+            );
+            drops.push(acc0 - acc1);
+            gens.push(generalisation);
+            genes.push(gene);
+            times.push(out.time_s);
         }
-        let acc1 = mnist::accuracy(&out.network, &test);
-        let generalisation = tasks::point_accuracy(&out.network, &task.generalisation);
-        let gene = tasks::point_accuracy(&out.network, &all_corrupted);
-        println!(
-            "| {} | {} | {}/{} | {:.2}% | {:.2}% | {:.2}% | {:.1}% -> {:.1}% | {:.1}% ({}) | {} | {:.2} |",
-            kind.name(),
-            task.repair.len(),
-            proven,
-            task.repair.len(),
-            100.0 * acc0,
-            100.0 * acc1,
-            100.0 * (acc0 - acc1),
-            100.0 * gene0,
-            100.0 * gene,
-            100.0 * generalisation,
-            task.generalisation.len(),
-            out.changed_parameters,
-            out.time_s
-        );
-        eprintln!(
-            "  ({}: task built in {build:.1} s, {} rounds, {} steps)",
-            kind.name(),
-            out.rounds,
-            out.steps
-        );
-        drops.push(acc0 - acc1);
-        gens.push(generalisation);
-        genes.push(gene);
-        times.push(out.time_s);
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!(

@@ -144,9 +144,22 @@ enum TrainLayer {
         /// 0/1 masks of the same shapes (all zeros until [`Trainer::grow_mask`]).
         mw: Tensor,
         mb: Tensor,
+        /// During [`Trainer::train`], the masked deltas as compact variables (Adam and
+        /// the mask products then touch the few thousand selected entries, not every
+        /// weight); written back to `dw`/`db` before every check and at the end.
+        sparse: Option<Sparse>,
     },
     Activation(Layer),
     Flatten,
+}
+
+/// The selected entries of one Dense layer's deltas: flat indices and their values.
+#[derive(Debug)]
+struct Sparse {
+    iw: Tensor,
+    vw: Var,
+    ib: Tensor,
+    vb: Var,
 }
 
 /// One layer of the frozen `f_c`, in candle form (for the output hinge term).
@@ -189,6 +202,11 @@ pub struct Trainer {
     pub output_weight: f64,
     /// Rank mask candidates by repair gradient over influence on the fidelity inputs.
     pub local_mask: bool,
+    /// In the output hinge, a ReLU that ends the network counts as a leaky ReLU (slope
+    /// 0.01 below 0): with the plain ReLU a point whose outputs are all negative before
+    /// it has all outputs 0 (a tie, misclassified) and no gradient (9_200 zigzag: one
+    /// point stuck so for 3 rounds). Training only; proofs see the network as it is.
+    pub leaky_output: bool,
     /// Fidelity inputs `[n, in]` and their original features `[n, s]`.
     fidelity: Option<(Tensor, Tensor)>,
     /// The fidelity inputs (rows), for the prefix cache.
@@ -227,6 +245,8 @@ pub struct Trainer {
     pub fidelity_batch: usize,
     /// The window `(first row, rows)` of the current step (see `fidelity_batch`).
     fidelity_window: Option<(usize, usize)>,
+    /// Precision of the training arithmetic ([`Trainer::set_dtype`]; F64 unless set).
+    dtype: DType,
 }
 
 /// Input boxes of one property for the certified-training term.
@@ -303,6 +323,7 @@ impl Trainer {
                         db: Var::zeros((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
                         mw: Tensor::zeros((d.out_dim, d.in_dim), DType::F64, &dev).map_err(candle)?,
                         mb: Tensor::zeros((1, d.out_dim), DType::F64, &dev).map_err(candle)?,
+                        sparse: None,
                         w0,
                         b0,
                     }
@@ -329,6 +350,7 @@ impl Trainer {
             head: head_of(net, split)?,
             output_weight: 0.0,
             local_mask: true,
+            leaky_output: false,
             fidelity: None,
             fidelity_inputs: fidelity_inputs.to_vec(),
             fidelity_prefix: None,
@@ -344,6 +366,7 @@ impl Trainer {
             deadline: None,
             fidelity_batch: 0,
             fidelity_window: None,
+            dtype: DType::F64,
         };
         if !fidelity_inputs.is_empty() {
             let xs = batch(fidelity_inputs)?;
@@ -376,6 +399,70 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// Train in `dtype` (F32: about half the cost per Adam step of F64). Every tensor of
+    /// the trainer (weights, deltas, masks, `f_c`, fidelity data, bound terms) is
+    /// converted; call it before the first [`Trainer::train`]. Training only steers the
+    /// weights: [`Trainer::network`] returns f64 weights (the untouched ones exactly the
+    /// base network's), and callers prove that network in f64, so the precision of
+    /// training cannot weaken a proof.
+    pub fn set_dtype(&mut self, dtype: DType) -> Result<(), RepairError> {
+        let cv = |t: &Tensor| t.to_dtype(dtype).map_err(candle);
+        let var = |v: &Var| {
+            v.as_tensor()
+                .to_dtype(dtype)
+                .and_then(|t| Var::from_tensor(&t))
+                .map_err(candle)
+        };
+        for l in &mut self.layers {
+            if let TrainLayer::Dense {
+                w0,
+                b0,
+                dw,
+                db,
+                mw,
+                mb,
+                ..
+            } = l
+            {
+                (*w0, *b0, *mw, *mb) = (cv(w0)?, cv(b0)?, cv(mw)?, cv(mb)?);
+                (*dw, *db) = (var(dw)?, var(db)?);
+            }
+        }
+        for l in self.head.iter_mut().flatten() {
+            if let HeadLayer::Dense(w, b) = l {
+                (*w, *b) = (cv(w)?, cv(b)?);
+            }
+        }
+        if let Some((x, f)) = &mut self.fidelity {
+            (*x, *f) = (cv(x)?, cv(f)?);
+        }
+        if let Some((_, x)) = &mut self.fidelity_prefix {
+            *x = cv(x)?;
+        }
+        if let Some((_, gmin, _, gmax)) = &mut self.decisions {
+            (*gmin, *gmax) = (cv(gmin)?, cv(gmax)?);
+        }
+        for g in &mut self.bound {
+            (g.lo, g.hi, g.spec, g.d, g.scale) = (
+                cv(&g.lo)?,
+                cv(&g.hi)?,
+                cv(&g.spec)?,
+                cv(&g.d)?,
+                cv(&g.scale)?,
+            );
+            for (l, u) in &mut g.relax {
+                (*l, *u) = (cv(l)?, cv(u)?);
+            }
+        }
+        self.dtype = dtype;
+        Ok(())
+    }
+
+    /// `t` in the training precision.
+    fn cast(&self, t: Tensor) -> Result<Tensor, RepairError> {
+        t.to_dtype(self.dtype).map_err(candle)
+    }
+
     /// `f_e` on a batch `[n, in]`.
     fn features(&self, x: &Tensor) -> Result<Tensor, RepairError> {
         self.features_from(x, 0)
@@ -384,6 +471,7 @@ impl Trainer {
     /// A dense layer's weight and bias as trained: base plus the masked delta. The
     /// saliency probe sees every parameter (deltas outside the mask are zero: they never
     /// get a gradient).
+    #[allow(clippy::too_many_arguments)]
     fn dense_parameters(
         &self,
         w0: &Tensor,
@@ -392,7 +480,22 @@ impl Trainer {
         db: &Var,
         mw: &Tensor,
         mb: &Tensor,
+        sparse: &Option<Sparse>,
     ) -> Result<(Tensor, Tensor), RepairError> {
+        if let (Some(sp), false) = (sparse, self.probe) {
+            let add = |t: &Tensor, i: &Tensor, v: &Var| {
+                if i.dim(0)? == 0 {
+                    return Ok(t.clone());
+                }
+                t.flatten_all()?
+                    .index_add(i, v.as_tensor(), 0)?
+                    .reshape(t.shape())
+            };
+            return Ok((
+                add(w0, &sp.iw, &sp.vw).map_err(candle)?,
+                add(b0, &sp.ib, &sp.vb).map_err(candle)?,
+            ));
+        }
         if self.probe {
             Ok((
                 (w0 + dw.as_tensor()).map_err(candle)?,
@@ -419,9 +522,10 @@ impl Trainer {
                     db,
                     mw,
                     mb,
+                    sparse,
                     ..
                 } => {
-                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb)?;
+                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb, sparse)?;
                     h.matmul(&w.t().map_err(candle)?)
                         .map_err(candle)?
                         .broadcast_add(&b)
@@ -453,7 +557,26 @@ impl Trainer {
         hinge: Option<&HingeData>,
         box_weight: Option<&Tensor>,
     ) -> Result<Tensor, RepairError> {
-        let feats = self.features_from(xs, start)?;
+        let rows = |t: &Tensor| match self.fidelity_window {
+            Some((at, n)) => t.narrow(0, at, n).map_err(candle),
+            None => Ok(t.clone()),
+        };
+        // The anchors and the fidelity inputs go through f_e as one batch when both start
+        // at `start`: one pass, one copy of the masked weights (on 9_200 the step cost
+        // is these small matmuls and the weight updates, not the FLOPs).
+        let (feats, fid_feats) = match (&self.fidelity, &self.fidelity_prefix) {
+            (Some(_), Some((k, px))) if *k == start => {
+                let n = xs.dim(0).map_err(candle)?;
+                let all = Tensor::cat(&[xs, &rows(px)?], 0).map_err(candle)?;
+                let all = self.features_from(&all, start)?;
+                let m = all.dim(0).map_err(candle)? - n;
+                (
+                    all.narrow(0, 0, n).map_err(candle)?,
+                    Some(all.narrow(0, n, m).map_err(candle)?),
+                )
+            }
+            _ => (self.features_from(xs, start)?, None),
+        };
         let diff = (&feats - targets).map_err(candle)?;
         // +1e-12 keeps the gradient of the norm finite at 0.
         let dist = diff
@@ -473,13 +596,18 @@ impl Trainer {
             && self.output_weight > 0.0
         {
             let mut y = feats;
-            for l in head {
+            for (i, l) in head.iter().enumerate() {
                 y = match l {
                     HeadLayer::Dense(w, b) => y
                         .matmul(w)
                         .map_err(candle)?
                         .broadcast_add(b)
                         .map_err(candle)?,
+                    HeadLayer::Activation(Layer::Relu)
+                        if self.leaky_output && i + 1 == head.len() =>
+                    {
+                        activate(&y, &Layer::LeakyRelu { alpha: 0.01 })?
+                    }
                     HeadLayer::Activation(a) => activate(&y, a)?,
                     HeadLayer::Flatten => y,
                 };
@@ -501,14 +629,10 @@ impl Trainer {
             loss = (loss + b.affine(self.bound_weight, 0.0).map_err(candle)?).map_err(candle)?;
         }
         if let Some((fx, f0)) = &self.fidelity {
-            let rows = |t: &Tensor| match self.fidelity_window {
-                Some((at, n)) => t.narrow(0, at, n).map_err(candle),
-                None => Ok(t.clone()),
-            };
             let f0 = &rows(f0)?;
-            let fd = match &self.fidelity_prefix {
-                Some((k, px)) if *k == start => self.features_from(&rows(px)?, start)? - f0,
-                _ => self.features(&rows(fx)?)? - f0,
+            let fd = match fid_feats {
+                Some(f) => f - f0,
+                None => self.features(&rows(fx)?)? - f0,
             }
             .map_err(candle)?;
             if self.decision_weight > 0.0
@@ -559,6 +683,7 @@ impl Trainer {
         let relus: Vec<usize> = (0..net.layers.len())
             .filter(|&i| matches!(net.layers[i], Layer::Relu))
             .collect();
+        let dtype = self.dtype;
         for g in &mut self.bound {
             let engine = crate::verify::bab::LinearEngine::new(net, Method::Crown);
             let per_box: Vec<Vec<(Vec<f64>, Vec<f64>)>> = g
@@ -576,7 +701,8 @@ impl Trainer {
                 .map(|k| {
                     let l: Vec<Vec<f64>> = per_box.iter().map(|b| b[k].0.clone()).collect();
                     let u: Vec<Vec<f64>> = per_box.iter().map(|b| b[k].1.clone()).collect();
-                    Ok((batch(&l)?, batch(&u)?))
+                    let cv = |t: Tensor| t.to_dtype(dtype).map_err(candle);
+                    Ok((cv(batch(&l)?)?, cv(batch(&u)?)?))
                 })
                 .collect::<Result<_, RepairError>>()?;
         }
@@ -593,8 +719,12 @@ impl Trainer {
         let dev = Device::Cpu;
         self.bound.clear();
         for g in groups.iter().filter(|g| !g.boxes.is_empty()) {
-            let lo = batch(&g.boxes.iter().map(|b| b.0.clone()).collect::<Vec<_>>())?;
-            let hi = batch(&g.boxes.iter().map(|b| b.1.clone()).collect::<Vec<_>>())?;
+            let lo = self.cast(batch(
+                &g.boxes.iter().map(|b| b.0.clone()).collect::<Vec<_>>(),
+            )?)?;
+            let hi = self.cast(batch(
+                &g.boxes.iter().map(|b| b.1.clone()).collect::<Vec<_>>(),
+            )?)?;
             let mut rows: Vec<Vec<f64>> = Vec::new();
             let mut d = Vec::new();
             let mut clauses = Vec::new();
@@ -623,22 +753,25 @@ impl Trainer {
             self.bound.push(BoundData {
                 lo,
                 hi,
-                spec: batch(&rows)?,
-                d: Tensor::from_vec(d, (1, r), &dev).map_err(candle)?,
+                spec: self.cast(batch(&rows)?)?,
+                d: self.cast(Tensor::from_vec(d, (1, r), &dev).map_err(candle)?)?,
                 clauses,
                 target: g.target,
                 boxes: g.boxes.clone(),
                 rows,
                 relax: Vec::new(),
-                scale: Tensor::ones(g.boxes.len(), DType::F64, &dev).map_err(candle)?,
+                scale: Tensor::ones(g.boxes.len(), self.dtype, &dev).map_err(candle)?,
             });
         }
         self.refresh_bounds(net)?;
         let lbs = self.bound_margins()?;
+        let dtype = self.dtype;
         for (g, lb) in self.bound.iter_mut().zip(lbs) {
             let t = g.target.max(1e-9);
             let sc: Vec<f64> = lb.iter().map(|v| 1.0 / (t - v).max(t)).collect();
-            g.scale = Tensor::from_vec(sc, lb.len(), &dev).map_err(candle)?;
+            g.scale = Tensor::from_vec(sc, lb.len(), &dev)
+                .and_then(|t| t.to_dtype(dtype))
+                .map_err(candle)?;
         }
         Ok(())
     }
@@ -659,9 +792,10 @@ impl Trainer {
                     db,
                     mw,
                     mb,
+                    sparse,
                     ..
                 } => {
-                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb)?;
+                    let (w, b) = self.dense_parameters(w0, b0, dw, db, mw, mb, sparse)?;
                     steps.push(BoundStep::Affine(w.t().map_err(candle)?, b));
                 }
                 TrainLayer::Activation(Layer::Relu) => steps.push(BoundStep::Relu),
@@ -726,9 +860,7 @@ impl Trainer {
         let Some(lbs) = self.bound_lower()? else {
             return Ok(Vec::new());
         };
-        lbs.iter()
-            .map(|t| t.to_vec1::<f64>().map_err(candle))
-            .collect()
+        lbs.iter().map(f64s).collect()
     }
 
     /// True when every box's bound meets half its target (or there are no boxes).
@@ -755,10 +887,79 @@ impl Trainer {
         self.layers
             .iter()
             .flat_map(|l| match l {
+                TrainLayer::Dense {
+                    sparse: Some(sp), ..
+                } => vec![sp.vw.clone(), sp.vb.clone()],
                 TrainLayer::Dense { dw, db, .. } => vec![dw.clone(), db.clone()],
                 _ => vec![],
             })
             .collect()
+    }
+
+    /// Compact variables for the selected deltas of every Dense layer with any (see
+    /// `TrainLayer::Dense::sparse`), starting from the current deltas.
+    fn make_sparse(&mut self) -> Result<(), RepairError> {
+        for l in &mut self.layers {
+            if let TrainLayer::Dense {
+                dw,
+                db,
+                mw,
+                mb,
+                sparse,
+                ..
+            } = l
+            {
+                let pick = |m: &Tensor, d: &Var| -> Result<(Tensor, Var), RepairError> {
+                    let idx: Vec<u32> = f64s(m)?
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, v)| **v != 0.0)
+                        .map(|(i, _)| i as u32)
+                        .collect();
+                    let n = idx.len();
+                    let idx = Tensor::from_vec(idx, n, &Device::Cpu).map_err(candle)?;
+                    let vals = d
+                        .as_tensor()
+                        .flatten_all()
+                        .and_then(|t| t.index_select(&idx, 0))
+                        .and_then(|t| Var::from_tensor(&t))
+                        .map_err(candle)?;
+                    Ok((idx, vals))
+                };
+                let (iw, vw) = pick(mw, dw)?;
+                let (ib, vb) = pick(mb, db)?;
+                *sparse = (iw.dim(0).map_err(candle)? + ib.dim(0).map_err(candle)? > 0)
+                    .then_some(Sparse { iw, vw, ib, vb });
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy the compact deltas back into `dw`/`db`; with `done`, drop them.
+    fn write_back(&mut self, done: bool) -> Result<(), RepairError> {
+        for l in &mut self.layers {
+            if let TrainLayer::Dense { dw, db, sparse, .. } = l {
+                if let Some(sp) = sparse.as_ref() {
+                    let put = |d: &Var, i: &Tensor, v: &Var| {
+                        if i.dim(0)? == 0 {
+                            return Ok(());
+                        }
+                        d.as_tensor()
+                            .zeros_like()?
+                            .flatten_all()?
+                            .index_add(i, v.as_tensor(), 0)?
+                            .reshape(d.shape())
+                            .and_then(|t| d.set(&t))
+                    };
+                    put(dw, &sp.iw, &sp.vw).map_err(candle)?;
+                    put(db, &sp.ib, &sp.vb).map_err(candle)?;
+                }
+                if done {
+                    *sparse = None;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Add up to `quota` parameters to the mask: those with the largest `|∂L/∂θ|` of the
@@ -810,22 +1011,10 @@ impl Trainer {
             if let TrainLayer::Dense { dw, db, mw, mb, .. } = layer {
                 for (is_bias, v, m) in [(false, dw, mw), (true, db, mb)] {
                     if let Some(g) = grads.get(v.as_tensor()) {
-                        let g = g
-                            .flatten_all()
-                            .map_err(candle)?
-                            .to_vec1::<f64>()
-                            .map_err(candle)?;
-                        let m = m
-                            .flatten_all()
-                            .map_err(candle)?
-                            .to_vec1::<f64>()
-                            .map_err(candle)?;
+                        let g = f64s(g)?;
+                        let m = f64s(m)?;
                         let inf = match influence.as_ref().and_then(|(gi,)| gi.get(v.as_tensor())) {
-                            Some(t) => t
-                                .flatten_all()
-                                .map_err(candle)?
-                                .to_vec1::<f64>()
-                                .map_err(candle)?,
+                            Some(t) => f64s(t)?,
                             None => vec![0.0; g.len()],
                         };
                         let mean_inf =
@@ -854,26 +1043,23 @@ impl Trainer {
         saliency.truncate(quota);
         self.selected += saliency.len();
         let dev = Device::Cpu;
+        let dtype = self.dtype;
         for (li, layer) in self.layers.iter_mut().enumerate() {
             if let TrainLayer::Dense { mw, mb, .. } = layer {
                 if !saliency.iter().any(|s| s.1 == li) {
                     continue;
                 }
-                let mut w = mw
-                    .flatten_all()
-                    .map_err(candle)?
-                    .to_vec1::<f64>()
-                    .map_err(candle)?;
-                let mut b = mb
-                    .flatten_all()
-                    .map_err(candle)?
-                    .to_vec1::<f64>()
-                    .map_err(candle)?;
+                let mut w = f64s(mw)?;
+                let mut b = f64s(mb)?;
                 for &(_, _, is_bias, i) in saliency.iter().filter(|s| s.1 == li) {
                     if is_bias { b[i] = 1.0 } else { w[i] = 1.0 }
                 }
-                *mw = Tensor::from_vec(w, mw.shape(), &dev).map_err(candle)?;
-                *mb = Tensor::from_vec(b, mb.shape(), &dev).map_err(candle)?;
+                *mw = Tensor::from_vec(w, mw.shape(), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .map_err(candle)?;
+                *mb = Tensor::from_vec(b, mb.shape(), &dev)
+                    .and_then(|t| t.to_dtype(dtype))
+                    .map_err(candle)?;
             }
         }
         Ok(())
@@ -894,26 +1080,30 @@ impl Trainer {
             return Ok(0);
         }
         let start = self.first_trainable();
-        let xs = batch(
+        let xs = self.cast(batch(
             &anchors
                 .iter()
                 .map(|a| base.forward_range(&a.x, 0, start))
                 .collect::<Vec<_>>(),
+        )?)?;
+        let targets = self.cast(batch(
+            &anchors.iter().map(|a| a.h_star.clone()).collect::<Vec<_>>(),
+        )?)?;
+        let box_weight = self.cast(
+            Tensor::from_vec(
+                anchors.iter().map(|a| a.box_weight).collect::<Vec<_>>(),
+                (anchors.len(), 1),
+                &Device::Cpu,
+            )
+            .map_err(candle)?,
         )?;
-        let targets = batch(&anchors.iter().map(|a| a.h_star.clone()).collect::<Vec<_>>())?;
-        let box_weight = Tensor::from_vec(
-            anchors.iter().map(|a| a.box_weight).collect::<Vec<_>>(),
-            (anchors.len(), 1),
-            &Device::Cpu,
-        )
-        .map_err(candle)?;
         if self.fidelity.is_some() && self.fidelity_prefix.as_ref().map(|p| p.0) != Some(start) {
             let rows: Vec<Vec<f64>> = self
                 .fidelity_inputs
                 .iter()
                 .map(|x| base.forward_range(x, 0, start))
                 .collect();
-            self.fidelity_prefix = Some((start, batch(&rows)?));
+            self.fidelity_prefix = Some((start, self.cast(batch(&rows)?)?));
         }
         // Three quarters of the budget at the first call, then an eighth more per call as
         // new counterexamples arrive (other regions may need other parameters).
@@ -927,8 +1117,39 @@ impl Trainer {
         let quota = quota + std::mem::take(&mut self.extra_quota);
         self.anchors_seen = anchors.len();
         self.boxes_seen = self.bound_count();
-        let hinge = hinge_data(anchors)?;
+        let hinge = hinge_data(anchors, self.dtype)?;
         self.grow_mask(&xs, &targets, start, Some(&hinge), quota)?;
+        self.make_sparse()?;
+        let steps = self.adam(
+            base,
+            steps,
+            check_every,
+            &mut done,
+            &xs,
+            &targets,
+            start,
+            &hinge,
+            &box_weight,
+        );
+        // Whatever happened, the deltas end up in `dw`/`db` and the compact copies go.
+        self.write_back(true)?;
+        steps
+    }
+
+    /// The Adam loop of [`Trainer::train`].
+    #[allow(clippy::too_many_arguments)]
+    fn adam(
+        &mut self,
+        base: &Network,
+        steps: usize,
+        check_every: usize,
+        done: &mut impl FnMut(&Network) -> bool,
+        xs: &Tensor,
+        targets: &Tensor,
+        start: usize,
+        hinge: &HingeData,
+        box_weight: &Tensor,
+    ) -> Result<usize, RepairError> {
         let params = ParamsAdamW {
             lr: self.learning_rate,
             weight_decay: 0.0,
@@ -943,6 +1164,7 @@ impl Trainer {
                 return Ok(step);
             }
             if step % check_every.max(1) == 0 {
+                self.write_back(false)?;
                 let now = self.network(base)?;
                 if self.bound_weight > 0.0 && step > 0 {
                     self.refresh_bounds(&now)?;
@@ -958,7 +1180,7 @@ impl Trainer {
                     let at = (step % windows) * self.fidelity_batch;
                     (at, self.fidelity_batch.min(n - at))
                 });
-            let loss = self.loss(&xs, &targets, start, Some(&hinge), Some(&box_weight));
+            let loss = self.loss(xs, targets, start, Some(hinge), Some(box_weight));
             self.fidelity_window = None;
             opt.backward_step(&loss?).map_err(candle)?;
         }
@@ -1000,21 +1222,28 @@ impl Trainer {
                 db,
                 mw,
                 mb,
+                ..
             } = layer
             {
-                let w = (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?;
-                let b = (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?;
-                if let Layer::Dense(d) = &mut net.layers[*index] {
-                    d.weight = w
-                        .flatten_all()
-                        .map_err(candle)?
-                        .to_vec1::<f64>()
-                        .map_err(candle)?;
-                    d.bias = b
-                        .flatten_all()
-                        .map_err(candle)?
-                        .to_vec1::<f64>()
-                        .map_err(candle)?;
+                let Layer::Dense(d) = &mut net.layers[*index] else {
+                    continue;
+                };
+                if self.dtype == DType::F64 {
+                    let w = (w0 + (dw.as_tensor() * mw).map_err(candle)?).map_err(candle)?;
+                    let b = (b0 + (db.as_tensor() * mb).map_err(candle)?).map_err(candle)?;
+                    d.weight = f64s(&w)?;
+                    d.bias = f64s(&b)?;
+                } else {
+                    // Lower precision: the base's f64 weights plus the trained deltas, so
+                    // every weight outside the mask stays exactly the base's.
+                    for (v, m, dv) in [(&mut d.weight, mw, dw), (&mut d.bias, mb, db)] {
+                        let (m, dv) = (f64s(m)?, f64s(dv.as_tensor())?);
+                        for ((v, m), dv) in v.iter_mut().zip(m).zip(dv) {
+                            if m != 0.0 {
+                                *v += dv;
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -1078,7 +1307,7 @@ fn activate(h: &Tensor, layer: &Layer) -> Result<Tensor, RepairError> {
 }
 
 /// The anchors' (anchor, constraint) pairs as tensors.
-fn hinge_data(anchors: &[Anchor]) -> Result<HingeData, RepairError> {
+fn hinge_data(anchors: &[Anchor], dtype: DType) -> Result<HingeData, RepairError> {
     let dev = Device::Cpu;
     let mut index = Vec::new();
     let mut c = Vec::new();
@@ -1095,8 +1324,12 @@ fn hinge_data(anchors: &[Anchor]) -> Result<HingeData, RepairError> {
     let p = index.len();
     Ok(HingeData {
         index: Tensor::from_vec(index, p, &dev).map_err(candle)?,
-        c: Tensor::from_vec(c, (p, width), &dev).map_err(candle)?,
-        m_minus_d: Tensor::from_vec(m, p, &dev).map_err(candle)?,
+        c: Tensor::from_vec(c, (p, width), &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle)?,
+        m_minus_d: Tensor::from_vec(m, p, &dev)
+            .and_then(|t| t.to_dtype(dtype))
+            .map_err(candle)?,
     })
 }
 
@@ -1118,7 +1351,7 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
         .unsqueeze(0)
         .and_then(|t| t.broadcast_as((bsz, r, out))?.contiguous())
         .map_err(c)?;
-    let mut cst = Tensor::zeros((bsz, r), DType::F64, &Device::Cpu).map_err(c)?;
+    let mut cst = Tensor::zeros((bsz, r), g.lo.dtype(), &Device::Cpu).map_err(c)?;
     let mut relus = g.relax.iter().rev();
     for s in steps.iter().rev() {
         match s {
@@ -1150,7 +1383,7 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
                 let tu = (&su * &ln).and_then(|t| t.neg()).map_err(c)?;
                 let sl = up
                     .gt(&ln.neg().map_err(c)?)
-                    .and_then(|t| t.to_dtype(DType::F64))
+                    .and_then(|t| t.to_dtype(lam.dtype()))
                     .map_err(c)?;
                 let pos = lam.relu().map_err(c)?;
                 let neg = lam.minimum(0.0).map_err(c)?;
@@ -1186,6 +1419,14 @@ fn crown_fixed(steps: &[BoundStep], g: &BoundData) -> Result<Tensor, RepairError
     Tensor::cat(&per_clause, 1)
         .and_then(|t| t.min(1))
         .map_err(c)
+}
+
+/// A tensor's values, flattened, as f64.
+fn f64s(t: &Tensor) -> Result<Vec<f64>, RepairError> {
+    t.flatten_all()
+        .and_then(|t| t.to_dtype(DType::F64))
+        .and_then(|t| t.to_vec1::<f64>())
+        .map_err(candle)
 }
 
 /// Rows as a `[n, len]` f64 tensor.
@@ -1387,6 +1628,30 @@ mod tests {
 
     #[test]
     fn trainer_moves_the_feature_into_the_box_within_budget() {
+        trainer_moves_the_feature(DType::F64);
+    }
+
+    /// The f32 path: the same repair, and every weight outside the mask is exactly the
+    /// base network's f64 value (the f32 copies are only used for training).
+    #[test]
+    fn f32_trainer_moves_the_feature_and_keeps_the_other_weights() {
+        let net = small_net();
+        let repaired = trainer_moves_the_feature(DType::F32);
+        let (Layer::Dense(a), Layer::Dense(b)) = (&net.layers[0], &repaired.layers[0]) else {
+            panic!("dense layer 0")
+        };
+        let kept = a
+            .weight
+            .iter()
+            .zip(&b.weight)
+            .filter(|(x, y)| x == y)
+            .count()
+            + a.bias.iter().zip(&b.bias).filter(|(x, y)| x == y).count();
+        assert_eq!(kept + changed_parameters(&net, &repaired), 9);
+        assert_eq!(net.layers[2..], repaired.layers[2..]);
+    }
+
+    fn trainer_moves_the_feature(dtype: DType) -> Network {
         let net = small_net();
         let split = 2;
         let x = vec![0.2, 0.6];
@@ -1414,6 +1679,7 @@ mod tests {
             box_weight: 1.0,
         };
         let mut trainer = Trainer::new(&net, split, 6, &[], 0.0, 0.05).unwrap();
+        trainer.set_dtype(dtype).unwrap();
         trainer
             .train(&net, std::slice::from_ref(&anchor), 2000, 5, |n| {
                 want.value(&n.forward(&x)) >= 1e-6
@@ -1427,5 +1693,6 @@ mod tests {
         );
         let changed = changed_parameters(&net, &repaired);
         assert!(changed > 0 && changed <= 6, "changed {changed}");
+        repaired
     }
 }
