@@ -147,10 +147,7 @@ fn corruption(args: &[String]) {
             .collect();
         let gene0 = tasks::point_accuracy(&net, &all_corrupted);
         let build = t0.elapsed().as_secs_f64();
-        let fidelity_step = std::env::var("PR_FIDELITY_STEP")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(10);
+        let fidelity_step = box_knobs::fidelity_step();
         let mut fidelity_inputs = tasks::every(&train, fidelity_step);
         if std::env::var("PR_FIDELITY_CORRUPTED").is_ok_and(|v| v == "1") {
             // The repair split's other corrupted images (indices 0-999, the repair set's
@@ -282,10 +279,7 @@ fn adversarial(args: &[String]) {
     let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
     let acc0 = mnist::accuracy(&net, &test);
     // Fidelity inputs: every 10th correctly classified mnist_5k image (never a task image).
-    let step = std::env::var("PR_FIDELITY_STEP")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let step = box_knobs::fidelity_step();
     let fidelity = mnist::correctly_classified(&net, &train, step);
     println!(
         "network mnist_relu_3_100: clean test accuracy {:.2}%",

@@ -57,10 +57,7 @@ fn main() {
     let test = mnist::test_set(&data("mnist")).expect("MNIST test set");
     let train = mnist::read_csv_255(&data("mnist/mnist_5k.csv.gz")).expect("mnist_5k");
     let acc0 = mnist::accuracy(&net, &test);
-    let step = std::env::var("PR_FIDELITY_STEP")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let step = box_knobs::fidelity_step();
     let fidelity = mnist::correctly_classified(&net, &train, step);
     let all: Vec<String> = [0.03, 0.05]
         .iter()

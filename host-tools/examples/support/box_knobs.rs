@@ -1,7 +1,8 @@
 //! Environment overrides of [`LocalBoxOptions`] for tuning runs of the MNIST examples
 //! (`PR_BOX_BUDGET`, `PR_BOX_LR`, `PR_BOX_STEPS`, `PR_BOX_BOUND_WEIGHT`, `PR_BOX_TARGET`,
 //! `PR_BOX_FIDELITY_WEIGHT`, `PR_BOX_MARGIN`, `PR_BOX_LAYERS`, `PR_BOX_OUTPUT_WEIGHT`,
-//! `PR_BOX_DECISION_WEIGHT`, `PR_BOX_SPLIT`, `PR_BOX_ROUNDS`), shared by `repair_mnist` and `repair_mnistfc`.
+//! `PR_BOX_DECISION_WEIGHT`, `PR_BOX_SPLIT`, `PR_BOX_ROUNDS`), and the fidelity-image step
+//! (`PR_FIDELITY_STEP`), shared by `repair_mnist` and `repair_mnistfc`.
 
 use prorepair_host::repair::regionwise::LocalBoxOptions;
 
@@ -45,4 +46,12 @@ pub fn tuned_box(mut o: LocalBoxOptions) -> LocalBoxOptions {
         o.rounds = v as usize;
     }
     o
+}
+
+/// `PR_FIDELITY_STEP`: every k-th mnist_5k image is a fidelity input (default 10).
+pub fn fidelity_step() -> usize {
+    std::env::var("PR_FIDELITY_STEP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
 }

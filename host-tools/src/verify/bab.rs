@@ -320,7 +320,8 @@ pub fn sample_cases(
             let mut scored: Vec<(f64, &Vec<f64>)> = Vec::new();
             for (x, y) in pts.iter().zip(&outs) {
                 let m = conj.worst_margin(y);
-                if conj.contains(y) {
+                // `Conj::contains`, on the margin already at hand.
+                if m < 0.0 {
                     return Ok(violated(x.clone(), y.clone(), ci));
                 }
                 scored.push((m, x));

@@ -224,7 +224,8 @@ pub fn check_points(net: &Network, conj: &Conj, points: &[Vec<f64>]) -> Attempt 
             best.best_margin = m;
             best.best_input = x.clone();
         }
-        if conj.contains(&y) {
+        // `Conj::contains`, on the margin already at hand.
+        if m < 0.0 {
             best.found = Some((x.clone(), y));
             return best;
         }
