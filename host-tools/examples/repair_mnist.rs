@@ -40,7 +40,7 @@ fn net_path(name: &str) -> PathBuf {
 }
 
 /// Option overrides from the environment, for tuning runs (`PR_CHANGE`, `PR_OUTPUT_WEIGHT`,
-/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LATER_LR`, `PR_LEAKY`, `PR_LAYERS`, `PR_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
+/// `PR_FIDELITY_WEIGHT`, `PR_LR`, `PR_LATER_LR`, `PR_LEAKY`, `PR_LAYERS`, `PR_STEPS`, `PR_LATER_STEPS`, `PR_MARGIN`, `PR_FIDELITY_N`,
 /// `PR_PER_POINT`, `PR_RADIUS`, `PR_TIMEOUT` in seconds, `PR_ROUNDS`, `PR_SPLIT` (split
 /// layer K), `PR_DECISION`, `PR_FIDELITY_BATCH`, `PR_STOP_GAP`, `PR_LOCAL_MASK`, `PR_F32` (1: f32 training, 0: f64; `both`: each kind
 /// twice, f64 then f32, side by side); `corruption` also reads `PR_FIDELITY_STEP`: every k-th
@@ -70,6 +70,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
     }
     if let Some(v) = get("PR_STEPS") {
         o.repair_steps = v as usize;
+    }
+    if let Some(v) = get("PR_LATER_STEPS") {
+        o.later_repair_steps = v as usize;
     }
     if let Some(v) = get("PR_MARGIN") {
         o.anchor_margin = v;
