@@ -261,6 +261,8 @@ fn adversarial(args: &[String]) {
     let mut tasks_n = 50;
     let mut timeout = 10.0;
     let mut general = false;
+    // `--only I`: the task of test image I alone (tracing one repair).
+    let mut only: Option<usize> = None;
     let mut settings: Vec<(usize, f64)> = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -268,6 +270,10 @@ fn adversarial(args: &[String]) {
             "--tasks" => tasks_n = it.next().and_then(|v| v.parse().ok()).expect("--tasks N"),
             "--timeout" => timeout = it.next().and_then(|v| v.parse().ok()).expect("--timeout S"),
             "--general" => general = true,
+            "--only" => {
+                only = it.next().and_then(|v| v.parse().ok());
+                assert!(only.is_some(), "--only IMAGE_INDEX");
+            }
             k => {
                 let k: usize = k.parse().expect("k");
                 settings.push((k, if k >= 784 { 1e-3 } else { 0.1 }));
@@ -293,7 +299,10 @@ fn adversarial(args: &[String]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (k, r) in settings {
-        let tasks = tasks::adversarial::adversarial_tasks(&net, &train, k, r, tasks_n, 2024);
+        let mut tasks = tasks::adversarial::adversarial_tasks(&net, &train, k, r, tasks_n, 2024);
+        if let Some(i) = only {
+            tasks.retain(|t| t.index == i);
+        }
         let (mut held, mut proven, mut open, mut fast) = (0, 0, 0, 0);
         let (mut times, mut drops) = (Vec::new(), Vec::new());
         for t in &tasks {
@@ -319,6 +328,21 @@ fn adversarial(args: &[String]) {
             }
             times.push(out.time_s);
             let drop = acc0 - mnist::accuracy(&out.network, &test);
+            if std::env::var_os("PR_DEBUG").is_some() {
+                // Where the lost accuracy goes: test images the repair turns from right to
+                // wrong, by (true label -> new prediction).
+                let mut moves = std::collections::BTreeMap::new();
+                for (x, &y) in test.images.iter().zip(&test.labels) {
+                    let (a, b) = (
+                        mnist::argmax(&net.forward(x)),
+                        mnist::argmax(&out.network.forward(x)),
+                    );
+                    if a == y && b != y {
+                        *moves.entry((y, b)).or_insert(0usize) += 1;
+                    }
+                }
+                eprintln!("  right -> wrong (label -> prediction: images): {moves:?}");
+            }
             if out.verified {
                 proven += 1;
                 if out.time_s < 3.0 {
