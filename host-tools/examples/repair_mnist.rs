@@ -253,26 +253,6 @@ fn corruption(args: &[String]) {
     );
 }
 
-/// The `n` images of `pool` nearest `centre` (Euclidean), leaving out every `step`-th
-/// (those are fidelity inputs already).
-fn nearest(pool: &[Vec<f64>], centre: &[f64], n: usize, step: usize) -> Vec<Vec<f64>> {
-    let mut by_distance: Vec<(f64, usize)> = pool
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % step.max(1) != 0)
-        .map(|(i, x)| {
-            let d: f64 = x.iter().zip(centre).map(|(a, b)| (a - b) * (a - b)).sum();
-            (d, i)
-        })
-        .collect();
-    by_distance.sort_by(|a, b| a.0.total_cmp(&b.0));
-    by_distance
-        .iter()
-        .take(n)
-        .map(|&(_, i)| pool[i].clone())
-        .collect()
-}
-
 /// Adversarial region repair (Section 6.2.3, Appendix B.1.3): for each of `tasks`
 /// misclassified `mnist_5k` images (seeded random order, the same images for every `k`),
 /// the box over its first `k` non-zero pixels at radius `r` (clipped to [0, 1]; the other
@@ -313,14 +293,12 @@ fn adversarial(args: &[String]) {
     let acc0 = mnist::accuracy(&net, &test);
     // Fidelity inputs: every 10th correctly classified mnist_5k image (never a task image).
     let step = box_knobs::fidelity_step();
+    // Plus, per box, the correctly classified images nearest its centre (`PR_NEAR`).
     let pool = mnist::correctly_classified(&net, &train, 1);
-    let fidelity: Vec<Vec<f64>> = pool.iter().step_by(step).cloned().collect();
-    // Plus, per box, the correctly classified images nearest its centre (`PR_NEAR`, 50):
-    // the images a boundary moved for the box would take with it.
     let near_n = std::env::var("PR_NEAR")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+        .unwrap_or(tasks::adversarial::NEAREST_FIDELITY);
     println!(
         "network mnist_relu_3_100: clean test accuracy {:.2}%",
         100.0 * acc0
@@ -344,26 +322,11 @@ fn adversarial(args: &[String]) {
                 };
                 repair::repair(&net, std::slice::from_ref(&t.property), &options)
             } else {
-                let c = &t.property.cases[0];
-                let near = nearest(
-                    &pool,
-                    &prorepair_host::verify::falsify::centre(&c.lower, &c.upper),
-                    near_n,
-                    step,
-                );
+                let fidelity =
+                    tasks::adversarial::fidelity_inputs(&pool, &t.property.cases[0], step, near_n);
                 let options = regionwise::LocalBoxOptions {
                     timeout: std::time::Duration::from_secs_f64(timeout),
-                    fidelity_inputs: fidelity.iter().chain(&near).cloned().collect(),
-                    ..box_knobs::tuned_box(regionwise::LocalBoxOptions {
-                        // The adversarial setting (BENCHMARKS.md, Repair (MNIST), session
-                        // 8): the whole trainable layer may change, under a strong
-                        // fidelity term. With 200 parameters and weight 2, 4 of 50 k = 100
-                        // repairs dropped 1.03-2.69%: the few parameters that lift the box
-                        // move a whole class boundary (image 1617: 214 test 9s became 3s).
-                        parameter_budget: net.parameter_count(),
-                        fidelity_weight: 100.0,
-                        ..regionwise::LocalBoxOptions::default()
-                    })
+                    ..box_knobs::tuned_box(tasks::adversarial::repair_options(&net, fidelity))
                 };
                 regionwise::repair_local_boxes(&net, std::slice::from_ref(&t.property), &options)
             }
