@@ -444,8 +444,19 @@ fn open_leaf_scores(net: &Network, rp: &RepairProperty, secs: f64) {
     };
     let q = |v: &mut Vec<f64>| -> String {
         v.sort_by(f64::total_cmp);
-        let at = |f: f64| v.get(((v.len() as f64 - 1.0) * f) as usize).copied().unwrap_or(f64::NAN);
-        format!("{:.4} {:.4} {:.4} {:.4} {:.4}", at(0.0), at(0.1), at(0.5), at(0.9), at(1.0))
+        let at = |f: f64| {
+            v.get(((v.len() as f64 - 1.0) * f) as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        format!(
+            "{:.4} {:.4} {:.4} {:.4} {:.4}",
+            at(0.0),
+            at(0.1),
+            at(0.5),
+            at(0.9),
+            at(1.0)
+        )
     };
     for c in &rp.cases {
         let deadline = std::time::Instant::now() + Duration::from_secs_f64(secs);
@@ -482,7 +493,11 @@ fn open_leaf_scores(net: &Network, rp: &RepairProperty, secs: f64) {
                         lo.iter()
                             .zip(hi)
                             .zip(c.lower.iter().zip(&c.upper))
-                            .map(|((l, h), (cl, cu))| if cu > cl { (h - l) / (cu - cl) } else { 1.0 })
+                            .map(
+                                |((l, h), (cl, cu))| {
+                                    if cu > cl { (h - l) / (cu - cl) } else { 1.0 }
+                                },
+                            )
                             .product::<f64>()
                     })
                     .sum();
