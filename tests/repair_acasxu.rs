@@ -209,3 +209,13 @@ fn repairs_n4_5_property_2_with_the_output_layer_split() {
 fn repairs_n3_5_property_2() {
     repair_prop2_with(3, 5, output_layer_split(), 0.98);
 }
+
+/// N3,7 was never proven in session 7 (`verify` "unknown" in 4-6 s pieces while the
+/// target doubled past the score plateau of ~0.039); with the target stopped at 0.9x the
+/// original's median score and one uninterrupted `verify` there, it was proven in 18 s of
+/// a 20 s budget (BENCHMARKS.md, Repair, session 8).
+#[test]
+#[ignore = "slow: the proof of N3,7 prop_2 takes 10-20 s of branch and bound on 2 cores (BENCHMARKS.md, Repair, session 8), and the test re-verifies it from scratch; run with --ignored"]
+fn repairs_n3_7_property_2_with_the_output_layer_split() {
+    repair_prop2_with(3, 7, output_layer_split(), 0.985);
+}

@@ -203,6 +203,18 @@ fn weak_points(
     Ok(out)
 }
 
+/// The highest target margin: `fraction` of the median of the original network's sampled
+/// desired scores `sorted` over the boxes; no ceiling (infinity) when `fraction` is 0 or
+/// that median is not positive (a box mostly violated gives no plateau to stop below).
+fn margin_ceiling(fraction: f64, sorted: &[f64]) -> f64 {
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(0.0);
+    if fraction > 0.0 && median > 0.0 {
+        fraction * median
+    } else {
+        f64::INFINITY
+    }
+}
+
 /// An anchor for `x` with margin `margin`: a certified proxy box (Algorithm 1) when the
 /// centre shift finds one, else the output hinge alone (a large margin may not fit a box
 /// of radius `r` through the frozen `f_c`; the hinge still pushes the output there).
@@ -259,22 +271,34 @@ pub(super) fn run(
     // mean rewriting the whole box). The spread, not the desired score: the score of
     // `prop_2_coc_minimal` sits near 0 over much of the box (median |score| 0.0018 on
     // N2,1, spread 0.04), which made the target 0.0009, below what `verify` can use.
-    let mut typical: Vec<f64> = props
+    // Per sampled point: (output spread, desired score) of the original network.
+    let sampled: Vec<(f64, f64)> = props
         .iter()
-        .flat_map(|(pi, cases, _)| {
+        .flat_map(|(pi, cases, desired)| {
             cases.iter().flat_map(move |c| {
                 sample_box(&c.lower, &c.upper, 256, options.seed ^ *pi as u64)
                     .into_iter()
-                    .map(|x| {
+                    .map(move |x| {
                         let y = net.forward(&x);
                         let hi = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                         let lo = y.iter().copied().fold(f64::INFINITY, f64::min);
-                        hi - lo
+                        (hi - lo, score(desired, &y))
                     })
             })
         })
         .collect();
+    let mut typical: Vec<f64> = sampled.iter().map(|p| p.0).collect();
     typical.sort_by(f64::total_cmp);
+    let mut scores: Vec<f64> = sampled.iter().map(|p| p.1).collect();
+    scores.sort_by(f64::total_cmp);
+    // The target stops growing at a fraction of the original's median score over the
+    // boxes. Why: on ACAS Xu prop_2 most of the box sits on a plateau of score ~0.039
+    // (the output layer's response where the last hidden layer barely varies; median
+    // score = median output spread), which training through the frozen `f_c` hardly
+    // moves; doubling the target from 0.0197 lands on or above it, and then every round
+    // spent its 300 Adam steps on anchors that could not meet it (3-9 s of a 20 s
+    // budget) while `verify` got the rest (BENCHMARKS.md, Repair, session 8).
+    let ceiling = margin_ceiling(options.global_margin_ceiling, &scores);
     // The disjunct per clause: per point, the one its output comes closest to (one
     // disjunct for the whole box was measured in session 6 and did not help).
     let choose = |pi: usize, y: &[f64]| -> Vec<Constraint> { closest(&props[pi].2, y) };
@@ -283,6 +307,14 @@ pub(super) fn run(
         .global_margin
         .min(options.global_margin_relative * median)
         .max(2.0 * state.margin);
+    // A ceiling at or below the first target is no plateau to stop below (on
+    // `prop_2_coc_minimal` the median score is ~0.0018, which would cut the target to
+    // ~0.0016, too thin for `verify`): the old growth then.
+    let ceiling = if ceiling > target {
+        ceiling
+    } else {
+        f64::INFINITY
+    };
     let mut budget_scale = 1.0;
     let region_wise = TrainerSettings::of(trainer);
     trainer.output_weight = options.global_output_weight;
@@ -322,6 +354,7 @@ pub(super) fn run(
             break format!("timeout in the margin-driven phase (target margin {target:.3})");
         }
         rounds += 1;
+        let t_round = Instant::now();
         let weak = weak_points(
             current,
             &props,
@@ -331,6 +364,7 @@ pub(super) fn run(
             options.seed.wrapping_add(rounds as u64 * 7919),
         )?;
         let worst = weak.first().map_or(f64::INFINITY, |w| w.score);
+        let search_s = t_round.elapsed().as_secs_f64();
         // Stalled: safe at every point tried but no closer to the target than a round ago;
         // `verify` decides then too. Why: on prop_2_coc_minimal N4,5 the worst score stayed
         // at 0.0015 for three rounds, below a quarter of the target, so `verify` never ran
@@ -345,7 +379,12 @@ pub(super) fn run(
         // Verify once no weak point is left well below the target.
         let mut verified_now = false;
         if worst >= 0.25 * target || stalled || (forced && worst >= 0.0) {
-            let budget = if forced {
+            // At the ceiling the target cannot rise, so a short `verify` followed by a
+            // restart with a longer one only spends time on bounds thrown away: the
+            // first `verify` there gets all the time left (measured on the unproven
+            // final networks of session 8: 6-17 s of one uninterrupted `verify` proved
+            // N3,6 and N3,7, which 4 s + 5 s + 6 s in pieces did not).
+            let budget = if forced || target >= ceiling {
                 remaining(deadline)
             } else {
                 remaining(train_deadline).min(options.complete_budget.mul_f64(budget_scale))
@@ -481,7 +520,8 @@ pub(super) fn run(
                 // A longer budget, and a little more margin (measured on ACAS Xu: a
                 // margin lifted from 0.05 to 0.1 only halves branch and bound's work, so
                 // time matters more than margin).
-                target *= options.global_margin_growth;
+                // At the ceiling the target stays: only `verify`'s budget grows.
+                target = (target * options.global_margin_growth).min(ceiling.max(target));
                 budget_scale *= 2.0;
                 for a in &mut state.anchors {
                     a.margin = a.margin.max(target);
@@ -508,6 +548,7 @@ pub(super) fn run(
             verified_now = true;
         }
         // New anchors: the weak points below the target, worst first, spread.
+        let t_anchors = Instant::now();
         let below: Vec<&Weak> = weak.iter().filter(|w| w.score < target).collect();
         let k = options.global_anchors_per_round.min(below.len());
         let before = state.anchors.len();
@@ -526,10 +567,19 @@ pub(super) fn run(
                     a.constraints.iter().all(|c| c.value(&y) >= a.margin)
                 })
         };
+        let anchors_s = t_anchors.elapsed().as_secs_f64();
+        let t_train = Instant::now();
         let steps = trainer.train(net, &state.anchors, options.repair_steps, 10, margin_ok)?;
         if steps > 0 {
             *current = trainer.network(net)?;
             state.version += 1;
+        }
+        if trace {
+            eprintln!(
+                "global round {rounds} times: search {search_s:.2} s, anchors {anchors_s:.2} s, {steps} Adam steps {:.2} s ({} anchors)",
+                t_train.elapsed().as_secs_f64(),
+                state.anchors.len()
+            );
         }
         if trace && trainer.bound_weight > 0.0 {
             trainer.refresh_bounds(current)?;
@@ -851,6 +901,16 @@ mod tests {
         assert_eq!(score(&desired, &[7.0, 0.0]), -2.0);
         assert_eq!(closest(&desired, &[2.0, -1.0]).len(), 2);
         assert_eq!(closest(&desired, &[2.0, -1.0])[0].c, vec![1.0, 0.0]);
+    }
+
+    #[test]
+    fn the_target_stops_below_the_median_score() {
+        let sorted = [-0.03, 0.01, 0.039, 0.039, 0.04];
+        assert!((margin_ceiling(0.9, &sorted) - 0.9 * 0.039).abs() < 1e-12);
+        // Off, a mostly violated box, no samples: no ceiling.
+        assert_eq!(margin_ceiling(0.0, &sorted), f64::INFINITY);
+        assert_eq!(margin_ceiling(0.9, &[-0.2, -0.1, 0.0]), f64::INFINITY);
+        assert_eq!(margin_ceiling(0.9, &[]), f64::INFINITY);
     }
 
     #[test]

@@ -215,6 +215,9 @@ pub struct RepairOptions {
     pub global_margin_relative: f64,
     /// Factor by which the target margin grows.
     pub global_margin_growth: f64,
+    /// ... but not above this fraction of the original network's median desired score
+    /// over the boxes (when that is positive); 0 disables the ceiling.
+    pub global_margin_ceiling: f64,
     /// Uniform samples per case box and round in that phase.
     pub global_samples: usize,
     /// PGD restarts (from the worst samples) per case box and round.
@@ -294,6 +297,7 @@ impl Default for RepairOptions {
             global_margin: 0.02,
             global_margin_relative: 0.5,
             global_margin_growth: 1.25,
+            global_margin_ceiling: 0.9,
             global_samples: 2048,
             global_pgd_starts: 64,
             global_pgd_steps: 30,
