@@ -160,7 +160,8 @@ fn split_for(net: &Network, props: &[RepairProperty]) -> usize {
 }
 
 /// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _GLOBAL_LAMBDA, _LR, _STEPS,
-/// _RADIUS, _FIDN, _BOUNDW (certified-training weight), _BOUND_BOXES, _DECISIONW, ...
+/// _RADIUS, _FIDN, _BOUNDW (certified-training weight), _BOUND_BOXES, _DECISIONW, _F32
+/// (0: f64 training), ...
 fn tuned(mut o: RepairOptions) -> RepairOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PROREPAIR_SPLIT") {
@@ -171,6 +172,9 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     }
     if let Some(v) = get("PROREPAIR_LR") {
         o.learning_rate = v;
+    }
+    if let Some(v) = get("PROREPAIR_F32") {
+        o.f32_training = v != 0.0;
     }
     if let Some(v) = get("PROREPAIR_STEPS") {
         o.repair_steps = v as usize;
