@@ -444,12 +444,7 @@ fn main() {
 fn open_leaf_scores(net: &Network, rp: &RepairProperty, secs: f64) {
     let desired = |y: &[f64]| {
         // prop_2's unsafe set is one conjunction "y_0 >= y_j for all j".
-        rp.cases[0].unsafe_set[0]
-            .rows
-            .iter()
-            .zip(&rp.cases[0].unsafe_set[0].rhs)
-            .map(|(row, rhs)| row.iter().zip(y).map(|(c, v)| c * v).sum::<f64>() - rhs)
-            .fold(f64::NEG_INFINITY, f64::max)
+        rp.cases[0].unsafe_set[0].worst_margin(y)
     };
     let q = |v: &mut Vec<f64>| -> String {
         v.sort_by(f64::total_cmp);

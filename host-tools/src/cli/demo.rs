@@ -91,16 +91,10 @@ fn rule(x: &[f64]) -> usize {
     }
 }
 
-fn in_box(x: &[f64], lower: &[f64], upper: &[f64]) -> bool {
-    x.iter()
-        .zip(lower.iter().zip(upper))
-        .all(|(v, (l, u))| l <= v && v <= u)
-}
-
 /// The label in the (poisoned) training data: in the defect region, every other
 /// sample says clear-of-conflict.
 fn training_label(x: &[f64], k: usize) -> usize {
-    if in_box(x, &DEFECT_LOWER, &DEFECT_UPPER) && k.is_multiple_of(2) {
+    if crate::verify::in_box(x, &DEFECT_LOWER, &DEFECT_UPPER) && k.is_multiple_of(2) {
         0
     } else {
         rule(x)
@@ -241,7 +235,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         .collect();
     let clean: Vec<&Vec<f64>> = test
         .iter()
-        .filter(|x| !in_box(x, &DEFECT_LOWER, &DEFECT_UPPER))
+        .filter(|x| !crate::verify::in_box(x, &DEFECT_LOWER, &DEFECT_UPPER))
         .collect();
     let accuracy = clean
         .iter()
@@ -382,7 +376,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
     let (mut same, mut total, mut rule_before, mut rule_after) = (0usize, 0usize, 0usize, 0usize);
     while total < 10_000 {
         let x: Vec<f64> = (0..5).map(|_| rng.random_range(-1.0..1.0)).collect();
-        if in_box(&x, &PROPERTY_LOWER, &PROPERTY_UPPER) {
+        if crate::verify::in_box(&x, &PROPERTY_LOWER, &PROPERTY_UPPER) {
             continue;
         }
         let (a, b) = (adv(&eval(&base, &x)?), adv(&eval(&patched, &x)?));

@@ -491,11 +491,9 @@ pub fn sample_outside(domain: &BoxBounds, exclude: &[&Case], n: usize, seed: u64
             .zip(&domain.upper)
             .map(|(&l, &u)| if u > l { rng.random_range(l..=u) } else { l })
             .collect();
-        let inside = exclude.iter().any(|c| {
-            x.iter()
-                .zip(c.lower.iter().zip(&c.upper))
-                .all(|(v, (l, u))| l <= v && v <= u)
-        });
+        let inside = exclude
+            .iter()
+            .any(|c| verify::in_box(&x, &c.lower, &c.upper));
         if !inside {
             out.push(x);
         }
@@ -673,12 +671,7 @@ impl Loop<'_> {
     /// of the sub-property whose box contains it, else per clause the alternative the
     /// current output comes closest to.
     fn constraints_at(&self, current: &Network, p: usize, x: &[f64]) -> Vec<desired::Constraint> {
-        let inside = |s: &&SubProperty| {
-            s.property == p
-                && x.iter()
-                    .zip(s.lower.iter().zip(&s.upper))
-                    .all(|(v, (l, u))| l <= v && v <= u)
-        };
+        let inside = |s: &&SubProperty| s.property == p && verify::in_box(x, &s.lower, &s.upper);
         if let Some(s) = self.open.iter().chain(&self.proven).find(inside) {
             return s.chosen.clone();
         }
@@ -1289,7 +1282,8 @@ pub fn repair(
 }
 
 /// A point of `p`'s boxes (a seeded uniform sample of `options.initial_samples` each,
-/// corners and face centres) that the forward pass puts in its unsafe set.
+/// corners and face centres) that the forward pass puts in its unsafe set, by the strict
+/// rule of a counterexample ([`Conj::contains`]).
 fn sampled_violation(
     net: &Network,
     p: &RepairProperty,
@@ -1305,7 +1299,7 @@ fn sampled_violation(
         pts.extend(regionwise::probe_points(&c.lower, &c.upper));
         pts.into_par_iter().find_first(|x| {
             let y = net.forward(x);
-            c.unsafe_set.iter().any(|k| k.worst_margin(&y) <= 0.0)
+            c.unsafe_set.iter().any(|k| k.contains(&y))
         })
     })
 }

@@ -618,14 +618,14 @@ pub fn repair_points(
             trainer.learning_rate = options.later_learning_rate;
         }
         let mut check_time = 0.0;
-        // Done when every point is classified with room over its rounding margin
-        // (`stop_gap`), or every anchor's feature is in its certified box (Theorem 1) or
-        // its output already meets the constraints with the box's margin.
         let round_steps = if outcome.rounds > 1 {
             options.later_repair_steps
         } else {
             options.repair_steps
         };
+        // Done when every point is classified with room over its rounding margin
+        // (`stop_gap`), or every anchor's feature is in its certified box (Theorem 1) or
+        // its output already meets the constraints with the box's margin.
         let steps = trainer.train(net, &active, round_steps, 10, |n| {
             let t0 = Instant::now();
             let done = Instant::now() >= deadline

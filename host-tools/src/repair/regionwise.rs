@@ -603,7 +603,7 @@ pub fn repair_local_boxes(
             let ci = p
                 .cases
                 .iter()
-                .position(|c| inside(x, &c.lower, &c.upper))
+                .position(|c| crate::verify::in_box(x, &c.lower, &c.upper))
                 .unwrap_or(0);
             targets.push((x.clone(), desired[pi][ci].all_options().cloned().collect()));
         }
@@ -783,12 +783,6 @@ pub fn repair_local_boxes(
     outcome.network = current;
     outcome.time_s = start.elapsed().as_secs_f64();
     Ok(outcome)
-}
-
-fn inside(x: &[f64], lower: &[f64], upper: &[f64]) -> bool {
-    x.iter()
-        .zip(lower.iter().zip(upper))
-        .all(|(v, (l, u))| l <= v && v <= u)
 }
 
 #[cfg(test)]

@@ -227,6 +227,13 @@ pub struct Case {
     pub unsafe_set: Vec<Conj>,
 }
 
+/// True when `x` lies in the box `[lower, upper]` (bounds included).
+pub fn in_box(x: &[f64], lower: &[f64], upper: &[f64]) -> bool {
+    x.iter()
+        .zip(lower.iter().zip(upper))
+        .all(|(v, (l, u))| l <= v && v <= u)
+}
+
 /// Convert and check a property against the network's dimensions.
 pub fn cases_of(net: &Network, property: &Property) -> Result<Vec<Case>, VerifyError> {
     let (net_in, net_out) = (net.input_dim(), net.output_dim());

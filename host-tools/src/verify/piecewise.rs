@@ -438,10 +438,7 @@ pub fn verify_piecewise(
             Verdict::Violated { counterexample, .. } => {
                 let y = pw.forward(&counterexample);
                 let own = &cases[*ci];
-                let inside = counterexample
-                    .iter()
-                    .zip(own.lower.iter().zip(&own.upper))
-                    .all(|(x, (l, u))| l <= x && x <= u);
+                let inside = super::in_box(&counterexample, &own.lower, &own.upper);
                 if inside && case.unsafe_set.iter().any(|c| c.contains(&y)) {
                     return finish(
                         Verdict::Violated {
