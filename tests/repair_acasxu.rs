@@ -57,12 +57,18 @@ fn options(complete_check: bool) -> RepairOptions {
     }
 }
 
-/// The benchmark harness's ACAS Xu setting (`examples/repair_acasxu.rs`): `f_c` = the
-/// output layer alone and fidelity weight 100 in the margin-driven phase.
+/// The benchmark harness's ACAS Xu setting (`acasxu_options` in
+/// `host-tools/examples/repair_acasxu.rs`): `f_c` = the output layer alone, fidelity
+/// weight 100 in the margin-driven phase, the target margin doubling, 512 first anchors
+/// and 256 a round, and a 2 s first `verify`.
 fn output_layer_split() -> RepairOptions {
     RepairOptions {
         split_layer: repair::SplitLayer::Layer(12),
         global_fidelity_weight: 100.0,
+        global_margin_growth: 2.0,
+        initial_anchors: 512,
+        global_anchors_per_round: 256,
+        complete_budget: Duration::from_secs(2),
         ..options(true)
     }
 }

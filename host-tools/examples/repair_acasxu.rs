@@ -8,12 +8,14 @@
 //! markdown table (rows as they finish) and a summary.
 //!
 //! ```text
-//! cargo run -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29|probe|demo] [TIMEOUT_S] [A,B]
+//! cargo run -p prorepair-host --example repair_acasxu -- [prop_2|coc|all|n29|probe|bias|demo] [TIMEOUT_S] [A,B[:C,D...]]
 //! ```
 //!
 //! `n29`: N2,9 repaired for properties 2 and 8 together, with 1, 3 and 4 as guards (they
 //! hold before and must still hold after). `probe 0 A,B`: the sampled prop_2 score of the
 //! original network and `verify`'s effort when its margin is lifted by a constant.
+//! `bias 0 A,B[:C,D]`: what lowering COC's output bias costs in advisory agreement (see
+//! `bias_probe`).
 //! `demo`: the built-in demo controller on the default options. Environment overrides
 //! for tuning: see `tuned`; `PROREPAIR_TRACE=1` prints every round.
 
@@ -274,6 +276,10 @@ fn main() {
         open_leaf_scores(&net, &rp, timeout);
         return;
     }
+    if which == "bias" {
+        bias_probe(&data, args.get(3).map_or("2,7", String::as_str));
+        return;
+    }
     if which == "n29" {
         n29(&data, timeout);
         return;
@@ -298,8 +304,10 @@ fn main() {
         );
     }
     // Optional third argument: only network "a,b".
+    // A subset: `A,B` or several as `A,B:C,D`.
     if let Some(only) = args.get(3) {
-        jobs.retain(|&(_, a, b)| format!("{a},{b}") == *only);
+        let wanted: Vec<&str> = only.split(':').collect();
+        jobs.retain(|&(_, a, b)| wanted.contains(&format!("{a},{b}").as_str()));
     }
     println!(
         "| property | network | status | sub-properties | rounds | to proof (s) | time (s) | changed params | patch bytes (% of blob) | fidelity (advisory) |"
@@ -536,11 +544,13 @@ fn n29(data: &std::path::Path, timeout: f64) {
         Ok(out) => {
             for p in &out.properties {
                 println!(
-                    "N2,9 {}: before {}, after {}, repaired {}, {} sub-properties{}",
+                    "N2,9 {} ({}): before {}, after {}, {} sub-properties{}",
                     p.name,
+                    // `repaired` says which role the property had, not the outcome
+                    // (`after` is the outcome).
+                    if p.repaired { "repair target" } else { "guard" },
                     p.before,
                     p.after,
-                    p.repaired,
                     p.subproperties,
                     p.reason
                         .as_deref()
@@ -691,4 +701,62 @@ fn demo() {
         out.changed_parameters,
         out.fidelity.argmin_agreement
     );
+}
+
+/// `bias 0 A,B[:C,D]`: what lowering the COC output's bias by `d` costs. Per network:
+/// the sampled prop_2_coc_minimal score over its box (worst, median) and the advisory
+/// agreement with the original on 10,000 domain inputs outside the box, per `d`.
+fn bias_probe(data: &std::path::Path, which: &str) {
+    let spec =
+        Property::from_vnnlib(&data.join("acasxu/vnnlib/prop_2_coc_minimal.vnnlib")).expect("spec");
+    for ab in which.split(':') {
+        let (a, b) = ab.split_once(',').expect("A,B");
+        let (a, b): (u32, u32) = (a.parse().expect("A"), b.parse().expect("B"));
+        let net = import::load(&data.join(testing::acasxu_onnx(a, b))).expect("import");
+        let rp = RepairProperty::from_spec("coc", &spec, &net).expect("fits");
+        let case = &rp.cases[0];
+        let outside = repair::sample_outside(&acasxu_domain(), &[case], 10_000, 0xb1a5);
+        let inside = repair::sample_outside(
+            &BoxBounds::new(case.lower.clone(), case.upper.clone()),
+            &[],
+            4096,
+            3,
+        );
+        let argmin = |y: &[f64]| {
+            (0..y.len())
+                .min_by(|&i, &j| y[i].total_cmp(&y[j]))
+                .unwrap_or(0)
+        };
+        let before: Vec<usize> = outside.iter().map(|x| argmin(&net.forward(x))).collect();
+        let mut line = format!("N{a},{b}:");
+        for d in [0.0, 0.002, 0.005, 0.01, 0.02, 0.05] {
+            let mut shifted = net.clone();
+            if let Some(prorepair_host::model::Layer::Dense(l)) = shifted.layers.last_mut() {
+                l.bias[0] -= d;
+            }
+            let agree = outside
+                .iter()
+                .zip(&before)
+                .filter(|(x, a)| argmin(&shifted.forward(x)) == **a)
+                .count() as f64
+                / outside.len() as f64;
+            let mut scores: Vec<f64> = inside
+                .iter()
+                .map(|x| {
+                    let y = shifted.forward(x);
+                    (1..y.len())
+                        .map(|i| y[i] - y[0])
+                        .fold(f64::INFINITY, f64::min)
+                })
+                .collect();
+            scores.sort_by(f64::total_cmp);
+            line += &format!(
+                " d={d}: agree {:.2}% worst {:.4} median {:.4};",
+                100.0 * agree,
+                scores[0],
+                scores[scores.len() / 2]
+            );
+        }
+        println!("{line}");
+    }
 }
