@@ -722,24 +722,13 @@ fn bias_probe(data: &std::path::Path, which: &str) {
             4096,
             3,
         );
-        let argmin = |y: &[f64]| {
-            (0..y.len())
-                .min_by(|&i, &j| y[i].total_cmp(&y[j]))
-                .unwrap_or(0)
-        };
-        let before: Vec<usize> = outside.iter().map(|x| argmin(&net.forward(x))).collect();
         let mut line = format!("N{a},{b}:");
         for d in [0.0, 0.002, 0.005, 0.01, 0.02, 0.05] {
             let mut shifted = net.clone();
             if let Some(prorepair_host::model::Layer::Dense(l)) = shifted.layers.last_mut() {
                 l.bias[0] -= d;
             }
-            let agree = outside
-                .iter()
-                .zip(&before)
-                .filter(|(x, a)| argmin(&shifted.forward(x)) == **a)
-                .count() as f64
-                / outside.len() as f64;
+            let agree = repair::measure_fidelity(&net, &shifted, &outside).argmin_agreement;
             let mut scores: Vec<f64> = inside
                 .iter()
                 .map(|x| {

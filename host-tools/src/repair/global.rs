@@ -187,6 +187,19 @@ fn score_at(current: &Network, split: usize, desired: &DesiredSet, x: &[f64]) ->
     (score(desired, &y), frozen)
 }
 
+/// An anchor on network `n`: its least constraint value (the anchor meets its margin
+/// when this is at least `a.margin`) and whether every unit at `split` is off there.
+fn anchor_state(n: &Network, split: usize, a: &pointwise::Anchor) -> (f64, bool) {
+    let h = n.forward_range(&a.x, 0, split);
+    let y = n.forward_range(&h, split, n.layers.len());
+    let least = a
+        .constraints
+        .iter()
+        .map(|c| c.value(&y))
+        .fold(f64::INFINITY, f64::min);
+    (least, features_off(n, split, &h))
+}
+
 /// Whether every unit of the ReLU layer at the split is off at features `h`: pre-activations
 /// `<= 0` when `f_c` starts with that ReLU, all 0 when `f_e` ends with it; false when no
 /// ReLU borders the split.
@@ -637,10 +650,8 @@ pub(super) fn run(
         let margin_ok = |n: &Network| {
             Instant::now() >= train_deadline
                 || state.anchors.iter().all(|a| {
-                    let h = n.forward_range(&a.x, 0, split);
-                    let y = n.forward_range(&h, split, n.layers.len());
-                    let met = |m: f64| a.constraints.iter().all(|c| c.value(&y) >= m);
-                    met(a.margin) || (features_off(n, split, &h) && met(0.0))
+                    let (least, frozen) = anchor_state(n, split, a);
+                    least >= a.margin || (frozen && least >= 0.0)
                 })
         };
         let anchors_s = t_anchors.elapsed().as_secs_f64();
@@ -656,14 +667,8 @@ pub(super) fn run(
                 .anchors
                 .iter()
                 .map(|a| {
-                    let h = current.forward_range(&a.x, 0, state.split);
-                    let y = current.forward_range(&h, state.split, current.layers.len());
-                    let gap = a
-                        .constraints
-                        .iter()
-                        .map(|c| c.value(&y) - a.margin)
-                        .fold(f64::INFINITY, f64::min);
-                    (gap, features_off(current, state.split, &h))
+                    let (least, frozen) = anchor_state(current, state.split, a);
+                    (least - a.margin, frozen)
                 })
                 .collect();
             eprintln!(
