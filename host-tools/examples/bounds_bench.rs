@@ -24,6 +24,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     // `--crown-only` skips alpha-CROWN (minutes) when only the CROWN figure is wanted.
     let crown_only = std::env::args().any(|a| a == "--crown-only");
     let Some(data) = prorepair_host::testing::data_dir() else {

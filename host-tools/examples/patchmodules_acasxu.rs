@@ -21,6 +21,9 @@ use prorepair_host::spec::Property;
 use prorepair_host::{export, import, testing, verify};
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let args: Vec<String> = std::env::args().collect();
     let timeout: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(120.0);
     let only = args.get(2).filter(|s| s.as_str() != "all").cloned();

@@ -428,6 +428,9 @@ fn label_run(
 }
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let args: Vec<String> = std::env::args().collect();
     let radii: Vec<f64> = args
         .get(1)

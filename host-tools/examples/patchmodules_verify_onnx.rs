@@ -20,6 +20,9 @@ use prorepair_host::verify::{self, piecewise};
 use prorepair_host::{export, patch, testing};
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let args: Vec<String> = std::env::args().collect();
     let repair_timeout: f64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(120.0);
     let verify_timeout: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(120.0);

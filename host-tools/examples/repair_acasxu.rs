@@ -251,6 +251,9 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
 }
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let args: Vec<String> = std::env::args().collect();
     let which = args.get(1).map_or("all", String::as_str).to_string();
     let timeout: f64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(60.0);

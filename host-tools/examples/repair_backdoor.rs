@@ -86,6 +86,9 @@ fn tuned(mut o: PointOptions) -> PointOptions {
 }
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let mut archs = Vec::new();
     let mut train_options = TrainOptions::default();
     let mut n_repair = 50;

@@ -393,6 +393,9 @@ fn adversarial(args: &[String]) {
 }
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("corruption") => corruption(&args[1..]),

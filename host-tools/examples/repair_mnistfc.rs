@@ -33,6 +33,9 @@ fn data(rel: &str) -> PathBuf {
 }
 
 fn main() {
+    // SAFETY: first thing in main, no other thread exists yet (candle would otherwise
+    // re-read /proc/cpuinfo on every matrix product).
+    unsafe { prorepair_host::verify::cache_thread_count(None) };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut net_name = "256x2".to_string();
     let mut which = "violated".to_string();

@@ -109,6 +109,15 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let threads = match &cli.command {
+        Command::Verify(a) => a.threads,
+        _ => None,
+    };
+    // Every command that trains or bounds with candle (repair, demo, bounds, verify's PGD
+    // and alpha-CROWN) would otherwise re-read /proc/cpuinfo on each matrix product.
+    // SAFETY: the CLI's main thread, before any other thread is spawned (argument
+    // parsing is single-threaded), so nothing reads the environment concurrently.
+    unsafe { crate::verify::cache_thread_count(threads) };
     let result = match cli.command {
         Command::Compile(a) => compile::run(a),
         Command::Eval(a) => eval::run(a),

@@ -95,9 +95,6 @@ pub fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
 
 /// Run `verify`.
 pub fn run(args: Args) -> Result<Outcome, CliError> {
-    // SAFETY: the CLI's main thread, before any other thread is spawned (argument
-    // parsing is single-threaded), so nothing reads the environment concurrently.
-    unsafe { verify::cache_thread_count(args.threads) };
     // A patch-modules graph (`apply --onnx-out` of a kind-2 patch) is a piecewise model,
     // verified cell by cell.
     let model =
