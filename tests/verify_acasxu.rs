@@ -120,10 +120,12 @@ fn check_instance(
 #[test]
 fn acasxu_subset_agrees_with_expected_results() {
     let Some(exp) = expected() else { return };
-    // Fixed, fast subset: violated instances (property 2 on three networks; on N3,2 only
-    // branch and bound finds the counterexample, and property 3 on N1,7) and holding
-    // ones (property 1 on two networks, property 2 on N1,9, properties 3 and 4).
+    // Fixed, fast subset: violated instances (property 2 on four networks; on N3,2 only
+    // branch and bound finds the counterexample, on N5,3 only at the minimiser of a half
+    // that is not among the split candidates; and property 3 on N1,7) and holding ones
+    // (property 1 on two networks, property 2 on N1,9, properties 3 and 4).
     let subset = [
+        (5, 3, 2),
         (2, 3, 2),
         (2, 2, 2),
         (1, 4, 2),

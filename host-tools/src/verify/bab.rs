@@ -1422,18 +1422,18 @@ fn check_minimisers(
     None
 }
 
-/// Inputs of at most this many dimensions try every dimension as a split candidate.
+/// Inputs of at most this many dimensions bound the halves of every dimension (for their
+/// counterexample checks; the split is still chosen among [`SPLIT_CANDIDATES`]).
 const SPLIT_TRY_ALL: usize = 8;
-/// Larger inputs try this many best by smear, plus the widest dimension.
+/// The split is chosen among this many best by smear, plus the widest dimension.
 const SPLIT_CANDIDATES: usize = 3;
 
 /// Choose the dimension to bisect by bounding both halves of each candidate dimension
-/// (every dimension of a small input, else the best few by smear, `width x |linear
-/// coefficient|`) and keeping the split whose halves leave the least open gap: the sum of
-/// the halves' negative gaps, then the larger summed gap. Smear alone misses the
-/// dimensions whose effect is hidden in the relaxation offsets rather than the linear
-/// coefficients (ACAS Xu property 1 kept boxes of full width in the heading angle open
-/// for ever). The chosen halves' bounds are kept, so they are not computed twice.
+/// (the best few by smear, `width x |linear coefficient|`, and the widest) and keeping
+/// the split whose halves leave the least open gap: the sum of the halves' negative gaps,
+/// then the larger summed gap. Smear alone misses the dimensions whose effect is hidden
+/// in the relaxation offsets rather than the linear coefficients (ACAS Xu property 1 kept
+/// boxes of full width in the heading angle open for ever). The chosen halves' bounds are kept, so they are not computed twice.
 /// Smear decides instead under [`SplitRule::Smear`], on boxes whose gaps are all positive
 /// (they only wait for the f32 margin), and when no candidate improves the gap by 1%.
 fn choose_split(
@@ -1484,17 +1484,26 @@ fn choose_split(
     };
     let widest = dims.iter().map(|&i| rel(i)).fold(0.0f64, f64::max);
     dims.retain(|&i| rel(i) >= 1e-3 * widest);
-    // Candidates: every dimension of a small input (ACAS Xu: 5; measured 6x fewer
-    // sub-boxes on property 1 than the best two by smear plus the widest), else the best
-    // by smear and the widest relative to the case box (the one smear overlooks when its
-    // effect sits in the relaxation offsets).
-    if dims.len() > SPLIT_TRY_ALL {
-        dims.truncate(SPLIT_CANDIDATES);
+    // The split is chosen among the best SPLIT_CANDIDATES by smear and the widest
+    // relative to the case box (the one smear overlooks when its effect sits in the
+    // relaxation offsets). On a small input (ACAS Xu: 5) the halves of every dimension are
+    // bounded all the same: their minimisers are checked as counterexamples (ACAS Xu N5,3
+    // property 2: found in 1.8 s; unknown after 116 s when only the candidates' halves are
+    // checked). Choosing among all five by the halves' gap alone is greedy: on repaired
+    // ACAS Xu networks' prop_2 it proved N5,9 in 16.7 s against 2.0 s and N2,9 in 19.8 s
+    // against 3.6 s, though N5,6 in 0.96 s against 1.15 s (BENCHMARKS.md, Repair,
+    // session 10).
+    let mut eligible = dims.clone();
+    if eligible.len() > SPLIT_CANDIDATES {
+        eligible.truncate(SPLIT_CANDIDATES);
         if let Some(w) = widest_dim
-            && !dims.contains(&w)
+            && !eligible.contains(&w)
         {
-            dims.push(w);
+            eligible.push(w);
         }
+    }
+    if dims.len() > SPLIT_TRY_ALL {
+        dims = eligible.clone();
     }
     let base = open_gap_of(parent, owner, case, &d.lower, &d.upper);
     // A box whose conjunctions all have positive gaps waits only for the f32 margin,
@@ -1541,11 +1550,15 @@ fn choose_split(
             exact: false,
         });
     }
-    let best = evaluated
+    let Some(best) = evaluated
         .iter()
         .enumerate()
-        .max_by(|(_, a), (_, b)| a.2.0.total_cmp(&b.2.0).then(a.2.1.total_cmp(&b.2.1)))?
-        .0;
+        .filter(|(_, e)| eligible.contains(&e.0))
+        .max_by(|(_, a), (_, b)| a.2.0.total_cmp(&b.2.0).then(a.2.1.total_cmp(&b.2.1)))
+        .map(|(i, _)| i)
+    else {
+        return Some(by_smear);
+    };
     // No split improves the open gap noticeably (a plateau of the relaxation): smear.
     // Halves ranked with looser bounds are compared with the parent's gap under the same
     // bounds (against the exact gap they would rarely look like an improvement).
