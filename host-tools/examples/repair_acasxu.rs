@@ -353,6 +353,9 @@ fn main() {
                     .map(|c| (c.lower.clone(), c.upper.clone()))
                     .collect();
                 let patch = match prorepair_host::patch::emit(&net, &out.network, 1, &regions) {
+                    // Nothing changed (e.g. the property stayed "unknown" and no sampled
+                    // point fell below the margin): there is no patch to measure.
+                    _ if out.changed_parameters == 0 => "- (nothing changed)".to_string(),
                     Ok(e) => format!(
                         "{} ({:.1}%)",
                         e.bytes.len(),
