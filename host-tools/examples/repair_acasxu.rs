@@ -738,9 +738,11 @@ fn bias_probe(data: &std::path::Path, which: &str) {
             let mut scores: Vec<f64> = inside
                 .iter()
                 .map(|x| {
+                    // The property's margin: the least over its unsafe conjunctions.
                     let y = shifted.forward(x);
-                    (1..y.len())
-                        .map(|i| y[i] - y[0])
+                    case.unsafe_set
+                        .iter()
+                        .map(|c| c.worst_margin(&y))
                         .fold(f64::INFINITY, f64::min)
                 })
                 .collect();

@@ -178,26 +178,30 @@ impl Weak {
     }
 }
 
-/// `x`'s score on `current` and whether every unit of the ReLU layer at `split` is off
-/// there (see [`Weak::frozen`]).
+/// `n`'s output at `x`, and whether every unit of the ReLU layer at `split` is off there
+/// (see [`Weak::frozen`]): one forward pass, split at the features.
+fn output_and_frozen(n: &Network, split: usize, x: &[f64]) -> (Vec<f64>, bool) {
+    let h = n.forward_range(x, 0, split);
+    let frozen = features_off(n, split, &h);
+    (n.forward_range(&h, split, n.layers.len()), frozen)
+}
+
+/// `x`'s score on `current` and whether every unit at `split` is off there.
 fn score_at(current: &Network, split: usize, desired: &DesiredSet, x: &[f64]) -> (f64, bool) {
-    let h = current.forward_range(x, 0, split);
-    let frozen = features_off(current, split, &h);
-    let y = current.forward_range(&h, split, current.layers.len());
+    let (y, frozen) = output_and_frozen(current, split, x);
     (score(desired, &y), frozen)
 }
 
 /// An anchor on network `n`: its least constraint value (the anchor meets its margin
 /// when this is at least `a.margin`) and whether every unit at `split` is off there.
 fn anchor_state(n: &Network, split: usize, a: &pointwise::Anchor) -> (f64, bool) {
-    let h = n.forward_range(&a.x, 0, split);
-    let y = n.forward_range(&h, split, n.layers.len());
+    let (y, frozen) = output_and_frozen(n, split, &a.x);
     let least = a
         .constraints
         .iter()
         .map(|c| c.value(&y))
         .fold(f64::INFINITY, f64::min);
-    (least, features_off(n, split, &h))
+    (least, frozen)
 }
 
 /// Whether every unit of the ReLU layer at the split is off at features `h`: pre-activations

@@ -1428,12 +1428,14 @@ const SPLIT_TRY_ALL: usize = 8;
 /// The split is chosen among this many best by smear, plus the widest dimension.
 const SPLIT_CANDIDATES: usize = 3;
 
-/// Choose the dimension to bisect by bounding both halves of each candidate dimension
-/// (the best few by smear, `width x |linear coefficient|`, and the widest) and keeping
-/// the split whose halves leave the least open gap: the sum of the halves' negative gaps,
-/// then the larger summed gap. Smear alone misses the dimensions whose effect is hidden
-/// in the relaxation offsets rather than the linear coefficients (ACAS Xu property 1 kept
-/// boxes of full width in the heading angle open for ever). The chosen halves' bounds are kept, so they are not computed twice.
+/// Choose the dimension to bisect by bounding both halves of each dimension (of the
+/// candidates only, on inputs of more than [`SPLIT_TRY_ALL`] dimensions) and keeping,
+/// among the candidates (the best few by smear, `width x |linear coefficient|`, and the
+/// widest), the split whose halves leave the least open gap: the sum of the halves'
+/// negative gaps, then the larger summed gap. Smear alone misses the dimensions whose
+/// effect is hidden in the relaxation offsets rather than the linear coefficients (ACAS
+/// Xu property 1 kept boxes of full width in the heading angle open for ever). The
+/// chosen halves' bounds are kept, so they are not computed twice.
 /// Smear decides instead under [`SplitRule::Smear`], on boxes whose gaps are all positive
 /// (they only wait for the f32 margin), and when no candidate improves the gap by 1%.
 fn choose_split(
