@@ -227,6 +227,86 @@ fn f32_error_bound_covers_tract_on_acasxu() {
     }
 }
 
+/// The per-row bound on small boxes, where ReLUs sit near zero and take the 1/2 slope
+/// with its remainder: tract's and the plain f32 outputs stay inside it on sampled
+/// points. And it is sharp enough where it matters: at the hard point of N1,1 property 5
+/// (the row `y3 - y4` has margin 1.6e-3 there) it stays below the margin, which the
+/// interval-slope form (3.3e-3) did not.
+#[test]
+fn row_error_bounds_cover_tract_on_small_acasxu_boxes() {
+    let Some(_) = data_path("acasxu") else { return };
+    let mut state: u64 = 5;
+    let mut uniform = move |l: f64, h: f64| {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        l + (h - l) * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    };
+    let onnx = data_path(&acasxu_onnx(1, 1)).unwrap();
+    let net =
+        prorepair_host::import::load(&data_path(&prorepair_tests::acasxu_nnet(1, 1)).unwrap())
+            .unwrap();
+    let tract = TractModel::load(&onnx).unwrap();
+    // y3 - y4 and two random rows.
+    let rows: Vec<Vec<f64>> = vec![
+        vec![0.0, 0.0, 0.0, 1.0, -1.0],
+        (0..5).map(|_| uniform(-1.0, 1.0)).collect(),
+        (0..5).map(|_| uniform(-1.0, 1.0)).collect(),
+    ];
+    let hard = [-0.3242718, 0.0627, -0.4996, -0.49577, -0.42052];
+    let at_hard = verify::rounding::spec_error_bounds(
+        &net,
+        &verify::rounding::interval_bounds(&net, &hard, &hard),
+        &rows,
+    )
+    .unwrap();
+    let y = net.forward(&hard);
+    let margin = y[3] - y[4];
+    assert!(
+        at_hard[0] < margin,
+        "N1,1 property 5 hard point: bound {} not below the margin {margin}",
+        at_hard[0]
+    );
+    for _ in 0..40 {
+        let centre: Vec<f64> = (0..5).map(|_| uniform(-0.3, 0.5)).collect();
+        let lo: Vec<f64> = centre.iter().map(|c| c - 2e-3).collect();
+        let hi: Vec<f64> = centre.iter().map(|c| c + 2e-3).collect();
+        let ibp = verify::rounding::interval_bounds(&net, &lo, &hi);
+        let bound = verify::rounding::spec_error_bounds(&net, &ibp, &rows).unwrap();
+        for _ in 0..50 {
+            let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| uniform(l, h)).collect();
+            let exact = net.forward(&x);
+            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let via_tract: Vec<f64> = tract
+                .run(&x32)
+                .unwrap()
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let via_plain: Vec<f64> = verify::rounding::forward_f32(&net, &x)
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            for dev in [&via_tract, &via_plain] {
+                for (r, row) in rows.iter().enumerate() {
+                    let err: f64 = row
+                        .iter()
+                        .zip(dev.iter().zip(&exact))
+                        .map(|(c, (d, e))| c * (d - e))
+                        .sum();
+                    assert!(
+                        err.abs() <= bound[r],
+                        "row {r}: f32 error {err} > bound {}",
+                        bound[r]
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// `verify::leaf_holds` (branch and bound's leaf test, shared with repair) is sound: on
 /// seeded sub-boxes of real ACAS Xu property boxes where it answers true, no sampled
 /// input reaches the unsafe set, neither in the f64 forward pass nor in a plain f32
