@@ -167,19 +167,23 @@ fn vnncomp_test_instances_agree_with_expected_results() {
     assert_eq!(n, 5);
 }
 
-#[test]
-fn f32_error_bound_covers_tract_on_acasxu() {
-    let Some(_) = data_path("acasxu") else { return };
-    // A small seeded generator (splitmix64) for uniform points.
-    let mut state: u64 = 3;
-    let mut uniform = move |l: f64, h: f64| {
+/// A small seeded generator (splitmix64) of uniform values in `[l, h)`.
+fn uniform_from(seed: u64) -> impl FnMut(f64, f64) -> f64 {
+    let mut state = seed;
+    move |l, h| {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         l + (h - l) * ((z >> 11) as f64 / (1u64 << 53) as f64)
-    };
+    }
+}
+
+#[test]
+fn f32_error_bound_covers_tract_on_acasxu() {
+    let Some(_) = data_path("acasxu") else { return };
+    let mut uniform = uniform_from(3);
     for (a, b) in [(1, 1), (2, 7), (5, 9)] {
         let onnx = data_path(&acasxu_onnx(a, b)).unwrap();
         let net =
@@ -235,15 +239,7 @@ fn f32_error_bound_covers_tract_on_acasxu() {
 #[test]
 fn row_error_bounds_cover_tract_on_small_acasxu_boxes() {
     let Some(_) = data_path("acasxu") else { return };
-    let mut state: u64 = 5;
-    let mut uniform = move |l: f64, h: f64| {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        l + (h - l) * ((z >> 11) as f64 / (1u64 << 53) as f64)
-    };
+    let mut uniform = uniform_from(5);
     let onnx = data_path(&acasxu_onnx(1, 1)).unwrap();
     let net =
         prorepair_host::import::load(&data_path(&prorepair_tests::acasxu_nnet(1, 1)).unwrap())
@@ -315,15 +311,7 @@ fn row_error_bounds_cover_tract_on_small_acasxu_boxes() {
 #[test]
 fn leaf_holds_is_sound_on_acasxu_sub_boxes() {
     let Some(_) = data_path("acasxu") else { return };
-    let mut state: u64 = 11;
-    let mut uniform = move |l: f64, h: f64| {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        l + (h - l) * ((z >> 11) as f64 / (1u64 << 53) as f64)
-    };
+    let mut uniform = uniform_from(11);
     // (network, property, expected): prop 1 holds, prop 2 holds on N1,9 (conjunctions of
     // four rows: the combined exclusion), prop 2 is violated on N2,2.
     for (a, b, p) in [(2, 2, 1), (1, 9, 2), (2, 2, 2)] {

@@ -926,19 +926,7 @@ mod tests {
             if let Some(spec) = &spec {
                 for _ in 0..2000 {
                     let x = random_point(&mut rng, &lo, &hi);
-                    let (exact, dev) = (net.forward(&x), forward_f32(&net, &x));
-                    for (r, row) in rows.iter().enumerate() {
-                        let err: f64 = row
-                            .iter()
-                            .enumerate()
-                            .map(|(j, c)| c * (f64::from(dev[j]) - exact[j]))
-                            .sum();
-                        assert!(
-                            err.abs() <= spec[r],
-                            "row {r}: error {err} > bound {}",
-                            spec[r]
-                        );
-                    }
+                    assert_rows_cover(&rows, spec, &forward_f32(&net, &x), &net.forward(&x));
                 }
                 for j in 0..5 {
                     assert!(spec[j] <= bound[j], "the spec form is never looser");
@@ -983,18 +971,7 @@ mod tests {
                 let x = random_point(&mut rng, &lo, &hi);
                 let exact = net.forward(&x);
                 for dev in [forward_f32(&net, &x), forward_f32_reversed(&net, &x)] {
-                    for (r, row) in rows.iter().enumerate() {
-                        let err: f64 = row
-                            .iter()
-                            .enumerate()
-                            .map(|(j, c)| c * (f64::from(dev[j]) - exact[j]))
-                            .sum();
-                        assert!(
-                            err.abs() <= spec[r],
-                            "row {r}: error {err} > bound {}",
-                            spec[r]
-                        );
-                    }
+                    assert_rows_cover(&rows, &spec, &dev, &exact);
                 }
             }
         }
@@ -1022,8 +999,12 @@ mod tests {
             let half = if trial % 2 == 0 { 0.0 } else { 0.01 };
             let lo: Vec<f64> = centre.iter().map(|v| v - half).collect();
             let hi: Vec<f64> = centre.iter().map(|v| v + half).collect();
-            let bound =
-                spec_error_bounds(&net, &interval_bounds(&net, &lo, &hi), &[c.clone()]).unwrap()[0];
+            let bound = spec_error_bounds(
+                &net,
+                &interval_bounds(&net, &lo, &hi),
+                std::slice::from_ref(&c),
+            )
+            .unwrap()[0];
             for _ in 0..20 {
                 let x = random_point(&mut rng, &lo, &hi);
                 // Exact pass, keeping every ReLU's input.
@@ -1100,6 +1081,22 @@ mod tests {
             worst_on_points > 0.95,
             "bound looser than expected on point boxes: {worst_on_points}"
         );
+    }
+
+    /// Every row's error `|row·(dev - exact)|` is within its bound.
+    fn assert_rows_cover(rows: &[Vec<f64>], bound: &[f64], dev: &[f32], exact: &[f64]) {
+        for (r, row) in rows.iter().enumerate() {
+            let err: f64 = row
+                .iter()
+                .zip(dev.iter().zip(exact))
+                .map(|(c, (d, e))| c * (f64::from(*d) - e))
+                .sum();
+            assert!(
+                err.abs() <= bound[r],
+                "row {r}: error {err} > bound {}",
+                bound[r]
+            );
+        }
     }
 
     /// The f32 forward pass with every dot product summed in reverse order (another
