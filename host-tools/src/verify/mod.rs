@@ -344,14 +344,19 @@ pub fn verify_cases(net: &Network, cases: &[Case], options: &Options) -> Report 
 /// lifted property-2 networks that 0.3 leaves open.
 const HALVES_SHARE: f64 = 0.5;
 
-/// The longest branch and bound splits by bounding the halves before smear takes over,
-/// whatever the budget. Measured (BENCHMARKS.md, Repair, session 11): with half of a 60 s
+/// The earliest smear takes over from the halves (with [`HALVES_MIN_BRANCHES`] done;
+/// at [`HALVES_SHARE`] of the budget in any case). Measured (BENCHMARKS.md, Repair, session 11): with half of a 60 s
 /// budget, 8 of the 39 repaired prop_2 networks took 35-41 s, finishing just after the
 /// switch; switching at 5 s proves them in 6-11 s. On VNN-COMP ACAS Xu (116 s budgets)
 /// it decides N1,1 property 5 (82 s; unknown before) and cuts property 9 from 66 s to
 /// 6 s, the other properties unchanged. Switching at 2 s is too early: repaired N3,9 and
 /// N4,9 stay unknown at 60 s.
 const HALVES_MAX: Duration = Duration::from_secs(5);
+
+/// Sub-boxes bounded by halves before smear may take over after [`HALVES_MAX`] (about
+/// 5 s of work on this 2-core machine when it is not loaded): on a loaded machine the
+/// switch waits for the work, up to half the budget.
+const HALVES_MIN_BRANCHES: u64 = 10_000;
 
 fn verify_in_pool(net: &Network, cases: &[Case], options: &Options) -> Report {
     let start = Instant::now();
@@ -381,10 +386,13 @@ fn verify_in_pool(net: &Network, cases: &[Case], options: &Options) -> Report {
     // within the budget).
     let complete = options.method == Method::Complete;
     let switch = complete.then(|| {
-        (
-            start + options.timeout.mul_f64(HALVES_SHARE).min(HALVES_MAX),
-            bab::SplitRule::Smear,
-        )
+        let latest = start + options.timeout.mul_f64(HALVES_SHARE);
+        bab::Switch {
+            at: (start + HALVES_MAX).min(latest),
+            min_branches: HALVES_MIN_BRANCHES,
+            latest,
+            rule: bab::SplitRule::Smear,
+        }
     });
     let search = bab::Search {
         engine: engine.as_ref(),
