@@ -313,24 +313,29 @@ pub fn spec_error_bounds(
                 let mut slopes = Vec::with_capacity(err.len());
                 let mut remainder = vec![0.0; err.len()];
                 for i in 0..err.len() {
+                    let decide = |e: f64| {
+                        if l[i] - e > 0.0 {
+                            Some(1.0)
+                        } else if u[i] + e <= 0.0 {
+                            Some(0.0)
+                        } else {
+                            None
+                        }
+                    };
                     // SLACK covers the f64 rounding of the sums that gave `err`.
                     err[i] *= SLACK;
-                    let decided = |e: f64| l[i] - e > 0.0 || u[i] + e <= 0.0;
-                    if !decided(err[i]) {
+                    let slope = decide(err[i]).or_else(|| {
                         let mut unit = vec![0.0; err.len()];
                         unit[i] = 1.0;
                         let sharp =
-                            SLACK * backward_error_bound(&net.layers[..k], &steps, &e0, unit);
+                            SLACK * backward_error_bound(&net.layers[..k], &steps, &e0, &unit);
                         err[i] = err[i].min(sharp);
-                    }
-                    slopes.push(if l[i] - err[i] > 0.0 {
-                        1.0
-                    } else if u[i] + err[i] <= 0.0 {
-                        0.0
-                    } else {
+                        decide(err[i])
+                    });
+                    slopes.push(slope.unwrap_or_else(|| {
                         remainder[i] = 0.5 * err[i];
                         0.5
-                    });
+                    }));
                 }
                 // The forward bound: `|s (x̂ - x)| <= e` for any `s` in `[0, 1]`.
                 err = err
@@ -347,7 +352,7 @@ pub fn spec_error_bounds(
     Some(
         rows.iter()
             .map(|c| {
-                let b = SLACK * backward_error_bound(&net.layers, &steps, &e0, c.clone());
+                let b = SLACK * backward_error_bound(&net.layers, &steps, &e0, c);
                 // Non-finite bounds or weights must never pass for a small error.
                 if b.is_nan() { f64::INFINITY } else { b }
             })
@@ -371,8 +376,8 @@ enum ErrorStep {
 /// (without [`SLACK`]), `δ_k` the dense layers' local rounding and the ReLU slopes'
 /// remainders: `c J` is carried backward through the point slopes and each dense layer,
 /// as an interval only to enclose the f64 rounding of the propagation.
-fn backward_error_bound(layers: &[Layer], steps: &[ErrorStep], e0: &[f64], c: Vec<f64>) -> f64 {
-    let (mut lo, mut hi) = (c.clone(), c);
+fn backward_error_bound(layers: &[Layer], steps: &[ErrorStep], e0: &[f64], c: &[f64]) -> f64 {
+    let (mut lo, mut hi) = (c.to_vec(), c.to_vec());
     let mut total = 0.0;
     for (layer, step) in layers.iter().zip(steps).rev() {
         match (layer, step) {
