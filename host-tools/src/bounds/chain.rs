@@ -36,30 +36,21 @@ mod kernel {
         body::<false>(m, k, n, a, b, out);
     }
 
-    /// A hand-written 4 x 8 AVX2 register block over the whole product: `b` is padded
-    /// with zero columns to a multiple of 8 and the last row block repeats the last row,
-    /// so edges take the same path; only the valid part of each block is stored.
+    /// A hand-written 4 x 8 AVX2 register block over the whole product. The last column
+    /// block of `b` is read with masked loads (no padded copy of `b`) and the last row
+    /// block repeats the last row, so edges take the same path; only the valid part of
+    /// each block is stored.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gemm_avx2(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], out: &mut [f64]) {
         use std::arch::x86_64::{
-            _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd,
+            __m256d, __m256i, _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_maskload_pd, _mm256_set1_pd,
+            _mm256_setr_epi64x, _mm256_setzero_pd, _mm256_storeu_pd,
         };
-        if m == 0 || n == 0 {
+        if m == 0 || n == 0 || k == 0 {
+            out[..m * n].iter_mut().for_each(|v| *v = 0.0);
             return;
         }
-        let n_pad = n.div_ceil(8) * 8;
-        let padded: Vec<f64>;
-        let bp: &[f64] = if n_pad == n {
-            &b[..k * n]
-        } else {
-            let mut p = vec![0.0; k * n_pad];
-            for t in 0..k {
-                p[t * n_pad..t * n_pad + n].copy_from_slice(&b[t * n..(t + 1) * n]);
-            }
-            padded = p;
-            &padded
-        };
         let mut block = [0.0f64; 32];
         for i0 in (0..m).step_by(4) {
             let r = |d: usize| (i0 + d).min(m - 1) * k;
@@ -69,7 +60,13 @@ mod kernel {
                 &a[r(2)..r(2) + k],
                 &a[r(3)..r(3) + k],
             );
-            for j0 in (0..n_pad).step_by(8) {
+            for j0 in (0..n).step_by(8) {
+                let w = (n - j0).min(8);
+                // Lane masks of a partial column block: lane i is read when i < w (first
+                // four) or i + 4 < w (last four).
+                let on = |i: usize| if i < w { -1i64 } else { 0 };
+                let mask0: __m256i = _mm256_setr_epi64x(on(0), on(1), on(2), on(3));
+                let mask1: __m256i = _mm256_setr_epi64x(on(4), on(5), on(6), on(7));
                 let (mut c00, mut c01, mut c10, mut c11) = (
                     _mm256_setzero_pd(),
                     _mm256_setzero_pd(),
@@ -83,13 +80,19 @@ mod kernel {
                     _mm256_setzero_pd(),
                 );
                 for t in 0..k {
-                    let row = &bp[t * n_pad + j0..t * n_pad + j0 + 8];
-                    // SAFETY: `row` has exactly 8 elements: loads of 4 at offsets 0 and 4.
-                    let (b0, b1) = unsafe {
-                        (
-                            _mm256_loadu_pd(row.as_ptr()),
-                            _mm256_loadu_pd(row.as_ptr().add(4)),
-                        )
+                    let row = &b[t * n + j0..t * n + j0 + w];
+                    let p = row.as_ptr();
+                    let (b0, b1): (__m256d, __m256d) = if w == 8 {
+                        // SAFETY: `row` has exactly 8 elements: loads of 4 at offsets 0 and 4.
+                        unsafe { (_mm256_loadu_pd(p), _mm256_loadu_pd(p.add(4))) }
+                    } else if w > 4 {
+                        // SAFETY: lanes 0..4 are in `row` (w > 4); from `p + 4` (inside
+                        // `row`) only the lanes under `mask1` (in `row`) are read: masked
+                        // lanes are not accessed.
+                        unsafe { (_mm256_loadu_pd(p), _mm256_maskload_pd(p.add(4), mask1)) }
+                    } else {
+                        // SAFETY: only the lanes under `mask0` (all in `row`) are read.
+                        unsafe { (_mm256_maskload_pd(p, mask0), _mm256_setzero_pd()) }
                     };
                     let a0 = _mm256_set1_pd(r0[t]);
                     c00 = _mm256_fmadd_pd(a0, b0, c00);
@@ -116,7 +119,6 @@ mod kernel {
                     _mm256_storeu_pd(p.add(24), c30);
                     _mm256_storeu_pd(p.add(28), c31);
                 }
-                let w = (n - j0).min(8);
                 for d in 0..(m - i0).min(4) {
                     let o = (i0 + d) * n + j0;
                     out[o..o + w].copy_from_slice(&block[d * 8..d * 8 + w]);
@@ -210,6 +212,12 @@ mod kernel {
                 (9, 50, 17),
                 (100, 50, 50),
                 (3, 0, 4),
+                // Partial last column blocks of every width 1..7 (masked loads).
+                (6, 5, 12),
+                (2, 4, 13),
+                (7, 3, 6),
+                (5, 2, 15),
+                (3, 6, 3),
             ] {
                 let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
                 let b: Vec<f64> = (0..k * n).map(|i| (i as f64 * 0.91).cos()).collect();
@@ -266,6 +274,18 @@ struct ReluStep {
     lower_live: Vec<f64>,
     upper_live: Vec<f64>,
     intercept_live: Vec<f64>,
+}
+
+impl ReluStep {
+    /// Empty, keeping the buffers.
+    fn clear(&mut self) {
+        self.live.clear();
+        self.weight_live.clear();
+        self.bias_live.clear();
+        self.lower_live.clear();
+        self.upper_live.clear();
+        self.intercept_live.clear();
+    }
 }
 
 /// Linear bounds being carried backward: `a` holds `rows` coefficient rows (shared
@@ -387,6 +407,32 @@ impl State {
             .collect();
         (lower, upper)
     }
+}
+
+/// The buffers of one [`DenseReluChain::linear_bounds_within`] call, kept per thread
+/// between calls: branch and bound makes tens of thousands of calls of the same shapes,
+/// and growing these buffers afresh every time cost ~10% of a call in allocation.
+#[derive(Debug, Default)]
+struct Scratch {
+    state: State,
+    forward: Forward,
+    steps: Vec<Option<ReluStep>>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// In place: `b = b ∩ other`.
+fn intersect_in_place(b: &mut BoxBounds, other: &BoxBounds) {
+    b.lower
+        .iter_mut()
+        .zip(&other.lower)
+        .for_each(|(a, o)| *a = a.max(*o));
+    b.upper
+        .iter_mut()
+        .zip(&other.upper)
+        .for_each(|(a, o)| *a = a.min(*o));
 }
 
 /// Inputs above which [`DenseReluChain::forward_intermediate`] is ignored: the forward
@@ -663,6 +709,34 @@ impl<'a> DenseReluChain<'a> {
         method: Method,
         prior: Option<&[BoxBounds]>,
     ) -> Result<LinearBounds, BoundsError> {
+        // A nested call (none today) would find the buffers taken and use fresh ones.
+        let mut scratch = SCRATCH
+            .with(|s| s.try_borrow_mut().map(|mut s| std::mem::take(&mut *s)))
+            .unwrap_or_default();
+        let result = self.bounds_with(input, spec, rows, method, prior, &mut scratch);
+        SCRATCH.with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                *s = scratch;
+            }
+        });
+        result
+    }
+
+    /// [`Self::linear_bounds_within`] with its buffers.
+    fn bounds_with(
+        &self,
+        input: &BoxBounds,
+        spec: &[f64],
+        rows: usize,
+        method: Method,
+        prior: Option<&[BoxBounds]>,
+        scratch: &mut Scratch,
+    ) -> Result<LinearBounds, BoundsError> {
+        let Scratch {
+            state,
+            forward,
+            steps,
+        } = scratch;
         input.validate(self.n_in)?;
         if spec.len() != rows * self.n_out {
             return Err(BoundsError::Spec(format!(
@@ -680,12 +754,11 @@ impl<'a> DenseReluChain<'a> {
         let (centre, radius) = input.centre_radius();
         let mut bounds: Vec<BoxBounds> = Vec::with_capacity(n + 1);
         bounds.push(input.clone());
-        let mut steps: Vec<Option<ReluStep>> = vec![None; n];
-        let mut state = State::default();
+        steps.truncate(n);
+        steps.resize_with(n, || None);
         let mut fwd = self.forward.then(|| {
-            let mut f = Forward::default();
-            f.identity(self.n_in);
-            f
+            forward.identity(self.n_in);
+            forward
         });
         for k in 0..n {
             if let Op::Relu(dim) = self.ops[k] {
@@ -693,7 +766,8 @@ impl<'a> DenseReluChain<'a> {
                     unreachable!("checked in new")
                 };
                 let b = &bounds[k];
-                let mut s = ReluStep::default();
+                let s = steps[k].get_or_insert_with(ReluStep::default);
+                s.clear();
                 for j in 0..dim {
                     let r = relax::relu(b.lower[j], b.upper[j]);
                     // Surely inactive: both lines vanish, the column only holds zeros.
@@ -708,7 +782,8 @@ impl<'a> DenseReluChain<'a> {
                         s.intercept_live.push(r.upper.intercept);
                     }
                 }
-                steps[k] = Some(s);
+            } else {
+                steps[k] = None;
             }
             let interval = match self.ops[k] {
                 Op::Dense(d) => dense_interval(d, &bounds[k]),
@@ -721,10 +796,10 @@ impl<'a> DenseReluChain<'a> {
             let prior_next = prior
                 .and_then(|p| p.get(k + 1))
                 .filter(|b| b.len() == interval.len());
-            let interval = match prior_next {
-                Some(p) => interval.intersect(p),
-                None => interval,
-            };
+            let mut interval = interval;
+            if let Some(p) = prior_next {
+                intersect_in_place(&mut interval, p);
+            }
             // The forward functions of this op's output (ReLU: relaxed over the bounds
             // of its input, the same relaxation as the backward passes use).
             let interval = match &mut fwd {
@@ -734,7 +809,8 @@ impl<'a> DenseReluChain<'a> {
                         Op::Relu(_) => f.relu(&bounds[k]),
                         Op::Flatten => {}
                     }
-                    interval.intersect(&f.concretise(&centre, &radius))
+                    intersect_in_place(&mut interval, &f.concretise(&centre, &radius));
+                    interval
                 }
                 None => interval,
             };
@@ -770,7 +846,7 @@ impl<'a> DenseReluChain<'a> {
                         }
                     }
                     if k > 0 && state.rows > 0 {
-                        self.back_substitute(&steps, k - 1, &mut state);
+                        self.back_substitute(steps, k - 1, state);
                     }
                     let (lower, upper) = state.concretise(&centre, &radius);
                     match picked {
@@ -801,7 +877,7 @@ impl<'a> DenseReluChain<'a> {
         state.c.clear();
         state.c.resize(2 * rows, 0.0);
         if n > 0 {
-            self.back_substitute(&steps, n - 1, &mut state);
+            self.back_substitute(steps, n - 1, state);
         }
         let (mut lower, mut upper) = state.concretise(&centre, &radius);
         if intersect {
@@ -828,7 +904,7 @@ impl<'a> DenseReluChain<'a> {
             let (l, u) = state.a.split_at(rows * self.n_in);
             (l.to_vec(), u.to_vec())
         } else {
-            (state.a.clone(), state.a)
+            (state.a.clone(), state.a.clone())
         };
         let (c_lower, c_upper) = state.c.split_at(rows);
         Ok(LinearBounds {
