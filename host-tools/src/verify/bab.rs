@@ -1477,6 +1477,16 @@ fn check_minimisers(
 const SPLIT_TRY_ALL: usize = 8;
 /// The split is chosen among this many best by smear, plus the widest dimension.
 const SPLIT_CANDIDATES: usize = 3;
+/// Sub-boxes this deep (at most `2^-depth` of the case box's volume) are split by smear
+/// even under [`SplitRule::Halves`]: the halves' choice pays near the root, where smear
+/// misses the dimensions whose effect sits in the relaxation offsets, but deep down its
+/// five times dearer sub-boxes chase small gap improvements. Measured on 13 saved
+/// repaired ACAS Xu prop_2 networks (verify, 60 s; BENCHMARKS.md, session 12): summed time
+/// 66 s with Halves down to the time switch, 34-39 s with this depth at 24-28 (26: the
+/// slowest 8.2 s instead of 10.1 s), but two networks took 27-44 s at 22 and never
+/// finished at 20. VNN-COMP ACAS Xu: the same 184 of 186 decided, property 9 in 1.4 s
+/// instead of 5.8 s.
+const HALVES_MAX_DEPTH: usize = 26;
 
 /// Choose the dimension to bisect by bounding both halves of each dimension (of the
 /// candidates only, on inputs of more than [`SPLIT_TRY_ALL`] dimensions) and keeping,
@@ -1559,8 +1569,14 @@ fn choose_split(
     }
     let base = open_gap_of(parent, owner, case, &d.lower, &d.upper);
     // A box whose conjunctions all have positive gaps waits only for the f32 margin,
-    // which shrinks with the magnitudes along the most influential dimension: smear.
-    if dims.len() < 2 || rows.is_empty() || base >= 0.0 || ctx.split == SplitRule::Smear {
+    // which shrinks with the magnitudes along the most influential dimension: smear. So
+    // does a deep sub-box (HALVES_MAX_DEPTH).
+    if dims.len() < 2
+        || rows.is_empty()
+        || base >= 0.0
+        || ctx.split == SplitRule::Smear
+        || d.depth >= HALVES_MAX_DEPTH
+    {
         return Some(by_smear);
     }
     #[allow(clippy::type_complexity)]
