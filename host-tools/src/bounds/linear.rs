@@ -40,11 +40,11 @@ pub(crate) fn gemm(m: usize, k: usize, n: usize, a: &[f64], b: &[f64], beta: f64
     }
 }
 
-/// `out[r] += sum_j a[r, j] * x[j]` for `a` `rows x cols`.
+/// `out[r] += sum_j a[r, j] * x[j]` for `a` `rows x cols` (the model's dot product, so a
+/// bound operation's forward pass equals [`crate::model::Network::forward`] exactly).
 pub(crate) fn gemv_add(rows: usize, cols: usize, a: &[f64], x: &[f64], out: &mut [f64]) {
     for (r, o) in out.iter_mut().enumerate().take(rows) {
-        let row = &a[r * cols..(r + 1) * cols];
-        *o += row.iter().zip(x).map(|(a, x)| a * x).sum::<f64>();
+        *o += crate::model::dot(&a[r * cols..(r + 1) * cols], x);
     }
 }
 
