@@ -893,7 +893,7 @@ fn polish(
     let chunk = options.polish_chunk.max(1);
     let (mut best, mut lowest) = agreement(state, current);
     let first = best;
-    let (mut chunks, mut kept, mut stale) = (0, 0, 0);
+    let (mut chunks, mut kept, mut stale, mut violations) = (0, 0, 0, 0);
     let mut outcome = "time up";
     while Instant::now() < until {
         // Good enough: more polish costs a verify per chunk for little gain.
@@ -940,10 +940,29 @@ fn polish(
             })
             .collect();
         if !polished.iter().all(|r| r.verdict == Verdict::Holds) {
-            outcome = if polished
-                .iter()
-                .any(|r| matches!(r.verdict, Verdict::Violated { .. }))
-            {
+            // A counterexample is one more point the proven network is safe at: anchor
+            // it there and train on from the candidate, a few times at most. Stopping at
+            // the first one left N2,6 and N5,1 below 99% agreement after one or two
+            // chunks (BENCHMARKS.md, Repair, session 12).
+            let mut violated = false;
+            for ((pi, _, desired), r) in props.iter().zip(&polished) {
+                if let Verdict::Violated { counterexample, .. } = &r.verdict {
+                    violated = true;
+                    let y = current.forward(counterexample);
+                    anchors.push(pointwise::Anchor {
+                        h_star: current.forward_range(counterexample, 0, state.split),
+                        constraints: choose(*pi, &y),
+                        x: counterexample.clone(),
+                        margin: (0.8 * score(desired, &y)).max(target),
+                        box_weight: 0.0,
+                    });
+                }
+            }
+            if violated && violations < POLISH_COUNTEREXAMPLES {
+                violations += 1;
+                continue;
+            }
+            outcome = if violated {
                 "polished network violated"
             } else {
                 "polished network not proven in time"
@@ -975,6 +994,10 @@ const POLISH_PATIENCE: usize = 3;
 
 /// Dense polish anchors per case box.
 const POLISH_ANCHORS: usize = 512;
+
+/// Polished networks found violated (their counterexamples anchored) before the polish
+/// stops.
+const POLISH_COUNTEREXAMPLES: usize = 3;
 
 /// Share of the margin-driven phase's time kept for the final verify
 /// (see [`run`]).
