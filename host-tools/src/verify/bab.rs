@@ -227,8 +227,11 @@ impl BoundEngine for LinearEngine<'_> {
         rows: &[Vec<f64>],
         prior: Option<&[bounds::BoxBounds]>,
     ) -> Option<Result<SpecLower, String>> {
-        let chain = self.forward_only.as_ref().filter(|_| RANK_FORWARD_ONLY)?;
-        Some(self.spec_lower_chain(Some(chain), lower, upper, rows, prior))
+        // The same forward-only bounds as the probes, when ranking with them is on.
+        if !RANK_FORWARD_ONLY {
+            return None;
+        }
+        self.spec_lower_probe(lower, upper, rows, prior)
     }
 
     fn spec_lower_probe(
