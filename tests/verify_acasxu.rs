@@ -92,13 +92,7 @@ fn check_instance(
             );
             // tract (f32) agrees with the output and reaches the unsafe set up to f32 rounding.
             let tract = TractModel::load(&onnx).unwrap();
-            let x32: Vec<f32> = counterexample.iter().map(|&v| v as f32).collect();
-            let y32: Vec<f64> = tract
-                .run(&x32)
-                .unwrap()
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
+            let y32 = tract_outputs(&tract, counterexample);
             for (a, b) in y32.iter().zip(output) {
                 assert!(
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
@@ -165,6 +159,17 @@ fn vnncomp_test_instances_agree_with_expected_results() {
         n += 1;
     }
     assert_eq!(n, 5);
+}
+
+/// tract's f32 outputs at `x` (rounded to f32 first), as f64.
+fn tract_outputs(tract: &TractModel, x: &[f64]) -> Vec<f64> {
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    tract
+        .run(&x32)
+        .unwrap()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect()
 }
 
 /// A small seeded generator (splitmix64) of uniform values in `[l, h)`.
@@ -274,13 +279,7 @@ fn row_error_bounds_cover_tract_on_small_acasxu_boxes() {
         for _ in 0..50 {
             let x: Vec<f64> = lo.iter().zip(&hi).map(|(&l, &h)| uniform(l, h)).collect();
             let exact = net.forward(&x);
-            let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
-            let via_tract: Vec<f64> = tract
-                .run(&x32)
-                .unwrap()
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
+            let via_tract = tract_outputs(&tract, &x);
             let via_plain: Vec<f64> = verify::rounding::forward_f32(&net, &x)
                 .iter()
                 .map(|&v| f64::from(v))

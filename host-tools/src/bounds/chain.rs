@@ -423,18 +423,6 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
-/// In place: `b = b ∩ other`.
-fn intersect_in_place(b: &mut BoxBounds, other: &BoxBounds) {
-    b.lower
-        .iter_mut()
-        .zip(&other.lower)
-        .for_each(|(a, o)| *a = a.max(*o));
-    b.upper
-        .iter_mut()
-        .zip(&other.upper)
-        .for_each(|(a, o)| *a = a.min(*o));
-}
-
 /// Inputs above which [`DenseReluChain::forward_intermediate`] is ignored: the forward
 /// functions have one coefficient per input, so wide inputs lose the advantage.
 pub const FORWARD_MAX_INPUTS: usize = 32;
@@ -798,7 +786,7 @@ impl<'a> DenseReluChain<'a> {
                 .filter(|b| b.len() == interval.len());
             let mut interval = interval;
             if let Some(p) = prior_next {
-                intersect_in_place(&mut interval, p);
+                interval.intersect_with(p);
             }
             // The forward functions of this op's output (ReLU: relaxed over the bounds
             // of its input, the same relaxation as the backward passes use).
@@ -809,7 +797,7 @@ impl<'a> DenseReluChain<'a> {
                         Op::Relu(_) => f.relu(&bounds[k]),
                         Op::Flatten => {}
                     }
-                    intersect_in_place(&mut interval, &f.concretise(&centre, &radius));
+                    interval.intersect_with(&f.concretise(&centre, &radius));
                     interval
                 }
                 None => interval,

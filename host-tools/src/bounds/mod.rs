@@ -229,19 +229,21 @@ impl BoxBounds {
 
     /// Element-wise intersection (both must be sound; the result is sound and tighter).
     pub fn intersect(&self, other: &BoxBounds) -> BoxBounds {
-        BoxBounds {
-            lower: self
-                .lower
-                .iter()
-                .zip(&other.lower)
-                .map(|(a, b)| a.max(*b))
-                .collect(),
-            upper: self
-                .upper
-                .iter()
-                .zip(&other.upper)
-                .map(|(a, b)| a.min(*b))
-                .collect(),
+        let mut b = self.clone();
+        // The common length, as element-wise pairs.
+        b.lower.truncate(other.lower.len());
+        b.upper.truncate(other.upper.len());
+        b.intersect_with(other);
+        b
+    }
+
+    /// [`Self::intersect`] in place: `self = self ∩ other`.
+    pub fn intersect_with(&mut self, other: &BoxBounds) {
+        for (a, o) in self.lower.iter_mut().zip(&other.lower) {
+            *a = a.max(*o);
+        }
+        for (a, o) in self.upper.iter_mut().zip(&other.upper) {
+            *a = a.min(*o);
         }
     }
 

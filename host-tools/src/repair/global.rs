@@ -867,6 +867,19 @@ fn polish(
         }
         return Ok(());
     }
+    // An anchor holding the proven network `proven`'s behaviour at `x`: its features,
+    // the disjunct its output comes closest to, and 80% of its score (at least the target).
+    let split = state.split;
+    let holding = |proven: &Network, pi: usize, desired: &DesiredSet, x: Vec<f64>| {
+        let y = proven.forward(&x);
+        pointwise::Anchor {
+            h_star: proven.forward_range(&x, 0, split),
+            constraints: choose(pi, &y),
+            margin: (0.8 * score(desired, &y)).max(target),
+            x,
+            box_weight: 0.0,
+        }
+    };
     let mut anchors = state.anchors.clone();
     for (pi, cases, desired) in props {
         for (ci, c) in cases.iter().enumerate() {
@@ -876,15 +889,7 @@ fn polish(
                 POLISH_ANCHORS,
                 options.seed ^ 0x9013 ^ ((*pi as u64) << 40 | (ci as u64) << 20),
             ) {
-                let y = current.forward(&x);
-                let margin = (0.8 * score(desired, &y)).max(target);
-                anchors.push(pointwise::Anchor {
-                    h_star: current.forward_range(&x, 0, state.split),
-                    constraints: choose(*pi, &y),
-                    x,
-                    margin,
-                    box_weight: 0.0,
-                });
+                anchors.push(holding(current, *pi, desired, x));
             }
         }
     }
@@ -948,14 +953,7 @@ fn polish(
             for ((pi, _, desired), r) in props.iter().zip(&polished) {
                 if let Verdict::Violated { counterexample, .. } = &r.verdict {
                     violated = true;
-                    let y = current.forward(counterexample);
-                    anchors.push(pointwise::Anchor {
-                        h_star: current.forward_range(counterexample, 0, state.split),
-                        constraints: choose(*pi, &y),
-                        x: counterexample.clone(),
-                        margin: (0.8 * score(desired, &y)).max(target),
-                        box_weight: 0.0,
-                    });
+                    anchors.push(holding(current, *pi, desired, counterexample.clone()));
                 }
             }
             if violated && violations < POLISH_COUNTEREXAMPLES {

@@ -778,7 +778,7 @@ pub struct Switch {
 }
 
 /// Branch and bound over every case, as `search` says. PGD rounds ([`Falsifier`]) are
-/// interleaved while they take less than a tenth of the elapsed time.
+/// interleaved while they take less than [`FALSIFIER_SHARE`] of the elapsed time.
 pub fn branch_and_bound(
     net: &Network,
     cases: &[Case],

@@ -347,10 +347,11 @@ const HALVES_SHARE: f64 = 0.5;
 /// The earliest smear takes over from the halves (with [`HALVES_MIN_BRANCHES`] done;
 /// at [`HALVES_SHARE`] of the budget in any case). Measured (BENCHMARKS.md, Repair,
 /// session 11): with half of a 60 s budget, 8 of the 39 repaired prop_2 networks took
-/// 35-41 s, finishing just after the switch; switching at 5 s proves them in 6-12 s. On VNN-COMP ACAS Xu (116 s budgets)
-/// it decides N1,1 property 5 (82 s; unknown before) and cuts property 9 from 66 s to
-/// 6 s, the other properties unchanged. Switching at 2 s is too early: repaired N3,9 and
-/// N4,9 stay unknown at 60 s.
+/// 35-41 s, finishing just after the switch; switching at 5 s proves them in 6-12 s. On
+/// VNN-COMP ACAS Xu (116 s budgets) it decides N1,1 property 5 (82 s; unknown before) and
+/// cuts property 9 from 66 s to 6 s, the other properties unchanged. Switching at 2 s is
+/// too early: repaired N3,9 and N4,9 stay unknown at 60 s. Still needed beside
+/// `bab::HALVES_MAX_DEPTH` (session 12: without it, saved N4,8 takes 29.5 s, not 8.1 s).
 const HALVES_MAX: Duration = Duration::from_secs(5);
 
 /// Sub-boxes bounded by halves before smear may take over after [`HALVES_MAX`] (about
