@@ -264,6 +264,32 @@ fn weak_points(
     Ok(out)
 }
 
+/// 256 seeded uniform samples of each of `cases`.
+fn box_samples(cases: &[Case], seed: u64) -> impl Iterator<Item = Vec<f64>> + '_ {
+    cases
+        .iter()
+        .flat_map(move |c| sample_box(&c.lower, &c.upper, 256, seed))
+}
+
+/// The median output spread (largest minus smallest output) of `net` over samples of
+/// every case box of each property in `props` (property `i` seeded `seed ^ i`): the scale
+/// of its outputs there; 1 without samples.
+pub(super) fn median_output_spread(net: &Network, props: &[&[Case]], seed: u64) -> f64 {
+    let mut spreads: Vec<f64> = props
+        .iter()
+        .enumerate()
+        .flat_map(|(pi, cases)| box_samples(cases, seed ^ pi as u64))
+        .map(|x| {
+            let y = net.forward(&x);
+            let hi = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let lo = y.iter().copied().fold(f64::INFINITY, f64::min);
+            hi - lo
+        })
+        .collect();
+    spreads.sort_by(f64::total_cmp);
+    spreads.get(spreads.len() / 2).copied().unwrap_or(1.0)
+}
+
 /// The highest target margin: `fraction` of the median of the original network's sampled
 /// desired scores `sorted` over the boxes; no ceiling (infinity) when `fraction` is 0 or
 /// that median is not positive (a box mostly violated gives no plateau to stop below).
@@ -332,22 +358,16 @@ pub(super) fn run(
     // mean rewriting the whole box). The spread, not the desired score: the score of
     // `prop_2_coc_minimal` sits near 0 over much of the box (median |score| 0.0018 on
     // N2,1, spread 0.04), which made the target 0.0009, below what `verify` can use.
-    // Per sampled point: (output spread, desired score) of the original network.
-    let sampled: Vec<(f64, f64)> = props
+    // The desired scores of the original network at the points `state.output_spread`
+    // was measured on.
+    let mut scores: Vec<f64> = props
         .iter()
         .flat_map(|(pi, cases, desired)| {
-            cases.iter().flat_map(move |c| {
-                sample_box(&c.lower, &c.upper, 256, options.seed ^ *pi as u64)
-                    .into_iter()
-                    .map(move |x| {
-                        let y = net.forward(&x);
-                        let hi = y.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                        let lo = y.iter().copied().fold(f64::INFINITY, f64::min);
-                        (hi - lo, score(desired, &y))
-                    })
-            })
+            box_samples(cases, options.seed ^ *pi as u64)
+                .map(move |x| score(desired, &net.forward(&x)))
         })
         .collect();
+    scores.sort_by(f64::total_cmp);
     if trace {
         for (pi, cases, desired) in &props {
             for c in cases {
@@ -372,10 +392,6 @@ pub(super) fn run(
             }
         }
     }
-    let mut typical: Vec<f64> = sampled.iter().map(|p| p.0).collect();
-    typical.sort_by(f64::total_cmp);
-    let mut scores: Vec<f64> = sampled.iter().map(|p| p.1).collect();
-    scores.sort_by(f64::total_cmp);
     // The target stops growing at a fraction of the original's median score over the
     // boxes. Why: on ACAS Xu prop_2 most of the box sits on a plateau of score ~0.039
     // (the output layer's response where the last hidden layer barely varies; median
@@ -387,10 +403,9 @@ pub(super) fn run(
     // The disjunct per clause: per point, the one its output comes closest to (one
     // disjunct for the whole box was measured in session 6 and did not help).
     let choose = |pi: usize, y: &[f64]| -> Vec<Constraint> { closest(&props[pi].2, y) };
-    let median = typical.get(typical.len() / 2).copied().unwrap_or(1.0);
     let mut target = options
         .global_margin
-        .min(options.global_margin_relative * median)
+        .min(options.global_margin_relative * state.output_spread)
         .max(2.0 * state.margin);
     // A ceiling at or below the first target is no plateau to stop below (on
     // `prop_2_coc_minimal` the median score is ~0.0018, which would cut the target to

@@ -584,6 +584,12 @@ struct Loop<'a> {
     margin: f64,
     /// Candidates below this value are counterexamples (repair targets).
     target_margin: f64,
+    /// Margin of a counterexample's or seed point's anchor: `anchor_margin` capped at
+    /// `output_spread`.
+    anchor_margin: f64,
+    /// Median output spread of the original network over the repaired boxes
+    /// ([`global::median_output_spread`]).
+    output_spread: f64,
     box_options: ProxyBoxOptions,
     proxy_box_failures: usize,
 }
@@ -764,9 +770,6 @@ pub fn repair(
 
     // Margin floor; each sub-box adds twice its own f32 rounding bound (regionwise::examine).
     let margin = options.margin.unwrap_or(1e-4);
-    // Sampled points and sub-box candidates below half the anchor margin become repair
-    // targets: a margin well above CROWN's looseness lets coarse sub-boxes be proven.
-    let target_margin = (0.5 * options.anchor_margin).max(2.0 * margin);
 
     // 1. Status before.
     // With the margin-driven phase an undecided "before" costs nothing but a repair of a
@@ -837,6 +840,24 @@ pub fn repair(
         options.seed ^ 0x5eed_f1de,
     );
 
+    // The anchors' margin: `anchor_margin`, but at most the original network's median
+    // output spread over the boxes of the properties to repair (the scale of its outputs
+    // there). Why: ACAS Xu N1,x's outputs spread ~0.002 over the property-2 box, so every
+    // seed point sat below 0.02 and 512 anchors each demanded ten times the spread; the
+    // repaired outputs moved by ~0.012 and the advisory outside the box with them
+    // (fidelity 95.5-98.8%; capped, 99.1-99.6%: BENCHMARKS.md, Repair, session 13).
+    let repaired_cases: Vec<&[Case]> = properties
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, o)| o.repaired)
+        .map(|(p, _)| p.cases.as_slice())
+        .collect();
+    let output_spread = global::median_output_spread(net, &repaired_cases, options.seed);
+    let anchor_margin = options.anchor_margin.min(output_spread);
+    // Sampled points and sub-box candidates below half the anchor margin become repair
+    // targets: a margin well above CROWN's looseness lets coarse sub-boxes be proven.
+    let target_margin = (0.5 * anchor_margin).max(2.0 * margin);
+
     let non_negative = matches!(net.layers[split - 1], Layer::Relu);
     let box_options = ProxyBoxOptions {
         radius: options.radius,
@@ -855,6 +876,8 @@ pub fn repair(
         split,
         margin,
         target_margin,
+        anchor_margin,
+        output_spread,
         box_options,
         proxy_box_failures: 0,
         fidelity_points: fid_train.clone(),
@@ -869,7 +892,7 @@ pub fn repair(
             let ri = state.props.len() - 1;
             if let Some(x) = outcomes[i].counterexample_before.clone() {
                 let c = state.constraints_at(&current, ri, &x);
-                state.anchor_for(&current, x, &c, options.anchor_margin)?;
+                state.anchor_for(&current, x, &c, state.anchor_margin)?;
             }
             seed_anchors(&mut state, &current, ri, options)?;
         }
@@ -963,7 +986,7 @@ pub fn repair(
             for (sub, e) in &pending {
                 for x in &e.counterexamples {
                     // Point targets: twice the sub-box margin, capped (a big box's f32 bound is loose).
-                    let m = (2.0 * e.margin).max(options.anchor_margin);
+                    let m = (2.0 * e.margin).max(state.anchor_margin);
                     state.anchor_for(&current, x.clone(), &sub.chosen, m)?;
                 }
             }
@@ -1084,7 +1107,7 @@ pub fn repair(
                                     &current,
                                     counterexample,
                                     &c,
-                                    options.anchor_margin,
+                                    state.anchor_margin,
                                 )?;
                             }
                             Verdict::Unknown { .. } => all_hold = false,
@@ -1198,7 +1221,7 @@ pub fn repair(
                     };
                     retry = true;
                     let c = state.constraints_at(&current, ri, &counterexample);
-                    state.anchor_for(&current, counterexample, &c, options.anchor_margin)?;
+                    state.anchor_for(&current, counterexample, &c, state.anchor_margin)?;
                 }
             }
         }
@@ -1368,7 +1391,7 @@ fn seed_anchors(
                     })
                     .collect()
             };
-            state.anchor_for(current, x, &cons, options.anchor_margin)?;
+            state.anchor_for(current, x, &cons, state.anchor_margin)?;
         }
     }
     Ok(())
