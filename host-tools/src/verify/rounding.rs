@@ -276,6 +276,7 @@ pub fn spec_error_bounds(
     let e0: Vec<f64> = magnitude(&bounds[0]).iter().map(|m| U32 * m).collect();
     let mut err = e0.clone();
     let mut steps = Vec::new();
+    let col_sums: Vec<Vec<f64>> = net.layers.iter().map(abs_column_sums).collect();
     for (k, (layer, b)) in net.layers.iter().zip(bounds).enumerate() {
         let m = magnitude(b);
         match layer {
@@ -310,33 +311,44 @@ pub fn spec_error_bounds(
                 // error (the bound used for the spec rows, with a unit row) is usually far
                 // smaller (a repaired ACAS Xu network, a box 4e-3 wide: 2.6e-3 against
                 // 1.4e-4 for its spec row).
-                let mut slopes = Vec::with_capacity(err.len());
-                let mut remainder = vec![0.0; err.len()];
-                for i in 0..err.len() {
-                    let decide = |e: f64| {
-                        if l[i] - e > 0.0 {
-                            Some(1.0)
-                        } else if u[i] + e <= 0.0 {
-                            Some(0.0)
-                        } else {
-                            None
-                        }
-                    };
-                    // SLACK covers the f64 rounding of the sums that gave `err`.
-                    err[i] *= SLACK;
-                    let slope = decide(err[i]).or_else(|| {
-                        let mut unit = vec![0.0; err.len()];
-                        unit[i] = 1.0;
-                        let sharp =
-                            SLACK * backward_error_bound(&net.layers[..k], &steps, &e0, &unit);
-                        err[i] = err[i].min(sharp);
-                        decide(err[i])
-                    });
-                    slopes.push(slope.unwrap_or_else(|| {
-                        remainder[i] = 0.5 * err[i];
-                        0.5
-                    }));
+                let decide = |i: usize, e: f64| {
+                    if l[i] - e > 0.0 {
+                        Some(1.0)
+                    } else if u[i] + e <= 0.0 {
+                        Some(0.0)
+                    } else {
+                        None
+                    }
+                };
+                // SLACK covers the f64 rounding of the sums that gave `err`.
+                err.iter_mut().for_each(|e| *e *= SLACK);
+                // The neurons the forward bound leaves undecided get the backward bound of
+                // their own error, all in one batched pass (one unit row each).
+                let undecided: Vec<usize> = (0..err.len())
+                    .filter(|&i| decide(i, err[i]).is_none())
+                    .collect();
+                let units: Vec<Vec<f64>> = undecided
+                    .iter()
+                    .map(|&i| {
+                        (0..err.len())
+                            .map(|j| f64::from(u8::from(i == j)))
+                            .collect()
+                    })
+                    .collect();
+                let sharp =
+                    backward_error_bounds(&net.layers[..k], &col_sums[..k], &steps, &e0, &units);
+                for (&i, s) in undecided.iter().zip(sharp) {
+                    err[i] = err[i].min(SLACK * s);
                 }
+                let mut remainder = vec![0.0; err.len()];
+                let slopes: Vec<f64> = (0..err.len())
+                    .map(|i| {
+                        decide(i, err[i]).unwrap_or_else(|| {
+                            remainder[i] = 0.5 * err[i];
+                            0.5
+                        })
+                    })
+                    .collect();
                 // The forward bound: `|s (x̂ - x)| <= e` for any `s` in `[0, 1]`.
                 err = err
                     .iter()
@@ -350,9 +362,10 @@ pub fn spec_error_bounds(
         }
     }
     Some(
-        rows.iter()
-            .map(|c| {
-                let b = SLACK * backward_error_bound(&net.layers, &steps, &e0, c);
+        backward_error_bounds(&net.layers, &col_sums, &steps, &e0, rows)
+            .into_iter()
+            .map(|b| {
+                let b = SLACK * b;
                 // Non-finite bounds or weights must never pass for a small error.
                 if b.is_nan() { f64::INFINITY } else { b }
             })
@@ -372,66 +385,121 @@ enum ErrorStep {
     Identity,
 }
 
-/// `Σ_k |c J_k| δ_k + |c J_0| e_0` for the row `c` over the output of the last of `layers`
-/// (without [`SLACK`]), `δ_k` the dense layers' local rounding and the ReLU slopes'
-/// remainders: `c J` is carried backward through the point slopes and each dense layer,
-/// as an interval only to enclose the f64 rounding of the propagation.
-fn backward_error_bound(layers: &[Layer], steps: &[ErrorStep], e0: &[f64], c: &[f64]) -> f64 {
-    let (mut lo, mut hi) = (c.to_vec(), c.to_vec());
-    let mut total = 0.0;
-    for (layer, step) in layers.iter().zip(steps).rev() {
-        match (layer, step) {
-            (Layer::Dense(d), ErrorStep::Dense(local)) => {
-                total += lo
-                    .iter()
-                    .zip(&hi)
-                    .zip(local)
-                    .map(|((a, b), l)| a.abs().max(b.abs()) * l)
-                    .sum::<f64>();
-                let (mut nlo, mut nhi) = (vec![0.0; d.in_dim], vec![0.0; d.in_dim]);
-                // Per entry, the summed magnitude of its terms: the f64 rounding of these
-                // sums (and of `mid`, `rad` and the products) is at most
-                // `γ64(out_dim + 3)` times it, whatever cancels.
-                let mut size = vec![0.0; d.in_dim];
-                for o in 0..d.out_dim {
-                    let (mid, rad) = (0.5 * (lo[o] + hi[o]), 0.5 * (hi[o] - lo[o]));
-                    if mid == 0.0 && rad == 0.0 {
-                        continue;
-                    }
-                    let scale = mid.abs() + rad;
-                    for (i, w) in d.row(o).iter().enumerate() {
-                        let (cm, cr) = (mid * w, rad * w.abs());
-                        nlo[i] += cm - cr;
-                        nhi[i] += cm + cr;
-                        size[i] += scale * w.abs();
-                    }
-                }
-                let pad_factor = 2.0 * gamma64(d.out_dim + 3);
-                for ((a, b), m) in nlo.iter_mut().zip(nhi.iter_mut()).zip(&size) {
-                    let pad = pad_factor * m;
-                    *a -= pad;
-                    *b += pad;
-                }
-                lo = nlo;
-                hi = nhi;
-            }
-            (_, ErrorStep::Relu { slopes, remainder }) => {
-                for (i, (&sl, &r)) in slopes.iter().zip(remainder).enumerate() {
-                    total += lo[i].abs().max(hi[i].abs()) * r;
-                    // A product by 0, 1/2 or 1 is exact in f64.
-                    lo[i] *= sl;
-                    hi[i] *= sl;
-                }
-            }
-            _ => {}
+/// `|W|`'s column sums of a dense layer (empty for other layers), rounded up by the
+/// relative `γ_n` of their own f64 sums.
+fn abs_column_sums(layer: &Layer) -> Vec<f64> {
+    let Layer::Dense(d) = layer else {
+        return Vec::new();
+    };
+    let mut sums = vec![0.0; d.in_dim];
+    for o in 0..d.out_dim {
+        for (c, w) in sums.iter_mut().zip(d.row(o)) {
+            *c += w.abs();
         }
     }
+    let up = 1.0 + 2.0 * gamma64(d.out_dim);
+    sums.iter_mut().for_each(|c| *c *= up);
+    sums
+}
+
+/// Per row `c` of `rows` (over the output of the last of `layers`):
+/// `Σ_k |c J_k| δ_k + |c J_0| e_0` (without [`SLACK`]), `δ_k` the dense layers' local
+/// rounding and the ReLU slopes' remainders. `c J` is carried backward through the point
+/// slopes and each dense layer for all rows at once (one GEMM per dense layer), as
+/// `mid ± rad` with `rad` only enclosing the f64 rounding of the propagation.
+/// `col_sums` are the layers' [`abs_column_sums`] (computed once per box, not once per
+/// ReLU layer).
+fn backward_error_bounds(
+    layers: &[Layer],
+    col_sums: &[Vec<f64>],
+    steps: &[ErrorStep],
+    e0: &[f64],
+    rows: &[Vec<f64>],
+) -> Vec<f64> {
+    let r = rows.len();
+    let mut total = vec![0.0; r];
+    let Some(width) = rows.first().map(Vec::len) else {
+        return total;
+    };
+    // Every layer must have its step and column sums (a shorter list would skip layers).
+    if rows.iter().any(|c| c.len() != width)
+        || steps.len() != layers.len()
+        || col_sums.len() != layers.len()
+    {
+        return vec![f64::INFINITY; r];
+    }
+    let mut dim = width;
+    let mut mid: Vec<f64> = rows.concat();
+    let mut rad = vec![0.0; r * dim];
+    // Per row, `Σ_i (|mid_i| + rad_i) t_i`: the largest `|c J|` in the interval, times `t`.
+    let add_weighted = |total: &mut [f64], mid: &[f64], rad: &[f64], t: &[f64]| {
+        let dim = t.len();
+        for (row, sum) in total.iter_mut().enumerate() {
+            let span = row * dim..(row + 1) * dim;
+            *sum += mid[span.clone()]
+                .iter()
+                .zip(&rad[span])
+                .zip(t)
+                .map(|((m, q), t)| (m.abs() + q) * t)
+                .sum::<f64>();
+        }
+    };
+    for ((layer, step), col_sums) in layers.iter().zip(steps).zip(col_sums).rev() {
+        match (layer, step) {
+            (Layer::Dense(d), ErrorStep::Dense(local)) => {
+                if d.out_dim != dim || col_sums.len() != d.in_dim {
+                    return vec![f64::INFINITY; r];
+                }
+                add_weighted(&mut total, &mid, &rad, local);
+                // |computed(mid W) - mid W| <= γ_n |mid||W| in any summation order (FMA or
+                // not), and rad W is enclosed by rad |W|. `rad` is ~1e-16 relative, so per
+                // row its widest entry (with the rounding of `mid W`) times |W|'s column
+                // sums encloses both, as in `backward_error`.
+                let gm = gamma64(d.out_dim);
+                let new_mid = matmul(r, d.out_dim, d.in_dim, &mid, &d.weight);
+                let mut new_rad = vec![0.0; r * d.in_dim];
+                for row in 0..r {
+                    let span = row * dim..(row + 1) * dim;
+                    let widest = mid[span.clone()]
+                        .iter()
+                        .zip(&rad[span])
+                        .map(|(m, q)| (1.0 + gm) * q + gm * m.abs())
+                        .fold(0.0, f64::max);
+                    let scale = widest * (1.0 + 2.0 * gm);
+                    for (q, c) in new_rad[row * d.in_dim..(row + 1) * d.in_dim]
+                        .iter_mut()
+                        .zip(col_sums)
+                    {
+                        *q = scale * c;
+                    }
+                }
+                mid = new_mid;
+                rad = new_rad;
+                dim = d.in_dim;
+            }
+            (Layer::Relu, ErrorStep::Relu { slopes, remainder }) => {
+                if slopes.len() != dim {
+                    return vec![f64::INFINITY; r];
+                }
+                add_weighted(&mut total, &mid, &rad, remainder);
+                // A product by 0, 1/2 or 1 is exact in f64.
+                for row in 0..r {
+                    for (i, &sl) in slopes.iter().enumerate() {
+                        mid[row * dim + i] *= sl;
+                        rad[row * dim + i] *= sl;
+                    }
+                }
+            }
+            (Layer::Flatten, ErrorStep::Identity) => {}
+            // A step that does not belong to its layer: no bound claimed.
+            _ => return vec![f64::INFINITY; r],
+        }
+    }
+    if e0.len() != dim {
+        return vec![f64::INFINITY; r];
+    }
+    add_weighted(&mut total, &mid, &rad, e0);
     total
-        + lo.iter()
-            .zip(&hi)
-            .zip(e0)
-            .map(|((a, b), e)| a.abs().max(b.abs()) * e)
-            .sum::<f64>()
 }
 
 /// Dense layers the per-layer error bounds of [`point_forward_with_error`] are traced back
@@ -1184,5 +1252,144 @@ mod tests {
             "wrong input length"
         );
         assert!(point_error_bounds(&net, &[0.1; 4], &[vec![1.0; 2]]).is_none());
+    }
+
+    /// Reference for [`backward_error_bounds`], one row at a time with per-entry intervals:
+    /// `Σ_k |c J_k| δ_k + |c J_0| e_0` for the row `c` over the output of the last of `layers`
+    /// (without [`SLACK`]), `δ_k` the dense layers' local rounding and the ReLU slopes'
+    /// remainders: `c J` is carried backward through the point slopes and each dense layer,
+    /// as an interval only to enclose the f64 rounding of the propagation.
+    fn backward_error_bound(layers: &[Layer], steps: &[ErrorStep], e0: &[f64], c: &[f64]) -> f64 {
+        let (mut lo, mut hi) = (c.to_vec(), c.to_vec());
+        let mut total = 0.0;
+        for (layer, step) in layers.iter().zip(steps).rev() {
+            match (layer, step) {
+                (Layer::Dense(d), ErrorStep::Dense(local)) => {
+                    total += lo
+                        .iter()
+                        .zip(&hi)
+                        .zip(local)
+                        .map(|((a, b), l)| a.abs().max(b.abs()) * l)
+                        .sum::<f64>();
+                    let (mut nlo, mut nhi) = (vec![0.0; d.in_dim], vec![0.0; d.in_dim]);
+                    // Per entry, the summed magnitude of its terms: the f64 rounding of these
+                    // sums (and of `mid`, `rad` and the products) is at most
+                    // `γ64(out_dim + 3)` times it, whatever cancels.
+                    let mut size = vec![0.0; d.in_dim];
+                    for o in 0..d.out_dim {
+                        let (mid, rad) = (0.5 * (lo[o] + hi[o]), 0.5 * (hi[o] - lo[o]));
+                        if mid == 0.0 && rad == 0.0 {
+                            continue;
+                        }
+                        let scale = mid.abs() + rad;
+                        for (i, w) in d.row(o).iter().enumerate() {
+                            let (cm, cr) = (mid * w, rad * w.abs());
+                            nlo[i] += cm - cr;
+                            nhi[i] += cm + cr;
+                            size[i] += scale * w.abs();
+                        }
+                    }
+                    let pad_factor = 2.0 * gamma64(d.out_dim + 3);
+                    for ((a, b), m) in nlo.iter_mut().zip(nhi.iter_mut()).zip(&size) {
+                        let pad = pad_factor * m;
+                        *a -= pad;
+                        *b += pad;
+                    }
+                    lo = nlo;
+                    hi = nhi;
+                }
+                (_, ErrorStep::Relu { slopes, remainder }) => {
+                    for (i, (&sl, &r)) in slopes.iter().zip(remainder).enumerate() {
+                        total += lo[i].abs().max(hi[i].abs()) * r;
+                        // A product by 0, 1/2 or 1 is exact in f64.
+                        lo[i] *= sl;
+                        hi[i] *= sl;
+                    }
+                }
+                _ => {}
+            }
+        }
+        total
+            + lo.iter()
+                .zip(&hi)
+                .zip(e0)
+                .map(|((a, b), e)| a.abs().max(b.abs()) * e)
+                .sum::<f64>()
+    }
+
+    /// The batched backward pass against the per-row reference, on the steps of real
+    /// boxes (slopes 0, 1/2 and 1 all occur): equal up to the f64 rounding both enclose,
+    /// and never below the reference by more than that.
+    #[test]
+    fn batched_backward_error_bounds_match_the_per_row_reference() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(53);
+        let net = random_net(&mut rng, &[5, 30, 30, 30, 4], Layer::Relu);
+        let mut compared = 0;
+        for _ in 0..20 {
+            let centre = random_point(&mut rng, &[-1.0; 5], &[1.0; 5]);
+            let lo: Vec<f64> = centre.iter().map(|c| c - 0.05).collect();
+            let hi: Vec<f64> = centre.iter().map(|c| c + 0.05).collect();
+            let bounds = interval_bounds(&net, &lo, &hi);
+            let e0: Vec<f64> = bounds[0].1.iter().map(|m| U32 * m.abs().max(1.0)).collect();
+            // The error model's steps with mixed slopes, built directly.
+            let mut steps = Vec::new();
+            for (layer, (l, u)) in net.layers.iter().zip(&bounds) {
+                steps.push(match layer {
+                    Layer::Dense(d) => ErrorStep::Dense(
+                        (0..d.out_dim)
+                            .map(|_| rng.random_range(0.0..1e-6))
+                            .collect(),
+                    ),
+                    _ => ErrorStep::Relu {
+                        slopes: l
+                            .iter()
+                            .zip(u)
+                            .map(|(a, b)| {
+                                if *a > 0.0 {
+                                    1.0
+                                } else if *b <= 0.0 {
+                                    0.0
+                                } else {
+                                    0.5
+                                }
+                            })
+                            .collect(),
+                        remainder: (0..l.len()).map(|_| rng.random_range(0.0..1e-5)).collect(),
+                    },
+                });
+            }
+            let rows: Vec<Vec<f64>> = (0..6)
+                .map(|_| (0..4).map(|_| rng.random_range(-1.0..1.0)).collect())
+                .collect();
+            let sums: Vec<Vec<f64>> = net.layers.iter().map(abs_column_sums).collect();
+            let batched = backward_error_bounds(&net.layers, &sums, &steps, &e0, &rows);
+            for (c, b) in rows.iter().zip(&batched) {
+                let reference = backward_error_bound(&net.layers, &steps, &e0, c);
+                assert!(reference > 0.0);
+                assert!(
+                    (b - reference).abs() <= 1e-9 * reference,
+                    "batched {b} against reference {reference}"
+                );
+                compared += 1;
+            }
+        }
+        assert_eq!(compared, 120);
+        // No rows, and rows that do not fit the output: no bound claimed.
+        assert!(backward_error_bounds(&net.layers, &[], &[], &[], &[]).is_empty());
+        let wrong = backward_error_bounds(
+            &net.layers[..1],
+            &[Vec::new()],
+            &[ErrorStep::Identity],
+            &[0.0; 5],
+            &[vec![1.0; 3]],
+        );
+        assert_eq!(wrong, vec![f64::INFINITY]);
+        // Steps or column sums missing for a layer.
+        let row = vec![vec![1.0; 4]];
+        let sums: Vec<Vec<f64>> = net.layers.iter().map(abs_column_sums).collect();
+        assert_eq!(
+            backward_error_bounds(&net.layers, &sums[..1], &[], &[0.0; 5], &row),
+            vec![f64::INFINITY]
+        );
     }
 }
