@@ -1057,6 +1057,27 @@ mod tests {
     }
 
     #[test]
+    fn the_output_spread_is_the_median_over_every_box() {
+        // y = (x, -x): the spread is 2|x|. Over [0, 1] its median is ~1; a second
+        // property's box [2, 3] (spread 4..6) shifts the median of both up to ~4.
+        let d = Dense::new(1, 2, vec![1.0, -1.0], vec![0.0, 0.0]).unwrap();
+        let net = Network::new(vec![1], vec![Layer::Dense(d)]).unwrap();
+        let case = |l: f64, u: f64| Case {
+            lower: vec![l],
+            upper: vec![u],
+            unsafe_set: Vec::new(),
+        };
+        let near = [case(0.0, 1.0)];
+        let far = [case(2.0, 3.0)];
+        let one = median_output_spread(&net, &[&near[..]], 7);
+        assert!((one - 1.0).abs() < 0.1, "{one}");
+        let both = median_output_spread(&net, &[&near[..], &far[..]], 7);
+        assert!((3.9..=4.1).contains(&both), "{both}");
+        // Nothing sampled: no scale, and so no cap on the anchors' margin.
+        assert_eq!(median_output_spread(&net, &[], 7), 1.0);
+    }
+
+    #[test]
     fn a_safe_point_where_every_unit_before_the_split_is_off_is_not_weak() {
         // h = relu(x - 1) on x in [0, 2]; y = (h, 0.01 - h) (output bias 0.01 on y1).
         // Desired: y1 - y0 >= 0, so the score is 0.01 - 2h: frozen at 0.01 for x <= 1.

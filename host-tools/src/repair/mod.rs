@@ -184,7 +184,8 @@ pub struct RepairOptions {
     pub f32_training: bool,
     /// Cap of the margin a counterexample's proxy box is certified with (the sub-box
     /// margin doubled, at most this): larger pushes repaired points deeper into the
-    /// desired set.
+    /// desired set. The repair lowers it to the original network's median output spread
+    /// over the repaired boxes when that is smaller (outputs that barely vary there).
     pub anchor_margin: f64,
     /// How many of the last Dense layers of `f_e` may change (the saliency mask picks the
     /// budget among their parameters).
