@@ -276,7 +276,7 @@ pub fn spec_error_bounds(
     let e0: Vec<f64> = magnitude(&bounds[0]).iter().map(|m| U32 * m).collect();
     let mut err = e0.clone();
     let mut steps = Vec::new();
-    let col_sums: Vec<Vec<f64>> = net.layers.iter().map(abs_column_sums).collect();
+    let col_sums = layer_abs_column_sums(&net.layers);
     for (k, (layer, b)) in net.layers.iter().zip(bounds).enumerate() {
         let m = magnitude(b);
         match layer {
@@ -385,12 +385,19 @@ enum ErrorStep {
     Identity,
 }
 
-/// `|W|`'s column sums of a dense layer (empty for other layers), rounded up by the
-/// relative `γ_n` of their own f64 sums.
-fn abs_column_sums(layer: &Layer) -> Vec<f64> {
-    let Layer::Dense(d) = layer else {
-        return Vec::new();
-    };
+/// Per layer, `|W|`'s column sums of a dense layer (empty for other layers).
+fn layer_abs_column_sums(layers: &[Layer]) -> Vec<Vec<f64>> {
+    layers
+        .iter()
+        .map(|l| match l {
+            Layer::Dense(d) => abs_column_sums(d),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+/// `|W|`'s column sums, rounded up by the relative `γ_n` of their own f64 sums.
+fn abs_column_sums(d: &crate::model::Dense) -> Vec<f64> {
     let mut sums = vec![0.0; d.in_dim];
     for o in 0..d.out_dim {
         for (c, w) in sums.iter_mut().zip(d.row(o)) {
@@ -400,6 +407,42 @@ fn abs_column_sums(layer: &Layer) -> Vec<f64> {
     let up = 1.0 + 2.0 * gamma64(d.out_dim);
     sums.iter_mut().for_each(|c| *c *= up);
     sums
+}
+
+/// One dense layer `W` of a backward interval pass over `r` rows `mid ± rad`
+/// (`r x out_dim`): `mid W ± rad'` (`r x in_dim`). `|computed(mid W) - mid W| <= γ_n
+/// |mid||W|` in any summation order (FMA or not), and `rad W` is enclosed by `rad |W|`;
+/// `rad` only carries f64 rounding (~1e-16 relative), so per row its widest entry (with
+/// that rounding) times `col_sums` ([`abs_column_sums`]) encloses both: O(dim) per row
+/// instead of a second GEMM, which halved the point bound's cost (BENCHMARKS.md, "Sharp
+/// f32 rounding bound at a point").
+fn dense_step_back(
+    d: &crate::model::Dense,
+    col_sums: &[f64],
+    r: usize,
+    mid: &[f64],
+    rad: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let gm = gamma64(d.out_dim);
+    let new_mid = matmul(r, d.out_dim, d.in_dim, mid, &d.weight);
+    let mut new_rad = vec![0.0; r * d.in_dim];
+    for row in 0..r {
+        let span = row * d.out_dim..(row + 1) * d.out_dim;
+        let widest = mid[span.clone()]
+            .iter()
+            .zip(&rad[span])
+            .map(|(m, q)| (1.0 + gm) * q + gm * m.abs())
+            .fold(0.0, f64::max);
+        // The product's own rounding (non-negative terms: relative γ_n).
+        let scale = widest * (1.0 + 2.0 * gm);
+        for (q, c) in new_rad[row * d.in_dim..(row + 1) * d.in_dim]
+            .iter_mut()
+            .zip(col_sums)
+        {
+            *q = scale * c;
+        }
+    }
+    (new_mid, new_rad)
 }
 
 /// Per row `c` of `rows` (over the output of the last of `layers`):
@@ -451,30 +494,7 @@ fn backward_error_bounds(
                     return vec![f64::INFINITY; r];
                 }
                 add_weighted(&mut total, &mid, &rad, local);
-                // |computed(mid W) - mid W| <= γ_n |mid||W| in any summation order (FMA or
-                // not), and rad W is enclosed by rad |W|. `rad` is ~1e-16 relative, so per
-                // row its widest entry (with the rounding of `mid W`) times |W|'s column
-                // sums encloses both, as in `backward_error`.
-                let gm = gamma64(d.out_dim);
-                let new_mid = matmul(r, d.out_dim, d.in_dim, &mid, &d.weight);
-                let mut new_rad = vec![0.0; r * d.in_dim];
-                for row in 0..r {
-                    let span = row * dim..(row + 1) * dim;
-                    let widest = mid[span.clone()]
-                        .iter()
-                        .zip(&rad[span])
-                        .map(|(m, q)| (1.0 + gm) * q + gm * m.abs())
-                        .fold(0.0, f64::max);
-                    let scale = widest * (1.0 + 2.0 * gm);
-                    for (q, c) in new_rad[row * d.in_dim..(row + 1) * d.in_dim]
-                        .iter_mut()
-                        .zip(col_sums)
-                    {
-                        *q = scale * c;
-                    }
-                }
-                mid = new_mid;
-                rad = new_rad;
+                (mid, rad) = dense_step_back(d, col_sums, r, &mid, &rad);
                 dim = d.in_dim;
             }
             (Layer::Relu, ErrorStep::Relu { slopes, remainder }) => {
@@ -602,33 +622,7 @@ fn backward_error(
         match &local.step {
             PointStep::Dense(d) => {
                 dense_index -= 1;
-                let gm = gamma64(d.out_dim);
-                // |computed(mid W) - mid W| <= γ |mid||W|; rad W is enclosed by rad |W|.
-                // `rad` only carries the f64 rounding of these products (~1e-16 relative),
-                // so it is enclosed per row by its largest entry times |W|'s column sums:
-                // O(dim) per row instead of a second matmul, which halved the sharp
-                // bound's cost (BENCHMARKS.md, "Sharp f32 rounding bound at a point").
-                let new_mid = matmul(r, d.out_dim, d.in_dim, &mid, &d.weight);
-                let col_sums = &abs_col_sums[dense_index];
-                let mut new_rad = vec![0.0; r * d.in_dim];
-                for row in 0..r {
-                    let span = row * d.out_dim..(row + 1) * d.out_dim;
-                    let widest = mid[span.clone()]
-                        .iter()
-                        .zip(&rad[span])
-                        .map(|(m, q)| (1.0 + gm) * q + gm * m.abs())
-                        .fold(0.0, f64::max);
-                    // The product's own rounding (non-negative terms: relative γ_n).
-                    let scale = widest * (1.0 + 2.0 * gm);
-                    for (q, c) in new_rad[row * d.in_dim..(row + 1) * d.in_dim]
-                        .iter_mut()
-                        .zip(col_sums)
-                    {
-                        *q = scale * c;
-                    }
-                }
-                mid = new_mid;
-                rad = new_rad;
+                (mid, rad) = dense_step_back(d, &abs_col_sums[dense_index], r, &mid, &rad);
             }
             PointStep::Slopes(lo, hi) => {
                 for row in 0..r {
@@ -1361,7 +1355,7 @@ mod tests {
             let rows: Vec<Vec<f64>> = (0..6)
                 .map(|_| (0..4).map(|_| rng.random_range(-1.0..1.0)).collect())
                 .collect();
-            let sums: Vec<Vec<f64>> = net.layers.iter().map(abs_column_sums).collect();
+            let sums = layer_abs_column_sums(&net.layers);
             let batched = backward_error_bounds(&net.layers, &sums, &steps, &e0, &rows);
             for (c, b) in rows.iter().zip(&batched) {
                 let reference = backward_error_bound(&net.layers, &steps, &e0, c);
@@ -1386,7 +1380,7 @@ mod tests {
         assert_eq!(wrong, vec![f64::INFINITY]);
         // Steps or column sums missing for a layer.
         let row = vec![vec![1.0; 4]];
-        let sums: Vec<Vec<f64>> = net.layers.iter().map(abs_column_sums).collect();
+        let sums = layer_abs_column_sums(&net.layers);
         assert_eq!(
             backward_error_bounds(&net.layers, &sums[..1], &[], &[0.0; 5], &row),
             vec![f64::INFINITY]
