@@ -846,7 +846,7 @@ pub fn repair(
     // there). Why: ACAS Xu N1,x's outputs spread ~0.002 over the property-2 box, so every
     // seed point sat below 0.02 and 512 anchors each demanded ten times the spread; the
     // repaired outputs moved by ~0.012 and the advisory outside the box with them
-    // (fidelity 95.5-98.8%; capped, 99.1-99.6%: BENCHMARKS.md, Repair, session 13).
+    // (fidelity 95.5-98.8%; capped, 99.05-99.46%: BENCHMARKS.md, Repair, session 13).
     let repaired_cases: Vec<&[Case]> = properties
         .iter()
         .zip(&outcomes)

@@ -751,14 +751,7 @@ pub fn point_forward_with_error(
                         local * (1.0 + 1e-12)
                     })
                     .collect();
-                let mut sums = vec![0.0; d.in_dim];
-                for o in 0..d.out_dim {
-                    sums.iter_mut()
-                        .zip(d.row(o))
-                        .for_each(|(s, w)| *s += w.abs());
-                }
-                let up = 1.0 + 2.0 * gamma64(d.out_dim);
-                abs_col_sums.push(sums.iter().map(|s| s * up).collect());
+                abs_col_sums.push(abs_column_sums(d));
                 steps.push(Local {
                     step: PointStep::Dense(d),
                     eps,
