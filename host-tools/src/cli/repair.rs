@@ -389,6 +389,7 @@ pub fn run(args: Args) -> Result<Outcome, CliError> {
         "proxy_box_failures": outcome.proxy_box_failures,
         "changed_parameters": outcome.changed_parameters,
         "parameter_budget": outcome.parameter_budget,
+        "output_bias_shift": outcome.output_bias_shift,
         "total_parameters": outcome.total_parameters,
         "patch_size_bytes": null,
         "patch": null,

@@ -302,6 +302,118 @@ fn margin_ceiling(fraction: f64, sorted: &[f64]) -> f64 {
     }
 }
 
+/// The first target margin of this phase: `global_margin`, but at most a fraction of the
+/// typical output spread (largest minus smallest output) over the boxes: some networks'
+/// outputs barely vary there (ACAS Xu N1,x on property 2: spread ~0.0015, where 0.02 would
+/// mean rewriting the whole box). The spread, not the desired score: the score of
+/// `prop_2_coc_minimal` sits near 0 over much of the box (median |score| 0.0018 on
+/// N2,1, spread 0.04), which made the target 0.0009, below what `verify` can use.
+pub(super) fn first_target(options: &RepairOptions, output_spread: f64, margin: f64) -> f64 {
+    options
+        .global_margin
+        .min(options.global_margin_relative * output_spread)
+        .max(2.0 * margin)
+}
+
+/// Share of a box's samples that must lie on the frozen plateau for it to be lifted.
+const PLATEAU_MIN_SHARE: f64 = 0.05;
+
+/// The shift of the output layer's bias that lifts the frozen plateau of the boxes (the
+/// points where every unit at the split is off, so the output is the constant `f_c(0)`)
+/// to a desired score of `goal`, when some property's plateau covers at least
+/// [`PLATEAU_MIN_SHARE`] of its boxes' samples at a score below `goal`; `None` otherwise,
+/// or when `net` does not end in a Dense layer (then a bias shift is no output shift).
+///
+/// Why: training `f_e` cannot move the plateau (no unit is on, so no gradient), and the
+/// repaired network's margin next to it is at most the plateau's. On ACAS Xu
+/// `prop_2_coc_minimal` about 90% of the box of N2,2, N2,5, N2,7 and N4,7 is such a
+/// plateau, safe by only 0.0004-0.0027, so the target margin could not be met there and
+/// `verify` had to prove margins of a few 1e-4 beside it (11/36 repaired, BENCHMARKS.md,
+/// Repair, session 14). The plateau is one output vector, so a shift along one direction
+/// (below) gives each constraint it comes closest to meeting (per clause) `goal`;
+/// training then starts from the shifted network, and `verify` decides on the result as
+/// on any other.
+pub(super) fn plateau_lift(
+    net: &Network,
+    split: usize,
+    props: &[(&[Case], &DesiredSet)],
+    goal: f64,
+    seed: u64,
+) -> Option<Vec<f64>> {
+    if !matches!(net.layers.last(), Some(Layer::Dense(_))) {
+        return None;
+    }
+    let mut plateau: Option<Vec<f64>> = None;
+    let mut constraints: Vec<Constraint> = Vec::new();
+    for (pi, (cases, desired)) in props.iter().enumerate() {
+        let mut samples = 0usize;
+        let mut frozen: Option<Vec<f64>> = None;
+        let mut on_plateau = 0usize;
+        for x in box_samples(cases, seed ^ pi as u64) {
+            samples += 1;
+            let (y, off) = output_and_frozen(net, split, &x);
+            if off {
+                on_plateau += 1;
+                frozen.get_or_insert(y);
+            }
+        }
+        let Some(y) = frozen else { continue };
+        if (on_plateau as f64) < PLATEAU_MIN_SHARE * samples as f64 || score(desired, &y) >= goal {
+            continue;
+        }
+        constraints.extend(closest(desired, &y));
+        plateau = Some(y);
+    }
+    let y = plateau?;
+    // One direction for all of them: the sum of their unit normals, so every constraint
+    // gains alike (for "output 0 is the minimum" this lowers output 0 alone, up to a
+    // common offset of all outputs, which changes no ordering: no other output pair's
+    // decision moves). Measured against the smallest shift (cyclic projections) on
+    // `prop_2_coc_minimal` N2,2: that one raised outputs 1 and 3 too and left the active
+    // part of the box with less margin; `verify` did not prove it in 20 s.
+    let mut direction = vec![0.0; y.len()];
+    for c in &constraints {
+        let norm = c.c.iter().map(|a| a * a).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            for (s, a) in direction.iter_mut().zip(&c.c) {
+                *s += a / norm;
+            }
+        }
+    }
+    let mut step = 0.0f64;
+    for c in &constraints {
+        let (v, gain) = (c.value(&y), dot(&c.c, &direction));
+        if v < goal {
+            if gain <= 0.0 {
+                return None;
+            }
+            step = step.max((goal - v) / gain);
+        }
+    }
+    let delta: Vec<f64> = direction.iter().map(|s| step * s).collect();
+    let lifted: Vec<f64> = y.iter().zip(&delta).map(|(a, b)| a + b).collect();
+    // A constraint the common direction lowers below the goal: no lift.
+    constraints
+        .iter()
+        .all(|c| c.value(&lifted) >= goal - 1e-12)
+        .then_some(delta)
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `net` with `delta` added to its last (Dense) layer's bias.
+pub(super) fn with_output_shift(net: &Network, delta: &[f64]) -> Network {
+    let mut lifted = net.clone();
+    if let Some(Layer::Dense(d)) = lifted.layers.last_mut() {
+        for (b, s) in d.bias.iter_mut().zip(delta) {
+            *b += s;
+        }
+    }
+    lifted
+}
+
 /// An anchor for `x` with margin `margin`: a certified proxy box (Algorithm 1) when the
 /// centre shift finds one, else the output hinge alone (a large margin may not fit a box
 /// of radius `r` through the frozen `f_c`; the hinge still pushes the output there).
@@ -345,21 +457,16 @@ pub(super) fn run(
             .saturating_duration_since(start)
             .mul_f64(1.0 - FINAL_VERIFY_SHARE);
     let remaining = |until: Instant| until.saturating_duration_since(Instant::now());
-    let net = state.original;
+    // Training starts from (and writes its deltas onto) the base network.
+    let net = state.base;
     let props: Vec<(usize, Vec<Case>, DesiredSet)> = state
         .props
         .iter()
         .enumerate()
         .map(|(i, p)| (i, p.cases.clone(), state.desired[i].clone()))
         .collect();
-    // The first target: `global_margin`, but at most a fraction of the typical output
-    // spread (largest minus smallest output) over the boxes: some networks' outputs
-    // barely vary there (ACAS Xu N1,x on property 2: spread ~0.0015, where 0.02 would
-    // mean rewriting the whole box). The spread, not the desired score: the score of
-    // `prop_2_coc_minimal` sits near 0 over much of the box (median |score| 0.0018 on
-    // N2,1, spread 0.04), which made the target 0.0009, below what `verify` can use.
-    // The desired scores of the original network at the points `state.output_spread`
-    // was measured on.
+    // The desired scores of the network training starts from at the points
+    // `state.output_spread` was measured on.
     let mut scores: Vec<f64> = props
         .iter()
         .flat_map(|(pi, cases, desired)| {
@@ -403,10 +510,7 @@ pub(super) fn run(
     // The disjunct per clause: per point, the one its output comes closest to (one
     // disjunct for the whole box was measured in session 6 and did not help).
     let choose = |pi: usize, y: &[f64]| -> Vec<Constraint> { closest(&props[pi].2, y) };
-    let mut target = options
-        .global_margin
-        .min(options.global_margin_relative * state.output_spread)
-        .max(2.0 * state.margin);
+    let mut target = first_target(options, state.output_spread, state.margin);
     // A ceiling at or below the first target is no plateau to stop below (on
     // `prop_2_coc_minimal` the median score is ~0.0018, which would cut the target to
     // ~0.0016, too thin for `verify`): the old growth then.
@@ -730,7 +834,7 @@ pub(super) fn run(
                 state.anchors.len() - before,
                 state.anchors.len(),
                 state.proxy_box_failures,
-                pointwise::changed_parameters(net, current),
+                pointwise::changed_parameters(state.original, current),
                 start.elapsed().as_secs_f64()
             );
         }
@@ -867,7 +971,8 @@ fn polish(
     if options.polish_share <= 0.0 || left < Duration::from_millis(500) {
         return Ok(());
     }
-    let net = state.original;
+    // Training starts from (and writes its deltas onto) the base network.
+    let net = state.base;
     let until = start
         + left
             .mul_f64(options.polish_share.min(1.0))
@@ -1126,6 +1231,81 @@ mod tests {
             ..weak(0.5)
         };
         assert_eq!(flip.demand(), -0.01);
+    }
+
+    #[test]
+    fn the_plateau_is_lifted_to_the_goal_along_one_direction() {
+        // h = relu(x) on x in [-1, 1]: every unit off for x <= 0 (half the box), where
+        // y = bias = (0, 0.001, 0.002). Desired: y0 is the strict minimum (scores 0.001
+        // and 0.002 on the plateau).
+        let d1 = Dense::new(1, 1, vec![1.0], vec![0.0]).unwrap();
+        let d2 = Dense::new(1, 3, vec![1.0, 0.5, -0.5], vec![0.0, 0.001, 0.002]).unwrap();
+        let net = Network::new(
+            vec![1],
+            vec![Layer::Dense(d1), Layer::Relu, Layer::Dense(d2)],
+        )
+        .unwrap();
+        // y_k - y_0 >= 0.
+        let min0 = |k: usize| {
+            let mut c = vec![-1.0, 0.0, 0.0];
+            c[k] = 1.0;
+            Constraint { c, d: 0.0 }
+        };
+        let desired = DesiredSet {
+            clauses: (1..3)
+                .map(|k| Clause {
+                    options: vec![min0(k)],
+                })
+                .collect(),
+        };
+        let case = |l: f64, u: f64| Case {
+            lower: vec![l],
+            upper: vec![u],
+            unsafe_set: Vec::new(),
+        };
+        let boxed = [case(-1.0, 1.0)];
+        let goal = 0.03;
+        let delta = plateau_lift(&net, 2, &[(&boxed[..], &desired)], goal, 3).expect("a plateau");
+        // Output 0 goes down and the others up alike (the sum of the constraints' unit
+        // normals): the weaker constraint lands on the goal exactly, the other above it.
+        assert!(delta[0] < 0.0 && (delta[1] - delta[2]).abs() < 1e-15 && delta[1] > 0.0);
+        let lifted = with_output_shift(&net, &delta);
+        let plateau = lifted.forward(&[-0.5]);
+        assert!(
+            (min0(1).value(&plateau) - goal).abs() < 1e-12,
+            "{plateau:?}"
+        );
+        assert!((min0(2).value(&plateau) - (goal + 0.001)).abs() < 1e-12);
+        // Everywhere else the outputs move by the same shift, nothing more.
+        let (a, b) = (net.forward(&[0.7]), lifted.forward(&[0.7]));
+        for i in 0..3 {
+            assert!((b[i] - a[i] - delta[i]).abs() < 1e-15);
+        }
+        // No lift: a plateau already at the goal, a box without plateau, a plateau on
+        // under 5% of the box, a split with no ReLU at it, a network not ending in Dense.
+        assert!(plateau_lift(&net, 2, &[(&boxed[..], &desired)], 0.0005, 3).is_none());
+        assert!(plateau_lift(&net, 2, &[(&[case(0.1, 1.0)][..], &desired)], goal, 3).is_none());
+        assert!(plateau_lift(&net, 2, &[(&[case(-0.02, 1.0)][..], &desired)], goal, 3).is_none());
+        assert!(plateau_lift(&net, 3, &[(&boxed[..], &desired)], goal, 3).is_none());
+        let mut relu_last = net.clone();
+        relu_last.layers.push(Layer::Relu);
+        assert!(plateau_lift(&relu_last, 2, &[(&boxed[..], &desired)], goal, 3).is_none());
+        // Clauses no common shift can lift together (y0 below y1, and y1 below y0):
+        // no lift rather than a wrong one.
+        let contradictory = DesiredSet {
+            clauses: vec![
+                Clause {
+                    options: vec![min0(1)],
+                },
+                Clause {
+                    options: vec![Constraint {
+                        c: vec![1.0, -1.0, 0.0],
+                        d: 0.0,
+                    }],
+                },
+            ],
+        };
+        assert!(plateau_lift(&net, 2, &[(&boxed[..], &contradictory)], goal, 3).is_none());
     }
 
     #[test]

@@ -214,6 +214,13 @@ pub struct RepairOptions {
     pub complete_check: bool,
     /// First target margin of that phase (raised when `verify` cannot decide in time).
     pub global_margin: f64,
+    /// Frozen-plateau lift in that phase ([`global::plateau_lift`]): where every unit at
+    /// the split is off on part of a box and the constant output there scores below the
+    /// first target margin, the output layer's bias is shifted so that it scores this
+    /// many first targets; 0 disables it. Measured on ACAS Xu `prop_2_coc_minimal`
+    /// (BENCHMARKS.md, Repair, session 14): 1.5 repairs what a plateau safe by a few 1e-4
+    /// blocked (a shift to 0.6 first targets repaired none of five such networks).
+    pub plateau_lift: f64,
     /// ... at most this fraction of the median output spread (largest minus smallest
     /// output) of the original network over the boxes (the scale of its outputs there).
     pub global_margin_relative: f64,
@@ -302,6 +309,7 @@ impl Default for RepairOptions {
             output_weight: 100.0,
             complete_check: true,
             global_margin: 0.02,
+            plateau_lift: 1.5,
             global_margin_relative: 0.5,
             global_margin_growth: 1.25,
             global_margin_ceiling: 0.9,
@@ -447,6 +455,10 @@ pub struct RepairOutcome {
     pub changed_parameters: usize,
     /// The cap on changed parameters.
     pub parameter_budget: usize,
+    /// The shift added to the output layer's bias before training (the frozen plateau's
+    /// lift, [`RepairOptions::plateau_lift`]; its nonzero entries count as changed
+    /// parameters within the budget); `None` when the bias was left alone.
+    pub output_bias_shift: Option<Vec<f64>>,
     /// Total parameters of the network.
     pub total_parameters: usize,
     /// Fidelity figures.
@@ -570,6 +582,9 @@ fn verify_options(timeout: Duration, seed: u64) -> verify::Options {
 /// Mutable state of the region-wise loop.
 struct Loop<'a> {
     original: &'a Network,
+    /// The network training starts from: `original`, or it with its frozen plateau lifted
+    /// ([`global::plateau_lift`]). Changes and fidelity are counted against `original`.
+    base: &'a Network,
     /// The fidelity training inputs (for comparing candidate networks).
     fidelity_points: Vec<Vec<f64>>,
     props: Vec<RepairProperty>,
@@ -859,6 +874,32 @@ pub fn repair(
     // targets: a margin well above CROWN's looseness lets coarse sub-boxes be proven.
     let target_margin = (0.5 * anchor_margin).max(2.0 * margin);
 
+    // The frozen plateau's lift (margin-driven phase only: it is what its target meets).
+    let lift = if options.complete_check && options.plateau_lift > 0.0 {
+        let desired: Vec<(&[Case], DesiredSet)> = properties
+            .iter()
+            .zip(&outcomes)
+            .filter(|(p, o)| o.repaired && !p.cases.is_empty())
+            .map(|(p, _)| {
+                (
+                    p.cases.as_slice(),
+                    DesiredSet::from_unsafe(&p.cases[0].unsafe_set),
+                )
+            })
+            .collect();
+        let by_ref: Vec<(&[Case], &DesiredSet)> = desired.iter().map(|(c, d)| (*c, d)).collect();
+        let goal = options.plateau_lift * global::first_target(options, output_spread, margin);
+        global::plateau_lift(net, split, &by_ref, goal, options.seed)
+    } else {
+        None
+    };
+    let base = match &lift {
+        Some(delta) => global::with_output_shift(net, delta),
+        None => net.clone(),
+    };
+    // The shifted bias entries are changed parameters too: `f_e` gets the rest.
+    let shifted = lift.as_ref().map_or(0, |d| d.iter().filter(|v| **v != 0.0).count());
+
     let non_negative = matches!(net.layers[split - 1], Layer::Relu);
     let box_options = ProxyBoxOptions {
         radius: options.radius,
@@ -868,6 +909,7 @@ pub fn repair(
     };
     let mut state = Loop {
         original: net,
+        base: &base,
         props: Vec::new(),
         desired: Vec::new(),
         open: Vec::new(),
@@ -885,7 +927,7 @@ pub fn repair(
     };
     // Map from property index in `properties` to index in the repair set.
     let mut repair_index: Vec<Option<usize>> = vec![None; properties.len()];
-    let mut current = net.clone();
+    let mut current = base.clone();
     for (i, p) in properties.iter().enumerate() {
         if outcomes[i].repaired {
             repair_index[i] = Some(state.props.len());
@@ -901,7 +943,7 @@ pub fn repair(
 
     if trace {
         eprintln!(
-            "repair: split {split}, margin {margin:e}, budget {parameter_budget}, before {:?}, {} anchors, {:.2} s",
+            "repair: split {split}, margin {margin:e}, budget {parameter_budget}, before {:?}, {} anchors, plateau lift {lift:?}, {:.2} s",
             outcomes
                 .iter()
                 .map(|o| o.before.as_str())
@@ -911,9 +953,9 @@ pub fn repair(
         );
     }
     let mut trainer = Trainer::new(
-        net,
+        &base,
         split,
-        parameter_budget,
+        parameter_budget.saturating_sub(shifted),
         &fid_train,
         options.fidelity_weight,
         options.learning_rate,
@@ -997,7 +1039,7 @@ pub fn repair(
             // or its output already meets the constraints with the box's margin.
             let radius = options.radius;
             let steps = if counterexamples > 0 || rounds == 1 {
-                trainer.train(net, &anchors, options.repair_steps, 10, |n| {
+                trainer.train(&base, &anchors, options.repair_steps, 10, |n| {
                     anchors.iter().all(|a| {
                         let h = n.forward_range(&a.x, 0, split);
                         let inside = h
@@ -1014,7 +1056,7 @@ pub fn repair(
                 0
             };
             if steps > 0 {
-                current = trainer.network(net)?;
+                current = trainer.network(&base)?;
                 state.version += 1;
             }
             // Counterexample generation again (unless the network did not change); refine
@@ -1298,6 +1340,7 @@ pub fn repair(
         anchors: state.anchors.len(),
         proxy_box_failures: state.proxy_box_failures,
         parameter_budget,
+        output_bias_shift: lift,
         total_parameters,
         fidelity,
         time_s,

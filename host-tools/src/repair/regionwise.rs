@@ -549,6 +549,7 @@ pub fn repair_local_boxes(
         proxy_box_failures: 0,
         changed_parameters: 0,
         parameter_budget: options.parameter_budget,
+        output_bias_shift: None,
         total_parameters,
         fidelity: super::Fidelity::default(),
         time_s: 0.0,
