@@ -163,7 +163,7 @@ fn split_for(net: &Network, props: &[RepairProperty]) -> usize {
 
 /// Overrides for tuning runs: PROREPAIR_SPLIT, _LAMBDA, _GLOBAL_LAMBDA, _LR, _STEPS,
 /// _RADIUS, _FIDN, _BOUNDW (certified-training weight), _BOUND_BOXES, _DECISIONW, _F32
-/// (0: f64 training), _PLATEAU_LIFT (0: off), ...
+/// (0: f64 training), _OUTPUT_LIFT (0: off), ...
 fn tuned(mut o: RepairOptions) -> RepairOptions {
     let get = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<f64>().ok());
     if let Some(v) = get("PROREPAIR_SPLIT") {
@@ -205,8 +205,8 @@ fn tuned(mut o: RepairOptions) -> RepairOptions {
     if let Some(v) = get("PROREPAIR_GLOBAL_MARGIN") {
         o.global_margin = v;
     }
-    if let Some(v) = get("PROREPAIR_PLATEAU_LIFT") {
-        o.plateau_lift = v;
+    if let Some(v) = get("PROREPAIR_OUTPUT_LIFT") {
+        o.output_lift = v;
     }
     if let Some(v) = get("PROREPAIR_GLOBAL_REL") {
         o.global_margin_relative = v;

@@ -315,14 +315,25 @@ pub(super) fn first_target(options: &RepairOptions, output_spread: f64, margin: 
         .max(2.0 * margin)
 }
 
+/// Which output of a box [`bias_lift`] raises to the goal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LiftRule {
+    /// The frozen plateau's, when it covers [`PLATEAU_MIN_SHARE`] of the box.
+    Plateau,
+    /// That, or else the output of the box's median-score sample (its typical point).
+    Typical,
+}
+
 /// Share of a box's samples that must lie on the frozen plateau for it to be lifted.
 const PLATEAU_MIN_SHARE: f64 = 0.05;
 
 /// The shift of the output layer's bias that lifts the frozen plateau of the boxes (the
 /// points where every unit at the split is off, so the output is the constant `f_c(0)`)
 /// to a desired score of `goal`, when some property's plateau covers at least
-/// [`PLATEAU_MIN_SHARE`] of its boxes' samples at a score below `goal`; `None` otherwise,
-/// or when `net` does not end in a Dense layer (then a bias shift is no output shift).
+/// [`PLATEAU_MIN_SHARE`] of its boxes' samples at a score below `goal`; with
+/// [`LiftRule::Typical`], a box without such a plateau lifts its median-score sample's
+/// output the same way. `None` when nothing is below `goal`, or when `net` does not end
+/// in a Dense layer (then a bias shift is no output shift).
 ///
 /// Why: training `f_e` cannot move the plateau (no unit is on, so no gradient), and the
 /// repaired network's margin next to it is at most the plateau's. On ACAS Xu
@@ -332,47 +343,63 @@ const PLATEAU_MIN_SHARE: f64 = 0.05;
 /// Repair, session 14). The plateau is one output vector, so a shift along one direction
 /// (below) gives each constraint it comes closest to meeting (per clause) `goal`;
 /// training then starts from the shifted network, and `verify` decides on the result as
-/// on any other.
-pub(super) fn plateau_lift(
+/// on any other. The typical rule is the same reasoning for boxes whose whole sampled
+/// score range sits below the target (N3,6: median 0.0007, max 0.0021): training must
+/// otherwise move every point of the box by the target.
+pub(super) fn bias_lift(
     net: &Network,
     split: usize,
     props: &[(&[Case], &DesiredSet)],
     goal: f64,
     seed: u64,
+    rule: LiftRule,
 ) -> Option<Vec<f64>> {
     if !matches!(net.layers.last(), Some(Layer::Dense(_))) {
         return None;
     }
-    let mut plateau: Option<Vec<f64>> = None;
-    let mut constraints: Vec<Constraint> = Vec::new();
+    // Per property to lift: the constraints its plateau output comes closest to meeting,
+    // with their values there.
+    let mut constraints: Vec<(Constraint, f64)> = Vec::new();
     for (pi, (cases, desired)) in props.iter().enumerate() {
-        let mut samples = 0usize;
+        let mut samples: Vec<(f64, Vec<f64>)> = Vec::new();
         let mut frozen: Option<Vec<f64>> = None;
         let mut on_plateau = 0usize;
         for x in box_samples(cases, seed ^ pi as u64) {
-            samples += 1;
             let (y, off) = output_and_frozen(net, split, &x);
             if off {
                 on_plateau += 1;
-                frozen.get_or_insert(y);
+                frozen.get_or_insert_with(|| y.clone());
             }
+            samples.push((score(desired, &y), y));
         }
-        let Some(y) = frozen else { continue };
-        if (on_plateau as f64) < PLATEAU_MIN_SHARE * samples as f64 || score(desired, &y) >= goal {
+        let typical = match frozen {
+            Some(y) if on_plateau as f64 >= PLATEAU_MIN_SHARE * samples.len() as f64 => Some(y),
+            _ if rule == LiftRule::Typical && !samples.is_empty() => {
+                samples.sort_by(|a, b| a.0.total_cmp(&b.0));
+                Some(samples.swap_remove(samples.len() / 2).1)
+            }
+            _ => None,
+        };
+        let Some(y) = typical else { continue };
+        if score(desired, &y) >= goal {
             continue;
         }
-        constraints.extend(closest(desired, &y));
-        plateau = Some(y);
+        constraints.extend(closest(desired, &y).into_iter().map(|c| {
+            let v = c.value(&y);
+            (c, v)
+        }));
     }
-    let y = plateau?;
+    if constraints.is_empty() {
+        return None;
+    }
     // One direction for all of them: the sum of their unit normals, so every constraint
     // gains alike (for "output 0 is the minimum" this lowers output 0 alone, up to a
     // common offset of all outputs, which changes no ordering: no other output pair's
     // decision moves). Measured against the smallest shift (cyclic projections) on
     // `prop_2_coc_minimal` N2,2: that one raised outputs 1 and 3 too and left the active
     // part of the box with less margin; `verify` did not prove it in 20 s.
-    let mut direction = vec![0.0; y.len()];
-    for c in &constraints {
+    let mut direction = vec![0.0; net.output_dim()];
+    for (c, _) in &constraints {
         let norm = c.c.iter().map(|a| a * a).sum::<f64>().sqrt();
         if norm > 0.0 {
             for (s, a) in direction.iter_mut().zip(&c.c) {
@@ -381,22 +408,20 @@ pub(super) fn plateau_lift(
         }
     }
     let mut step = 0.0f64;
-    for c in &constraints {
-        let (v, gain) = (c.value(&y), dot(&c.c, &direction));
-        if v < goal {
+    for (c, v) in &constraints {
+        let gain = dot(&c.c, &direction);
+        if *v < goal {
             if gain <= 0.0 {
                 return None;
             }
             step = step.max((goal - v) / gain);
         }
     }
-    let delta: Vec<f64> = direction.iter().map(|s| step * s).collect();
-    let lifted: Vec<f64> = y.iter().zip(&delta).map(|(a, b)| a + b).collect();
     // A constraint the common direction lowers below the goal: no lift.
     constraints
         .iter()
-        .all(|c| c.value(&lifted) >= goal - 1e-12)
-        .then_some(delta)
+        .all(|(c, v)| v + step * dot(&c.c, &direction) >= goal - 1e-12)
+        .then(|| direction.iter().map(|s| step * s).collect())
 }
 
 fn dot(a: &[f64], b: &[f64]) -> f64 {
@@ -1265,7 +1290,15 @@ mod tests {
         };
         let boxed = [case(-1.0, 1.0)];
         let goal = 0.03;
-        let delta = plateau_lift(&net, 2, &[(&boxed[..], &desired)], goal, 3).expect("a plateau");
+        let delta = bias_lift(
+            &net,
+            2,
+            &[(&boxed[..], &desired)],
+            goal,
+            3,
+            LiftRule::Plateau,
+        )
+        .expect("a plateau");
         // Output 0 goes down and the others up alike (the sum of the constraints' unit
         // normals): the weaker constraint lands on the goal exactly, the other above it.
         assert!(delta[0] < 0.0 && (delta[1] - delta[2]).abs() < 1e-15 && delta[1] > 0.0);
@@ -1283,13 +1316,101 @@ mod tests {
         }
         // No lift: a plateau already at the goal, a box without plateau, a plateau on
         // under 5% of the box, a split with no ReLU at it, a network not ending in Dense.
-        assert!(plateau_lift(&net, 2, &[(&boxed[..], &desired)], 0.0005, 3).is_none());
-        assert!(plateau_lift(&net, 2, &[(&[case(0.1, 1.0)][..], &desired)], goal, 3).is_none());
-        assert!(plateau_lift(&net, 2, &[(&[case(-0.02, 1.0)][..], &desired)], goal, 3).is_none());
-        assert!(plateau_lift(&net, 3, &[(&boxed[..], &desired)], goal, 3).is_none());
+        assert!(
+            bias_lift(
+                &net,
+                2,
+                &[(&boxed[..], &desired)],
+                0.0005,
+                3,
+                LiftRule::Plateau
+            )
+            .is_none()
+        );
+        assert!(
+            bias_lift(
+                &net,
+                2,
+                &[(&[case(0.1, 1.0)][..], &desired)],
+                goal,
+                3,
+                LiftRule::Plateau
+            )
+            .is_none()
+        );
+        assert!(
+            bias_lift(
+                &net,
+                2,
+                &[(&[case(-0.02, 1.0)][..], &desired)],
+                goal,
+                3,
+                LiftRule::Plateau
+            )
+            .is_none()
+        );
+        assert!(
+            bias_lift(
+                &net,
+                3,
+                &[(&boxed[..], &desired)],
+                goal,
+                3,
+                LiftRule::Plateau
+            )
+            .is_none()
+        );
         let mut relu_last = net.clone();
         relu_last.layers.push(Layer::Relu);
-        assert!(plateau_lift(&relu_last, 2, &[(&boxed[..], &desired)], goal, 3).is_none());
+        assert!(
+            bias_lift(
+                &relu_last,
+                2,
+                &[(&boxed[..], &desired)],
+                goal,
+                3,
+                LiftRule::Plateau
+            )
+            .is_none()
+        );
+        // Without a plateau the typical rule lifts the box's median-score sample: on
+        // [0.1, 1] the score (0.002 - 1.5x) falls with x, so about half the box ends at
+        // or above the goal.
+        let open = [case(0.1, 1.0)];
+        let delta = bias_lift(
+            &net,
+            2,
+            &[(&open[..], &desired)],
+            goal,
+            3,
+            LiftRule::Typical,
+        )
+        .expect("a median below the goal");
+        let lifted = with_output_shift(&net, &delta);
+        let above = (0..=100)
+            .map(|i| 0.1 + 0.9 * f64::from(i) / 100.0)
+            .filter(|x| score(&desired, &lifted.forward(&[*x])) >= goal - 1e-12)
+            .count();
+        assert!((40..=61).contains(&above), "{above} of 101");
+        // With a plateau both rules lift the plateau.
+        assert_eq!(
+            bias_lift(
+                &net,
+                2,
+                &[(&boxed[..], &desired)],
+                goal,
+                3,
+                LiftRule::Typical
+            ),
+            bias_lift(
+                &net,
+                2,
+                &[(&boxed[..], &desired)],
+                goal,
+                3,
+                LiftRule::Plateau
+            )
+        );
         // Clauses no common shift can lift together (y0 below y1, and y1 below y0):
         // no lift rather than a wrong one.
         let contradictory = DesiredSet {
@@ -1305,7 +1426,17 @@ mod tests {
                 },
             ],
         };
-        assert!(plateau_lift(&net, 2, &[(&boxed[..], &contradictory)], goal, 3).is_none());
+        assert!(
+            bias_lift(
+                &net,
+                2,
+                &[(&boxed[..], &contradictory)],
+                goal,
+                3,
+                LiftRule::Plateau
+            )
+            .is_none()
+        );
     }
 
     #[test]
