@@ -1290,15 +1290,12 @@ mod tests {
         };
         let boxed = [case(-1.0, 1.0)];
         let goal = 0.03;
-        let delta = bias_lift(
-            &net,
-            2,
-            &[(&boxed[..], &desired)],
-            goal,
-            3,
-            LiftRule::Plateau,
-        )
-        .expect("a plateau");
+        // One property over `cases`.
+        let lift = |n: &Network, split: usize, cases: &[Case], d: &DesiredSet, goal: f64, rule| {
+            bias_lift(n, split, &[(cases, d)], goal, 3, rule)
+        };
+        let delta =
+            lift(&net, 2, &boxed[..], &desired, goal, LiftRule::Plateau).expect("a plateau");
         // Output 0 goes down and the others up alike (the sum of the constraints' unit
         // normals): the weaker constraint lands on the goal exactly, the other above it.
         assert!(delta[0] < 0.0 && (delta[1] - delta[2]).abs() < 1e-15 && delta[1] > 0.0);
@@ -1316,76 +1313,19 @@ mod tests {
         }
         // No lift: a plateau already at the goal, a box without plateau, a plateau on
         // under 5% of the box, a split with no ReLU at it, a network not ending in Dense.
-        assert!(
-            bias_lift(
-                &net,
-                2,
-                &[(&boxed[..], &desired)],
-                0.0005,
-                3,
-                LiftRule::Plateau
-            )
-            .is_none()
-        );
-        assert!(
-            bias_lift(
-                &net,
-                2,
-                &[(&[case(0.1, 1.0)][..], &desired)],
-                goal,
-                3,
-                LiftRule::Plateau
-            )
-            .is_none()
-        );
-        assert!(
-            bias_lift(
-                &net,
-                2,
-                &[(&[case(-0.02, 1.0)][..], &desired)],
-                goal,
-                3,
-                LiftRule::Plateau
-            )
-            .is_none()
-        );
-        assert!(
-            bias_lift(
-                &net,
-                3,
-                &[(&boxed[..], &desired)],
-                goal,
-                3,
-                LiftRule::Plateau
-            )
-            .is_none()
-        );
+        assert!(lift(&net, 2, &boxed[..], &desired, 0.0005, LiftRule::Plateau).is_none());
+        let (open, sliver) = ([case(0.1, 1.0)], [case(-0.02, 1.0)]);
+        assert!(lift(&net, 2, &open[..], &desired, goal, LiftRule::Plateau).is_none());
+        assert!(lift(&net, 2, &sliver[..], &desired, goal, LiftRule::Plateau).is_none());
+        assert!(lift(&net, 3, &boxed[..], &desired, goal, LiftRule::Plateau).is_none());
         let mut relu_last = net.clone();
         relu_last.layers.push(Layer::Relu);
-        assert!(
-            bias_lift(
-                &relu_last,
-                2,
-                &[(&boxed[..], &desired)],
-                goal,
-                3,
-                LiftRule::Plateau
-            )
-            .is_none()
-        );
+        assert!(lift(&relu_last, 2, &boxed[..], &desired, goal, LiftRule::Plateau).is_none());
         // Without a plateau the typical rule lifts the box's median-score sample: on
         // [0.1, 1] the score (0.002 - 1.5x) falls with x, so about half the box ends at
         // or above the goal.
-        let open = [case(0.1, 1.0)];
-        let delta = bias_lift(
-            &net,
-            2,
-            &[(&open[..], &desired)],
-            goal,
-            3,
-            LiftRule::Typical,
-        )
-        .expect("a median below the goal");
+        let delta = lift(&net, 2, &open[..], &desired, goal, LiftRule::Typical)
+            .expect("a median below the goal");
         let lifted = with_output_shift(&net, &delta);
         let above = (0..=100)
             .map(|i| 0.1 + 0.9 * f64::from(i) / 100.0)
@@ -1394,22 +1334,8 @@ mod tests {
         assert!((40..=61).contains(&above), "{above} of 101");
         // With a plateau both rules lift the plateau.
         assert_eq!(
-            bias_lift(
-                &net,
-                2,
-                &[(&boxed[..], &desired)],
-                goal,
-                3,
-                LiftRule::Typical
-            ),
-            bias_lift(
-                &net,
-                2,
-                &[(&boxed[..], &desired)],
-                goal,
-                3,
-                LiftRule::Plateau
-            )
+            lift(&net, 2, &boxed[..], &desired, goal, LiftRule::Typical),
+            lift(&net, 2, &boxed[..], &desired, goal, LiftRule::Plateau)
         );
         // Clauses no common shift can lift together (y0 below y1, and y1 below y0):
         // no lift rather than a wrong one.
@@ -1426,17 +1352,7 @@ mod tests {
                 },
             ],
         };
-        assert!(
-            bias_lift(
-                &net,
-                2,
-                &[(&boxed[..], &contradictory)],
-                goal,
-                3,
-                LiftRule::Plateau
-            )
-            .is_none()
-        );
+        assert!(lift(&net, 2, &boxed[..], &contradictory, goal, LiftRule::Plateau).is_none());
     }
 
     #[test]
