@@ -26,7 +26,9 @@
 //!    anchors, `f_e` is trained until they meet it, and `verify`'s branch and bound on
 //!    the whole property decides; "unknown" raises the target margin and the budget.
 //!    After a proof, a fidelity polish trades the change outside the boxes back, keeping
-//!    only networks `verify` proves again.
+//!    only networks `verify` proves again. Where training cannot reach the target (a
+//!    frozen plateau: every unit at the split off, the output one constant), the output
+//!    layer's bias is first shifted to lift it ([`RepairOptions::output_lift`]).
 //!    Otherwise:
 //!    Region-wise loop ([`regionwise`], Algorithm 2) over the OPEN sub-properties: CROWN
 //!    linear bounds of the whole network over each give the violated constraints, a
